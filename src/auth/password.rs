@@ -1,0 +1,104 @@
+//! argon2id password hashing, off the async runtime and bounded in concurrency.
+
+use std::{sync::Arc, time::Instant};
+
+use anyhow::Context;
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier, Version,
+    password_hash::{SaltString, rand_core::OsRng},
+};
+use tokio::sync::Semaphore;
+
+use crate::domain::Password;
+
+/// OWASP's current argon2id recommendation: 19 MiB, two passes, one lane.
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+pub struct PasswordHasher {
+    /// A burst of logins waits here instead of occupying every blocking thread.
+    permits: Arc<Semaphore>,
+    /// Verified against when the user does not exist, so that costs the same as a
+    /// wrong password.
+    dummy_hash: String,
+}
+
+impl PasswordHasher {
+    pub fn new(concurrency: usize) -> anyhow::Result<Self> {
+        let salt = SaltString::generate(&mut OsRng);
+        let dummy_hash = argon2()
+            .hash_password(b"no such user", &salt)
+            .map_err(|e| anyhow::anyhow!("hashing the dummy password: {e}"))?
+            .to_string();
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy_hash,
+        })
+    }
+
+    pub async fn hash(&self, password: Password) -> anyhow::Result<String> {
+        self.run(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            argon2()
+                .hash_password(password.expose().as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
+        })
+        .await
+    }
+
+    /// True when `password` matches `stored`; with no stored hash, does the same work
+    /// and answers false.
+    pub async fn verify(&self, password: Password, stored: Option<String>) -> anyhow::Result<bool> {
+        let (hash, exists) = match stored {
+            Some(hash) => (hash, true),
+            None => (self.dummy_hash.clone(), false),
+        };
+        self.run(move || {
+            let parsed = PasswordHash::new(&hash)
+                .map_err(|e| anyhow::anyhow!("stored hash unreadable: {e}"))?;
+            let matches = argon2()
+                .verify_password(password.expose().as_bytes(), &parsed)
+                .is_ok();
+            Ok(matches && exists)
+        })
+        .await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let _permit = self.permits.acquire().await.context("hasher closed")?;
+        let span = tracing::Span::current();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || span.in_scope(work))
+            .await
+            .context("hashing task panicked")?;
+        crate::metrics::password_hashed(started.elapsed());
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hash_then_verify() {
+        let hasher = PasswordHasher::new(2).unwrap();
+        let hash = hasher
+            .hash(Password::parse("correct horse".into()).unwrap())
+            .await
+            .unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        let ok = Password::parse("correct horse".into()).unwrap();
+        let bad = Password::parse("wrong horse".into()).unwrap();
+        assert!(hasher.verify(ok, Some(hash.clone())).await.unwrap());
+        assert!(!hasher.verify(bad, Some(hash)).await.unwrap());
+        let any = Password::parse("no such user".into()).unwrap();
+        assert!(!hasher.verify(any, None).await.unwrap());
+    }
+}

@@ -1,0 +1,66 @@
+//! Fan-out: carries WebSocket events to every replica that holds an addressee.
+//!
+//! Each replica keeps its own connections in a local [`crate::ws::hub::Hub`]; the
+//! bus only decides which replicas see an event. In process there is one replica,
+//! so the in-memory bus hands events straight to the hub.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::store::UserId;
+
+pub mod memory;
+
+/// A directed message in flight from one user to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectMessage {
+    pub sender_id: UserId,
+    pub sender_username: String,
+    pub recipient_id: UserId,
+    pub content: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Audience {
+    /// Every connected user but one (the sender, or the subject of a notice).
+    AllExcept(UserId),
+    Users(Vec<UserId>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// To every connection of the recipient.
+    Direct(DirectMessage),
+    /// A text frame (a broadcast or a presence notice), written as is.
+    Text { text: String, audience: Audience },
+    /// Close the user's WebSockets opened with token `jti` (it was revoked).
+    CloseSessions { user: UserId, jti: String },
+}
+
+/// Where a replica's bus hands the events that reach it.
+pub trait EventSink: Send + Sync + 'static {
+    /// Delivers to local connections; for a direct message, false when this replica
+    /// holds no connection of the recipient.
+    fn deliver(&self, event: Event) -> bool;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("fan-out backend unavailable")]
+pub struct BusError(#[source] pub anyhow::Error);
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), BusError>;
+
+    /// Hands `event` to every replica holding one of its addressees. For a direct
+    /// message, answers false when no replica holds a connection of the recipient.
+    async fn publish(&self, event: Event) -> Result<bool, BusError>;
+
+    /// This replica now holds connections of `user` (its first one opened).
+    async fn attach(&self, user: UserId) -> Result<(), BusError>;
+
+    /// This replica no longer holds connections of `user`.
+    async fn detach(&self, user: UserId) -> Result<(), BusError>;
+}

@@ -1,0 +1,158 @@
+//! Every setting the server reads, in one typed struct.
+//!
+//! Each field comes from a `--flag` or, failing that, from the environment variable
+//! named beside it; nothing else in the crate reads the environment.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+use secrecy::SecretString;
+
+/// Where the embedded default keeps its database when `DATABASE_URL` is unset.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://secchat.db";
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "secchat", version, about = "Secure instant-messaging server")]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+
+    /// `sqlite://FILE` (the embedded default) or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// `redis://…` for presence and fan-out shared by replicas; unset keeps both in process.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "secchat")]
+    pub redis_prefix: String,
+
+    /// HS256 signing secret (at least 32 bytes). Unset on SQLite: generated and kept
+    /// beside the database file. Required with Postgres.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: Option<SecretString>,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 30 * 60)]
+    pub token_ttl_secs: u64,
+
+    /// Presence lease: a client not heard from for this long is offline.
+    #[arg(long, env = "PRESENCE_LEASE_SECS", default_value_t = 120)]
+    pub presence_lease_secs: u64,
+
+    /// Who may read a user's IP address and port.
+    #[arg(long, env = "ADDRESS_VISIBILITY", value_enum, default_value_t = Visibility::Contacts)]
+    pub address_visibility: Visibility,
+
+    /// Who receives the "online"/"offline" WebSocket notices about a user.
+    #[arg(long, env = "PRESENCE_NOTICES", value_enum, default_value_t = NoticeAudience::All)]
+    pub presence_notices: NoticeAudience,
+
+    /// Largest accepted HTTP request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest WebSocket frame and largest message content, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Frames queued for one WebSocket before the connection counts as too slow and is closed.
+    #[arg(long, env = "WS_QUEUE_LEN", default_value_t = 1024)]
+    pub ws_queue_len: usize,
+
+    /// Idle time after which the server pings a WebSocket; a connection silent for
+    /// two intervals is dropped.
+    #[arg(long, env = "WS_PING_SECS", default_value_t = 30)]
+    pub ws_ping_secs: u64,
+
+    /// Peers whose `X-Forwarded-For` is believed (comma-separated IPs or CIDRs).
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Browser origins allowed by CORS (comma-separated); `*` allows any.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Password hashes computed at once; defaults to the number of CPUs.
+    #[arg(long, env = "MAX_CONCURRENT_HASHES")]
+    pub max_concurrent_hashes: Option<usize>,
+
+    /// Store connections kept open.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: u32,
+
+    /// How long shutdown waits for in-flight requests and WebSockets.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Visibility {
+    /// Any signed-in user, as the original server did.
+    Open,
+    /// Only users the target has accepted as contacts.
+    Contacts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NoticeAudience {
+    /// Every connected user, as the original server did.
+    All,
+    /// Only users who have the subject as an accepted contact.
+    Contacts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_secret(raw: &str) -> Result<SecretString, String> {
+    if raw.len() < 32 {
+        return Err("JWT_SECRET must be at least 32 bytes".into());
+    }
+    Ok(SecretString::from(raw.to_owned()))
+}
+
+impl Settings {
+    /// Settings as the server would read them with no flags and an empty environment,
+    /// apart from the given overrides; used by tests and tools.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = args.into_iter().map(Into::into);
+        Self::try_parse_from(std::iter::once(std::ffi::OsString::from("secchat")).chain(args))
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+
+    pub fn presence_lease(&self) -> Duration {
+        Duration::from_secs(self.presence_lease_secs.max(1))
+    }
+
+    pub fn ws_ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_secs.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn uses_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://")
+    }
+}

@@ -1,0 +1,52 @@
+//! Values checked once at the edge, so the rest of the crate can trust them.
+//!
+//! Limits (documented in README.md):
+//! - username: 1–32 characters, letters, digits, `_`, `-`, `.`; unique regardless of case;
+//! - email: a valid address, at most 254 bytes; unique regardless of case;
+//! - password: 1–128 characters;
+//! - public key: 1–16384 bytes of text;
+//! - message content: 1 byte up to the `MAX_MESSAGE_BYTES` setting, opaque.
+
+pub mod time;
+mod user;
+
+pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username, key_of};
+
+/// What is wrong with one input field, rendered as a FastAPI validation item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Opaque message content bounded by the configured size limit.
+#[derive(Debug, Clone)]
+pub struct MessageContent(String);
+
+impl MessageContent {
+    pub fn parse(raw: String, max_bytes: usize, field: &'static str) -> Result<Self, Invalid> {
+        if raw.is_empty() {
+            return Err(Invalid::new(field, "must not be empty"));
+        }
+        if raw.len() > max_bytes {
+            return Err(Invalid::new(
+                field,
+                format!("must be at most {max_bytes} bytes"),
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}

@@ -1,0 +1,135 @@
+//! The one error type handlers return, rendered the way FastAPI renders errors,
+//! because the existing clients parse them that way.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{bus::BusError, domain::Invalid, presence::PresenceError, store::StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 422 with FastAPI's `[{loc, msg, type}]` list.
+    #[error("validation failed")]
+    Validation(Vec<ValidationItem>),
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// 401, always with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// A backend is unreachable: the client may retry.
+    #[error("service unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidationItem {
+    pub loc: Vec<serde_json::Value>,
+    pub msg: String,
+    pub kind: &'static str,
+}
+
+impl ApiError {
+    pub const BAD_CREDENTIALS: Self = Self::Unauthorized("Incorrect username or password");
+    pub const BAD_TOKEN: Self = Self::Unauthorized("Could not validate credentials");
+
+    /// A single invalid field of the request body.
+    pub fn invalid_body(invalid: Invalid) -> Self {
+        Self::Validation(vec![ValidationItem {
+            loc: vec!["body".into(), invalid.field.into()],
+            msg: invalid.message,
+            kind: "value_error",
+        }])
+    }
+
+    pub fn missing(location: &'static str, field: &str) -> Self {
+        Self::Validation(vec![ValidationItem {
+            loc: vec![location.into(), field.into()],
+            msg: "Field required".into(),
+            kind: "missing",
+        }])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        Self::invalid_body(invalid)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(e) => Self::Unavailable(e),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(err: PresenceError) -> Self {
+        Self::Unavailable(err.into())
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(err: BusError) -> Self {
+        Self::Unavailable(err.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            Self::Validation(items) => {
+                let detail: Vec<_> = items
+                    .iter()
+                    .map(|i| json!({"loc": i.loc, "msg": i.msg, "type": i.kind}))
+                    .collect();
+                json!({ "detail": detail })
+            }
+            Self::BadRequest(m) | Self::Unauthorized(m) | Self::NotFound(m) => {
+                json!({ "detail": m })
+            }
+            Self::PayloadTooLarge => json!({ "detail": "Request body too large" }),
+            // The cause is logged once here; the client learns nothing internal.
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "backend unavailable");
+                json!({ "detail": "Service temporarily unavailable" })
+            }
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                json!({ "detail": "Internal server error" })
+            }
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

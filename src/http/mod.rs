@@ -1,0 +1,107 @@
+//! The HTTP API: one file per resource, each with its own `router()`.
+
+use std::time::Instant;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::Response,
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use crate::{error::ApiError, state::AppState};
+
+mod accounts;
+mod contacts;
+pub mod extract;
+mod messages;
+mod ops;
+mod p2p;
+pub mod peer;
+pub mod views;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "secchat", description = "Secure instant-messaging server: accounts, contacts, presence for P2P, \
+        a WebSocket relay at `/ws?token=<jwt>`, and offline messages. Every route also answers without (or with) \
+        its trailing slash."),
+    paths(
+        accounts::register, accounts::login, accounts::logout, accounts::me, accounts::search, accounts::heartbeat,
+        contacts::add, contacts::list, contacts::pending, contacts::accept, contacts::remove, contacts::online,
+        p2p::connection_info, messages::send, messages::fetch,
+        ops::healthz, ops::readyz, ops::metrics,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "accounts"), (name = "contacts"), (name = "p2p"), (name = "messages"), (name = "operations"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route of the API, with the body limit and request metrics.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(accounts::router())
+        .merge(contacts::router())
+        .merge(p2p::router())
+        .merge(messages::router())
+        .merge(ops::router())
+        .merge(crate::ws::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(middleware::from_fn(record_metrics))
+        .with_state(state)
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound("Not Found")
+}
+
+async fn method_not_allowed() -> (StatusCode, axum::Json<views::Detail>) {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(views::Detail {
+            detail: "Method Not Allowed",
+        }),
+    )
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // The route template, never the raw path, keeps label values a fixed set.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    crate::metrics::http_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}

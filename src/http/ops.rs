@@ -1,0 +1,102 @@
+//! Health, readiness, metrics, and the API documentation.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::Config;
+
+use super::ApiDoc;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    let docs = Arc::new(Config::from("/openapi.json"));
+    let index = docs.clone();
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/docs", get(move || docs_index(index.clone())))
+        .route(
+            "/docs/{*file}",
+            get(move |Path(file): Path<String>| docs_file(file, docs.clone())),
+        )
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The store and the presence and fan-out backends answer, and the server is not
+/// shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await.is_ok();
+    let presence = state.presence.ping().await.is_ok();
+    let bus = state.bus.ping().await.is_ok();
+    let draining = state.shutdown.is_cancelled();
+    let ready = store && presence && bus && !draining;
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "store": store, "presence": presence, "bus": bus, "draining": draining,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Swagger UI's page, with asset links made absolute so that it works at both
+/// `/docs` and `/docs/` without a redirect.
+async fn docs_index(config: Arc<Config<'static>>) -> Response {
+    match utoipa_swagger_ui::serve("index.html", config) {
+        Ok(Some(file)) => {
+            let page = String::from_utf8_lossy(&file.bytes).replace("\"./", "\"/docs/");
+            Html(page).into_response()
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn docs_file(file: String, config: Arc<Config<'static>>) -> Response {
+    match utoipa_swagger_ui::serve(&file, config) {
+        Ok(Some(file)) => {
+            let mut response = (
+                [(header::CONTENT_TYPE, file.content_type)],
+                file.bytes.into_owned(),
+            )
+                .into_response();
+            if file.gzpipped {
+                response.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
+            }
+            response
+        }
+        _ => crate::error::ApiError::NotFound("Not Found").into_response(),
+    }
+}

@@ -1,0 +1,208 @@
+//! The JSON shapes the contract gives, built from store rows and presence.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{
+    domain::time::{iso8601, iso8601_opt},
+    presence::Endpoint,
+    store::{Contact, Message, User, UserId},
+};
+
+/// A registered user, as the seed returns it.
+#[derive(Serialize, ToSchema)]
+pub struct UserOut {
+    pub id: UserId,
+    pub username: String,
+    pub email: String,
+    pub public_key: String,
+    pub is_online: bool,
+    #[serde(serialize_with = "iso8601")]
+    #[schema(value_type = String, example = "2025-07-01T10:00:02Z")]
+    pub created_at: DateTime<Utc>,
+}
+
+impl UserOut {
+    pub fn new(user: User, is_online: bool) -> Self {
+        Self {
+            id: user.id,
+            username: user.username,
+            email: user.email,
+            public_key: user.public_key,
+            is_online,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// A user in search results and heartbeat answers.
+#[derive(Serialize, ToSchema)]
+pub struct UserBrief {
+    pub id: UserId,
+    pub username: String,
+    pub is_online: bool,
+}
+
+/// The other user of a contact entry.
+#[derive(Serialize, ToSchema)]
+pub struct Friend {
+    pub id: UserId,
+    pub username: String,
+    pub public_key: String,
+    pub is_online: bool,
+    #[serde(serialize_with = "iso8601_opt")]
+    #[schema(value_type = Option<String>)]
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// A contact entry: the seed's user object and the revision's contact row at once.
+#[derive(Serialize, ToSchema)]
+pub struct ContactEntry {
+    /// The other user's id (seed shape).
+    pub id: UserId,
+    pub username: String,
+    pub public_key: String,
+    pub is_online: bool,
+    #[serde(serialize_with = "iso8601_opt")]
+    #[schema(value_type = Option<String>)]
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The caller's id.
+    pub user_id: UserId,
+    /// The other user's id.
+    pub friend_id: UserId,
+    #[schema(example = "accepted")]
+    pub status: &'static str,
+    #[serde(serialize_with = "iso8601")]
+    #[schema(value_type = String)]
+    pub created_at: DateTime<Utc>,
+    pub friend: Friend,
+}
+
+impl ContactEntry {
+    pub fn new(owner: UserId, contact: Contact, is_online: bool) -> Self {
+        let other = contact.other;
+        Self {
+            id: other.id,
+            username: other.username.clone(),
+            public_key: other.public_key.clone(),
+            is_online,
+            last_seen: other.last_seen,
+            user_id: owner,
+            friend_id: other.id,
+            status: contact.status.as_str(),
+            created_at: contact.created_at,
+            friend: Friend {
+                id: other.id,
+                username: other.username,
+                public_key: other.public_key,
+                is_online,
+                last_seen: other.last_seen,
+            },
+        }
+    }
+}
+
+/// A friend request the caller received.
+#[derive(Serialize, ToSchema)]
+pub struct PendingEntry {
+    /// The requester's id.
+    pub id: UserId,
+    /// The requester's id.
+    pub user_id: UserId,
+    /// The caller's id.
+    pub friend_id: UserId,
+    #[schema(example = "pending")]
+    pub status: &'static str,
+    #[serde(serialize_with = "iso8601")]
+    #[schema(value_type = String)]
+    pub created_at: DateTime<Utc>,
+    pub username: String,
+    pub user: UserBrief,
+}
+
+impl PendingEntry {
+    pub fn new(owner: UserId, request: Contact, is_online: bool) -> Self {
+        let requester = request.other;
+        Self {
+            id: requester.id,
+            user_id: requester.id,
+            friend_id: owner,
+            status: request.status.as_str(),
+            created_at: request.created_at,
+            username: requester.username.clone(),
+            user: UserBrief {
+                id: requester.id,
+                username: requester.username,
+                is_online,
+            },
+        }
+    }
+}
+
+/// An online contact and where to reach it.
+#[derive(Serialize, ToSchema)]
+pub struct OnlineContact {
+    pub id: UserId,
+    pub username: String,
+    pub public_key: String,
+    pub ip_address: String,
+    pub port: u16,
+    pub is_online: bool,
+    #[serde(serialize_with = "iso8601_opt")]
+    #[schema(value_type = Option<String>)]
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+impl OnlineContact {
+    pub fn new(user: User, at: Endpoint) -> Self {
+        Self {
+            id: user.id,
+            username: user.username,
+            public_key: user.public_key,
+            ip_address: at.ip.to_string(),
+            port: at.port,
+            is_online: true,
+            last_seen: user.last_seen,
+        }
+    }
+}
+
+/// Where to reach one user directly.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionInfo {
+    pub username: String,
+    pub public_key: String,
+    pub ip_address: String,
+    pub port: u16,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessageOut {
+    pub id: i64,
+    pub sender_id: UserId,
+    pub receiver_id: UserId,
+    /// Opaque to the server.
+    pub encrypted_content: String,
+    #[serde(serialize_with = "iso8601")]
+    #[schema(value_type = String, example = "2025-07-01T10:00:02Z")]
+    pub sent_at: DateTime<Utc>,
+}
+
+impl From<Message> for MessageOut {
+    fn from(m: Message) -> Self {
+        Self {
+            id: m.id,
+            sender_id: m.sender_id,
+            receiver_id: m.receiver_id,
+            encrypted_content: m.encrypted_content,
+            sent_at: m.sent_at,
+        }
+    }
+}
+
+/// `{"detail": "..."}`: errors, and the logout answer.
+#[derive(Serialize, ToSchema)]
+pub struct Detail {
+    pub detail: &'static str,
+}

@@ -1,0 +1,106 @@
+//! What the server measures, exported in Prometheus text format at `/metrics`.
+//!
+//! The `metrics` facade has one recorder per process by design, so it is installed
+//! once, however many apps a process (a test binary) builds. Label values come from
+//! fixed sets: route templates and enums, never usernames or raw paths.
+
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Installs the process-wide recorder (once) and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then ours stays unused
+            // and /metrics shows nothing, which the metrics test would catch.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("method", method.to_owned()),
+        ("status", status.to_string()),
+    ];
+    counter!("secchat_http_requests_total", &labels).increment(1);
+    histogram!("secchat_http_request_duration_seconds", &labels[..2]).record(elapsed.as_secs_f64());
+}
+
+#[derive(Clone, Copy)]
+pub enum Relay {
+    Direct,
+    Broadcast,
+}
+
+/// Frames queued to local connections.
+pub fn relayed(kind: Relay, deliveries: usize) {
+    let kind = match kind {
+        Relay::Direct => "direct",
+        Relay::Broadcast => "broadcast",
+    };
+    counter!("secchat_ws_deliveries_total", "kind" => kind).increment(deliveries as u64);
+}
+
+#[derive(Clone, Copy)]
+pub enum StoredVia {
+    /// `POST /messages/`.
+    Http,
+    /// A directed WebSocket message to a user connected nowhere.
+    Offline,
+    /// A directed message no connection managed to write.
+    Undelivered,
+}
+
+pub fn messages_stored(via: StoredVia, count: usize) {
+    let via = match via {
+        StoredVia::Http => "http",
+        StoredVia::Offline => "offline",
+        StoredVia::Undelivered => "undelivered",
+    };
+    counter!("secchat_messages_stored_total", "via" => via).increment(count as u64);
+}
+
+pub fn login(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    counter!("secchat_logins_total", "result" => result).increment(1);
+}
+
+pub fn password_hashed(elapsed: Duration) {
+    histogram!("secchat_password_hash_seconds").record(elapsed.as_secs_f64());
+}
+
+/// An open WebSocket connection, counted in `secchat_ws_connections` while alive.
+pub struct WsConnectionGauge(());
+
+impl WsConnectionGauge {
+    pub fn open() -> Self {
+        gauge!("secchat_ws_connections").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for WsConnectionGauge {
+    fn drop(&mut self) {
+        gauge!("secchat_ws_connections").decrement(1.0);
+    }
+}
+
+pub fn slow_consumer_closed() {
+    counter!("secchat_ws_slow_consumers_closed_total").increment(1);
+}

@@ -1,0 +1,208 @@
+//! Building the application and running it until a shutdown signal.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    body::Body,
+    extract::Request,
+    http::{HeaderName, HeaderValue, Method},
+};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::{Layer, ServiceBuilder};
+use tower_http::{
+    cors::{AllowOrigin, Any, CorsLayer},
+    normalize_path::NormalizePathLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    auth::{jwt::Tokens, password::PasswordHasher},
+    backends,
+    bus::DirectMessage,
+    config::Settings,
+    state::AppState,
+    ws::{self, hub::Hub},
+};
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    undelivered: mpsc::UnboundedReceiver<DirectMessage>,
+}
+
+impl App {
+    /// Connects the backends and binds the listener (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let (hub, undelivered) = Hub::new();
+        let hub = Arc::new(hub);
+        let backends = backends::connect(&settings, hub.clone()).await?;
+        let hashes = settings
+            .max_concurrent_hashes
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let state = AppState {
+            tokens: Arc::new(Tokens::new(&backends.jwt_secret, settings.token_ttl())),
+            passwords: Arc::new(PasswordHasher::new(hashes)?),
+            store: backends.store,
+            revocations: backends.revocations,
+            presence: backends.presence,
+            bus: backends.bus,
+            hub,
+            metrics: crate::metrics::install(),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            settings: Arc::new(settings),
+        };
+        let listener = TcpListener::bind(state.settings.bind)
+            .await
+            .with_context(|| format!("binding {}", state.settings.bind))?;
+        Ok(Self {
+            listener,
+            state,
+            undelivered,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `signal` completes, then drains: stops accepting, closes
+    /// WebSockets with 1001, finishes in-flight requests, stores what could not be
+    /// delivered, and returns.
+    pub async fn run_until_stopped(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            undelivered,
+        } = self;
+        tracing::info!(address = %listener.local_addr()?, "listening");
+        let background = spawn_background(&state, undelivered);
+        let router = crate::http::router(state.clone()).layer(
+            ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
+                let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            }))
+            .layer(cors(&state.settings)),
+        );
+        // Outermost, so that routing already sees `/users` for `/users/`: both
+        // forms answer directly, never with a redirect.
+        let app = NormalizePathLayer::trim_trailing_slash().layer(router);
+
+        let shutdown = state.shutdown.clone();
+        let serve = axum::serve(
+            listener,
+            axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
+        )
+        .with_graceful_shutdown(async move {
+            signal.await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        });
+        let result = serve.await.context("serving");
+
+        state.shutdown.cancel();
+        state.sessions.close();
+        if tokio::time::timeout(state.settings.shutdown_grace(), state.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("WebSocket sessions still open after the grace period");
+        }
+        let _ = background.await;
+        result
+    }
+}
+
+/// The periodic lease renewal of WebSocket users, and the storing of directed
+/// messages no connection managed to write. Ends, having stored everything
+/// queued, once shutdown began.
+fn spawn_background(
+    state: &AppState,
+    mut undelivered: mpsc::UnboundedReceiver<DirectMessage>,
+) -> JoinHandle<()> {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut renew = tokio::time::interval(state.settings.presence_lease() / 3);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    if let Err(err) = state.presence.renew(&state.hub.local_users()).await {
+                        tracing::warn!(error = %err, "presence renewal failed");
+                    }
+                    state.metrics.run_upkeep();
+                }
+                n = undelivered.recv_many(&mut batch, 512) => {
+                    if n == 0 { break }
+                    ws::store_undelivered(&state, std::mem::take(&mut batch)).await;
+                }
+                _ = state.shutdown.cancelled() => {
+                    // Sessions closing now hand back what they could not write.
+                    let _ = tokio::time::timeout(state.settings.shutdown_grace(), state.sessions.wait()).await;
+                    break;
+                }
+            }
+        }
+        while let Ok(message) = undelivered.try_recv() {
+            batch.push(message);
+        }
+        if !batch.is_empty() {
+            ws::store_undelivered(&state, batch).await;
+        }
+    })
+}
+
+fn cors(settings: &Settings) -> CorsLayer {
+    let origins = &settings.cors_origins;
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(Any)
+        .expose_headers([HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

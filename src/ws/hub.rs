@@ -1,0 +1,379 @@
+//! This replica's open WebSockets, by user, and delivery to them.
+//!
+//! Delivery never waits on a client: each connection has a bounded outbox, and a
+//! connection whose outbox is full is closed as too slow. A directed message that
+//! no connection of its recipient managed to write is handed back, through its
+//! [`Receipt`], to be stored as an offline message, so nothing is lost.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    bus::{Audience, DirectMessage, Event, EventSink},
+    domain::time::iso,
+    store::UserId,
+};
+
+/// Close codes the server uses.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// A frame waiting in a connection's outbox.
+pub enum Outgoing {
+    Text(Utf8Bytes),
+    /// A directed message: once written, its receipt is signed.
+    Direct(Utf8Bytes, Arc<Receipt>),
+}
+
+/// Shared by the copies of one directed message queued to its recipient's
+/// connections. When the last copy goes away unwritten, the message goes back to
+/// be stored offline.
+pub struct Receipt {
+    message: Option<DirectMessage>,
+    written: AtomicBool,
+    undelivered: mpsc::UnboundedSender<DirectMessage>,
+}
+
+impl Receipt {
+    pub fn mark_written(&self) {
+        self.written.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        if !self.written.load(Ordering::Relaxed)
+            && let Some(message) = self.message.take()
+        {
+            let _ = self.undelivered.send(message);
+        }
+    }
+}
+
+/// Asks a connection to close, with the code and reason it should send.
+#[derive(Clone, Default)]
+pub struct Closer {
+    token: CancellationToken,
+    reason: Arc<OnceLock<(u16, &'static str)>>,
+}
+
+impl Closer {
+    /// A closer that also fires (with "going away") when `parent` is cancelled.
+    pub fn child_of(parent: &CancellationToken) -> Self {
+        Self {
+            token: parent.child_token(),
+            reason: Arc::default(),
+        }
+    }
+
+    pub fn close(&self, code: u16, reason: &'static str) {
+        let _ = self.reason.set((code, reason));
+        self.token.cancel();
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    pub fn reason(&self) -> (u16, &'static str) {
+        self.reason
+            .get()
+            .copied()
+            .unwrap_or((close::GOING_AWAY, "server shutting down"))
+    }
+}
+
+#[derive(Clone)]
+struct Connection {
+    id: u64,
+    jti: Arc<str>,
+    outbox: mpsc::Sender<Outgoing>,
+    closer: Closer,
+}
+
+impl Connection {
+    /// Queues a frame, closing the connection if its outbox is full.
+    fn offer(&self, item: Outgoing) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(item) {
+            crate::metrics::slow_consumer_closed();
+            self.closer
+                .close(close::TRY_AGAIN_LATER, "too slow: outgoing queue full");
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DirectFrame<'a> {
+    r#type: &'static str,
+    sender_username: &'a str,
+    content: &'a str,
+    timestamp: String,
+}
+
+/// The JSON frame a recipient receives for a directed or an offline message.
+pub fn message_frame(
+    kind: &'static str,
+    sender_username: &str,
+    content: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> String {
+    serde_json::to_string(&DirectFrame {
+        r#type: kind,
+        sender_username,
+        content,
+        timestamp: iso(at),
+    })
+    .expect("a frame of strings serializes")
+}
+
+pub struct Hub {
+    connections: RwLock<HashMap<UserId, Vec<Connection>>>,
+    next_id: AtomicU64,
+    undelivered: mpsc::UnboundedSender<DirectMessage>,
+}
+
+/// A connection's registration; dropping it does not unregister (call
+/// [`Hub::unregister`]), so that the caller controls the order of clean-up.
+pub struct Registration {
+    pub id: u64,
+    /// The first connection of this user on this replica.
+    pub first_here: bool,
+}
+
+impl Hub {
+    /// Directed messages that could not be written come out of the returned receiver.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<DirectMessage>) {
+        let (undelivered, rx) = mpsc::unbounded_channel();
+        let hub = Self {
+            connections: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            undelivered,
+        };
+        (hub, rx)
+    }
+
+    pub fn register(
+        &self,
+        user: UserId,
+        jti: &str,
+        outbox: mpsc::Sender<Outgoing>,
+        closer: Closer,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.connections.write().unwrap_or_else(|p| p.into_inner());
+        let list = map.entry(user).or_default();
+        let first_here = list.is_empty();
+        list.push(Connection {
+            id,
+            jti: jti.into(),
+            outbox,
+            closer,
+        });
+        Registration { id, first_here }
+    }
+
+    /// Returns whether that was the user's last connection on this replica.
+    pub fn unregister(&self, user: UserId, id: u64) -> bool {
+        let mut map = self.connections.write().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = map.get_mut(&user) else {
+            return true;
+        };
+        list.retain(|c| c.id != id);
+        if list.is_empty() {
+            map.remove(&user);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Users with at least one connection here.
+    pub fn local_users(&self) -> Vec<UserId> {
+        self.connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    fn deliver_direct(&self, message: DirectMessage) -> bool {
+        let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let Some(targets) = map.get(&message.recipient_id) else {
+            return false;
+        };
+        let frame = Utf8Bytes::from(message_frame(
+            "p2p_message",
+            &message.sender_username,
+            &message.content,
+            message.sent_at,
+        ));
+        let receipt = Arc::new(Receipt {
+            message: Some(message),
+            written: AtomicBool::new(false),
+            undelivered: self.undelivered.clone(),
+        });
+        for conn in targets {
+            conn.offer(Outgoing::Direct(frame.clone(), receipt.clone()));
+        }
+        crate::metrics::relayed(crate::metrics::Relay::Direct, targets.len());
+        true
+    }
+
+    fn deliver_text(&self, text: String, audience: Audience) {
+        // Encoded once; every connection shares the same bytes.
+        let frame = Utf8Bytes::from(text);
+        let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let mut delivered = 0;
+        let mut offer = |conns: &Vec<Connection>| {
+            for conn in conns {
+                conn.offer(Outgoing::Text(frame.clone()));
+            }
+            delivered += conns.len();
+        };
+        match audience {
+            Audience::AllExcept(except) => map
+                .iter()
+                .filter(|(user, _)| **user != except)
+                .for_each(|(_, conns)| offer(conns)),
+            Audience::Users(users) => users.iter().filter_map(|u| map.get(u)).for_each(&mut offer),
+        }
+        crate::metrics::relayed(crate::metrics::Relay::Broadcast, delivered);
+    }
+
+    fn close_sessions(&self, user: UserId, jti: &str) {
+        let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        for conn in map
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter(|c| &*c.jti == jti)
+        {
+            conn.closer.close(close::POLICY, "token revoked");
+        }
+    }
+}
+
+impl EventSink for Hub {
+    fn deliver(&self, event: Event) -> bool {
+        match event {
+            Event::Direct(message) => self.deliver_direct(message),
+            Event::Text { text, audience } => {
+                self.deliver_text(text, audience);
+                true
+            }
+            Event::CloseSessions { user, jti } => {
+                self.close_sessions(user, &jti);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(to: UserId) -> DirectMessage {
+        DirectMessage {
+            sender_id: 1,
+            sender_username: "alice".into(),
+            recipient_id: to,
+            content: "hi".into(),
+            sent_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn direct_to_nobody_is_not_taken() {
+        let (hub, mut undelivered) = Hub::new();
+        assert!(!hub.deliver(Event::Direct(message(2))));
+        assert!(
+            undelivered.try_recv().is_err(),
+            "the caller stores it, not the hub"
+        );
+    }
+
+    #[test]
+    fn unwritten_direct_comes_back_once() {
+        let (hub, mut undelivered) = Hub::new();
+        let (tx1, rx1) = mpsc::channel(4);
+        let (tx2, rx2) = mpsc::channel(4);
+        hub.register(2, "a", tx1, Closer::default());
+        hub.register(2, "b", tx2, Closer::default());
+        assert!(hub.deliver(Event::Direct(message(2))));
+        drop((rx1, rx2));
+        let back = undelivered.try_recv().unwrap();
+        assert_eq!((back.recipient_id, back.content.as_str()), (2, "hi"));
+        assert!(undelivered.try_recv().is_err(), "two copies, one message");
+    }
+
+    #[test]
+    fn written_on_one_device_is_not_stored() {
+        let (hub, mut undelivered) = Hub::new();
+        let (tx1, mut rx1) = mpsc::channel(4);
+        let (tx2, rx2) = mpsc::channel(4);
+        hub.register(2, "a", tx1, Closer::default());
+        hub.register(2, "b", tx2, Closer::default());
+        hub.deliver(Event::Direct(message(2)));
+        match rx1.try_recv().unwrap() {
+            Outgoing::Direct(_, receipt) => receipt.mark_written(),
+            Outgoing::Text(_) => panic!("expected a direct frame"),
+        }
+        drop(rx2);
+        assert!(undelivered.try_recv().is_err());
+    }
+
+    #[test]
+    fn full_outbox_closes_the_connection() {
+        let (hub, _undelivered) = Hub::new();
+        let (tx, _rx) = mpsc::channel(1);
+        let closer = Closer::default();
+        hub.register(2, "a", tx, closer.clone());
+        let text = || Event::Text {
+            text: "x".into(),
+            audience: Audience::AllExcept(1),
+        };
+        hub.deliver(text());
+        assert!(!closer.token().is_cancelled());
+        hub.deliver(text());
+        assert_eq!(closer.reason().0, close::TRY_AGAIN_LATER);
+    }
+
+    #[test]
+    fn revoking_closes_only_that_token() {
+        let (hub, _undelivered) = Hub::new();
+        let (a, b) = (Closer::default(), Closer::default());
+        hub.register(2, "a", mpsc::channel(1).0, a.clone());
+        hub.register(2, "b", mpsc::channel(1).0, b.clone());
+        hub.deliver(Event::CloseSessions {
+            user: 2,
+            jti: "a".into(),
+        });
+        assert_eq!(a.reason(), (close::POLICY, "token revoked"));
+        assert!(!b.token().is_cancelled());
+    }
+}

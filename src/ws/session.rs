@@ -1,0 +1,207 @@
+//! One WebSocket connection: a reader (this task) and a writer task joined by a
+//! bounded outbox, so that a slow client never holds up anyone else.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::{
+    hub::{Closer, Outgoing, close, message_frame},
+    relay,
+};
+use crate::{auth::AuthUser, metrics::WsConnectionGauge, presence::Endpoint, state::AppState};
+
+/// Frames written before one flush; bounds the latency a burst adds.
+const WRITE_BATCH: usize = 64;
+
+pub async fn run(socket: WebSocket, state: AppState, user: AuthUser, peer: Endpoint) {
+    let span = tracing::info_span!("ws", user_id = user.id, conn = tracing::field::Empty);
+    session(socket, state, user, peer).instrument(span).await
+}
+
+async fn session(socket: WebSocket, state: AppState, user: AuthUser, peer: Endpoint) {
+    let _gauge = WsConnectionGauge::open();
+    let (mut sink, mut stream) = socket.split();
+    let closer = Closer::child_of(&state.shutdown);
+    let (outbox, inbox) = mpsc::channel(state.settings.ws_queue_len.max(1));
+    let registration = state
+        .hub
+        .register(user.id, &user.jti, outbox.clone(), closer.clone());
+    tracing::Span::current().record("conn", registration.id);
+
+    let opened = relay::connection_opened(&state, &user, peer, registration.first_here).await;
+    if let Err(err) = &opened {
+        tracing::warn!(error = %err, "could not open a WebSocket session");
+        closer.close(1011, "service temporarily unavailable");
+    } else if let Err(err) = push_offline(&state, &user, &mut sink).await {
+        tracing::debug!(error = %err, "offline push stopped");
+        closer.close(close::GOING_AWAY, "write failed");
+    }
+
+    let heard = Arc::new(AtomicBool::new(true));
+    let ping_every = state.settings.ws_ping_interval();
+    let writer = tokio::spawn(
+        write_loop(sink, inbox, closer.clone(), heard.clone(), ping_every).in_current_span(),
+    );
+    read_loop(&state, &user, &mut stream, &outbox, &closer, &heard).await;
+    closer.close(1000, "");
+    let _ = writer.await;
+
+    let last_here = state.hub.unregister(user.id, registration.id);
+    if opened.is_ok() {
+        relay::connection_closed(&state, &user, last_here).await;
+    }
+}
+
+/// Writes the user's unread offline messages, oldest first, and marks read the
+/// ones that were written.
+async fn push_offline(
+    state: &AppState,
+    user: &AuthUser,
+    sink: &mut SplitSink<WebSocket, Message>,
+) -> anyhow::Result<()> {
+    let unread = state.store.peek_unread(user.id).await?;
+    let mut written = Vec::with_capacity(unread.len());
+    let mut result = Ok(());
+    for item in unread {
+        let m = item.message;
+        let frame = message_frame(
+            "offline_message",
+            &item.sender_username,
+            &m.encrypted_content,
+            m.sent_at,
+        );
+        if let Err(err) = sink.send(Message::Text(frame.into())).await {
+            result = Err(anyhow::anyhow!("writing an offline message: {err}"));
+            break;
+        }
+        written.push(m.id);
+    }
+    state.store.mark_read(user.id, &written).await?;
+    result
+}
+
+async fn read_loop(
+    state: &AppState,
+    user: &AuthUser,
+    stream: &mut SplitStream<WebSocket>,
+    outbox: &mpsc::Sender<Outgoing>,
+    closer: &Closer,
+    heard: &AtomicBool,
+) {
+    loop {
+        let frame = tokio::select! {
+            _ = closer.token().cancelled() => return,
+            frame = stream.next() => frame,
+        };
+        heard.store(true, Ordering::Relaxed);
+        let reply = match frame {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Err(err)) => {
+                if is_too_big(err) {
+                    closer.close(close::TOO_BIG, "message too big");
+                }
+                return;
+            }
+            Some(Ok(Message::Text(text))) => relay::on_text(state, user, text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => Some(relay::error_frame(
+                "binary frames are not supported; send text",
+            )),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+        };
+        if let Some(reply) = reply
+            && outbox
+                .send(Outgoing::Text(Utf8Bytes::from(reply)))
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn is_too_big(err: axum::Error) -> bool {
+    matches!(
+        err.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut inbox: mpsc::Receiver<Outgoing>,
+    closer: Closer,
+    heard: Arc<AtomicBool>,
+    ping_every: Duration,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut silent_intervals = 0;
+    let mut receipts = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = closer.token().cancelled() => break,
+            item = inbox.recv() => {
+                let mut next = item;
+                let mut batched = 0;
+                // Write what is queued, then flush once.
+                while let Some(item) = next.take() {
+                    let frame = match item {
+                        Outgoing::Text(frame) => frame,
+                        Outgoing::Direct(frame, receipt) => {
+                            receipts.push(receipt);
+                            frame
+                        }
+                    };
+                    if sink.feed(Message::Text(frame)).await.is_err() {
+                        return;
+                    }
+                    batched += 1;
+                    if batched < WRITE_BATCH {
+                        next = inbox.try_recv().ok();
+                    }
+                }
+                if batched == 0 {
+                    break; // every sender is gone
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                receipts.drain(..).for_each(|r| r.mark_written());
+            }
+            _ = ping.tick() => {
+                if heard.swap(false, Ordering::Relaxed) {
+                    silent_intervals = 0;
+                } else {
+                    silent_intervals += 1;
+                    if silent_intervals >= 2 {
+                        closer.close(close::GOING_AWAY, "ping timeout");
+                        break;
+                    }
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let (code, reason) = closer.reason();
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
