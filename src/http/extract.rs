@@ -160,7 +160,7 @@ mod tests {
             vec![(vec!["body".into()], "json_invalid")]
         );
         assert_eq!(
-            items(parse_json(b"{} x")),
+            items(parse_json(br#"{"name": "a", "port": 1} x"#)),
             vec![(vec!["body".into()], "json_invalid")]
         );
         assert_eq!(

@@ -26,6 +26,7 @@ use crate::{
 
 /// Close codes the server uses.
 pub mod close {
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
@@ -69,19 +70,27 @@ impl Drop for Receipt {
 pub struct Closer {
     token: CancellationToken,
     reason: Arc<OnceLock<(u16, &'static str)>>,
+    shutdown: CancellationToken,
 }
 
 impl Closer {
-    /// A closer that also fires (with "going away") when `parent` is cancelled.
-    pub fn child_of(parent: &CancellationToken) -> Self {
+    /// A closer that also fires when `shutdown` is cancelled.
+    pub fn child_of(shutdown: &CancellationToken) -> Self {
         Self {
-            token: parent.child_token(),
+            token: shutdown.child_token(),
             reason: Arc::default(),
+            shutdown: shutdown.clone(),
         }
     }
 
+    /// Closes with this code and reason, unless a reason was given already.
     pub fn close(&self, code: u16, reason: &'static str) {
         let _ = self.reason.set((code, reason));
+        self.token.cancel();
+    }
+
+    /// Ends the connection with no reason of its own (the client left).
+    pub fn finish(&self) {
         self.token.cancel();
     }
 
@@ -90,10 +99,11 @@ impl Closer {
     }
 
     pub fn reason(&self) -> (u16, &'static str) {
-        self.reason
-            .get()
-            .copied()
-            .unwrap_or((close::GOING_AWAY, "server shutting down"))
+        match self.reason.get() {
+            Some(reason) => *reason,
+            None if self.shutdown.is_cancelled() => (close::GOING_AWAY, "server shutting down"),
+            None => (close::NORMAL, ""),
+        }
     }
 }
 

@@ -56,7 +56,7 @@ async fn session(socket: WebSocket, state: AppState, user: AuthUser, peer: Endpo
         write_loop(sink, inbox, closer.clone(), heard.clone(), ping_every).in_current_span(),
     );
     read_loop(&state, &user, &mut stream, &outbox, &closer, &heard).await;
-    closer.close(1000, "");
+    closer.finish();
     let _ = writer.await;
 
     let last_here = state.hub.unregister(user.id, registration.id);

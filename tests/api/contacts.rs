@@ -1,0 +1,315 @@
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::spawn;
+
+#[tokio::test]
+async fn adding_by_name_makes_a_request_the_other_side_accepts() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let (status, entry) = app
+        .post(
+            "/me/contacts/",
+            &alice.token,
+            json!({"friend_username": "bob"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Both shapes in one entry.
+    assert_eq!(entry["id"], bob.id);
+    assert_eq!(entry["username"], "bob");
+    assert_eq!(entry["public_key"], "pk-bob");
+    assert_eq!(entry["is_online"], true);
+    assert_eq!(entry["user_id"], alice.id);
+    assert_eq!(entry["friend_id"], bob.id);
+    assert_eq!(entry["status"], "accepted");
+    assert!(entry["created_at"].is_string() && entry["last_seen"].is_string());
+    assert_eq!(entry["friend"]["id"], bob.id);
+    assert_eq!(entry["friend"]["username"], "bob");
+
+    // Alice lists bob; bob has a request from alice.
+    let (_, list) = app.get("/me/contacts/", &alice.token).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["username"], "bob");
+    assert_eq!(app.get("/me/contacts", &bob.token).await.1, json!([]));
+    let (status, pending) = app.get("/me/contacts/pending", &bob.token).await;
+    assert_eq!(status, StatusCode::OK);
+    let request = &pending[0];
+    assert_eq!(
+        (request["id"].as_i64(), request["user_id"].as_i64()),
+        (Some(alice.id), Some(alice.id))
+    );
+    assert_eq!(request["friend_id"], bob.id);
+    assert_eq!(request["status"], "pending");
+    assert_eq!(request["username"], "alice");
+    assert_eq!(
+        request["user"],
+        json!({"id": alice.id, "username": "alice", "is_online": true})
+    );
+    assert!(request["created_at"].is_string());
+    assert_eq!(
+        app.get("/me/contacts/pending/", &alice.token).await.1,
+        json!([])
+    );
+
+    // Bob accepts: both sides accepted, the request is gone.
+    let (status, accepted) = app
+        .call(
+            Method::PUT,
+            &format!("/me/contacts/{}", alice.id),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (accepted["id"].as_i64(), accepted["status"].as_str()),
+        (Some(alice.id), Some("accepted"))
+    );
+    assert_eq!(accepted["user_id"], bob.id);
+    assert_eq!(
+        app.get("/me/contacts/", &bob.token).await.1[0]["username"],
+        "alice"
+    );
+    assert_eq!(
+        app.get("/me/contacts/pending", &bob.token).await.1,
+        json!([])
+    );
+    // Accepting again: there is no request any more.
+    let (status, _) = app
+        .call(
+            Method::PUT,
+            &format!("/me/contacts/{}/", alice.id),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn adding_by_id_and_mutual_adds_accept_both_sides() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let (status, _) = app
+        .post("/me/contacts", &alice.token, json!({"friend_id": bob.id}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Bob adds alice back instead of accepting: same result.
+    let (status, entry) = app
+        .post(
+            "/me/contacts/",
+            &bob.token,
+            json!({"friend_username": "ALICE"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(entry["status"], "accepted");
+    assert_eq!(
+        app.get("/me/contacts/pending", &bob.token).await.1,
+        json!([])
+    );
+    assert_eq!(
+        app.get("/me/contacts/pending", &alice.token).await.1,
+        json!([])
+    );
+    assert_eq!(
+        app.get("/me/contacts/", &alice.token)
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        app.get("/me/contacts/", &bob.token)
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn adding_oneself_twice_or_nobody_is_refused() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    app.register("bob").await;
+    let cases = [
+        (json!({"friend_username": "alice"}), StatusCode::BAD_REQUEST),
+        (json!({"friend_id": alice.id}), StatusCode::BAD_REQUEST),
+        (json!({"friend_username": "nobody"}), StatusCode::NOT_FOUND),
+        (json!({"friend_id": 999_999}), StatusCode::NOT_FOUND),
+        (json!({"friend_username": "bob"}), StatusCode::ACCEPTED),
+        (json!({"friend_username": "bob"}), StatusCode::BAD_REQUEST),
+        (json!({}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"friend_id": "two"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = app.post("/me/contacts/", &alice.token, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+        if status == StatusCode::BAD_REQUEST || status == StatusCode::NOT_FOUND {
+            assert!(answer["detail"].is_string());
+        }
+    }
+}
+
+#[tokio::test]
+async fn deleting_removes_both_sides_or_rejects_a_request() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let carol = app.user("carol").await;
+    let (status, body) = app
+        .call(
+            Method::DELETE,
+            &format!("/me/contacts/{}", bob.id),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    assert_eq!(app.get("/me/contacts/", &alice.token).await.1, json!([]));
+    assert_eq!(app.get("/me/contacts/", &bob.token).await.1, json!([]));
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/me/contacts/{}/", bob.id),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Rejecting a request removes it on both sides.
+    app.post(
+        "/me/contacts/",
+        &carol.token,
+        json!({"friend_username": "alice"}),
+    )
+    .await;
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/me/contacts/{}", carol.id),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get("/me/contacts/pending", &alice.token).await.1,
+        json!([])
+    );
+    assert_eq!(app.get("/me/contacts/", &carol.token).await.1, json!([]));
+    let (status, _) = app
+        .call(Method::DELETE, "/me/contacts/abc", Some(&alice.token), None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn the_contact_list_pages_with_skip_and_limit() {
+    let app = spawn().await;
+    let me = app.user("owner").await;
+    for name in ["c1", "c2", "c3", "c4"] {
+        app.register(name).await;
+        app.post("/me/contacts/", &me.token, json!({"friend_username": name}))
+            .await;
+    }
+    let names = |v: Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["username"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(app.get("/me/contacts/", &me.token).await.1),
+        ["c1", "c2", "c3", "c4"]
+    );
+    assert_eq!(
+        names(app.get("/me/contacts/?skip=1&limit=2", &me.token).await.1),
+        ["c2", "c3"]
+    );
+    assert_eq!(
+        app.get("/me/contacts/?skip=-1", &me.token).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+#[tokio::test]
+async fn the_online_list_shows_consenting_online_contacts_with_addresses() {
+    let app = spawn().await;
+    let (alice, _bob) = app.friends("alice", "bob").await;
+    // Carol is alice's contact only on alice's side: carol has not consented.
+    app.user("carol").await;
+    app.post(
+        "/me/contacts/",
+        &alice.token,
+        json!({"friend_username": "carol"}),
+    )
+    .await;
+    // Dave is a mutual contact who logs in with a declared port and then logs out.
+    let (_, dave) = {
+        let dave = app.user("dave").await;
+        app.post(
+            "/me/contacts/",
+            &dave.token,
+            json!({"friend_username": "alice"}),
+        )
+        .await;
+        app.post(
+            "/me/contacts/",
+            &alice.token,
+            json!({"friend_username": "dave"}),
+        )
+        .await;
+        ((), dave)
+    };
+    let bob_token = app.login("bob", Some(7001)).await;
+    let (status, online) = app.get("/me/contacts/online", &alice.token).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<_> = online
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bob", "dave"]);
+    let bob_entry = &online[0];
+    assert_eq!(bob_entry["ip_address"], "127.0.0.1");
+    assert_eq!(bob_entry["port"], 7001);
+    assert_eq!(bob_entry["public_key"], "pk-bob");
+    assert_eq!(bob_entry["is_online"], true);
+    assert!(bob_entry["id"].is_i64() && bob_entry["last_seen"].is_string());
+    // Without a declared port, the login connection's source port: always an integer.
+    assert!(online[1]["port"].as_u64().unwrap() > 0);
+
+    app.post("/logout", &dave.token, json!(null)).await;
+    let online = app.get("/me/contacts/online/", &alice.token).await.1;
+    assert_eq!(online.as_array().unwrap().len(), 1);
+    drop(bob_token);
+}
+
+#[tokio::test]
+async fn open_visibility_shows_every_online_contact() {
+    let app = crate::helpers::spawn_with(&["--address-visibility", "open"]).await;
+    let alice = app.user("alice").await;
+    app.user("carol").await;
+    app.post(
+        "/me/contacts/",
+        &alice.token,
+        json!({"friend_username": "carol"}),
+    )
+    .await;
+    let online = app.get("/me/contacts/online", &alice.token).await.1;
+    assert_eq!(online[0]["username"], "carol");
+}

@@ -1,0 +1,306 @@
+//! Spawns the real server on a random port with its own database, and talks to it
+//! over HTTP and WebSocket like a client would.
+
+use std::{net::SocketAddr, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use secchat::{config::Settings, startup::App};
+use serde_json::{Value, json};
+use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{Message, protocol::frame::coding::CloseCode},
+};
+
+/// The secret test apps sign with, so tests can forge tokens.
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct TestUser {
+    pub id: i64,
+    pub name: String,
+    pub token: String,
+}
+
+pub async fn spawn() -> TestApp {
+    spawn_with(&[]).await
+}
+
+/// A server with extra command-line settings, e.g. `["--presence-lease-secs", "1"]`.
+pub async fn spawn_with(extra: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("test.db").display());
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        &db,
+        "--jwt-secret",
+        JWT_SECRET,
+    ];
+    args.extend_from_slice(extra);
+    let settings = Settings::from_args(args).expect("valid test settings");
+    let app = App::build(settings).await.expect("app builds");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        stop: Some(stop),
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+pub fn password_of(name: &str) -> String {
+    format!("pw-{name}-secret")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{}", self.addr, query)
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns the
+    /// status and the body parsed as JSON (`Value::Null` when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        assert!(status.as_u16() < 500, "{path} answered {status}: {value}");
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn register(&self, name: &str) -> Value {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/users/",
+                None,
+                Some(json!({
+                    "username": name,
+                    "email": format!("{name}@example.com"),
+                    "password": password_of(name),
+                    "public_key": format!("pk-{name}"),
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "register {name}: {body}");
+        body
+    }
+
+    /// Logs in with the url-encoded form; `port` is the declared P2P port.
+    pub async fn login(&self, name: &str, port: Option<u16>) -> String {
+        let mut form = vec![
+            ("username", name.to_owned()),
+            ("password", password_of(name)),
+        ];
+        if let Some(port) = port {
+            form.push(("port", port.to_string()));
+        }
+        let response = self
+            .http
+            .post(self.url("/token"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "login {name}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["token_type"], "bearer");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers and logs in.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let id = self.register(name).await["id"].as_i64().unwrap();
+        let token = self.login(name, None).await;
+        TestUser {
+            id,
+            name: name.to_owned(),
+            token,
+        }
+    }
+
+    /// Two users that have accepted each other.
+    pub async fn friends(&self, a: &str, b: &str) -> (TestUser, TestUser) {
+        let (a, b) = (self.user(a).await, self.user(b).await);
+        let (status, _) = self
+            .post(
+                "/me/contacts/",
+                &a.token,
+                json!({"friend_username": b.name}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let (status, _) = self
+            .call(
+                Method::PUT,
+                &format!("/me/contacts/{}", a.id),
+                Some(&b.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        (a, b)
+    }
+
+    pub async fn ws(&self, token: &str) -> WsClient {
+        let (stream, _) = connect_async(self.ws_url(&format!("?token={token}")))
+            .await
+            .expect("ws connects");
+        WsClient { stream }
+    }
+
+    /// Stops the server the way SIGTERM does, and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        let server = self.server.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(15), server)
+            .await
+            .expect("server stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+pub struct WsClient {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How long a test waits for a frame that should come.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+impl WsClient {
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::text(text))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// The next text frame; pings and pongs are skipped.
+    pub async fn text(&mut self) -> String {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
+                .await
+                .expect("a frame in time")
+                .expect("the stream is open")
+                .expect("a valid frame");
+            match frame {
+                Message::Text(text) => return text.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn json(&mut self) -> Value {
+        let text = self.text().await;
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    }
+
+    /// Asserts that no text frame arrives within `wait`.
+    pub async fn silent_for(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
+                .await
+                .expect("close in time");
+            match frame {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (u16::from(CloseCode::Status), String::new());
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => panic!("connection failed instead of closing: {err}"),
+                None => panic!("stream ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// Polls `check` until it holds or `PATIENCE` runs out.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,11 @@
+//! The black-box suite: every route of the contract, driven over real sockets.
+
+mod accounts;
+mod bad_input;
+mod contacts;
+mod flows;
+mod helpers;
+mod messages;
+mod ops;
+mod p2p;
+mod ws;

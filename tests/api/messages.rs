@@ -1,0 +1,141 @@
+use std::collections::HashSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{spawn, spawn_with};
+
+#[tokio::test]
+async fn offline_messages_are_stored_and_fetched_once_oldest_first() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    for i in 0..3 {
+        let (status, m) = app
+            .post(
+                "/messages/",
+                &alice.token,
+                json!({"recipient_username": "bob", "encrypted_content": format!("c{i}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{m}");
+        assert_eq!(
+            (m["sender_id"].as_i64(), m["receiver_id"].as_i64()),
+            (Some(alice.id), Some(bob.id))
+        );
+        assert_eq!(m["encrypted_content"], format!("c{i}"));
+        assert!(m["id"].is_i64() && m["sent_at"].as_str().unwrap().ends_with('Z'));
+    }
+    let (status, inbox) = app.get("/messages/", &bob.token).await;
+    assert_eq!(status, StatusCode::OK);
+    let contents: Vec<_> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["encrypted_content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["c0", "c1", "c2"]);
+    assert_eq!(app.get("/messages", &bob.token).await.1, json!([]));
+    assert_eq!(app.get("/messages/", &alice.token).await.1, json!([]));
+}
+
+#[tokio::test]
+async fn content_is_opaque_and_bounded() {
+    let app = spawn_with(&["--max-message-bytes", "1000"]).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let opaque = "不是 base64 \u{0}'; DROP TABLE messages; --";
+    let (status, _) = app
+        .post(
+            "/messages",
+            &alice.token,
+            json!({"recipient_username": "bob", "encrypted_content": opaque}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app.get("/messages/", &bob.token).await.1[0]["encrypted_content"],
+        opaque
+    );
+    let cases = [
+        (
+            json!({"recipient_username": "bob", "encrypted_content": "x".repeat(1001)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"recipient_username": "bob", "encrypted_content": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"recipient_username": "nobody", "encrypted_content": "x"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            json!({"recipient_username": "bob"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"recipient_username": "bob", "encrypted_content": 42}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(
+            app.post("/messages/", &alice.token, body.clone()).await.0,
+            expected,
+            "{body}"
+        );
+    }
+    // Over the body limit (64 KiB by default) is a 413.
+    let huge = json!({"recipient_username": "bob", "encrypted_content": "x".repeat(70 * 1024)});
+    assert_eq!(
+        app.post("/messages/", &alice.token, huge).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(app.get("/messages/", &bob.token).await.1, json!([]));
+}
+
+#[tokio::test]
+async fn concurrent_fetches_never_return_a_message_twice() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let sends = (0..200).map(|i| {
+        app.post(
+            "/messages/",
+            &alice.token,
+            json!({"recipient_username": "bob", "encrypted_content": format!("m{i}")}),
+        )
+    });
+    for (status, _) in futures_util::future::join_all(sends).await {
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Many devices of bob fetch at once.
+    let fetches = (0..8).map(|_| app.call(Method::GET, "/messages/", Some(&bob.token), None));
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for (status, batch) in futures_util::future::join_all(fetches).await {
+        assert_eq!(status, StatusCode::OK);
+        let ids: Vec<i64> = batch
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "each batch oldest first"
+        );
+        total += ids.len();
+        seen.extend(ids);
+    }
+    assert_eq!(
+        (total, seen.len()),
+        (200, 200),
+        "every message exactly once"
+    );
+    assert_eq!(
+        app.get("/messages/", &bob.token).await.1,
+        Value::Array(vec![])
+    );
+}

@@ -1,0 +1,166 @@
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::spawn;
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn().await;
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = app.http.get(app.url("/readyz/")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+}
+
+#[tokio::test]
+async fn docs_and_openapi_are_served_from_the_binary() {
+    let app = spawn().await;
+    for path in ["/docs", "/docs/"] {
+        let page = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK, "{path}: no redirect");
+        let html = page.text().await.unwrap();
+        assert!(
+            html.contains("swagger-ui") && !html.contains("cdn"),
+            "{path}"
+        );
+        assert!(
+            html.contains("\"/docs/swagger-ui.css\""),
+            "assets resolve from either form"
+        );
+    }
+    for asset in [
+        "/docs/swagger-ui.css",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-initializer.js",
+    ] {
+        let response = app.http.get(app.url(asset)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+    }
+    let initializer = app
+        .http
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(initializer.contains("/openapi.json"));
+    let (status, spec) = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = spec["paths"].as_object().unwrap();
+    for path in [
+        "/users/",
+        "/token",
+        "/logout",
+        "/users/me",
+        "/users/search/{query}",
+        "/me/connection-info",
+        "/me/contacts/",
+        "/me/contacts/pending",
+        "/me/contacts/{user_id}",
+        "/me/contacts/online",
+        "/users/{username}/connection-info",
+        "/messages/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic_and_keep_labels_bounded() {
+    let app = spawn().await;
+    let (alice, _bob) = app.friends("metric-alice", "metric-bob").await;
+    app.get("/users/metric-bob/connection-info", &alice.token)
+        .await;
+    app.http
+        .post(app.url("/token"))
+        .form(&[("username", "metric-alice"), ("password", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"secchat_http_requests_total{route="/users/{username}/connection-info",method="GET",status="200"}"#,
+        r#"secchat_logins_total{result="success"}"#,
+        r#"secchat_logins_total{result="failure"}"#,
+        "secchat_http_request_duration_seconds_bucket",
+        "secchat_password_hash_seconds_count",
+    ] {
+        assert!(text.contains(needle), "{needle} missing");
+    }
+    assert!(
+        !text.contains("metric-alice") && !text.contains("metric-bob"),
+        "no usernames in labels"
+    );
+    assert!(!text.contains("/users/metric"), "no raw paths in labels");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_api_shape() {
+    let app = spawn().await;
+    let (status, body) = app.call(Method::GET, "/no/such/route", None, None).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::NOT_FOUND, json!({"detail": "Not Found"}))
+    );
+    let (status, body) = app.call(Method::DELETE, "/token", None, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["detail"].is_string());
+}
+
+#[tokio::test]
+async fn every_route_answers_with_and_without_its_trailing_slash() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let routes = [
+        (Method::GET, "/users/me"),
+        (Method::GET, "/users/search/b"),
+        (Method::GET, "/me/contacts"),
+        (Method::GET, "/me/contacts/pending"),
+        (Method::GET, "/me/contacts/online"),
+        (Method::GET, "/users/bob/connection-info"),
+        (Method::GET, "/messages"),
+        (Method::GET, "/healthz"),
+        (Method::GET, "/readyz"),
+        (Method::GET, "/metrics"),
+        (Method::GET, "/openapi.json"),
+    ];
+    for (method, path) in routes {
+        for form in [path.to_owned(), format!("{path}/")] {
+            let response = app
+                .http
+                .request(method.clone(), app.url(&form))
+                .bearer_auth(&alice.token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{method} {form}");
+        }
+    }
+    let body = json!({"port": 4000});
+    for form in ["/me/connection-info", "/me/connection-info/"] {
+        assert_eq!(
+            app.call(Method::PUT, form, Some(&bob.token), Some(body.clone()))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+}

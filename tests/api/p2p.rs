@@ -1,0 +1,131 @@
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{eventually, spawn, spawn_with};
+
+#[tokio::test]
+async fn connection_info_for_a_consenting_online_user() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    app.login("bob", Some(6953)).await;
+    let (status, info) = app.get("/users/bob/connection-info", &alice.token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        info,
+        json!({"username": "bob", "public_key": "pk-bob", "ip_address": "127.0.0.1", "port": 6953})
+    );
+    assert_eq!(
+        app.get("/users/BOB/connection-info/", &alice.token).await.0,
+        StatusCode::OK
+    );
+    // One's own info is visible to oneself.
+    assert_eq!(
+        app.get("/users/bob/connection-info", &bob.token).await.1["port"],
+        6953
+    );
+}
+
+#[tokio::test]
+async fn unknown_offline_and_hidden_users_look_the_same() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let stranger = app.user("stranger").await;
+    // Alice added carol, but carol never accepted alice: carol has not consented.
+    let carol = app.user("carol").await;
+    app.post(
+        "/me/contacts/",
+        &alice.token,
+        json!({"friend_username": "carol"}),
+    )
+    .await;
+    app.post("/logout", &bob.token, json!(null)).await;
+
+    let unknown = app.get("/users/nobody/connection-info", &alice.token).await;
+    let offline = app.get("/users/bob/connection-info", &alice.token).await;
+    let hidden = app.get("/users/carol/connection-info", &alice.token).await;
+    let stranger_view = app
+        .get("/users/alice/connection-info", &stranger.token)
+        .await;
+    assert_eq!(unknown.0, StatusCode::NOT_FOUND);
+    for other in [&offline, &hidden, &stranger_view] {
+        assert_eq!(other, &unknown);
+    }
+    drop(carol);
+}
+
+#[tokio::test]
+async fn open_visibility_lets_any_signed_in_user_see_addresses() {
+    let app = spawn_with(&["--address-visibility", "open"]).await;
+    let alice = app.user("alice").await;
+    let stranger = app.user("stranger").await;
+    let (status, info) = app
+        .get("/users/alice/connection-info", &stranger.token)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(info["port"].is_u64());
+    drop(alice);
+}
+
+#[tokio::test]
+async fn presence_is_a_lease_that_runs_out() {
+    let app = spawn_with(&["--presence-lease-secs", "1"]).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let located = |token: String| {
+        let app = &app;
+        async move { app.get("/users/bob/connection-info", &token).await.0 == StatusCode::OK }
+    };
+    assert!(located(alice.token.clone()).await);
+    eventually("bob's lease runs out", || async {
+        !located(alice.token.clone()).await
+    })
+    .await;
+    // The heartbeat brings bob back.
+    app.call(
+        Method::PUT,
+        "/me/connection-info",
+        Some(&bob.token),
+        Some(json!({"port": 5000})),
+    )
+    .await;
+    assert!(located(alice.token.clone()).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!located(alice.token.clone()).await);
+}
+
+#[tokio::test]
+async fn an_open_websocket_keeps_its_user_online() {
+    let app = spawn_with(&["--presence-lease-secs", "1"]).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let _socket = app.ws(&bob.token).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        app.get("/users/bob/connection-info", &alice.token).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let trusting = spawn_with(&["--trusted-proxies", "127.0.0.0/8"]).await;
+    let sceptic = spawn().await;
+    for (app, expected) in [(&trusting, "203.0.113.7"), (&sceptic, "127.0.0.1")] {
+        let (alice, bob) = app.friends("alice", "bob").await;
+        let response = app
+            .http
+            .post(app.url("/token"))
+            .header("x-forwarded-for", "203.0.113.7")
+            .form(&[
+                ("username", "bob"),
+                ("password", &crate::helpers::password_of("bob")),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let info = app.get("/users/bob/connection-info", &alice.token).await.1;
+        assert_eq!(info["ip_address"], expected);
+        drop(bob);
+    }
+}

@@ -1,0 +1,379 @@
+use std::{collections::HashSet, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::{connect_async, tungstenite::Message};
+
+use crate::helpers::{JWT_SECRET, TestApp, eventually, spawn, spawn_with};
+
+fn forge(alg: Algorithm, secret: &str, claims: Value) -> String {
+    encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn online_notice(name: &str) -> String {
+    format!("系统消息: 用户 {name} 已上线。")
+}
+
+fn offline_notice(name: &str) -> String {
+    format!("系统消息: 用户 {name} 已下线。")
+}
+
+async fn refused(app: &TestApp, query: &str) -> (u16, String) {
+    let (stream, _) = connect_async(app.ws_url(query))
+        .await
+        .expect("the upgrade itself succeeds");
+    let mut client = crate::helpers::WsClient { stream };
+    client.closed().await
+}
+
+#[tokio::test]
+async fn bad_tokens_are_closed_with_1008() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = |exp: i64| json!({"sub": "alice", "uid": alice.id, "iat": now, "exp": exp, "jti": "forged"});
+    let unsigned = {
+        // alg "none": header and claims, no signature.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(claims(now + 600).to_string())
+        )
+    };
+    let cases = [
+        String::new(),
+        "?token=".into(),
+        "?token=garbage".into(),
+        format!(
+            "?token={}",
+            forge(Algorithm::HS256, JWT_SECRET, claims(now - 600))
+        ),
+        format!(
+            "?token={}",
+            forge(Algorithm::HS512, JWT_SECRET, claims(now + 600))
+        ),
+        format!(
+            "?token={}",
+            forge(
+                Algorithm::HS256,
+                "some-other-secret-some-other-secret",
+                claims(now + 600)
+            )
+        ),
+        format!("?token={unsigned}"),
+    ];
+    for query in cases {
+        let (code, reason) = refused(&app, &query).await;
+        assert_eq!(code, 1008, "{query}");
+        assert!(!reason.is_empty());
+    }
+    // The same forgeries are 401 over HTTP.
+    for token in [
+        forge(Algorithm::HS256, JWT_SECRET, claims(now - 600)),
+        unsigned,
+    ] {
+        assert_eq!(
+            app.get("/users/me", &token).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // A token signed with the right secret and algorithm is accepted.
+    let genuine = forge(Algorithm::HS256, JWT_SECRET, claims(now + 600));
+    assert_eq!(app.get("/users/me", &genuine).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logout_closes_that_tokens_sockets_and_refuses_it_afterwards() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let phone_token = app.login("alice", None).await;
+    let mut laptop = app.ws(&alice.token).await;
+    let mut phone = app.ws(&phone_token).await;
+    app.post("/logout", &alice.token, json!(null)).await;
+    assert_eq!(laptop.closed().await.0, 1008);
+    let (code, _) = refused(&app, &format!("?token={}", alice.token)).await;
+    assert_eq!(code, 1008);
+    // The other device is untouched and keeps the user online.
+    phone.send_text("still here").await;
+    phone.silent_for(Duration::from_millis(200)).await;
+    let (status, me) = app.get("/users/me", &phone_token).await;
+    assert_eq!(
+        (status, me["is_online"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+}
+
+#[tokio::test]
+async fn join_and_leave_notices_are_per_user() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut watcher = app.ws(&alice.token).await;
+    let mut first = app.ws(&bob.token).await;
+    assert_eq!(watcher.text().await, online_notice("bob"));
+    let mut second = app.ws(&bob.token).await;
+    first.stream.close(None).await.unwrap();
+    // A second device joining or one of two leaving says nothing.
+    watcher.silent_for(Duration::from_millis(300)).await;
+    second.stream.close(None).await.unwrap();
+    assert_eq!(watcher.text().await, offline_notice("bob"));
+}
+
+#[tokio::test]
+async fn contacts_only_notices_reach_only_watchers() {
+    let app = spawn_with(&["--presence-notices", "contacts"]).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let carol = app.user("carol").await;
+    let mut alice_ws = app.ws(&alice.token).await;
+    let mut carol_ws = app.ws(&carol.token).await;
+    let _bob_ws = app.ws(&bob.token).await;
+    assert_eq!(alice_ws.text().await, online_notice("bob"));
+    carol_ws.silent_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn text_frames_are_broadcast_to_every_other_user() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let mut a = app.ws(&alice.token).await;
+    let mut b = app.ws(&bob.token).await;
+    assert_eq!(a.text().await, online_notice("bob"));
+    let mut c = app.ws(&carol.token).await;
+    assert_eq!(a.text().await, online_notice("carol"));
+    assert_eq!(b.text().await, online_notice("carol"));
+    let mut a2 = app.ws(&alice.token).await;
+
+    a.send_text("hello, 世界").await;
+    assert_eq!(b.text().await, "alice: hello, 世界");
+    assert_eq!(c.text().await, "alice: hello, 世界");
+    // Not to the sender, on any of its devices.
+    a.silent_for(Duration::from_millis(200)).await;
+    a2.silent_for(Duration::from_millis(10)).await;
+    // JSON that is not an object is text too.
+    b.send_text("[1, 2]").await;
+    assert_eq!(c.text().await, "bob: [1, 2]");
+}
+
+#[tokio::test]
+async fn directed_messages_reach_every_device_of_the_recipient_only() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let mut c = app.ws(&carol.token).await;
+    let mut b1 = app.ws(&bob.token).await;
+    let mut b2 = app.ws(&bob.token).await;
+    let mut a = app.ws(&alice.token).await;
+    for _ in 0..2 {
+        c.text().await; // bob's and alice's notices
+    }
+    b1.text().await;
+    b2.text().await;
+    a.send_json(json!({"recipient_username": "Bob", "content": "ciphertext=="}))
+        .await;
+    for device in [&mut b1, &mut b2] {
+        let frame = device.json().await;
+        assert_eq!(frame["type"], "p2p_message");
+        assert_eq!(frame["sender_username"], "alice");
+        assert_eq!(frame["content"], "ciphertext==");
+        assert!(frame["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    c.silent_for(Duration::from_millis(200)).await;
+    a.silent_for(Duration::from_millis(10)).await;
+    assert_eq!(
+        app.get("/messages/", &bob.token).await.1,
+        json!([]),
+        "delivered, so not stored"
+    );
+}
+
+#[tokio::test]
+async fn directed_messages_to_offline_users_are_stored_and_pushed_on_connect() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.ws(&alice.token).await;
+    for i in 0..3 {
+        a.send_json(
+            json!({"recipient_username": "bob", "content": format!("m{i}"), "extra": true}),
+        )
+        .await;
+        assert_eq!(
+            a.json().await,
+            json!({"status": "用户 bob 当前离线，消息已保存。"})
+        );
+    }
+    let mut b = app.ws(&bob.token).await;
+    for i in 0..3 {
+        let frame = b.json().await;
+        assert_eq!(frame["type"], "offline_message");
+        assert_eq!(frame["sender_username"], "alice");
+        assert_eq!(frame["content"], format!("m{i}"));
+        assert!(frame["timestamp"].is_string());
+    }
+    // Written, so read: neither a fetch nor the next connection sees them again.
+    eventually("marked read", || async {
+        app.get("/messages/", &bob.token).await.1 == json!([])
+    })
+    .await;
+    let mut again = app.ws(&bob.token).await;
+    again.silent_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn bad_frames_get_an_error_and_the_connection_stays_open() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    app.register("bob").await;
+    let mut a = app.ws(&alice.token).await;
+    let bad = [
+        json!({"recipient_username": "nobody", "content": "x"}),
+        json!({"hello": "world"}),
+        json!({"recipient_username": "bob"}),
+        json!({"recipient_username": 5, "content": "x"}),
+        json!({"recipient_username": "bob", "content": {"nested": true}}),
+        json!({"recipient_username": "bob", "content": ""}),
+    ];
+    for frame in bad {
+        a.send_json(frame.clone()).await;
+        let reply = a.json().await;
+        assert!(reply["error"].is_string(), "{frame} got {reply}");
+    }
+    a.stream.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert!(a.json().await["error"].is_string());
+    a.send_json(json!({"recipient_username": "bob", "content": "after all that"}))
+        .await;
+    assert!(
+        a.json().await["status"].is_string(),
+        "still open and working"
+    );
+}
+
+#[tokio::test]
+async fn oversized_frames_are_never_relayed() {
+    let app = spawn_with(&["--max-message-bytes", "1024"]).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut b = app.ws(&bob.token).await;
+    let mut a = app.ws(&alice.token).await;
+    assert_eq!(b.text().await, online_notice("alice"));
+    a.send_text(&"x".repeat(2000)).await;
+    assert_eq!(a.closed().await.0, 1009);
+    assert_eq!(
+        b.text().await,
+        offline_notice("alice"),
+        "nothing relayed before the leave notice"
+    );
+}
+
+#[tokio::test]
+async fn the_server_pings_and_drops_silent_clients() {
+    let app = spawn_with(&["--ws-ping-secs", "1"]).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut watcher = app.ws(&alice.token).await;
+    let silent = app.ws(&bob.token).await;
+    assert_eq!(watcher.text().await, online_notice("bob"));
+    // The watcher reads (so answers pings) and is pinged.
+    let ping = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if let Some(Ok(Message::Ping(_))) = watcher.stream.next().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ping.is_ok(), "no ping within 3 s");
+    // Bob never reads, so never answers: he is dropped and the watcher told.
+    assert_eq!(watcher.text().await, offline_notice("bob"));
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_cut_off_without_losing_directed_messages() {
+    let app = spawn_with(&["--ws-queue-len", "8"]).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut slow = app.ws(&bob.token).await;
+    let mut a = app.ws(&alice.token).await;
+    // Large frames fill the socket buffers, then the outbox, while bob reads nothing.
+    let sent = 400;
+    let padding = "p".repeat(60 * 1024);
+    for i in 0..sent {
+        a.send_json(json!({"recipient_username": "bob", "content": format!("{i:04}{padding}")}))
+            .await;
+    }
+    // Now bob reads what reached his socket, up to the close.
+    let mut received = HashSet::new();
+    let mut close_code = None;
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(Duration::from_secs(5), slow.stream.next()).await
+    {
+        match frame {
+            Ok(Message::Text(text)) => {
+                let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                if v["type"] == "p2p_message" {
+                    received.insert(v["content"].as_str().unwrap()[..4].to_owned());
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                close_code = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(close_code, Some(1013), "the slow reader was cut off");
+    // The rest were stored as offline messages: every message exactly once.
+    let mut stored = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while received.len() + stored.len() < sent {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} + {} of {sent} accounted for",
+            received.len(),
+            stored.len()
+        );
+        for m in app
+            .get("/messages/", &bob.token)
+            .await
+            .1
+            .as_array()
+            .unwrap()
+        {
+            let id = m["encrypted_content"].as_str().unwrap()[..4].to_owned();
+            assert!(!received.contains(&id), "{id} both delivered and stored");
+            assert!(stored.insert(id), "stored twice");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(received.len() + stored.len(), sent);
+    assert!(
+        !stored.is_empty(),
+        "the test must overflow bob's connection"
+    );
+    // Alice's own connection was never affected.
+    a.send_text("still fine").await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_websockets_with_1001() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let mut a = app.ws(&alice.token).await;
+    let stopping = tokio::spawn(app.stop());
+    assert_eq!(a.closed().await.0, 1001);
+    stopping.await.unwrap();
+}
