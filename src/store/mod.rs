@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Visibility;
 
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 pub type UserId = i64;
