@@ -14,12 +14,19 @@ use argon2::password_hash::rand_core::{OsRng, RngCore};
 use secrecy::SecretString;
 use sqlx::sqlite::SqliteConnectOptions;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     auth::revocation::Revocations,
-    bus::{Bus, EventSink, memory::MemoryBus},
+    bus::{Bus, EventSink, memory::MemoryBus, redis::RedisBus},
     config::Settings,
-    presence::{Presence, memory::MemoryPresence},
-    store::{Store, sqlite::SqliteStore},
+    keyspace::Keyspace,
+    presence::{
+        Presence,
+        memory::MemoryPresence,
+        redis::{REDIS_TIMEOUT, RedisPresence},
+    },
+    store::{Store, postgres::PostgresStore, sqlite::SqliteStore},
 };
 
 pub struct Backends {
@@ -30,33 +37,85 @@ pub struct Backends {
     pub jwt_secret: SecretString,
 }
 
-/// Connects what the settings name; `sink` receives the events fan-out brings here.
-pub async fn connect(settings: &Settings, sink: Arc<dyn EventSink>) -> anyhow::Result<Backends> {
-    if settings.uses_postgres() {
-        bail!(
-            "DATABASE_URL names Postgres, which this build does not support yet; use sqlite://FILE"
-        );
-    }
-    if settings.redis_url.is_some() {
-        bail!("REDIS_URL is set, but this build keeps presence and fan-out in process; unset it");
-    }
-    let sqlite =
-        Arc::new(SqliteStore::connect(&settings.database_url, settings.database_pool_size).await?);
+/// Connects what the settings name: Postgres or SQLite for the store; Redis or
+/// this process for presence, fan-out and revoked tokens. `sink` receives the
+/// events fan-out brings to this replica; `shutdown` stops the subscriber.
+pub async fn connect(
+    settings: &Settings,
+    sink: Arc<dyn EventSink>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Backends> {
+    let (store, store_revocations, store_kind): (Arc<dyn Store>, Arc<dyn Revocations>, _) =
+        if settings.uses_postgres() {
+            let pg = Arc::new(
+                PostgresStore::connect(&settings.database_url, settings.database_pool_size).await?,
+            );
+            (pg.clone(), pg, "postgres")
+        } else {
+            let sqlite = Arc::new(
+                SqliteStore::connect(&settings.database_url, settings.database_pool_size).await?,
+            );
+            (sqlite.clone(), sqlite, "sqlite")
+        };
     let jwt_secret = match &settings.jwt_secret {
         Some(secret) => secret.clone(),
+        None if settings.uses_postgres() => {
+            bail!(
+                "JWT_SECRET is required with Postgres: every replica must sign with the same secret"
+            )
+        }
         None => sqlite_secret(&settings.database_url)?,
     };
+    let (presence, revocations, bus): (Arc<dyn Presence>, Arc<dyn Revocations>, Arc<dyn Bus>) =
+        match &settings.redis_url {
+            Some(url) => {
+                let pool = deadpool_redis::Config::from_url(url.as_str())
+                    .builder()
+                    .context("REDIS_URL")?
+                    .max_size(settings.redis_pool_size)
+                    .wait_timeout(Some(REDIS_TIMEOUT))
+                    .create_timeout(Some(REDIS_TIMEOUT))
+                    .recycle_timeout(Some(REDIS_TIMEOUT))
+                    .runtime(deadpool_redis::Runtime::Tokio1)
+                    .build()
+                    .context("creating the Redis pool")?;
+                let keys = Keyspace::new(&settings.redis_prefix);
+                let replica = uuid::Uuid::new_v4().simple().to_string();
+                let presence = Arc::new(
+                    RedisPresence::connect(
+                        pool.clone(),
+                        keys.clone(),
+                        settings.presence_lease(),
+                        replica,
+                    )
+                    .await
+                    .context("connecting to Redis")?,
+                );
+                let bus = RedisBus::start(url, pool, keys, sink, shutdown).await?;
+                (presence.clone(), presence, bus)
+            }
+            None => (
+                Arc::new(MemoryPresence::new(settings.presence_lease())),
+                store_revocations,
+                Arc::new(MemoryBus::new(sink)),
+            ),
+        };
+    let shared = if settings.redis_url.is_some() {
+        "redis"
+    } else {
+        "memory"
+    };
     tracing::info!(
-        store = "sqlite",
-        presence = "memory",
-        bus = "memory",
+        store = store_kind,
+        presence = shared,
+        bus = shared,
         "backends ready"
     );
     Ok(Backends {
-        store: sqlite.clone(),
-        revocations: sqlite,
-        presence: Arc::new(MemoryPresence::new(settings.presence_lease())),
-        bus: Arc::new(MemoryBus::new(sink)),
+        store,
+        revocations,
+        presence,
+        bus,
         jwt_secret,
     })
 }

@@ -85,6 +85,10 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
 
+    /// Redis connections kept open for commands (subscriptions use one more).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 32)]
+    pub redis_pool_size: usize,
+
     /// How long shutdown waits for in-flight requests and WebSockets.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

@@ -18,6 +18,8 @@ pub mod domain;
 pub mod error;
 /// HTTP routes, one file per resource.
 pub mod http;
+/// Names of Redis keys and channels, under one prefix.
+pub mod keyspace;
 /// Prometheus metrics: the recorder and the names of what is measured.
 pub mod metrics;
 /// Who is online, at which address, under a renewable lease.

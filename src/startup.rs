@@ -38,7 +38,8 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let (hub, undelivered) = Hub::new();
         let hub = Arc::new(hub);
-        let backends = backends::connect(&settings, hub.clone()).await?;
+        let shutdown = CancellationToken::new();
+        let backends = backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
         let hashes = settings
             .max_concurrent_hashes
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -51,7 +52,7 @@ impl App {
             bus: backends.bus,
             hub,
             metrics: crate::metrics::install(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             sessions: TaskTracker::new(),
             settings: Arc::new(settings),
         };
@@ -142,7 +143,7 @@ fn spawn_background(
         loop {
             tokio::select! {
                 _ = renew.tick() => {
-                    if let Err(err) = state.presence.renew(&state.hub.local_users()).await {
+                    if let Err(err) = state.presence.renew(&state.hub.held()).await {
                         tracing::warn!(error = %err, "presence renewal failed");
                     }
                     state.metrics.run_upkeep();

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::UserId;
 
 pub mod memory;
+pub mod redis;
 
 /// A directed message in flight from one user to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,11 +40,20 @@ pub enum Event {
     CloseSessions { user: UserId, jti: String },
 }
 
-/// Where a replica's bus hands the events that reach it.
+/// Where a replica's bus hands the events that reach it: the replica's hub.
 pub trait EventSink: Send + Sync + 'static {
     /// Delivers to local connections; for a direct message, false when this replica
     /// holds no connection of the recipient.
     fn deliver(&self, event: Event) -> bool;
+
+    /// A directed message that reached this replica for a user it no longer
+    /// holds: to be stored offline.
+    fn undeliverable(&self, message: DirectMessage);
+
+    /// Users with connections here.
+    fn local_users(&self) -> Vec<UserId>;
+
+    fn holds(&self, user: UserId) -> bool;
 }
 
 #[derive(Debug, thiserror::Error)]

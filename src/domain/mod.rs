@@ -10,7 +10,7 @@
 pub mod time;
 mod user;
 
-pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username, key_of};
+pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username};
 
 /// What is wrong with one input field, rendered as a FastAPI validation item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,10 @@ impl MessageContent {
     pub fn parse(raw: String, max_bytes: usize, field: &'static str) -> Result<Self, Invalid> {
         if raw.is_empty() {
             return Err(Invalid::new(field, "must not be empty"));
+        }
+        // Postgres text cannot hold NUL; refusing it everywhere keeps backends alike.
+        if raw.contains('\0') {
+            return Err(Invalid::new(field, "must not contain NUL characters"));
         }
         if raw.len() > max_bytes {
             return Err(Invalid::new(

@@ -34,7 +34,22 @@ impl Username {
 
     /// The case-folded form that uniqueness and look-ups go by.
     pub fn key(&self) -> String {
-        key_of(&self.0)
+        self.0.to_lowercase()
+    }
+
+    /// The look-up key of a name a client gave, or `None` when no user can have
+    /// that name (so there is nothing to look up).
+    pub fn lookup_key(raw: &str) -> Option<String> {
+        Self::parse(raw).ok().map(|u| u.key())
+    }
+
+    /// The case-folded form of a search string, or `None` when it holds a
+    /// character no username has (so nothing can match).
+    pub fn search_needle(raw: &str) -> Option<String> {
+        let fits = !raw.is_empty()
+            && raw.chars().count() <= USERNAME_MAX_CHARS
+            && raw.chars().all(is_username_char);
+        fits.then(|| raw.to_lowercase())
     }
 
     pub fn as_str(&self) -> &str {
@@ -42,9 +57,8 @@ impl Username {
     }
 }
 
-/// The case-folded form of any username-like text, for look-ups.
-pub fn key_of(raw: &str) -> String {
-    raw.to_lowercase()
+fn is_username_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '.')
 }
 
 #[derive(Debug, Clone)]
@@ -107,10 +121,10 @@ pub struct PublicKey(String);
 
 impl PublicKey {
     pub fn parse(raw: String) -> Result<Self, Invalid> {
-        if raw.trim().is_empty() || raw.len() > PUBLIC_KEY_MAX_BYTES {
+        if raw.trim().is_empty() || raw.len() > PUBLIC_KEY_MAX_BYTES || raw.contains('\0') {
             return Err(Invalid::new(
                 "public_key",
-                "must be 1 to 16384 bytes of text",
+                "must be 1 to 16384 bytes of text without NUL characters",
             ));
         }
         Ok(Self(raw))
@@ -147,6 +161,10 @@ mod tests {
             assert!(Username::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(Username::parse("Alice").unwrap().key(), "alice");
+        assert_eq!(Username::lookup_key("BoB"), Some("bob".into()));
+        assert_eq!(Username::lookup_key("b\0b"), None);
+        assert_eq!(Username::search_needle("L_I"), Some("l_i".into()));
+        assert_eq!(Username::search_needle("%"), None);
     }
 
     #[test]

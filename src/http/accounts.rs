@@ -19,7 +19,7 @@ use super::{
 use crate::{
     auth::AuthUser,
     bus::Event,
-    domain::{Email, Invalid, Password, Port, PublicKey, Username, key_of},
+    domain::{Email, Invalid, Password, Port, PublicKey, Username},
     error::{ApiError, ValidationItem},
     state::AppState,
     store::{NewUser, StoreError},
@@ -216,7 +216,10 @@ async fn login(
     Peer(peer): Peer,
     login: Login,
 ) -> Result<Json<TokenOut>, ApiError> {
-    let credentials = state.store.credentials(&key_of(&login.username)).await?;
+    let credentials = match Username::lookup_key(&login.username) {
+        Some(key) => state.store.credentials(&key).await?,
+        None => None, // verified against the dummy hash below all the same
+    };
     let (stored_hash, user) = match credentials {
         Some(c) => (Some(c.password_hash), Some((c.id, c.username))),
         None => (None, None),
@@ -297,11 +300,9 @@ async fn search(
     QueryParams(params): QueryParams<SearchParams>,
 ) -> Result<Json<Vec<UserBrief>>, ApiError> {
     let limit = params.limit.unwrap_or(20).min(100);
-    let needle = key_of(&query);
-    // No username is longer than this, so a longer query matches nobody.
-    if limit == 0 || needle.chars().count() > crate::domain::USERNAME_MAX_CHARS {
-        return Ok(Json(Vec::new()));
-    }
+    let Some(needle) = Username::search_needle(&query).filter(|_| limit > 0) else {
+        return Ok(Json(Vec::new())); // nothing can match
+    };
     let users = state
         .store
         .search_users(&needle, user.id, i64::from(limit))

@@ -15,7 +15,6 @@ use super::{
 };
 use crate::{
     auth::AuthUser,
-    domain::key_of,
     error::ApiError,
     state::AppState,
     store::{StoreError, UserId},
@@ -48,7 +47,7 @@ async fn add(
     JsonBody(body): JsonBody<AddContactRequest>,
 ) -> Result<(StatusCode, Json<ContactEntry>), ApiError> {
     let friend = match (body.friend_username, body.friend_id) {
-        (Some(name), _) => state.store.user_by_username(&key_of(&name)).await?,
+        (Some(name), _) => state.store.user_named(&name).await?,
         (None, Some(id)) => state.store.user_by_id(id).await?,
         (None, None) => return Err(ApiError::missing("body", "friend_username")),
     }

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     auth::AuthUser,
-    domain::{MessageContent, key_of},
+    domain::MessageContent,
     error::ApiError,
     metrics::{StoredVia, messages_stored},
     state::AppState,
@@ -46,7 +46,7 @@ async fn send(
     )?;
     let recipient = state
         .store
-        .user_by_username(&key_of(&body.recipient_username))
+        .user_named(&body.recipient_username)
         .await?
         .ok_or(ApiError::NotFound("Recipient not found"))?;
     let message = NewMessage {

@@ -6,7 +6,7 @@ use super::{
     extract::PathParam,
     views::{ConnectionInfo, Detail},
 };
-use crate::{auth::AuthUser, domain::key_of, error::ApiError, state::AppState};
+use crate::{auth::AuthUser, domain::Username, error::ApiError, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/users/{username}/connection-info", get(connection_info))
@@ -23,13 +23,10 @@ async fn connection_info(
     PathParam(username): PathParam<String>,
 ) -> Result<Json<ConnectionInfo>, ApiError> {
     const UNAVAILABLE: ApiError = ApiError::NotFound("User not found or offline");
+    let key = Username::lookup_key(&username).ok_or(UNAVAILABLE)?;
     let target = state
         .store
-        .visible_user(
-            user.id,
-            &key_of(&username),
-            state.settings.address_visibility,
-        )
+        .visible_user(user.id, &key, state.settings.address_visibility)
         .await?
         .ok_or(UNAVAILABLE)?;
     let at = state.presence.locate(&[target.id]).await?[0].ok_or(UNAVAILABLE)?;

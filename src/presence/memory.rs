@@ -8,7 +8,7 @@ use std::{
 
 use async_trait::async_trait;
 
-use super::{Endpoint, Presence, PresenceResult};
+use super::{Endpoint, Held, Presence, PresenceResult};
 use crate::store::UserId;
 
 #[derive(Default)]
@@ -99,12 +99,18 @@ impl Presence for MemoryPresence {
         }))
     }
 
-    async fn renew(&self, users: &[UserId]) -> PresenceResult<()> {
+    async fn renew(&self, held: &[Held]) -> PresenceResult<()> {
         self.with(|entries, now| {
-            for user in users {
-                if let Some(entry) = entries.get_mut(user) {
-                    entry.lease_until = Some(now + self.lease);
+            for h in held {
+                let entry = entries.entry(h.user).or_default();
+                if entry.live_endpoint(now).is_none() {
+                    entry.endpoint = Some(h.at);
                 }
+                entry.lease_until = Some(now + self.lease);
+                entry
+                    .connections
+                    .entry(h.jti.clone())
+                    .or_insert(h.connections);
             }
             // Forget users whose lease ran out and who hold no connection.
             entries.retain(|_, e| e.connection_count() > 0 || e.live_endpoint(now).is_some());
@@ -160,6 +166,11 @@ mod tests {
     #[tokio::test]
     async fn sign_off_respects_other_devices() {
         contract::sign_off_respects_other_devices(&presence()).await;
+    }
+
+    #[tokio::test]
+    async fn renew_restores_what_was_lost() {
+        contract::renew_restores_what_was_lost(&presence()).await;
     }
 
     #[tokio::test]

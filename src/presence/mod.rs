@@ -13,12 +13,23 @@ use serde::{Deserialize, Serialize};
 use crate::store::UserId;
 
 pub mod memory;
+pub mod redis;
 
 /// Where a client can be reached directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
+}
+
+/// WebSockets this replica holds for one user under one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub user: UserId,
+    pub jti: String,
+    pub connections: u32,
+    /// Where the newest of them connected from.
+    pub at: Endpoint,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +59,9 @@ pub trait Presence: Send + Sync + 'static {
     /// is left to run out by itself.
     async fn connection_closed(&self, user: UserId, jti: &str) -> PresenceResult<u32>;
 
-    /// Renews the leases of users holding WebSockets on this replica.
-    async fn renew(&self, users: &[UserId]) -> PresenceResult<()>;
+    /// Renews the leases of users holding WebSockets on this replica, and restores
+    /// what a backend may have lost (a restarted Redis) from `held`.
+    async fn renew(&self, held: &[Held]) -> PresenceResult<()>;
 
     /// Logout of token `jti`: the user goes offline unless a WebSocket opened with
     /// another token is still open. Returns whether the user is still online.
@@ -111,11 +123,30 @@ pub(crate) mod contract {
     /// `p` must have been built with a one-second lease.
     pub async fn lease_runs_out_unless_renewed(p: &dyn Presence) {
         p.announce(1, at(1)).await.unwrap();
-        p.announce(2, at(2)).await.unwrap();
+        p.connection_opened(2, "t", at(2)).await.unwrap();
+        let held = [Held {
+            user: 2,
+            jti: "t".into(),
+            connections: 1,
+            at: at(2),
+        }];
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            p.renew(&[2]).await.unwrap();
+            p.renew(&held).await.unwrap();
         }
         assert_eq!(p.locate(&[1, 2]).await.unwrap(), vec![None, Some(at(2))]);
+    }
+
+    /// What a replica holds comes back after the backend forgot everything.
+    pub async fn renew_restores_what_was_lost(fresh: &dyn Presence) {
+        let held = [Held {
+            user: 3,
+            jti: "t".into(),
+            connections: 2,
+            at: at(3),
+        }];
+        fresh.renew(&held).await.unwrap();
+        assert_eq!(fresh.locate(&[3]).await.unwrap(), vec![Some(at(3))]);
+        assert_eq!(fresh.connection_closed(3, "t").await.unwrap(), 1);
     }
 }

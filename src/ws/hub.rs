@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     bus::{Audience, DirectMessage, Event, EventSink},
     domain::time::iso,
+    presence::{Endpoint, Held},
     store::UserId,
 };
 
@@ -111,6 +112,7 @@ impl Closer {
 struct Connection {
     id: u64,
     jti: Arc<str>,
+    at: Endpoint,
     outbox: mpsc::Sender<Outgoing>,
     closer: Closer,
 }
@@ -180,6 +182,7 @@ impl Hub {
         &self,
         user: UserId,
         jti: &str,
+        at: Endpoint,
         outbox: mpsc::Sender<Outgoing>,
         closer: Closer,
     ) -> Registration {
@@ -190,6 +193,7 @@ impl Hub {
         list.push(Connection {
             id,
             jti: jti.into(),
+            at,
             outbox,
             closer,
         });
@@ -211,14 +215,28 @@ impl Hub {
         }
     }
 
-    /// Users with at least one connection here.
-    pub fn local_users(&self) -> Vec<UserId> {
-        self.connections
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect()
+    /// The connections held here, per user and token, for presence renewal.
+    pub fn held(&self) -> Vec<Held> {
+        let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let mut held: Vec<Held> = Vec::with_capacity(map.len());
+        for (user, conns) in map.iter() {
+            let first = held.len();
+            for conn in conns {
+                match held[first..].iter_mut().find(|h| *h.jti == *conn.jti) {
+                    Some(h) => {
+                        h.connections += 1;
+                        h.at = conn.at;
+                    }
+                    None => held.push(Held {
+                        user: *user,
+                        jti: conn.jti.to_string(),
+                        connections: 1,
+                        at: conn.at,
+                    }),
+                }
+            }
+        }
+        held
     }
 
     pub fn connection_count(&self) -> usize {
@@ -288,6 +306,26 @@ impl Hub {
 }
 
 impl EventSink for Hub {
+    fn local_users(&self) -> Vec<UserId> {
+        self.connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    fn holds(&self, user: UserId) -> bool {
+        self.connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&user)
+    }
+
+    fn undeliverable(&self, message: DirectMessage) {
+        let _ = self.undelivered.send(message);
+    }
+
     fn deliver(&self, event: Event) -> bool {
         match event {
             Event::Direct(message) => self.deliver_direct(message),
@@ -306,6 +344,28 @@ impl EventSink for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn here() -> Endpoint {
+        Endpoint {
+            ip: "127.0.0.1".parse().unwrap(),
+            port: 9,
+        }
+    }
+
+    #[test]
+    fn held_groups_connections_by_user_and_token() {
+        let (hub, _undelivered) = Hub::new();
+        for jti in ["a", "a", "b"] {
+            hub.register(2, jti, here(), mpsc::channel(1).0, Closer::default());
+        }
+        let mut held = hub.held();
+        held.sort_by(|x, y| x.jti.cmp(&y.jti));
+        let counts: Vec<_> = held
+            .iter()
+            .map(|h| (h.user, h.jti.as_str(), h.connections))
+            .collect();
+        assert_eq!(counts, [(2, "a", 2), (2, "b", 1)]);
+    }
 
     fn message(to: UserId) -> DirectMessage {
         DirectMessage {
@@ -332,8 +392,8 @@ mod tests {
         let (hub, mut undelivered) = Hub::new();
         let (tx1, rx1) = mpsc::channel(4);
         let (tx2, rx2) = mpsc::channel(4);
-        hub.register(2, "a", tx1, Closer::default());
-        hub.register(2, "b", tx2, Closer::default());
+        hub.register(2, "a", here(), tx1, Closer::default());
+        hub.register(2, "b", here(), tx2, Closer::default());
         assert!(hub.deliver(Event::Direct(message(2))));
         drop((rx1, rx2));
         let back = undelivered.try_recv().unwrap();
@@ -346,8 +406,8 @@ mod tests {
         let (hub, mut undelivered) = Hub::new();
         let (tx1, mut rx1) = mpsc::channel(4);
         let (tx2, rx2) = mpsc::channel(4);
-        hub.register(2, "a", tx1, Closer::default());
-        hub.register(2, "b", tx2, Closer::default());
+        hub.register(2, "a", here(), tx1, Closer::default());
+        hub.register(2, "b", here(), tx2, Closer::default());
         hub.deliver(Event::Direct(message(2)));
         match rx1.try_recv().unwrap() {
             Outgoing::Direct(_, receipt) => receipt.mark_written(),
@@ -362,7 +422,7 @@ mod tests {
         let (hub, _undelivered) = Hub::new();
         let (tx, _rx) = mpsc::channel(1);
         let closer = Closer::default();
-        hub.register(2, "a", tx, closer.clone());
+        hub.register(2, "a", here(), tx, closer.clone());
         let text = || Event::Text {
             text: "x".into(),
             audience: Audience::AllExcept(1),
@@ -377,8 +437,8 @@ mod tests {
     fn revoking_closes_only_that_token() {
         let (hub, _undelivered) = Hub::new();
         let (a, b) = (Closer::default(), Closer::default());
-        hub.register(2, "a", mpsc::channel(1).0, a.clone());
-        hub.register(2, "b", mpsc::channel(1).0, b.clone());
+        hub.register(2, "a", here(), mpsc::channel(1).0, a.clone());
+        hub.register(2, "b", here(), mpsc::channel(1).0, b.clone());
         hub.deliver(Event::CloseSessions {
             user: 2,
             jti: "a".into(),

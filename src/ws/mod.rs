@@ -47,23 +47,37 @@ async fn upgrade(
         Some(token) => authenticate(&state, token).await,
         None => Err(ApiError::Unauthorized("Not authenticated")),
     };
-    ws.on_upgrade(move |socket| async move {
-        match auth {
-            _ if state.shutdown.is_cancelled() => {
-                refuse(socket, hub::close::GOING_AWAY, "server shutting down").await
-            }
-            Ok(user) => {
-                let sessions = state.sessions.clone();
-                sessions
-                    .track_future(session::run(socket, state, user, peer))
-                    .await
-            }
-            Err(ApiError::Unauthorized(_)) => {
-                refuse(socket, hub::close::POLICY, "invalid or expired token").await
-            }
-            Err(_) => refuse(socket, 1011, "service temporarily unavailable").await,
+    let user = match auth {
+        _ if state.shutdown.is_cancelled() => {
+            return refuse_with(ws, hub::close::GOING_AWAY, "server shutting down");
         }
-    })
+        Ok(user) => user,
+        Err(ApiError::Unauthorized(_)) => {
+            return refuse_with(ws, hub::close::POLICY, "invalid or expired token");
+        }
+        Err(_) => return refuse_with(ws, UNAVAILABLE, "service temporarily unavailable"),
+    };
+    match session::Session::open(state.clone(), user, peer).await {
+        Ok(session) => {
+            let sessions = state.sessions.clone();
+            ws.on_upgrade(move |socket| sessions.track_future(session.run(socket)))
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "could not open a WebSocket session"
+            );
+            refuse_with(ws, UNAVAILABLE, "service temporarily unavailable")
+        }
+    }
+}
+
+/// Close code for "the server cannot serve you right now".
+const UNAVAILABLE: u16 = 1011;
+
+/// Completes the handshake only to close with `code`, as clients expect.
+fn refuse_with(ws: WebSocketUpgrade, code: u16, reason: &'static str) -> Response {
+    ws.on_upgrade(move |socket| refuse(socket, code, reason))
 }
 
 async fn refuse(mut socket: WebSocket, code: u16, reason: &'static str) {

@@ -9,7 +9,7 @@ use crate::{
     auth::AuthUser,
     bus::{Audience, DirectMessage, Event},
     config::NoticeAudience,
-    domain::{MessageContent, key_of},
+    domain::MessageContent,
     metrics::{StoredVia, messages_stored},
     presence::Endpoint,
     state::AppState,
@@ -66,11 +66,7 @@ async fn send_direct(
             Ok(content) => content.into_inner(),
             Err(invalid) => return Ok(Some(error_frame(&format!("content {}", invalid.message)))),
         };
-    let Some(recipient) = state
-        .store
-        .user_by_username(&key_of(&frame.recipient_username))
-        .await?
-    else {
+    let Some(recipient) = state.store.user_named(&frame.recipient_username).await? else {
         return Ok(Some(error_frame(&format!(
             "user '{}' not found",
             frame.recipient_username

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::{
-    hub::{Closer, Outgoing, close, message_frame},
+    hub::{Closer, Outgoing, Registration, close, message_frame},
     relay,
 };
 use crate::{auth::AuthUser, metrics::WsConnectionGauge, presence::Endpoint, state::AppState};
@@ -26,42 +26,102 @@ use crate::{auth::AuthUser, metrics::WsConnectionGauge, presence::Endpoint, stat
 /// Frames written before one flush; bounds the latency a burst adds.
 const WRITE_BATCH: usize = 64;
 
-pub async fn run(socket: WebSocket, state: AppState, user: AuthUser, peer: Endpoint) {
-    let span = tracing::info_span!("ws", user_id = user.id, conn = tracing::field::Empty);
-    session(socket, state, user, peer).instrument(span).await
+/// A connection set up before the handshake completes: registered in the hub,
+/// subscribed, counted in presence and announced. So a client that sees the
+/// handshake succeed is online and reachable. Dropped without running (the
+/// upgrade failed), it undoes all that.
+pub struct Session {
+    state: AppState,
+    user: AuthUser,
+    registration: Registration,
+    closer: Closer,
+    outbox: mpsc::Sender<Outgoing>,
+    inbox: Option<mpsc::Receiver<Outgoing>>,
+    open: bool,
 }
 
-async fn session(socket: WebSocket, state: AppState, user: AuthUser, peer: Endpoint) {
-    let _gauge = WsConnectionGauge::open();
-    let (mut sink, mut stream) = socket.split();
-    let closer = Closer::child_of(&state.shutdown);
-    let (outbox, inbox) = mpsc::channel(state.settings.ws_queue_len.max(1));
-    let registration = state
-        .hub
-        .register(user.id, &user.jti, outbox.clone(), closer.clone());
-    tracing::Span::current().record("conn", registration.id);
-
-    let opened = relay::connection_opened(&state, &user, peer, registration.first_here).await;
-    if let Err(err) = &opened {
-        tracing::warn!(error = %err, "could not open a WebSocket session");
-        closer.close(1011, "service temporarily unavailable");
-    } else if let Err(err) = push_offline(&state, &user, &mut sink).await {
-        tracing::debug!(error = %err, "offline push stopped");
-        closer.close(close::GOING_AWAY, "write failed");
+impl Session {
+    pub async fn open(state: AppState, user: AuthUser, peer: Endpoint) -> anyhow::Result<Self> {
+        let closer = Closer::child_of(&state.shutdown);
+        let (outbox, inbox) = mpsc::channel(state.settings.ws_queue_len.max(1));
+        let registration =
+            state
+                .hub
+                .register(user.id, &user.jti, peer, outbox.clone(), closer.clone());
+        if let Err(err) =
+            relay::connection_opened(&state, &user, peer, registration.first_here).await
+        {
+            if state.hub.unregister(user.id, registration.id) {
+                let _ = state.bus.detach(user.id).await;
+            }
+            return Err(err);
+        }
+        Ok(Self {
+            state,
+            user,
+            registration,
+            closer,
+            outbox,
+            inbox: Some(inbox),
+            open: true,
+        })
     }
 
-    let heard = Arc::new(AtomicBool::new(true));
-    let ping_every = state.settings.ws_ping_interval();
-    let writer = tokio::spawn(
-        write_loop(sink, inbox, closer.clone(), heard.clone(), ping_every).in_current_span(),
-    );
-    read_loop(&state, &user, &mut stream, &outbox, &closer, &heard).await;
-    closer.finish();
-    let _ = writer.await;
+    pub async fn run(mut self, socket: WebSocket) {
+        let span = tracing::info_span!("ws", user_id = self.user.id, conn = self.registration.id);
+        self.serve(socket).instrument(span).await
+    }
 
-    let last_here = state.hub.unregister(user.id, registration.id);
-    if opened.is_ok() {
-        relay::connection_closed(&state, &user, last_here).await;
+    async fn serve(&mut self, socket: WebSocket) {
+        let _gauge = WsConnectionGauge::open();
+        let (mut sink, mut stream) = socket.split();
+        let (state, user, closer) = (&self.state, &self.user, &self.closer);
+        if let Err(err) = push_offline(state, user, &mut sink).await {
+            tracing::debug!(error = %err, "offline push stopped");
+            closer.close(close::GOING_AWAY, "write failed");
+        }
+        let inbox = self.inbox.take().expect("a session is served once");
+        let heard = Arc::new(AtomicBool::new(true));
+        let ping_every = state.settings.ws_ping_interval();
+        let writer = tokio::spawn(
+            write_loop(sink, inbox, closer.clone(), heard.clone(), ping_every).in_current_span(),
+        );
+        read_loop(state, user, &mut stream, &self.outbox, closer, &heard).await;
+        closer.finish();
+        let _ = writer.await;
+        self.close().await;
+    }
+
+    async fn close(&mut self) {
+        self.open = false;
+        let last_here = self
+            .state
+            .hub
+            .unregister(self.user.id, self.registration.id);
+        relay::connection_closed(&self.state, &self.user, last_here).await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.open {
+            let mut session = Self {
+                state: self.state.clone(),
+                user: self.user.clone(),
+                registration: Registration {
+                    id: self.registration.id,
+                    first_here: false,
+                },
+                closer: self.closer.clone(),
+                outbox: self.outbox.clone(),
+                inbox: None,
+                open: false,
+            };
+            self.open = false;
+            self.state
+                .sessions
+                .spawn(async move { session.close().await });
+        }
     }
 }
 

@@ -21,7 +21,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+    /// The backend of a single-replica test lives as long as its app.
+    _backend: Option<Backend>,
 }
 
 pub struct TestUser {
@@ -30,40 +31,117 @@ pub struct TestUser {
     pub token: String,
 }
 
+/// Where one test's data lives: a fresh SQLite file (the embedded default), or,
+/// with `SECCHAT_TEST_BACKEND=cluster`, a fresh Postgres schema and Redis key
+/// prefix on the servers named by `TEST_DATABASE_URL` and `TEST_REDIS_URL`.
+/// Replicas built on one `Backend` share its data.
+pub struct Backend {
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn cluster_requested() -> bool {
+    std::env::var("SECCHAT_TEST_BACKEND").is_ok_and(|b| b == "cluster")
+}
+
+pub fn test_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn test_redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+impl Backend {
+    pub async fn new() -> Self {
+        if cluster_requested() {
+            Self::cluster().await
+        } else {
+            Self::embedded()
+        }
+    }
+
+    pub fn embedded() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = format!("sqlite://{}", dir.path().join("test.db").display());
+        Self {
+            args: vec!["--database-url".into(), db],
+            _dir: dir,
+        }
+    }
+
+    /// Postgres and Redis, each test in its own schema and key prefix.
+    pub async fn cluster() -> Self {
+        let base = test_database_url();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&base)
+            .await
+            .expect("Postgres reachable at TEST_DATABASE_URL");
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&admin)
+            .await
+            .expect("schema created");
+        admin.close().await;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let db = format!("{base}{separator}options=-c%20search_path%3D{name}");
+        let args = vec![
+            "--database-url".into(),
+            db,
+            "--redis-url".into(),
+            test_redis_url(),
+            "--redis-prefix".into(),
+            name,
+        ];
+        Self {
+            args,
+            _dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The settings a replica on this backend runs with, as command-line flags.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = self.args.clone();
+        args.extend(["--jwt-secret".into(), JWT_SECRET.into()]);
+        args
+    }
+
+    pub async fn spawn(&self, extra: &[&str]) -> TestApp {
+        let mut args = vec!["--bind".to_owned(), "127.0.0.1:0".into()];
+        args.extend(self.args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let settings = Settings::from_args(args).expect("valid test settings");
+        let app = App::build(settings).await.expect("app builds");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            addr,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            stop: Some(stop),
+            server: Some(server),
+            _backend: None,
+        }
+    }
+}
+
+/// A server on this test's own backend.
 pub async fn spawn() -> TestApp {
     spawn_with(&[]).await
 }
 
 /// A server with extra command-line settings, e.g. `["--presence-lease-secs", "1"]`.
+/// The backend's data lives as long as the returned app.
 pub async fn spawn_with(extra: &[&str]) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = format!("sqlite://{}", dir.path().join("test.db").display());
-    let mut args = vec![
-        "--bind",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-        "--jwt-secret",
-        JWT_SECRET,
-    ];
-    args.extend_from_slice(extra);
-    let settings = Settings::from_args(args).expect("valid test settings");
-    let app = App::build(settings).await.expect("app builds");
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    TestApp {
-        addr,
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-        stop: Some(stop),
-        server: Some(server),
-        _dir: dir,
-    }
+    let backend = Backend::new().await;
+    let mut app = backend.spawn(extra).await;
+    app._backend = Some(backend);
+    app
 }
 
 pub fn password_of(name: &str) -> String {

@@ -44,7 +44,7 @@ async fn content_is_opaque_and_bounded() {
     let app = spawn_with(&["--max-message-bytes", "1000"]).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
-    let opaque = "不是 base64 \u{0}'; DROP TABLE messages; --";
+    let opaque = "不是 base64 \u{1}'; DROP TABLE messages; --";
     let (status, _) = app
         .post(
             "/messages",
@@ -64,6 +64,10 @@ async fn content_is_opaque_and_bounded() {
         ),
         (
             json!({"recipient_username": "bob", "encrypted_content": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"recipient_username": "bob", "encrypted_content": "a\u{0}b"}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (

@@ -1,0 +1,206 @@
+//! Fan-out through Redis pub/sub.
+//!
+//! Each replica subscribes to the broadcast channel and to the channel of every
+//! user it holds connections for, on one dedicated connection that reconnects
+//! (and resubscribes) by itself. A directed message is published to its
+//! recipient's channel: Redis answers how many replicas received it, so zero
+//! means "connected nowhere" in one round trip.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use deadpool_redis::Pool;
+use futures_util::StreamExt;
+use redis::aio::PubSubSink;
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, BusError, Event, EventSink};
+use crate::{keyspace::Keyspace, presence::redis::with_redis, store::UserId};
+
+pub struct RedisBus {
+    pool: Pool,
+    keys: Keyspace,
+    sink: Arc<dyn EventSink>,
+    /// The live subscription connection's command side; `None` while reconnecting.
+    subscriber: Arc<RwLock<Option<PubSubSink>>>,
+}
+
+impl RedisBus {
+    /// Starts the subscriber (it runs until `shutdown`) and waits for its first
+    /// connection, so that a replica is not ready before it can receive.
+    pub async fn start(
+        url: &str,
+        pool: Pool,
+        keys: Keyspace,
+        sink: Arc<dyn EventSink>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let client = redis::Client::open(url).context("REDIS_URL is not a valid redis:// URL")?;
+        let bus = Arc::new(Self {
+            pool,
+            keys,
+            sink,
+            subscriber: Arc::default(),
+        });
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(subscribe_forever(bus.clone(), client, shutdown, ready_tx));
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .context("the Redis subscription did not start within 10 s")?
+            .context("the Redis subscriber stopped")?;
+        Ok(bus)
+    }
+
+    fn channel_of(&self, event: &Event) -> String {
+        match event {
+            Event::Direct(m) => self.keys.user_channel(m.recipient_id),
+            Event::CloseSessions { user, .. } => self.keys.user_channel(*user),
+            Event::Text { .. } => self.keys.broadcast_channel(),
+        }
+    }
+
+    async fn sink(&self) -> Option<PubSubSink> {
+        self.subscriber.read().await.clone()
+    }
+
+    fn dispatch(&self, payload: &[u8]) {
+        match serde_json::from_slice::<Event>(payload) {
+            Ok(Event::Direct(message)) => {
+                let kept = message.clone();
+                if !self.sink.deliver(Event::Direct(message)) {
+                    // The recipient left this replica after the publish counted it.
+                    self.sink.undeliverable(kept);
+                }
+            }
+            Ok(event) => {
+                self.sink.deliver(event);
+            }
+            Err(err) => tracing::warn!(error = %err, "unreadable event on the bus"),
+        }
+    }
+}
+
+/// Keeps one subscription connection alive: connect, subscribe to the broadcast
+/// channel and the channels of users held here, dispatch until the connection
+/// drops, then again after a pause.
+async fn subscribe_forever(
+    bus: Arc<RedisBus>,
+    client: redis::Client,
+    shutdown: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    let mut pause = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match connect(&bus, &client).await {
+            Ok(mut stream) => {
+                pause = Duration::from_millis(100);
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                tracing::info!("subscribed to fan-out");
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        message = stream.next() => match message {
+                            Some(message) => bus.dispatch(message.get_payload_bytes()),
+                            None => break,
+                        },
+                    }
+                }
+                *bus.subscriber.write().await = None;
+                if !shutdown.is_cancelled() {
+                    tracing::warn!("fan-out subscription lost; reconnecting");
+                }
+            }
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "fan-out subscription failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn connect(
+    bus: &RedisBus,
+    client: &redis::Client,
+) -> anyhow::Result<redis::aio::PubSubStream> {
+    let pubsub = tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub())
+        .await
+        .context("connecting timed out")??;
+    let (mut sink, stream) = pubsub.split();
+    // Published first, so that users attaching from now on subscribe on this
+    // connection; then everyone already here is subscribed.
+    *bus.subscriber.write().await = Some(sink.clone());
+    let mut channels = vec![bus.keys.broadcast_channel()];
+    channels.extend(
+        bus.sink
+            .local_users()
+            .into_iter()
+            .map(|u| bus.keys.user_channel(u)),
+    );
+    sink.subscribe(channels).await?;
+    Ok(stream)
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn ping(&self) -> Result<(), BusError> {
+        if self.subscriber.read().await.is_none() {
+            return Err(BusError(anyhow::anyhow!("no fan-out subscription")));
+        }
+        with_redis(&self.pool, |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(drop)
+        .map_err(BusError)
+    }
+
+    async fn publish(&self, event: Event) -> Result<bool, BusError> {
+        let channel = self.channel_of(&event);
+        let payload = serde_json::to_vec(&event).map_err(|e| BusError(e.into()))?;
+        let receivers: i64 = with_redis(&self.pool, |mut c| async move {
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(payload)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+        .map_err(BusError)?;
+        Ok(receivers > 0)
+    }
+
+    async fn attach(&self, user: UserId) -> Result<(), BusError> {
+        // Without a connection, the reconnect subscribes every user held here.
+        let Some(mut sink) = self.sink().await else {
+            return Ok(());
+        };
+        sink.subscribe(self.keys.user_channel(user))
+            .await
+            .map_err(|e| BusError(e.into()))
+    }
+
+    async fn detach(&self, user: UserId) -> Result<(), BusError> {
+        let Some(mut sink) = self.sink().await else {
+            return Ok(());
+        };
+        let channel = self.keys.user_channel(user);
+        sink.unsubscribe(&channel)
+            .await
+            .map_err(|e| BusError(e.into()))?;
+        // A connection of the user may have opened (and subscribed) meanwhile;
+        // it must not be left unsubscribed.
+        if self.sink.holds(user) {
+            sink.subscribe(&channel)
+                .await
+                .map_err(|e| BusError(e.into()))?;
+        }
+        Ok(())
+    }
+}

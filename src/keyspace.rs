@@ -1,0 +1,46 @@
+//! Every Redis key and channel name, under one prefix, so that deployments (and
+//! tests) can share one Redis without seeing each other.
+
+use crate::store::UserId;
+
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Keyspace {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Hash `{ip, port}` of an online user; its TTL is the presence lease.
+    pub fn presence(&self, user: UserId) -> String {
+        format!("{}:presence:{user}", self.prefix)
+    }
+
+    /// Hash `"{replica}|{jti}" -> open WebSockets` of a user.
+    pub fn connections(&self, user: UserId) -> String {
+        format!("{}:conns:{user}", self.prefix)
+    }
+
+    /// Sorted set of live replicas, scored by when their liveness lapses (ms).
+    pub fn replicas(&self) -> String {
+        format!("{}:replicas", self.prefix)
+    }
+
+    pub fn revoked(&self, jti: &str) -> String {
+        format!("{}:revoked:{jti}", self.prefix)
+    }
+
+    /// Events for one user's connections: directed messages, session closes.
+    pub fn user_channel(&self, user: UserId) -> String {
+        format!("{}:user:{user}", self.prefix)
+    }
+
+    /// Events for many users: broadcasts and presence notices.
+    pub fn broadcast_channel(&self) -> String {
+        format!("{}:broadcast", self.prefix)
+    }
+}
