@@ -6,7 +6,13 @@
 //! recipient's channel: Redis answers how many replicas received it, so zero
 //! means "connected nowhere" in one round trip.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -25,6 +31,8 @@ pub struct RedisBus {
     sink: Arc<dyn EventSink>,
     /// The live subscription connection's command side; `None` while reconnecting.
     subscriber: Arc<RwLock<Option<PubSubSink>>>,
+    /// Subscribed to everything this replica needs: it can receive.
+    receiving: AtomicBool,
 }
 
 impl RedisBus {
@@ -43,6 +51,7 @@ impl RedisBus {
             keys,
             sink,
             subscriber: Arc::default(),
+            receiving: AtomicBool::new(false),
         });
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(subscribe_forever(bus.clone(), client, shutdown, ready_tx));
@@ -96,6 +105,7 @@ async fn subscribe_forever(
     while !shutdown.is_cancelled() {
         match connect(&bus, &client).await {
             Ok(mut stream) => {
+                bus.receiving.store(true, Ordering::Release);
                 pause = Duration::from_millis(100);
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
@@ -110,6 +120,7 @@ async fn subscribe_forever(
                         },
                     }
                 }
+                bus.receiving.store(false, Ordering::Release);
                 *bus.subscriber.write().await = None;
                 if !shutdown.is_cancelled() {
                     tracing::warn!("fan-out subscription lost; reconnecting");
@@ -150,7 +161,7 @@ async fn connect(
 #[async_trait]
 impl Bus for RedisBus {
     async fn ping(&self) -> Result<(), BusError> {
-        if self.subscriber.read().await.is_none() {
+        if !self.receiving.load(Ordering::Acquire) {
             return Err(BusError(anyhow::anyhow!("no fan-out subscription")));
         }
         with_redis(&self.pool, |mut c| async move {

@@ -73,6 +73,10 @@ impl Backend {
 
     /// Postgres and Redis, each test in its own schema and key prefix.
     pub async fn cluster() -> Self {
+        Self::cluster_on_redis(&test_redis_url()).await
+    }
+
+    pub async fn cluster_on_redis(redis_url: &str) -> Self {
         let base = test_database_url();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let admin = sqlx::PgPool::connect(&base)
@@ -89,7 +93,7 @@ impl Backend {
             "--database-url".into(),
             db,
             "--redis-url".into(),
-            test_redis_url(),
+            redis_url.into(),
             "--redis-prefix".into(),
             name,
         ];

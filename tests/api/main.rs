@@ -2,6 +2,7 @@
 
 mod accounts;
 mod bad_input;
+mod cluster;
 mod contacts;
 mod flows;
 mod helpers;

@@ -1,0 +1,346 @@
+//! Several replicas sharing one Postgres and one Redis. These need both servers
+//! (`TEST_DATABASE_URL`, `TEST_REDIS_URL`), so they are ignored by a plain
+//! `cargo test`; CI runs them with `--include-ignored`.
+
+use std::{collections::HashSet, net::TcpListener, process::Stdio, time::Duration};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::helpers::{Backend, TestApp, eventually};
+
+async fn replicas(backend: &Backend, n: usize, extra: &[&str]) -> Vec<TestApp> {
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        apps.push(backend.spawn(extra).await);
+    }
+    apps
+}
+
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn messages_and_presence_cross_replicas() {
+    let backend = Backend::cluster().await;
+    let r = replicas(&backend, 3, &[]).await;
+    let (alice, bob) = r[0].friends("alice", "bob").await;
+    let carol = r[0].user("carol").await;
+    // Presence set through one replica is visible through the others.
+    r[1].login("bob", Some(7777)).await;
+    for app in &r {
+        let (status, info) = app.get("/users/bob/connection-info", &alice.token).await;
+        assert_eq!(
+            (status, info["port"].as_u64()),
+            (StatusCode::OK, Some(7777))
+        );
+    }
+
+    let mut a = r[0].ws(&alice.token).await;
+    let mut b = r[1].ws(&bob.token).await;
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已上线。");
+    let mut c = r[2].ws(&carol.token).await;
+    assert_eq!(a.text().await, "系统消息: 用户 carol 已上线。");
+    assert_eq!(b.text().await, "系统消息: 用户 carol 已上线。");
+
+    // A directed message crosses from replica 0 to replica 1.
+    a.send_json(json!({"recipient_username": "bob", "content": "across"}))
+        .await;
+    let frame = b.json().await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["content"].as_str()),
+        (Some("p2p_message"), Some("across"))
+    );
+    // A broadcast reaches both other replicas.
+    c.send_text("hello all").await;
+    assert_eq!(a.text().await, "carol: hello all");
+    assert_eq!(b.text().await, "carol: hello all");
+    c.silent_for(Duration::from_millis(200)).await;
+    // Logout through replica 2 is honoured by replica 0 and closes bob's socket on 1.
+    r[2].post("/logout", &bob.token, json!(null)).await;
+    assert_eq!(
+        r[0].get("/users/me", &bob.token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(b.closed().await.0, 1008);
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已下线。");
+}
+
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn two_devices_on_two_replicas_both_receive() {
+    let backend = Backend::cluster().await;
+    let r = replicas(&backend, 3, &[]).await;
+    let alice = r[0].user("alice").await;
+    let bob = r[0].user("bob").await;
+    let mut phone = r[1].ws(&bob.token).await;
+    let mut laptop = r[2].ws(&bob.token).await;
+    let mut a = r[0].ws(&alice.token).await;
+    phone.text().await; // alice's notice
+    laptop.text().await;
+    a.send_json(json!({"recipient_username": "bob", "content": "to both"}))
+        .await;
+    assert_eq!(phone.json().await["content"], "to both");
+    assert_eq!(laptop.json().await["content"], "to both");
+    // Closing one device: bob stays online, no notice.
+    drop(phone);
+    a.silent_for(Duration::from_millis(300)).await;
+    drop(laptop);
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已下线。");
+}
+
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn offline_messages_are_fetched_exactly_once_across_replicas() {
+    let backend = Backend::cluster().await;
+    let r = replicas(&backend, 3, &[]).await;
+    let alice = r[0].user("alice").await;
+    let bob = r[1].user("bob").await;
+    let sends = (0..300).map(|i| {
+        r[i % 3].post(
+            "/messages/",
+            &alice.token,
+            json!({"recipient_username": "bob", "encrypted_content": format!("m{i}")}),
+        )
+    });
+    for (status, _) in futures_util::future::join_all(sends).await {
+        assert_eq!(status, StatusCode::OK);
+    }
+    let fetches = (0..12).map(|i| r[i % 3].call(Method::GET, "/messages/", Some(&bob.token), None));
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for (_, batch) in futures_util::future::join_all(fetches).await {
+        for m in batch.as_array().unwrap() {
+            total += 1;
+            seen.insert(m["id"].as_i64().unwrap());
+        }
+    }
+    assert_eq!((total, seen.len()), (300, 300));
+}
+
+/// A replica as its own process, so that it can be killed.
+struct Process {
+    child: Child,
+    addr: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Process {
+    async fn start(backend: &Backend, extra: &[&str]) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_secchat"))
+            .args(backend.args())
+            .args(["--bind", &addr])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the server binary starts");
+        let http = reqwest::Client::new();
+        let ready = format!("http://{addr}/readyz");
+        eventually("the replica is ready", || {
+            let (http, ready) = (&http, &ready);
+            async move {
+                http.get(ready)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK)
+            }
+        })
+        .await;
+        Self { child, addr }
+    }
+
+    async fn ws(&self, token: &str) -> crate::helpers::WsClient {
+        let url = format!("ws://{}/ws?token={token}", self.addr);
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connects");
+        crate::helpers::WsClient { stream }
+    }
+
+    async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn a_killed_replica_leaves_no_one_online_and_loses_nothing() {
+    let backend = Backend::cluster().await;
+    let lease = ["--presence-lease-secs", "2"];
+    let survivor = backend.spawn(&lease).await;
+    let doomed = Process::start(&backend, &lease).await;
+    let (alice, bob) = survivor.friends("alice", "bob").await;
+    let mut a = survivor.ws(&alice.token).await;
+    let _b = doomed.ws(&bob.token).await;
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已上线。");
+    // While bob is connected, messages to him cross to the doomed replica.
+    a.send_json(json!({"recipient_username": "bob", "content": "before"}))
+        .await;
+    a.silent_for(Duration::from_millis(200)).await;
+
+    let mut doomed = doomed;
+    doomed.signal("-KILL").await;
+    let _ = doomed.child.wait().await;
+    // Within one lease (plus renewal slack) bob is offline everywhere...
+    eventually("bob offline", || async {
+        survivor
+            .get("/users/bob/connection-info", &alice.token)
+            .await
+            .0
+            == StatusCode::NOT_FOUND
+    })
+    .await;
+    // ...and messages to him are stored, not lost.
+    a.send_json(json!({"recipient_username": "bob", "content": "after"}))
+        .await;
+    assert_eq!(a.json().await["status"], "用户 bob 当前离线，消息已保存。");
+    let (_, inbox) = survivor.get("/messages/", &bob.token).await;
+    assert_eq!(inbox.as_array().unwrap().len(), 1);
+    assert_eq!(inbox[0]["encrypted_content"], "after");
+    // The count of bob's connections on the dead replica no longer counts: a new
+    // connection is his first again.
+    let _b = survivor.ws(&bob.token).await;
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已上线。");
+}
+
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn a_terminated_replica_closes_its_sockets_with_1001_and_exits() {
+    let backend = Backend::cluster().await;
+    let other = backend.spawn(&[]).await;
+    let mut leaving = Process::start(&backend, &[]).await;
+    let alice = other.user("alice").await;
+    let bob = other.user("bob").await;
+    let mut a = other.ws(&alice.token).await;
+    let mut b = leaving.ws(&bob.token).await;
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已上线。");
+    leaving.signal("-TERM").await;
+    assert_eq!(b.closed().await.0, 1001);
+    // It cleared its connections' presence on the way out.
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已下线。");
+    let status = tokio::time::timeout(Duration::from_secs(15), leaving.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exited with {status}");
+}
+
+/// A Redis of the test's own, so that it can be restarted.
+struct PrivateRedis {
+    port: u16,
+    child: Child,
+}
+
+impl PrivateRedis {
+    async fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server installed");
+        let url = format!("redis://127.0.0.1:{port}");
+        eventually("private Redis answers", || {
+            let url = url.clone();
+            async move {
+                match redis::Client::open(url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                {
+                    Ok(mut c) => redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        Self { port, child }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn fan_out_resumes_after_redis_restarts() {
+    let mut redis = PrivateRedis::start(free_port()).await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let backend = Backend::cluster_on_redis(&url).await;
+    let r = replicas(&backend, 2, &["--presence-lease-secs", "3"]).await;
+    let (alice, bob) = r[0].friends("alice", "bob").await;
+    let mut a = r[0].ws(&alice.token).await;
+    let mut b = r[1].ws(&bob.token).await;
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已上线。");
+
+    redis.child.kill().await.unwrap();
+    eventually("replicas notice Redis is gone", || async {
+        r[1].http
+            .get(r[1].url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    // Requests that need Redis fail fast and clearly.
+    let response = r[0]
+        .http
+        .get(r[0].url("/me/contacts/online"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let _redis = PrivateRedis::start(redis.port).await;
+    for app in &r {
+        eventually("replica ready again", || async {
+            app.http
+                .get(app.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == StatusCode::OK
+        })
+        .await;
+    }
+    // Without restarting replicas: directed messages and broadcasts flow again,
+    // and presence held by open sockets is restored.
+    a.send_json(json!({"recipient_username": "bob", "content": "after restart"}))
+        .await;
+    assert_eq!(b.json().await["content"], "after restart");
+    b.send_text("me too").await;
+    assert_eq!(a.text().await, "bob: me too");
+    eventually("bob online again", || async {
+        r[0].get("/users/bob/connection-info", &alice.token).await.0 == StatusCode::OK
+    })
+    .await;
+}
