@@ -45,6 +45,15 @@ pub async fn connect(
     sink: Arc<dyn EventSink>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Backends> {
+    let jwt_secret = match &settings.jwt_secret {
+        Some(secret) => secret.clone(),
+        None if settings.uses_postgres() => {
+            bail!(
+                "JWT_SECRET is required with Postgres: every replica must sign with the same secret"
+            )
+        }
+        None => sqlite_secret(&settings.database_url)?,
+    };
     let (store, store_revocations, store_kind): (Arc<dyn Store>, Arc<dyn Revocations>, _) =
         if settings.uses_postgres() {
             let pg = Arc::new(
@@ -57,15 +66,6 @@ pub async fn connect(
             );
             (sqlite.clone(), sqlite, "sqlite")
         };
-    let jwt_secret = match &settings.jwt_secret {
-        Some(secret) => secret.clone(),
-        None if settings.uses_postgres() => {
-            bail!(
-                "JWT_SECRET is required with Postgres: every replica must sign with the same secret"
-            )
-        }
-        None => sqlite_secret(&settings.database_url)?,
-    };
     let (presence, revocations, bus): (Arc<dyn Presence>, Arc<dyn Revocations>, Arc<dyn Bus>) =
         match &settings.redis_url {
             Some(url) => {

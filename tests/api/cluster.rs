@@ -10,12 +10,10 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::{Backend, TestApp, eventually};
 
+/// `n` replicas started at once, so their migrations race (an advisory lock
+/// serialises them).
 async fn replicas(backend: &Backend, n: usize, extra: &[&str]) -> Vec<TestApp> {
-    let mut apps = Vec::new();
-    for _ in 0..n {
-        apps.push(backend.spawn(extra).await);
-    }
-    apps
+    futures_util::future::join_all((0..n).map(|_| backend.spawn(extra))).await
 }
 
 #[tokio::test]

@@ -164,3 +164,87 @@ async fn every_route_answers_with_and_without_its_trailing_slash() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_embedded_default_keeps_its_generated_secret_across_restarts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let args = ["--bind", "127.0.0.1:0", "--database-url", &db];
+    let start = || async {
+        let settings = secchat::config::Settings::from_args(args).unwrap();
+        let app = secchat::startup::App::build(settings).await.unwrap();
+        let addr = app.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        (format!("http://{addr}"), stop, server)
+    };
+    let http = reqwest::Client::new();
+    let (base, stop, server) = start().await;
+    let registration = json!({"username": "alice", "email": "a@example.com", "password": "pw-alice", "public_key": "k"});
+    assert!(
+        http.post(format!("{base}/users/"))
+            .json(&registration)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let login: Value = http
+        .post(format!("{base}/token"))
+        .form(&[("username", "alice"), ("password", "pw-alice")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    let secret = dir.path().join("chat.db.jwt-secret");
+    let mode = std::fs::metadata(&secret)
+        .expect("secret kept beside the database")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&secret).unwrap().trim().len() >= 32);
+
+    let (base, _stop, _server) = start().await;
+    let me = http
+        .get(format!("{base}/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        me.status(),
+        StatusCode::OK,
+        "a token from before the restart still works"
+    );
+}
+
+#[tokio::test]
+async fn postgres_without_an_explicit_secret_refuses_to_start() {
+    let settings = secchat::config::Settings::from_args([
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        "postgres://nobody@127.0.0.1:1/none",
+    ])
+    .unwrap();
+    let error = secchat::startup::App::build(settings)
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("JWT_SECRET"), "{error:#}");
+}
+
+#[tokio::test]
+async fn short_secrets_are_refused() {
+    assert!(secchat::config::Settings::from_args(["--jwt-secret", "too-short"]).is_err());
+}
