@@ -30,6 +30,12 @@ impl Keyspace {
         format!("{}:replicas", self.prefix)
     }
 
+    /// Sorted set of online users scored by when their lease lapses (ms): the
+    /// online-users gauge counts it without scanning keys.
+    pub fn online(&self) -> String {
+        format!("{}:online", self.prefix)
+    }
+
     pub fn revoked(&self, jti: &str) -> String {
         format!("{}:revoked:{jti}", self.prefix)
     }

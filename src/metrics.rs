@@ -33,6 +33,11 @@ pub fn install() -> PrometheusHandle {
 }
 
 pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    // Any other method a client invents is one label value, not one each.
+    let method = match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
+        _ => "OTHER",
+    };
     let labels = [
         ("route", route.to_owned()),
         ("method", method.to_owned()),
@@ -103,4 +108,42 @@ impl Drop for WsConnectionGauge {
 
 pub fn slow_consumer_closed() {
     counter!("secchat_ws_slow_consumers_closed_total").increment(1);
+}
+
+/// The kind of a fan-out event, as a label.
+pub fn event_kind(event: &crate::bus::Event) -> &'static str {
+    match event {
+        crate::bus::Event::Direct(_) => "direct",
+        crate::bus::Event::Text { .. } => "broadcast",
+        crate::bus::Event::CloseSessions { .. } => "close",
+    }
+}
+
+pub fn bus_published(kind: &'static str) {
+    counter!("secchat_bus_published_total", "kind" => kind).increment(1);
+}
+
+/// An event that reached this replica, `elapsed` after another replica published it.
+pub fn bus_received(kind: &'static str, elapsed: Duration) {
+    counter!("secchat_bus_received_total", "kind" => kind).increment(1);
+    histogram!("secchat_bus_latency_seconds").record(elapsed.as_secs_f64());
+}
+
+#[derive(Clone, Copy)]
+pub enum Backend {
+    Store,
+    Redis,
+}
+
+pub fn backend_error(backend: Backend) {
+    let backend = match backend {
+        Backend::Store => "store",
+        Backend::Redis => "redis",
+    };
+    counter!("secchat_backend_errors_total", "backend" => backend).increment(1);
+}
+
+/// Users online (by presence lease), as this replica last counted them.
+pub fn online_users(count: u64) {
+    gauge!("secchat_online_users").set(count as f64);
 }

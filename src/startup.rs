@@ -143,8 +143,11 @@ fn spawn_background(
         loop {
             tokio::select! {
                 _ = renew.tick() => {
-                    if let Err(err) = state.presence.renew(&state.hub.held()).await {
+                                        if let Err(err) = state.presence.renew(&state.hub.held()).await {
                         tracing::warn!(error = %err, "presence renewal failed");
+                    }
+                    if let Ok(online) = state.presence.count_online().await {
+                        crate::metrics::online_users(online);
                     }
                     state.metrics.run_upkeep();
                 }

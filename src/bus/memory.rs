@@ -1,11 +1,11 @@
 //! In-process fan-out for the embedded default: the only replica is this one.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 
 use super::{Bus, BusError, Event, EventSink};
-use crate::store::UserId;
+use crate::{metrics, store::UserId};
 
 pub struct MemoryBus {
     sink: Arc<dyn EventSink>,
@@ -24,7 +24,12 @@ impl Bus for MemoryBus {
     }
 
     async fn publish(&self, event: Event) -> Result<bool, BusError> {
-        Ok(self.sink.deliver(event))
+        let kind = metrics::event_kind(&event);
+        metrics::bus_published(kind);
+        let started = Instant::now();
+        let delivered = self.sink.deliver(event);
+        metrics::bus_received(kind, started.elapsed());
+        Ok(delivered)
     }
 
     async fn attach(&self, _user: UserId) -> Result<(), BusError> {

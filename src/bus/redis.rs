@@ -23,7 +23,24 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use super::{Bus, BusError, Event, EventSink};
-use crate::{keyspace::Keyspace, presence::redis::with_redis, store::UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::{keyspace::Keyspace, metrics, presence::redis::with_redis, store::UserId};
+
+/// What travels on a channel: the event and when it was published, for the
+/// cross-replica latency histogram.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    published_ms: i64,
+    event: Event,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
 
 pub struct RedisBus {
     pool: Pool,
@@ -75,7 +92,15 @@ impl RedisBus {
     }
 
     fn dispatch(&self, payload: &[u8]) {
-        match serde_json::from_slice::<Event>(payload) {
+        let envelope = serde_json::from_slice::<Envelope>(payload);
+        if let Ok(envelope) = &envelope {
+            let elapsed = (now_ms() - envelope.published_ms).max(0) as u64;
+            metrics::bus_received(
+                metrics::event_kind(&envelope.event),
+                Duration::from_millis(elapsed),
+            );
+        }
+        match envelope.map(|e| e.event) {
             Ok(Event::Direct(message)) => {
                 let kept = message.clone();
                 if !self.sink.deliver(Event::Direct(message)) {
@@ -174,7 +199,12 @@ impl Bus for RedisBus {
 
     async fn publish(&self, event: Event) -> Result<bool, BusError> {
         let channel = self.channel_of(&event);
-        let payload = serde_json::to_vec(&event).map_err(|e| BusError(e.into()))?;
+        metrics::bus_published(metrics::event_kind(&event));
+        let envelope = Envelope {
+            published_ms: now_ms(),
+            event,
+        };
+        let payload = serde_json::to_vec(&envelope).map_err(|e| BusError(e.into()))?;
         let receivers: i64 = with_redis(&self.pool, |mut c| async move {
             redis::cmd("PUBLISH")
                 .arg(&channel)

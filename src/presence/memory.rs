@@ -134,6 +134,15 @@ impl Presence for MemoryPresence {
         }))
     }
 
+    async fn count_online(&self) -> PresenceResult<u64> {
+        Ok(self.with(|entries, now| {
+            entries
+                .values()
+                .filter(|e| e.live_endpoint(now).is_some())
+                .count() as u64
+        }))
+    }
+
     async fn locate(&self, users: &[UserId]) -> PresenceResult<Vec<Option<Endpoint>>> {
         Ok(self.with(|entries, now| {
             users

@@ -67,6 +67,9 @@ pub trait Presence: Send + Sync + 'static {
     /// another token is still open. Returns whether the user is still online.
     async fn sign_off(&self, user: UserId, jti: &str) -> PresenceResult<bool>;
 
+    /// How many users are online, for the gauge.
+    async fn count_online(&self) -> PresenceResult<u64>;
+
     /// Where each user is (`None`: offline), in input order, in one round trip.
     async fn locate(&self, users: &[UserId]) -> PresenceResult<Vec<Option<Endpoint>>>;
 }
@@ -87,7 +90,9 @@ pub(crate) mod contract {
 
     pub async fn announce_and_locate(p: &dyn Presence) {
         assert_eq!(p.locate(&[1, 2]).await.unwrap(), vec![None, None]);
+        assert_eq!(p.count_online().await.unwrap(), 0);
         p.announce(1, at(4000)).await.unwrap();
+        assert_eq!(p.count_online().await.unwrap(), 1);
         assert_eq!(p.locate(&[2, 1]).await.unwrap(), vec![None, Some(at(4000))]);
         p.announce(1, at(4001)).await.unwrap();
         assert_eq!(p.locate(&[1]).await.unwrap(), vec![Some(at(4001))]);
@@ -118,6 +123,7 @@ pub(crate) mod contract {
         p.connection_closed(1, "phone").await.unwrap();
         assert!(!p.sign_off(1, "laptop").await.unwrap());
         assert_eq!(p.locate(&[1]).await.unwrap(), vec![None]);
+        assert_eq!(p.count_online().await.unwrap(), 0);
     }
 
     /// `p` must have been built with a one-second lease.

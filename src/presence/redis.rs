@@ -69,7 +69,7 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{LIVE_FIELDS}\n{body}"))
 }
 
-/// KEYS: presence, conns, replicas. ARGV: lease ms, field, ip, port.
+/// KEYS: presence, conns, replicas, online. ARGV: lease ms, field, ip, port, user.
 static OPEN: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -77,6 +77,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'ip', ARGV[3], 'port', ARGV[4])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[4], now_ms() + tonumber(ARGV[1]), ARGV[5])
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return total(live_fields(KEYS[2], KEYS[3]))
@@ -96,8 +97,9 @@ return total(live_fields(KEYS[1], KEYS[2]))
     )
 });
 
-/// KEYS: presence, conns, replicas. ARGV: jti. Returns 1 when another token
-/// still holds a connection (the user stays online), else ends the lease.
+/// KEYS: presence, conns, replicas, online. ARGV: jti, user. Returns 1 when
+/// another token still holds a connection (the user stays online), else ends
+/// the lease.
 static SIGN_OFF: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -106,28 +108,31 @@ for _, f in ipairs(live_fields(KEYS[2], KEYS[3])) do
   if jti ~= ARGV[1] then return 1 end
 end
 redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[4], ARGV[2])
 return 0
 "#,
     )
 });
 
-/// KEYS: replicas, then (presence, conns) per held entry. ARGV: replica, lease
-/// ms, then (field, ip, port, count) per entry. Marks the replica alive and
-/// renews (or, after Redis lost them, restores) what it holds.
+/// KEYS: replicas, online, then (presence, conns) per held entry. ARGV: replica,
+/// lease ms, then (field, ip, port, count, user) per entry. Marks the replica
+/// alive and renews (or, after Redis lost them, restores) what it holds.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-for i = 2, #KEYS, 2 do
-  local a = 3 + (i - 2) * 2
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+for i = 3, #KEYS, 2 do
+  local a = 3 + (i - 3) / 2 * 5
   if redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('HSET', KEYS[i], 'ip', ARGV[a + 1], 'port', ARGV[a + 2])
   end
   redis.call('PEXPIRE', KEYS[i], ARGV[2])
   redis.call('HSETNX', KEYS[i + 1], ARGV[a], ARGV[a + 3])
   redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[a + 4])
 end
 return 0
 "#,
@@ -148,12 +153,17 @@ where
     F: FnOnce(deadpool_redis::Connection) -> Fut,
     Fut: Future<Output = redis::RedisResult<T>>,
 {
-    tokio::time::timeout(REDIS_TIMEOUT, async {
+    let result = tokio::time::timeout(REDIS_TIMEOUT, async {
         let conn = pool.get().await?;
         Ok(work(conn).await?)
     })
     .await
-    .map_err(|_| anyhow!("Redis did not answer within {REDIS_TIMEOUT:?}"))?
+    .map_err(|_| anyhow!("Redis did not answer within {REDIS_TIMEOUT:?}"))
+    .and_then(|r| r);
+    if result.is_err() {
+        crate::metrics::backend_error(crate::metrics::Backend::Redis);
+    }
+    result
 }
 
 impl RedisPresence {
@@ -205,10 +215,14 @@ impl Presence for RedisPresence {
 
     async fn announce(&self, user: UserId, at: Endpoint) -> PresenceResult<()> {
         let key = self.keys.presence(user);
+        let online = self.keys.online();
         let lease = self.lease_ms();
+        let until = now_ms() + lease as i64;
         self.run(|mut c| async move {
             redis::pipe()
                 .atomic()
+                .zadd(&online, user, until)
+                .ignore()
                 .hset_multiple(
                     &key,
                     &[("ip", at.ip.to_string()), ("port", at.port.to_string())],
@@ -232,10 +246,12 @@ impl Presence for RedisPresence {
         call.key(self.keys.presence(user))
             .key(self.keys.connections(user))
             .key(self.keys.replicas())
+            .key(self.keys.online())
             .arg(self.lease_ms())
             .arg(self.field(jti))
             .arg(fallback.ip.to_string())
-            .arg(fallback.port);
+            .arg(fallback.port)
+            .arg(user);
         self.run(|mut c| async move { call.invoke_async(&mut c).await })
             .await
     }
@@ -252,6 +268,7 @@ impl Presence for RedisPresence {
     async fn renew(&self, held: &[Held]) -> PresenceResult<()> {
         let mut call = RENEW.prepare_invoke();
         call.key(self.keys.replicas())
+            .key(self.keys.online())
             .arg(&self.replica)
             .arg(self.lease_ms());
         for h in held {
@@ -260,7 +277,8 @@ impl Presence for RedisPresence {
                 .arg(self.field(&h.jti))
                 .arg(h.at.ip.to_string())
                 .arg(h.at.port)
-                .arg(h.connections);
+                .arg(h.connections)
+                .arg(h.user);
         }
         self.run(|mut c| async move { call.invoke_async::<i64>(&mut c).await.map(drop) })
             .await
@@ -271,11 +289,28 @@ impl Presence for RedisPresence {
         call.key(self.keys.presence(user))
             .key(self.keys.connections(user))
             .key(self.keys.replicas())
-            .arg(jti);
+            .key(self.keys.online())
+            .arg(jti)
+            .arg(user);
         let others: i64 = self
             .run(|mut c| async move { call.invoke_async(&mut c).await })
             .await?;
         Ok(others == 1)
+    }
+
+    async fn count_online(&self) -> PresenceResult<u64> {
+        let online = self.keys.online();
+        let now = now_ms();
+        self.run(|mut c| async move {
+            let (count,): (u64,) = redis::pipe()
+                .zrembyscore(&online, "-inf", now)
+                .ignore()
+                .zcard(&online)
+                .query_async(&mut c)
+                .await?;
+            Ok(count)
+        })
+        .await
     }
 
     async fn locate(&self, users: &[UserId]) -> PresenceResult<Vec<Option<Endpoint>>> {
@@ -304,15 +339,18 @@ impl Presence for RedisPresence {
     }
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
 #[async_trait]
 impl Revocations for RedisPresence {
     async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
         let key = self.keys.revoked(jti);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i64;
-        let ttl_ms = (expires_at.timestamp_millis() - now_ms).max(1000) + 10_000;
+        let ttl_ms = (expires_at.timestamp_millis() - now_ms()).max(1000) + 10_000;
         with_redis(&self.pool, |mut c| async move {
             redis::cmd("SET")
                 .arg(&key)

@@ -106,6 +106,7 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
+        crate::metrics::backend_error(crate::metrics::Backend::Store);
         match err {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)

@@ -38,6 +38,8 @@ pub struct Session {
     outbox: mpsc::Sender<Outgoing>,
     inbox: Option<mpsc::Receiver<Outgoing>>,
     open: bool,
+    /// The upgrade request's span (with its request id), parent of the session's.
+    request_span: tracing::Span,
 }
 
 impl Session {
@@ -64,16 +66,23 @@ impl Session {
             outbox,
             inbox: Some(inbox),
             open: true,
+            request_span: tracing::Span::current(),
         })
     }
 
     pub async fn run(mut self, socket: WebSocket) {
-        let span = tracing::info_span!("ws", user_id = self.user.id, conn = self.registration.id);
+        let span = tracing::info_span!(
+            parent: &self.request_span,
+            "ws",
+            user_id = self.user.id,
+            conn = self.registration.id
+        );
         self.serve(socket).instrument(span).await
     }
 
     async fn serve(&mut self, socket: WebSocket) {
         let _gauge = WsConnectionGauge::open();
+        tracing::info!("websocket open");
         let (mut sink, mut stream) = socket.split();
         let (state, user, closer) = (&self.state, &self.user, &self.closer);
         if let Err(err) = push_offline(state, user, &mut sink).await {
@@ -90,6 +99,7 @@ impl Session {
         closer.finish();
         let _ = writer.await;
         self.close().await;
+        tracing::info!(code = self.closer.reason().0, "websocket closed");
     }
 
     async fn close(&mut self) {
@@ -116,6 +126,7 @@ impl Drop for Session {
                 outbox: self.outbox.clone(),
                 inbox: None,
                 open: false,
+                request_span: self.request_span.clone(),
             };
             self.open = false;
             self.state

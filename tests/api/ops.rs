@@ -248,3 +248,173 @@ async fn postgres_without_an_explicit_secret_refuses_to_start() {
 async fn short_secrets_are_refused() {
     assert!(secchat::config::Settings::from_args(["--jwt-secret", "too-short"]).is_err());
 }
+
+#[tokio::test]
+async fn relay_metrics_move_with_websocket_traffic() {
+    let app = crate::helpers::spawn_with(&["--presence-lease-secs", "3"]).await;
+    let alice = app.user("ws-alice").await;
+    let bob = app.user("ws-bob").await;
+    let mut a = app.ws(&alice.token).await;
+    let mut b = app.ws(&bob.token).await;
+    a.text().await;
+    a.send_json(json!({"recipient_username": "ws-bob", "content": "x"}))
+        .await;
+    b.json().await;
+    b.send_text("to all").await;
+    a.text().await;
+    drop(b);
+    assert_eq!(a.text().await, "系统消息: 用户 ws-bob 已下线。");
+    a.send_json(json!({"recipient_username": "ws-bob", "content": "y"}))
+        .await;
+    a.json().await;
+    // The online-users gauge is refreshed with each presence renewal (lease / 3).
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} missing from\n{text}"))
+    };
+    assert!(value(r#"secchat_ws_deliveries_total{kind="direct"}"#) >= 1.0);
+    assert!(value(r#"secchat_ws_deliveries_total{kind="broadcast"}"#) >= 1.0);
+    assert!(value(r#"secchat_messages_stored_total{via="offline"}"#) >= 1.0);
+    assert!(value(r#"secchat_bus_published_total{kind="direct"}"#) >= 2.0);
+    assert!(value(r#"secchat_bus_received_total{kind="broadcast"}"#) >= 1.0);
+    assert!(value("secchat_bus_latency_seconds_count") >= 1.0);
+    assert!(value("secchat_ws_connections") >= 1.0);
+    assert!(value("secchat_online_users") >= 1.0);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !line.contains("ws-alice") && !line.contains("ws-bob"),
+            "{line}"
+        );
+    }
+}
+
+/// The real binary, with JSON logs at debug level: every line is JSON, requests
+/// and WebSocket sessions carry a request id, and no secret or body is logged.
+#[tokio::test]
+async fn logs_are_json_with_request_ids_and_no_secrets() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_secchat"))
+        .args([
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "debug")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    crate::helpers::eventually("the server answers", || {
+        let (http, base) = (&http, &base);
+        async move { http.get(format!("{base}/healthz")).send().await.is_ok() }
+    })
+    .await;
+    let password = "PASSWORD-never-logged";
+    let body = "BODY-never-logged";
+    for name in ["logalice", "logbob"] {
+        let user = json!({"username": name, "email": format!("{name}@example.com"), "password": password, "public_key": "k"});
+        http.post(format!("{base}/users/"))
+            .json(&user)
+            .send()
+            .await
+            .unwrap();
+    }
+    let login: Value = http
+        .post(format!("{base}/token"))
+        .form(&[("username", "logalice"), ("password", password)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    http.post(format!("{base}/messages/"))
+        .bearer_auth(&token)
+        .json(&json!({"recipient_username": "logbob", "encrypted_content": body}))
+        .send()
+        .await
+        .unwrap();
+    {
+        let (stream, _) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?token={token}"))
+                .await
+                .unwrap();
+        let mut ws = crate::helpers::WsClient { stream };
+        ws.send_json(json!({"recipient_username": "logbob", "content": body}))
+            .await;
+        ws.json().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    child.wait().await.unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
+        .collect();
+    assert!(lines.len() > 5, "{out}");
+    for secret in [
+        password,
+        body,
+        token.as_str(),
+        token.split('.').nth(2).unwrap(),
+    ] {
+        assert!(!out.contains(secret), "{secret} appears in the logs");
+    }
+    let with_request_id = |message: &str| {
+        lines.iter().any(|l| {
+            l["message"] == message
+                && l["spans"]
+                    .as_array()
+                    .is_some_and(|spans| spans.iter().any(|s| s["request_id"].is_string()))
+        })
+    };
+    assert!(with_request_id("login"), "{out}");
+    assert!(with_request_id("websocket open"), "{out}");
+    assert!(with_request_id("websocket closed"), "{out}");
+}
