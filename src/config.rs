@@ -93,6 +93,11 @@ pub struct Settings {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
+    /// Probe the server at BIND (`/healthz`) and exit 0 if it answers: a health
+    /// check for images that have no curl.
+    #[arg(long)]
+    pub healthcheck: bool,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

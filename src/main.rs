@@ -1,9 +1,12 @@
 use clap::Parser;
-use secchat::{config::Settings, startup::App, telemetry};
+use secchat::{config::Settings, startup, startup::App, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
+    if settings.healthcheck {
+        std::process::exit(if startup::probe(settings.bind) { 0 } else { 1 });
+    }
     telemetry::init(settings.log_format);
     let app = App::build(settings).await?;
     app.run_until_stopped(secchat::startup::shutdown_signal())

@@ -103,6 +103,12 @@ impl Backend {
         }
     }
 
+    /// The value of one of this backend's flags, e.g. `--database-url`.
+    pub fn setting(&self, flag: &str) -> Option<&str> {
+        let at = self.args.iter().position(|a| a == flag)?;
+        self.args.get(at + 1).map(String::as_str)
+    }
+
     /// The settings a replica on this backend runs with, as command-line flags.
     pub fn args(&self) -> Vec<String> {
         let mut args = self.args.clone();

@@ -6,6 +6,7 @@ mod cluster;
 mod contacts;
 mod flows;
 mod helpers;
+mod load_balancer;
 mod messages;
 mod ops;
 mod p2p;

@@ -418,3 +418,23 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
     assert!(with_request_id("websocket open"), "{out}");
     assert!(with_request_id("websocket closed"), "{out}");
 }
+
+#[tokio::test]
+async fn the_healthcheck_flag_probes_a_running_server() {
+    let app = crate::helpers::spawn().await;
+    let probe = |addr: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_secchat"))
+            .args(["--healthcheck", "--bind", &addr])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    };
+    assert!(probe(app.addr.to_string()).await);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    assert!(!probe(closed).await);
+}
