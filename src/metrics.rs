@@ -6,7 +6,7 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -27,6 +27,7 @@ pub fn install() -> PrometheusHandle {
             // Fails only if another recorder was installed first; then ours stays unused
             // and /metrics shows nothing, which the metrics test would catch.
             let _ = metrics::set_global_recorder(recorder);
+            per_message(); // registered with the recorder just installed
             handle
         })
         .clone()
@@ -53,13 +54,38 @@ pub enum Relay {
     Broadcast,
 }
 
+/// Handles of the metrics touched for every message, registered once: looking
+/// a labelled metric up by name costs more than the relaying it counts.
+struct PerMessage {
+    direct_deliveries: Counter,
+    broadcast_deliveries: Counter,
+    published: [Counter; 3],
+    received: [Counter; 3],
+    bus_latency: Histogram,
+}
+
+static PER_MESSAGE: OnceLock<PerMessage> = OnceLock::new();
+
+fn per_message() -> &'static PerMessage {
+    PER_MESSAGE.get_or_init(|| {
+        let kinds = ["direct", "broadcast", "close"];
+        PerMessage {
+            direct_deliveries: counter!("secchat_ws_deliveries_total", "kind" => "direct"),
+            broadcast_deliveries: counter!("secchat_ws_deliveries_total", "kind" => "broadcast"),
+            published: kinds.map(|kind| counter!("secchat_bus_published_total", "kind" => kind)),
+            received: kinds.map(|kind| counter!("secchat_bus_received_total", "kind" => kind)),
+            bus_latency: histogram!("secchat_bus_latency_seconds"),
+        }
+    })
+}
+
 /// Frames queued to local connections.
 pub fn relayed(kind: Relay, deliveries: usize) {
-    let kind = match kind {
-        Relay::Direct => "direct",
-        Relay::Broadcast => "broadcast",
+    let counter = match kind {
+        Relay::Direct => &per_message().direct_deliveries,
+        Relay::Broadcast => &per_message().broadcast_deliveries,
     };
-    counter!("secchat_ws_deliveries_total", "kind" => kind).increment(deliveries as u64);
+    counter.increment(deliveries as u64);
 }
 
 #[derive(Clone, Copy)]
@@ -110,23 +136,26 @@ pub fn slow_consumer_closed() {
     counter!("secchat_ws_slow_consumers_closed_total").increment(1);
 }
 
-/// The kind of a fan-out event, as a label.
-pub fn event_kind(event: &crate::bus::Event) -> &'static str {
+/// The kind of a fan-out event, as an index into the per-kind handles.
+pub fn event_kind(event: &crate::bus::Event) -> usize {
     match event {
-        crate::bus::Event::Direct(_) => "direct",
-        crate::bus::Event::Text { .. } => "broadcast",
-        crate::bus::Event::CloseSessions { .. } => "close",
+        crate::bus::Event::Direct(_) => 0,
+        crate::bus::Event::Text { .. } => 1,
+        crate::bus::Event::CloseSessions { .. } => 2,
     }
 }
 
-pub fn bus_published(kind: &'static str) {
-    counter!("secchat_bus_published_total", "kind" => kind).increment(1);
+pub fn bus_published(kind: usize) {
+    per_message().published[kind].increment(1);
 }
 
-/// An event that reached this replica, `elapsed` after another replica published it.
-pub fn bus_received(kind: &'static str, elapsed: Duration) {
-    counter!("secchat_bus_received_total", "kind" => kind).increment(1);
-    histogram!("secchat_bus_latency_seconds").record(elapsed.as_secs_f64());
+/// An event that reached this replica, `elapsed` after another replica
+/// published it (`None` in process).
+pub fn bus_received(kind: usize, elapsed: Option<Duration>) {
+    per_message().received[kind].increment(1);
+    if let Some(elapsed) = elapsed {
+        per_message().bus_latency.record(elapsed.as_secs_f64());
+    }
 }
 
 #[derive(Clone, Copy)]

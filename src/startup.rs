@@ -30,7 +30,7 @@ use crate::{
 pub struct App {
     listener: TcpListener,
     state: AppState,
-    undelivered: mpsc::UnboundedReceiver<DirectMessage>,
+    undelivered: mpsc::UnboundedReceiver<Arc<DirectMessage>>,
 }
 
 impl App {
@@ -46,6 +46,7 @@ impl App {
         let state = AppState {
             tokens: Arc::new(Tokens::new(&backends.jwt_secret, settings.token_ttl())),
             passwords: Arc::new(PasswordHasher::new(hashes)?),
+            names: Arc::default(),
             store: backends.store,
             revocations: backends.revocations,
             presence: backends.presence,
@@ -134,7 +135,7 @@ impl App {
 /// queued, once shutdown began.
 fn spawn_background(
     state: &AppState,
-    mut undelivered: mpsc::UnboundedReceiver<DirectMessage>,
+    mut undelivered: mpsc::UnboundedReceiver<Arc<DirectMessage>>,
 ) -> JoinHandle<()> {
     let state = state.clone();
     tokio::spawn(async move {

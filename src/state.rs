@@ -10,7 +10,7 @@ use crate::{
     bus::Bus,
     config::Settings,
     presence::Presence,
-    store::Store,
+    store::{Store, names::NameCache},
     ws::hub::Hub,
 };
 
@@ -24,6 +24,8 @@ pub struct AppState {
     /// This replica's WebSocket connections.
     pub hub: Arc<Hub>,
     pub passwords: Arc<PasswordHasher>,
+    /// Usernames resolved to ids without a store round trip.
+    pub names: Arc<NameCache>,
     pub tokens: Arc<Tokens>,
     pub metrics: PrometheusHandle,
     /// Cancelled when the server starts shutting down.

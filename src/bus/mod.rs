@@ -4,6 +4,8 @@
 //! bus only decides which replicas see an event. In process there is one replica,
 //! so the in-memory bus hands events straight to the hub.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -32,8 +34,9 @@ pub enum Audience {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    /// To every connection of the recipient.
-    Direct(DirectMessage),
+    /// To every connection of the recipient. Shared, so that keeping it for the
+    /// offline fallback copies nothing.
+    Direct(Arc<DirectMessage>),
     /// A text frame (a broadcast or a presence notice), written as is.
     Text { text: String, audience: Audience },
     /// Close the user's WebSockets opened with token `jti` (it was revoked).
@@ -48,7 +51,7 @@ pub trait EventSink: Send + Sync + 'static {
 
     /// A directed message that reached this replica for a user it no longer
     /// holds: to be stored offline.
-    fn undeliverable(&self, message: DirectMessage);
+    fn undeliverable(&self, message: Arc<DirectMessage>);
 
     /// Users with connections here.
     fn local_users(&self) -> Vec<UserId>;

@@ -97,7 +97,7 @@ impl RedisBus {
             let elapsed = (now_ms() - envelope.published_ms).max(0) as u64;
             metrics::bus_received(
                 metrics::event_kind(&envelope.event),
-                Duration::from_millis(elapsed),
+                Some(Duration::from_millis(elapsed)),
             );
         }
         match envelope.map(|e| e.event) {

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Visibility;
 
+pub mod names;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -17,7 +18,7 @@ pub type UserId = i64;
 /// Most unread messages one fetch hands out; the rest wait for the next fetch.
 pub const INBOX_PAGE: i64 = 1000;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct User {
     pub id: UserId,
     pub username: String,

@@ -3,10 +3,15 @@
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
+
+use super::StoreResult;
+use crate::auth::revocation::Revocations;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -35,4 +40,39 @@ impl PostgresStore {
     }
 }
 
-super::sql::sql_store!(PostgresStore, sqlx::postgres::PgRow);
+super::sql::sql_store!(
+    PostgresStore,
+    sqlx::postgres::PgRow,
+    concat!(
+        "SELECT COALESCE(json_agg(json_build_object(",
+        super::sql::user_json_fields!(),
+        ")), '[]')::text",
+        super::sql::visible_contacts_where!()
+    )
+);
+
+/// Used only without Redis (then revoked tokens live there, shared by replicas).
+#[async_trait]
+impl Revocations for PostgresStore {
+    async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
+            .bind(Utc::now())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+            .bind(jti)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> StoreResult<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1)")
+                .bind(jti)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}

@@ -1,6 +1,28 @@
 //! The SQL both databases run: one text, `$N` placeholders (which SQLite binds by
 //! number too), instantiated per backend by [`sql_store!`].
 
+/// The columns of a user in a JSON object, for the aggregating queries.
+macro_rules! user_json_fields {
+    () => {
+        "'id', u.id, 'username', u.username, 'email', u.email, 'public_key', u.public_key, \
+         'created_at', u.created_at, 'last_seen', u.last_seen"
+    };
+}
+
+/// The condition shared by the aggregating queries: `$1`'s accepted contacts
+/// whose address `$1` may see (`$2`: visibility is open).
+macro_rules! visible_contacts_where {
+    () => {
+        " FROM contacts c JOIN users u ON u.id = c.friend_id \
+         WHERE c.user_id = $1 AND c.status = 'accepted' \
+           AND ($2 OR EXISTS (SELECT 1 FROM contacts r \
+                              WHERE r.user_id = c.friend_id AND r.friend_id = c.user_id \
+                                AND r.status = 'accepted'))"
+    };
+}
+
+pub(crate) use {user_json_fields, visible_contacts_where};
+
 /// `%needle%` for `LIKE … ESCAPE '\'`, with the needle's own wildcards escaped.
 pub fn like_pattern(needle: &str) -> String {
     let mut pattern = String::with_capacity(needle.len() + 2);
@@ -21,11 +43,12 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// Implements `Store` and `Revocations` for `$store` (a struct with a `pool`
-/// field) whose rows are `$row`. A macro rather than generics because sqlx's
+/// Implements `Store` for `$store` (a struct with a `pool` field) whose rows are
+/// `$row`; `$visible_contacts` is the one query written per dialect (it
+/// aggregates to JSON). A macro rather than generics because sqlx's
 /// executor bounds would outweigh the code they share.
 macro_rules! sql_store {
-    ($store:ty, $row:ty) => {
+    ($store:ty, $row:ty, $visible_contacts:expr) => {
         const _: () = {
         use async_trait::async_trait;
         use chrono::{DateTime, Utc};
@@ -272,18 +295,17 @@ macro_rules! sql_store {
                 viewer: UserId,
                 visibility: Visibility,
             ) -> StoreResult<Vec<User>> {
-                Ok(sqlx::query_as(&format!(
-                    "SELECT {USER_COLUMNS} FROM contacts c JOIN users u ON u.id = c.friend_id
-                     WHERE c.user_id = $1 AND c.status = 'accepted'
-                       AND ($2 OR EXISTS (SELECT 1 FROM contacts r
-                                         WHERE r.user_id = c.friend_id AND r.friend_id = c.user_id
-                                           AND r.status = 'accepted'))
-                     ORDER BY u.username_key"
-                ))
-                .bind(viewer)
-                .bind(visibility == Visibility::Open)
-                .fetch_all(&self.pool)
-                .await?)
+                // One row holding a JSON array: a contact list can be long, and
+                // rows cost more to hand over one by one than to decode at once.
+                let list: String = sqlx::query_scalar($visible_contacts)
+                    .bind(viewer)
+                    .bind(visibility == Visibility::Open)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let mut users: Vec<User> =
+                    serde_json::from_str(&list).map_err(|e| StoreError::Other(e.into()))?;
+                users.sort_by_cached_key(|u| u.username.to_lowercase());
+                Ok(users)
             }
 
             async fn visible_user(
@@ -392,32 +414,6 @@ macro_rules! sql_store {
             }
         }
 
-        #[async_trait]
-        impl $crate::auth::revocation::Revocations for $store {
-            async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
-                let now = Utc::now();
-                sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await?;
-                sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
-                    .bind(jti)
-                    .bind(expires_at)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
-            async fn is_revoked(&self, jti: &str) -> StoreResult<bool> {
-                Ok(
-                    sqlx::query_scalar::<_, i64>("SELECT 1 FROM revoked_tokens WHERE jti = $1")
-                        .bind(jti)
-                        .fetch_optional(&self.pool)
-                        .await?
-                        .is_some(),
-                )
-            }
-        }
         };
     };
 }

@@ -1,17 +1,24 @@
 //! The embedded default: one SQLite file, nothing to install.
 
-use std::{str::FromStr, time::Duration};
+use std::{collections::HashMap, str::FromStr, sync::RwLock, time::Duration};
 
 use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::{
     SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+use super::StoreResult;
+use crate::auth::revocation::Revocations;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Revoked token ids and when they expire.
+    revoked: RwLock<HashMap<String, DateTime<Utc>>>,
 }
 
 impl SqliteStore {
@@ -34,8 +41,58 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("applying SQLite migrations")?;
-        Ok(Self { pool })
+        let revoked = sqlx::query_as::<_, (String, DateTime<Utc>)>(
+            "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at >= $1",
+        )
+        .bind(Utc::now())
+        .fetch_all(&pool)
+        .await
+        .context("loading revoked tokens")?;
+        Ok(Self {
+            pool,
+            revoked: RwLock::new(revoked.into_iter().collect()),
+        })
     }
 }
 
-super::sql::sql_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+super::sql::sql_store!(
+    SqliteStore,
+    sqlx::sqlite::SqliteRow,
+    concat!(
+        "SELECT json_group_array(json_object(",
+        super::sql::user_json_fields!(),
+        "))",
+        super::sql::visible_contacts_where!()
+    )
+);
+
+/// One process owns a SQLite file, so the set of revoked tokens it keeps in
+/// memory is authoritative: checking a token costs no query. The table keeps
+/// the set across restarts.
+#[async_trait]
+impl Revocations for SqliteStore {
+    async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
+        let now = Utc::now();
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+            .bind(jti)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        revoked.retain(|_, until| *until >= now);
+        revoked.insert(jti.to_owned(), expires_at);
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> StoreResult<bool> {
+        Ok(self
+            .revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(jti))
+    }
+}

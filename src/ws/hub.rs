@@ -45,9 +45,9 @@ pub enum Outgoing {
 /// connections. When the last copy goes away unwritten, the message goes back to
 /// be stored offline.
 pub struct Receipt {
-    message: Option<DirectMessage>,
+    message: Option<Arc<DirectMessage>>,
     written: AtomicBool,
-    undelivered: mpsc::UnboundedSender<DirectMessage>,
+    undelivered: mpsc::UnboundedSender<Arc<DirectMessage>>,
 }
 
 impl Receipt {
@@ -155,7 +155,7 @@ pub fn message_frame(
 pub struct Hub {
     connections: RwLock<HashMap<UserId, Vec<Connection>>>,
     next_id: AtomicU64,
-    undelivered: mpsc::UnboundedSender<DirectMessage>,
+    undelivered: mpsc::UnboundedSender<Arc<DirectMessage>>,
 }
 
 /// A connection's registration; dropping it does not unregister (call
@@ -168,7 +168,7 @@ pub struct Registration {
 
 impl Hub {
     /// Directed messages that could not be written come out of the returned receiver.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<DirectMessage>) {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Arc<DirectMessage>>) {
         let (undelivered, rx) = mpsc::unbounded_channel();
         let hub = Self {
             connections: RwLock::default(),
@@ -248,7 +248,7 @@ impl Hub {
             .sum()
     }
 
-    fn deliver_direct(&self, message: DirectMessage) -> bool {
+    fn deliver_direct(&self, message: Arc<DirectMessage>) -> bool {
         let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
         let Some(targets) = map.get(&message.recipient_id) else {
             return false;
@@ -322,7 +322,7 @@ impl EventSink for Hub {
             .contains_key(&user)
     }
 
-    fn undeliverable(&self, message: DirectMessage) {
+    fn undeliverable(&self, message: Arc<DirectMessage>) {
         let _ = self.undelivered.send(message);
     }
 
@@ -367,14 +367,14 @@ mod tests {
         assert_eq!(counts, [(2, "a", 2), (2, "b", 1)]);
     }
 
-    fn message(to: UserId) -> DirectMessage {
-        DirectMessage {
+    fn message(to: UserId) -> Arc<DirectMessage> {
+        Arc::new(DirectMessage {
             sender_id: 1,
             sender_username: "alice".into(),
             recipient_id: to,
             content: "hi".into(),
             sent_at: chrono::Utc::now(),
-        }
+        })
     }
 
     #[test]

@@ -42,7 +42,13 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let limit = state.settings.max_message_bytes;
-    let ws = ws.max_message_size(limit).max_frame_size(limit);
+    // Small buffers: tungstenite zero-fills its read buffer on every read, and
+    // each idle connection holds both (128 KiB each by default).
+    let ws = ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER);
     let auth = match params.token.as_deref() {
         Some(token) => authenticate(&state, token).await,
         None => Err(ApiError::Unauthorized("Not authenticated")),
@@ -71,6 +77,10 @@ async fn upgrade(
         }
     }
 }
+
+/// Bytes read from a socket at once, and written before a flush is forced.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Close code for "the server cannot serve you right now".
 const UNAVAILABLE: u16 = 1011;

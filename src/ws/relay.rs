@@ -1,6 +1,8 @@
 //! What the relay does with a client's frames and with connections coming and
 //! going. Storage, presence and fan-out are reached only through their traits.
 
+use std::{borrow::Cow, sync::Arc};
+
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
@@ -20,31 +22,34 @@ pub fn error_frame(message: &str) -> String {
     json!({ "error": message }).to_string()
 }
 
-/// A JSON-object frame: must be a directed message.
+/// A JSON-object frame: must be a directed message. Borrowed from the frame's
+/// text where it has no escapes.
 #[derive(Deserialize)]
-struct DirectFrame {
-    recipient_username: String,
-    content: String,
+struct DirectFrame<'a> {
+    #[serde(borrow)]
+    recipient_username: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
 }
 
 /// Handles one text frame; returns the reply for the sender, if any.
 pub async fn on_text(state: &AppState, sender: &AuthUser, text: &str) -> Option<String> {
     // Only a JSON object is a directed message; any other text is broadcast.
-    let object = text
-        .trim_start()
-        .starts_with('{')
-        .then(|| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).ok())
-        .flatten();
-    let Some(object) = object else {
+    if !text.trim_start().starts_with('{') {
         broadcast(state, sender, text).await;
         return None;
-    };
-    let frame = match serde_json::from_value::<DirectFrame>(serde_json::Value::Object(object)) {
+    }
+    let frame = match serde_json::from_str::<DirectFrame>(text) {
         Ok(frame) => frame,
-        Err(_) => {
+        // Some other JSON object: a client mistake, answered.
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
             return Some(error_frame(
                 "a JSON frame needs string fields \"recipient_username\" and \"content\"",
             ));
+        }
+        Err(_) => {
+            broadcast(state, sender, text).await;
+            return None;
         }
     };
     match send_direct(state, sender, frame).await {
@@ -59,26 +64,33 @@ pub async fn on_text(state: &AppState, sender: &AuthUser, text: &str) -> Option<
 async fn send_direct(
     state: &AppState,
     sender: &AuthUser,
-    frame: DirectFrame,
+    frame: DirectFrame<'_>,
 ) -> anyhow::Result<Option<String>> {
-    let content =
-        match MessageContent::parse(frame.content, state.settings.max_message_bytes, "content") {
-            Ok(content) => content.into_inner(),
-            Err(invalid) => return Ok(Some(error_frame(&format!("content {}", invalid.message)))),
-        };
-    let Some(recipient) = state.store.user_named(&frame.recipient_username).await? else {
+    let content = match MessageContent::parse(
+        frame.content.into_owned(),
+        state.settings.max_message_bytes,
+        "content",
+    ) {
+        Ok(content) => content.into_inner(),
+        Err(invalid) => return Ok(Some(error_frame(&format!("content {}", invalid.message)))),
+    };
+    let recipient = state
+        .names
+        .resolve(state.store.as_ref(), &frame.recipient_username)
+        .await?;
+    let Some(recipient) = recipient else {
         return Ok(Some(error_frame(&format!(
             "user '{}' not found",
             frame.recipient_username
         ))));
     };
-    let message = DirectMessage {
+    let message = Arc::new(DirectMessage {
         sender_id: sender.id,
         sender_username: sender.username.clone(),
         recipient_id: recipient.id,
         content,
         sent_at: Utc::now(),
-    };
+    });
     let delivered = match state.bus.publish(Event::Direct(message.clone())).await {
         Ok(delivered) => delivered,
         Err(err) => {
@@ -92,7 +104,7 @@ async fn send_direct(
     }
     state
         .store
-        .store_messages(&[NewMessage::from(message)])
+        .store_messages(&[NewMessage::from(&*message)])
         .await?;
     messages_stored(StoredVia::Offline, 1);
     Ok(Some(
@@ -111,12 +123,12 @@ async fn broadcast(state: &AppState, sender: &AuthUser, text: &str) {
     }
 }
 
-impl From<DirectMessage> for NewMessage {
-    fn from(m: DirectMessage) -> Self {
+impl From<&DirectMessage> for NewMessage {
+    fn from(m: &DirectMessage) -> Self {
         Self {
             sender_id: m.sender_id,
             receiver_id: m.recipient_id,
-            content: m.content,
+            content: m.content.clone(),
             sent_at: m.sent_at,
         }
     }
@@ -180,9 +192,9 @@ async fn notify(state: &AppState, user: &AuthUser, what: &str) {
 }
 
 /// Stores directed messages that no connection managed to write.
-pub async fn store_undelivered(state: &AppState, messages: Vec<DirectMessage>) {
+pub async fn store_undelivered(state: &AppState, messages: Vec<Arc<DirectMessage>>) {
     let count = messages.len();
-    let rows: Vec<NewMessage> = messages.into_iter().map(NewMessage::from).collect();
+    let rows: Vec<NewMessage> = messages.iter().map(|m| NewMessage::from(&**m)).collect();
     for attempt in 1..=5u32 {
         match state.store.store_messages(&rows).await {
             Ok(_) => {

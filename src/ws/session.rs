@@ -172,9 +172,12 @@ async fn read_loop(
     closer: &Closer,
     heard: &AtomicBool,
 ) {
+    // Registered once: a fresh `cancelled()` per frame would lock the token each time.
+    let cancelled = closer.token().cancelled();
+    tokio::pin!(cancelled);
     loop {
         let frame = tokio::select! {
-            _ = closer.token().cancelled() => return,
+            _ = &mut cancelled => return,
             frame = stream.next() => frame,
         };
         heard.store(true, Ordering::Relaxed);
@@ -220,10 +223,12 @@ async fn write_loop(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut silent_intervals = 0;
     let mut receipts = Vec::new();
+    let cancelled = closer.token().cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            _ = closer.token().cancelled() => break,
+            _ = &mut cancelled => break,
             item = inbox.recv() => {
                 let mut next = item;
                 let mut batched = 0;

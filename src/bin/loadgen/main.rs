@@ -36,6 +36,10 @@ pub struct Common {
     /// Length of the measured window, in seconds.
     #[arg(long, global = true, default_value_t = 10.0)]
     pub duration: f64,
+    /// Threads of the generator's runtime; fewer leave more of a small machine
+    /// to the server (latency runs), more push harder (throughput runs).
+    #[arg(long, global = true, default_value_t = 2)]
+    pub threads: usize,
     /// Prefix of the users this run creates (runs against one database need
     /// different prefixes).
     #[arg(long, global = true)]
@@ -75,9 +79,16 @@ enum Scenario {
     LoginStorm(http::StormArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.common.threads.max(1))
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let common = cli.common;
     let result = match cli.scenario {
         Scenario::WsDirect(args) => ws::direct(&common, args).await?,

@@ -36,6 +36,17 @@ async fn connect_all(users: &[User], per_user: usize, parallel: usize) -> (Vec<S
     (results.into_iter().filter_map(Result::ok).collect(), failed)
 }
 
+/// Reads every socket until it has been quiet for a while: the join notices of
+/// the setup must not spill into the measured window.
+async fn settle(sockets: Vec<Socket>) -> Vec<Socket> {
+    let quiet = Duration::from_millis(300);
+    let jobs = sockets.into_iter().map(|mut socket| async move {
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(quiet, socket.next()).await {}
+        socket
+    });
+    futures_util::future::join_all(jobs).await
+}
+
 /// Nanoseconds since the run's epoch: the send timestamp carried in frames.
 fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
@@ -80,7 +91,7 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
     let users = api::users(&http, names, |i| common.url(i).to_owned()).await?;
     let (sockets, failed) = connect_all(&users, 1, 64).await;
     anyhow::ensure!(failed == 0, "{failed} connections failed");
-    tokio::time::sleep(Duration::from_millis(500)).await; // let join notices pass
+    let sockets = settle(sockets).await;
     let setup_s = setup.elapsed().as_secs_f64();
 
     let lanes: Arc<Vec<Lane>> = Arc::new((0..n).map(|_| Lane::default()).collect());
@@ -102,6 +113,8 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
             i,
             args.window,
             per_sender_rate,
+            // Senders take turns within each period rather than all at once.
+            i as f64 / n as f64,
             stop.clone(),
             epoch,
         )));
@@ -162,12 +175,15 @@ async fn send_direct(
     me: usize,
     window: u64,
     rate: f64,
+    phase: f64,
     stop: CancellationToken,
     epoch: Instant,
 ) -> futures_util::stream::SplitSink<Socket, Message> {
     let lane = &lanes[me];
     let mut ticker = (rate > 0.0).then(|| {
-        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let mut t =
+            tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(phase), period);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         t
     });
@@ -275,9 +291,9 @@ pub async fn broadcast(common: &Common, args: BroadcastArgs) -> anyhow::Result<V
     let prefix = common.prefix();
     let names = (0..n).map(|i| format!("{prefix}b{i}")).collect();
     let users = api::users(&http, names, |i| common.url(i).to_owned()).await?;
-    let (mut sockets, failed) = connect_all(&users, 1, 64).await;
+    let (sockets, failed) = connect_all(&users, 1, 64).await;
     anyhow::ensure!(failed == 0, "{failed} connections failed");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sockets = settle(sockets).await;
     let setup_s = setup.elapsed().as_secs_f64();
 
     let receivers_n = (n - 1) as u64;
