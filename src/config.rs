@@ -77,7 +77,7 @@ pub struct Settings {
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
-    /// Password hashes computed at once; defaults to the number of CPUs.
+    /// Password hashes computed at once; defaults to half the CPUs (at least one).
     #[arg(long, env = "MAX_CONCURRENT_HASHES")]
     pub max_concurrent_hashes: Option<usize>,
 

@@ -24,6 +24,7 @@ use crate::{
     bus::DirectMessage,
     config::Settings,
     state::AppState,
+    store::writer::MessageWriter,
     ws::{self, hub::Hub},
 };
 
@@ -40,13 +41,17 @@ impl App {
         let hub = Arc::new(hub);
         let shutdown = CancellationToken::new();
         let backends = backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
-        let hashes = settings
-            .max_concurrent_hashes
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        // Half the cores by default: a login storm never takes the whole machine.
+        let hashes = settings.max_concurrent_hashes.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1)
+        });
         let state = AppState {
             tokens: Arc::new(Tokens::new(&backends.jwt_secret, settings.token_ttl())),
             passwords: Arc::new(PasswordHasher::new(hashes)?),
             names: Arc::default(),
+            messages: Arc::new(MessageWriter::start(backends.store.clone())),
             store: backends.store,
             revocations: backends.revocations,
             presence: backends.presence,

@@ -10,7 +10,7 @@ use crate::{
     bus::Bus,
     config::Settings,
     presence::Presence,
-    store::{Store, names::NameCache},
+    store::{Store, names::NameCache, writer::MessageWriter},
     ws::hub::Hub,
 };
 
@@ -24,6 +24,8 @@ pub struct AppState {
     /// This replica's WebSocket connections.
     pub hub: Arc<Hub>,
     pub passwords: Arc<PasswordHasher>,
+    /// Offline messages, stored in batches.
+    pub messages: Arc<MessageWriter>,
     /// Usernames resolved to ids without a store round trip.
     pub names: Arc<NameCache>,
     pub tokens: Arc<Tokens>,

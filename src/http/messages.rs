@@ -45,8 +45,8 @@ async fn send(
         "encrypted_content",
     )?;
     let recipient = state
-        .store
-        .user_named(&body.recipient_username)
+        .names
+        .resolve(state.store.as_ref(), &body.recipient_username)
         .await?
         .ok_or(ApiError::NotFound("Recipient not found"))?;
     let message = NewMessage {
@@ -55,15 +55,8 @@ async fn send(
         content: content.into_inner(),
         sent_at: Utc::now(),
     };
-    let stored = state
-        .store
-        .store_messages(std::slice::from_ref(&message))
-        .await?;
+    let stored = state.messages.store(message).await?;
     messages_stored(StoredVia::Http, 1);
-    let stored = stored
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("insert returned no row")))?;
     Ok(Json(stored.into()))
 }
 

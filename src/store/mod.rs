@@ -12,6 +12,7 @@ pub mod names;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+pub mod writer;
 
 pub type UserId = i64;
 
