@@ -24,7 +24,7 @@ use crate::{
     presence::{
         Presence,
         memory::MemoryPresence,
-        redis::{REDIS_TIMEOUT, RedisPresence},
+        redis::{REDIS_TIMEOUT, RedisCommands, RedisPresence},
     },
     store::{Store, postgres::PostgresStore, sqlite::SqliteStore},
 };
@@ -69,21 +69,23 @@ pub async fn connect(
     let (presence, revocations, bus): (Arc<dyn Presence>, Arc<dyn Revocations>, Arc<dyn Bus>) =
         match &settings.redis_url {
             Some(url) => {
-                let pool = deadpool_redis::Config::from_url(url.as_str())
-                    .builder()
-                    .context("REDIS_URL")?
-                    .max_size(settings.redis_pool_size)
-                    .wait_timeout(Some(REDIS_TIMEOUT))
-                    .create_timeout(Some(REDIS_TIMEOUT))
-                    .recycle_timeout(Some(REDIS_TIMEOUT))
-                    .runtime(deadpool_redis::Runtime::Tokio1)
-                    .build()
-                    .context("creating the Redis pool")?;
+                let redis = RedisCommands::new(
+                    deadpool_redis::Config::from_url(url.as_str())
+                        .builder()
+                        .context("REDIS_URL")?
+                        .max_size(settings.redis_pool_size)
+                        .wait_timeout(Some(REDIS_TIMEOUT))
+                        .create_timeout(Some(REDIS_TIMEOUT))
+                        .recycle_timeout(Some(REDIS_TIMEOUT))
+                        .runtime(deadpool_redis::Runtime::Tokio1)
+                        .build()
+                        .context("creating the Redis pool")?,
+                );
                 let keys = Keyspace::new(&settings.redis_prefix);
                 let replica = uuid::Uuid::new_v4().simple().to_string();
                 let presence = Arc::new(
                     RedisPresence::connect(
-                        pool.clone(),
+                        redis.clone(),
                         keys.clone(),
                         settings.presence_lease(),
                         replica,
@@ -91,7 +93,7 @@ pub async fn connect(
                     .await
                     .context("connecting to Redis")?,
                 );
-                let bus = RedisBus::start(url, pool, keys, sink, shutdown).await?;
+                let bus = RedisBus::start(url, redis, keys, sink, shutdown).await?;
                 (presence.clone(), presence, bus)
             }
             None => (

@@ -16,7 +16,6 @@ use std::{
 
 use anyhow::Context;
 use async_trait::async_trait;
-use deadpool_redis::Pool;
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use tokio::sync::RwLock;
@@ -25,7 +24,12 @@ use tokio_util::sync::CancellationToken;
 use super::{Bus, BusError, Event, EventSink};
 use serde::{Deserialize, Serialize};
 
-use crate::{keyspace::Keyspace, metrics, presence::redis::with_redis, store::UserId};
+use crate::{
+    keyspace::Keyspace,
+    metrics,
+    presence::redis::{RedisCommands, with_redis},
+    store::UserId,
+};
 
 /// What travels on a channel: the event and when it was published, for the
 /// cross-replica latency histogram.
@@ -43,7 +47,7 @@ fn now_ms() -> i64 {
 }
 
 pub struct RedisBus {
-    pool: Pool,
+    redis: Arc<RedisCommands>,
     keys: Keyspace,
     sink: Arc<dyn EventSink>,
     /// The live subscription connection's command side; `None` while reconnecting.
@@ -57,14 +61,14 @@ impl RedisBus {
     /// connection, so that a replica is not ready before it can receive.
     pub async fn start(
         url: &str,
-        pool: Pool,
+        redis: Arc<RedisCommands>,
         keys: Keyspace,
         sink: Arc<dyn EventSink>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let client = redis::Client::open(url).context("REDIS_URL is not a valid redis:// URL")?;
         let bus = Arc::new(Self {
-            pool,
+            redis,
             keys,
             sink,
             subscriber: Arc::default(),
@@ -189,7 +193,7 @@ impl Bus for RedisBus {
         if !self.receiving.load(Ordering::Acquire) {
             return Err(BusError(anyhow::anyhow!("no fan-out subscription")));
         }
-        with_redis(&self.pool, |mut c| async move {
+        with_redis(&self.redis, |mut c| async move {
             redis::cmd("PING").query_async::<String>(&mut c).await
         })
         .await
@@ -205,7 +209,7 @@ impl Bus for RedisBus {
             event,
         };
         let payload = serde_json::to_vec(&envelope).map_err(|e| BusError(e.into()))?;
-        let receivers: i64 = with_redis(&self.pool, |mut c| async move {
+        let receivers: i64 = with_redis(&self.redis, |mut c| async move {
             redis::cmd("PUBLISH")
                 .arg(&channel)
                 .arg(payload)

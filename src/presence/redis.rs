@@ -10,7 +10,7 @@
 
 use std::{
     future::Future,
-    sync::LazyLock,
+    sync::{Arc, LazyLock, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_redis::Pool;
 use redis::Script;
+use redis::aio::MultiplexedConnection;
 
 use super::{Endpoint, Held, Presence, PresenceError, PresenceResult};
 use crate::{
@@ -140,21 +141,57 @@ return 0
 });
 
 pub struct RedisPresence {
-    pool: Pool,
+    redis: Arc<RedisCommands>,
     keys: Keyspace,
     lease: Duration,
     /// This replica's name in connection fields.
     replica: String,
 }
 
-/// Runs one Redis interaction with the pool and a deadline.
-pub async fn with_redis<T, F, Fut>(pool: &Pool, work: F) -> anyhow::Result<T>
+/// Redis commands over one shared multiplexed connection, on which concurrent
+/// commands pipeline. It comes from the deadpool pool, which checks health
+/// when it hands a connection out; checking on every command would double the
+/// round trips, so a connection is kept until it fails, then replaced.
+pub struct RedisCommands {
+    pool: Pool,
+    shared: RwLock<Option<MultiplexedConnection>>,
+}
+
+impl RedisCommands {
+    pub fn new(pool: Pool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            shared: RwLock::default(),
+        })
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, deadpool_redis::PoolError> {
+        if let Some(conn) = self
+            .shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(conn);
+        }
+        let conn = deadpool_redis::Connection::take(self.pool.get().await?);
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn forget(&self) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Runs one Redis interaction with a deadline; a failure retires the connection.
+pub async fn with_redis<T, F, Fut>(redis: &RedisCommands, work: F) -> anyhow::Result<T>
 where
-    F: FnOnce(deadpool_redis::Connection) -> Fut,
+    F: FnOnce(MultiplexedConnection) -> Fut,
     Fut: Future<Output = redis::RedisResult<T>>,
 {
     let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-        let conn = pool.get().await?;
+        let conn = redis.connection().await?;
         Ok(work(conn).await?)
     })
     .await
@@ -162,6 +199,7 @@ where
     .and_then(|r| r);
     if result.is_err() {
         crate::metrics::backend_error(crate::metrics::Backend::Redis);
+        redis.forget();
     }
     result
 }
@@ -169,13 +207,13 @@ where
 impl RedisPresence {
     /// Registers this replica as alive; fails if Redis does not answer.
     pub async fn connect(
-        pool: Pool,
+        redis: Arc<RedisCommands>,
         keys: Keyspace,
         lease: Duration,
         replica: String,
     ) -> anyhow::Result<Self> {
         let presence = Self {
-            pool,
+            redis,
             keys,
             lease,
             replica,
@@ -194,10 +232,10 @@ impl RedisPresence {
 
     async fn run<T: Send, F, Fut>(&self, work: F) -> PresenceResult<T>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        with_redis(&self.pool, work).await.map_err(PresenceError)
+        with_redis(&self.redis, work).await.map_err(PresenceError)
     }
 }
 
@@ -351,7 +389,7 @@ impl Revocations for RedisPresence {
     async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
         let key = self.keys.revoked(jti);
         let ttl_ms = (expires_at.timestamp_millis() - now_ms()).max(1000) + 10_000;
-        with_redis(&self.pool, |mut c| async move {
+        with_redis(&self.redis, |mut c| async move {
             redis::cmd("SET")
                 .arg(&key)
                 .arg(1)
@@ -366,7 +404,7 @@ impl Revocations for RedisPresence {
 
     async fn is_revoked(&self, jti: &str) -> StoreResult<bool> {
         let key = self.keys.revoked(jti);
-        with_redis(&self.pool, |mut c| async move {
+        with_redis(&self.redis, |mut c| async move {
             redis::cmd("EXISTS")
                 .arg(&key)
                 .query_async::<bool>(&mut c)
@@ -391,9 +429,14 @@ mod tests {
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .unwrap();
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-        RedisPresence::connect(pool, Keyspace::new(&prefix), lease, "r1".into())
-            .await
-            .expect("Redis reachable (set TEST_REDIS_URL)")
+        RedisPresence::connect(
+            RedisCommands::new(pool),
+            Keyspace::new(&prefix),
+            lease,
+            "r1".into(),
+        )
+        .await
+        .expect("Redis reachable (set TEST_REDIS_URL)")
     }
 
     #[tokio::test]
@@ -419,7 +462,7 @@ mod tests {
         dead.connection_opened(1, "t", at).await.unwrap();
         // Another replica on the same keys, which keeps renewing.
         let alive = RedisPresence {
-            pool: dead.pool.clone(),
+            redis: dead.redis.clone(),
             keys: dead.keys.clone(),
             lease,
             replica: "r2".into(),
