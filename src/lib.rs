@@ -8,6 +8,8 @@
 pub mod auth;
 /// Turns settings into concrete storage, presence and fan-out backends.
 pub mod backends;
+/// Combining concurrent requests into one round trip.
+pub mod batch;
 /// Fan-out of WebSocket events to every replica that holds the addressees.
 pub mod bus;
 /// Typed settings, read from the environment and command-line flags.

@@ -25,6 +25,7 @@ use super::{Bus, BusError, Event, EventSink};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    batch::Batcher,
     keyspace::Keyspace,
     metrics,
     presence::redis::{RedisCommands, with_redis},
@@ -48,6 +49,8 @@ fn now_ms() -> i64 {
 
 pub struct RedisBus {
     redis: Arc<RedisCommands>,
+    /// Concurrent publishes go out as one pipeline.
+    publisher: Batcher<(String, Vec<u8>), bool, anyhow::Error>,
     keys: Keyspace,
     sink: Arc<dyn EventSink>,
     /// The live subscription connection's command side; `None` while reconnecting.
@@ -67,7 +70,25 @@ impl RedisBus {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let client = redis::Client::open(url).context("REDIS_URL is not a valid redis:// URL")?;
+        let pipeline_to = redis.clone();
+        let publisher = Batcher::start(256, move |events: Vec<(String, Vec<u8>)>| {
+            let redis = pipeline_to.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                for (channel, payload) in &events {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload);
+                }
+                let receivers: Vec<i64> =
+                    with_redis(
+                        &redis,
+                        |mut c| async move { pipe.query_async(&mut c).await },
+                    )
+                    .await?;
+                Ok(receivers.into_iter().map(|n| n > 0).collect())
+            }
+        });
         let bus = Arc::new(Self {
+            publisher,
             redis,
             keys,
             sink,
@@ -209,16 +230,10 @@ impl Bus for RedisBus {
             event,
         };
         let payload = serde_json::to_vec(&envelope).map_err(|e| BusError(e.into()))?;
-        let receivers: i64 = with_redis(&self.redis, |mut c| async move {
-            redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(payload)
-                .query_async(&mut c)
-                .await
-        })
-        .await
-        .map_err(BusError)?;
-        Ok(receivers > 0)
+        self.publisher
+            .submit((channel, payload))
+            .await
+            .map_err(|e| BusError(anyhow::anyhow!("{e:#}")))
     }
 
     async fn attach(&self, user: UserId) -> Result<(), BusError> {

@@ -4,61 +4,37 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
-
 use super::{Message, NewMessage, Store, StoreError, StoreResult};
+use crate::batch::{BatchError, Batcher};
 
 /// Messages combined into one insert at most.
 const BATCH: usize = 512;
 
-type Pending = (NewMessage, oneshot::Sender<StoreResult<Message>>);
-
 pub struct MessageWriter {
-    queue: mpsc::Sender<Pending>,
+    batcher: Batcher<NewMessage, Message, StoreError>,
 }
 
 impl MessageWriter {
-    /// Starts the writing task; it ends when the writer is dropped.
     pub fn start(store: Arc<dyn Store>) -> Self {
-        let (queue, pending) = mpsc::channel(4 * BATCH);
-        tokio::spawn(write_batches(store, pending));
-        Self { queue }
+        let batcher = Batcher::start(BATCH, move |messages: Vec<NewMessage>| {
+            let store = store.clone();
+            async move { store.store_messages(&messages).await }
+        });
+        Self { batcher }
     }
 
     /// Stores one message, together with whatever else is waiting.
     pub async fn store(&self, message: NewMessage) -> StoreResult<Message> {
-        let (done, stored) = oneshot::channel();
-        let closed = || StoreError::Unavailable(anyhow::anyhow!("the message writer stopped"));
-        self.queue
-            .send((message, done))
-            .await
-            .map_err(|_| closed())?;
-        stored.await.map_err(|_| closed())?
-    }
-}
-
-async fn write_batches(store: Arc<dyn Store>, mut pending: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while pending.recv_many(&mut batch, BATCH).await > 0 {
-        let (messages, waiters): (Vec<NewMessage>, Vec<_>) = batch.drain(..).unzip();
-        match store.store_messages(&messages).await {
-            Ok(stored) => {
-                for (waiter, message) in waiters.into_iter().zip(stored) {
-                    let _ = waiter.send(Ok(message));
-                }
+        self.batcher.submit(message).await.map_err(|err| match err {
+            BatchError::Stopped => {
+                StoreError::Unavailable(anyhow::anyhow!("the message writer stopped"))
             }
-            Err(err) => {
-                let unavailable = matches!(err, StoreError::Unavailable(_));
-                let text = format!("{err:#}");
-                for waiter in waiters {
-                    let err = anyhow::anyhow!("{text}");
-                    let _ = waiter.send(Err(if unavailable {
-                        StoreError::Unavailable(err)
-                    } else {
-                        StoreError::Other(err)
-                    }));
+            BatchError::Failed(err) => match &*err {
+                StoreError::Unavailable(cause) => {
+                    StoreError::Unavailable(anyhow::anyhow!("{cause:#}"))
                 }
-            }
-        }
+                other => StoreError::Other(anyhow::anyhow!("{other:#}")),
+            },
+        })
     }
 }

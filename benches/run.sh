@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs load scenarios against freshly started servers and prints one JSON line
+# per scenario (see BENCHMARKS.md for what each figure means).
+#
+#   benches/run.sh embedded                  # every scenario, embedded default
+#   benches/run.sh cluster 3                 # every scenario, 3 replicas on Postgres + Redis
+#   benches/run.sh embedded ws-direct        # one scenario
+#
+# Cluster runs need Postgres and Redis (DATABASE_URL base, default
+# postgres://postgres@127.0.0.1:5432; REDIS_URL, default redis://127.0.0.1:6379);
+# each run gets a fresh database. Server and Redis CPU are both counted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=${1:-embedded}; shift || true
+replicas=1
+if [ "$mode" = cluster ]; then replicas=${1:-1}; shift || true; fi
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(ws-direct ws-direct-20k ws-broadcast ws-broadcast-64 http-online http-offline login-storm conn-capacity)
+
+cargo build --release --quiet --bins
+work=$(mktemp -d)
+trap 'pkill -TERM -P $$ secchat 2>/dev/null || true; kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+urls=(); pids=()
+for i in $(seq 1 "$replicas"); do
+  port=$((19100 + i))
+  if [ "$mode" = cluster ]; then
+    db=bench_$$
+    [ "$i" -gt 1 ] || psql "${DATABASE_URL:-postgres://postgres@127.0.0.1:5432}/postgres" -qc "CREATE DATABASE $db" >/dev/null
+    env DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432}/$db" \
+        REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}" REDIS_PREFIX="bench$$" \
+        JWT_SECRET=benchmark-secret-benchmark-secret-0123 RUST_LOG=warn \
+        target/release/secchat --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
+  else
+    (cd "$work" && RUST_LOG=warn "$OLDPWD/target/release/secchat" --bind 127.0.0.1:$port > server$i.log 2>&1) &
+  fi
+  echo $! > "$work/server$i.pid"
+  urls+=(--url "http://127.0.0.1:$port")
+done
+for i in $(seq 1 "$replicas"); do
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$((19100 + i))/readyz" && break; sleep 0.2; done
+  pids+=(--server-pid "$(pgrep -f "secchat --bind 127.0.0.1:$((19100 + i))" | head -n 1)")
+done
+if [ "$mode" = cluster ]; then pids+=(--server-pid "$(pgrep -x redis-server | head -n 1)"); fi
+
+run() { target/release/loadgen "$@" "${urls[@]}" "${pids[@]}" --prefix "r$RANDOM"; }
+for scenario in "${scenarios[@]}"; do
+  case "$scenario" in
+    ws-direct) run ws-direct --connections 1000 --window 8 ;;
+    ws-direct-20k) run ws-direct --connections 1000 --rate 20000 ;;
+    ws-broadcast) run ws-broadcast --connections 1000 --window 8 ;;
+    ws-broadcast-64) run ws-broadcast --connections 1000 --window 64 ;;
+    http-online) run http-online --contacts 200 --concurrency 32 ;;
+    http-offline) run http-offline --messages 20000 --concurrency 256 ;;
+    login-storm) run login-storm --concurrency 16 --duration 5 ;;
+    conn-capacity) run conn-capacity --connections 10000 --users 100 --duration 5 ;;
+    *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+  esac
+done
