@@ -20,11 +20,14 @@ scenarios=("$@")
 
 cargo build --release --quiet --bins
 work=$(mktemp -d)
-trap 'pkill -TERM -P $$ secchat 2>/dev/null || true; kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; sleep 1; rm -rf "$work"' EXIT
 
 urls=(); pids=()
 for i in $(seq 1 "$replicas"); do
-  port=$((19100 + i))
+    port=$((19100 + i))
+  if curl -fs -o /dev/null "http://127.0.0.1:$port/healthz"; then
+    echo "port $port is taken by another server; stop it first" >&2; exit 1
+  fi
   if [ "$mode" = cluster ]; then
     db=bench_$$
     [ "$i" -gt 1 ] || psql "${DATABASE_URL:-postgres://postgres@127.0.0.1:5432}/postgres" -qc "CREATE DATABASE $db" >/dev/null
@@ -33,14 +36,14 @@ for i in $(seq 1 "$replicas"); do
         JWT_SECRET=benchmark-secret-benchmark-secret-0123 RUST_LOG=warn \
         target/release/secchat --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
   else
-    (cd "$work" && RUST_LOG=warn "$OLDPWD/target/release/secchat" --bind 127.0.0.1:$port > server$i.log 2>&1) &
+        env -C "$work" RUST_LOG=warn "$PWD/target/release/secchat" --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
   fi
   echo $! > "$work/server$i.pid"
   urls+=(--url "http://127.0.0.1:$port")
 done
 for i in $(seq 1 "$replicas"); do
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$((19100 + i))/readyz" && break; sleep 0.2; done
-  pids+=(--server-pid "$(pgrep -f "secchat --bind 127.0.0.1:$((19100 + i))" | head -n 1)")
+    pids+=(--server-pid "$(cat "$work/server$i.pid")")
 done
 if [ "$mode" = cluster ]; then pids+=(--server-pid "$(pgrep -x redis-server | head -n 1)"); fi
 

@@ -74,11 +74,24 @@ impl PasswordHasher {
         let _permit = self.permits.acquire().await.context("hasher closed")?;
         let span = tracing::Span::current();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || span.in_scope(work))
+                let result = tokio::task::spawn_blocking(move || {
+            lower_priority();
+            span.in_scope(work)
+        })
             .await
             .context("hashing task panicked")?;
         crate::metrics::password_hashed(started.elapsed());
         result
+    }
+}
+
+/// Makes the calling (blocking-pool) thread yield the CPU to request handling:
+/// a burst of logins then slows logins, not everything else. Blocking threads
+/// here do nothing but hash, so the setting may stay with the thread.
+fn lower_priority() {
+    // SAFETY: setpriority on the calling thread (tid 0 = caller) with a constant.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 
