@@ -74,12 +74,12 @@ impl PasswordHasher {
         let _permit = self.permits.acquire().await.context("hasher closed")?;
         let span = tracing::Span::current();
         let started = Instant::now();
-                let result = tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             lower_priority();
             span.in_scope(work)
         })
-            .await
-            .context("hashing task panicked")?;
+        .await
+        .context("hashing task panicked")?;
         crate::metrics::password_hashed(started.elapsed());
         result
     }

@@ -55,16 +55,7 @@ super::sql::sql_store!(
 #[async_trait]
 impl Revocations for PostgresStore {
     async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
-        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
-            .bind(Utc::now())
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
-            .bind(jti)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.insert_revocation(jti, expires_at).await
     }
 
     async fn is_revoked(&self, jti: &str) -> StoreResult<bool> {

@@ -76,6 +76,24 @@ macro_rules! sql_store {
             })
         }
 
+        impl $store {
+            /// Records a revoked token, dropping those that expired anyway.
+            async fn insert_revocation(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
+                sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+                )
+                .bind(jti)
+                .bind(expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+        }
+
         #[async_trait]
         impl $crate::store::Store for $store {
             async fn ping(&self) -> StoreResult<()> {

@@ -72,16 +72,8 @@ super::sql::sql_store!(
 #[async_trait]
 impl Revocations for SqliteStore {
     async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
+        self.insert_revocation(jti, expires_at).await?;
         let now = Utc::now();
-        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
-            .bind(jti)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
         let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
         revoked.retain(|_, until| *until >= now);
         revoked.insert(jti.to_owned(), expires_at);

@@ -2,13 +2,13 @@
 //! (`TEST_DATABASE_URL`, `TEST_REDIS_URL`), so they are ignored by a plain
 //! `cargo test`; CI runs them with `--include-ignored`.
 
-use std::{collections::HashSet, net::TcpListener, process::Stdio, time::Duration};
+use std::{collections::HashSet, process::Stdio, time::Duration};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::helpers::{Backend, TestApp, eventually};
+use crate::helpers::{Backend, TestApp, eventually, free_port};
 
 /// `n` replicas started at once, so their migrations race (an advisory lock
 /// serialises them).
@@ -119,14 +119,6 @@ async fn offline_messages_are_fetched_exactly_once_across_replicas() {
 struct Process {
     child: Child,
     addr: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Process {

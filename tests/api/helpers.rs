@@ -154,6 +154,15 @@ pub async fn spawn_with(extra: &[&str]) -> TestApp {
     app
 }
 
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn password_of(name: &str) -> String {
     format!("pw-{name}-secret")
 }

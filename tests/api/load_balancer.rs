@@ -7,15 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::helpers::{Backend, WsClient, password_of};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::helpers::{Backend, WsClient, free_port, password_of};
 
 struct LocalCluster {
     env: Vec<(String, String)>,
