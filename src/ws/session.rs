@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::{
-    hub::{Closer, Outgoing, Registration, close, message_frame},
+    hub::{Closer, Outgoing, close, message_frame},
     relay,
 };
 use crate::{auth::AuthUser, metrics::WsConnectionGauge, presence::Endpoint, state::AppState};
@@ -33,13 +33,28 @@ const WRITE_BATCH: usize = 64;
 pub struct Session {
     state: AppState,
     user: AuthUser,
-    registration: Registration,
+    connection: u64,
     closer: Closer,
     outbox: mpsc::Sender<Outgoing>,
     inbox: Option<mpsc::Receiver<Outgoing>>,
-    open: bool,
+    /// Undoes `open`; taken when the session closes, run from `Drop` otherwise.
+    teardown: Option<Teardown>,
     /// The upgrade request's span (with its request id), parent of the session's.
     request_span: tracing::Span,
+}
+
+/// What closing a connection must do, whoever ends it.
+struct Teardown {
+    state: AppState,
+    user: AuthUser,
+    connection: u64,
+}
+
+impl Teardown {
+    async fn run(self) {
+        let last_here = self.state.hub.unregister(self.user.id, self.connection);
+        relay::connection_closed(&self.state, &self.user, last_here).await;
+    }
 }
 
 impl Session {
@@ -58,14 +73,19 @@ impl Session {
             }
             return Err(err);
         }
+        let teardown = Teardown {
+            state: state.clone(),
+            user: user.clone(),
+            connection: registration.id,
+        };
         Ok(Self {
             state,
             user,
-            registration,
+            connection: registration.id,
             closer,
             outbox,
             inbox: Some(inbox),
-            open: true,
+            teardown: Some(teardown),
             request_span: tracing::Span::current(),
         })
     }
@@ -75,7 +95,7 @@ impl Session {
             parent: &self.request_span,
             "ws",
             user_id = self.user.id,
-            conn = self.registration.id
+            conn = self.connection
         );
         self.serve(socket).instrument(span).await
     }
@@ -98,40 +118,18 @@ impl Session {
         read_loop(state, user, &mut stream, &self.outbox, closer, &heard).await;
         closer.finish();
         let _ = writer.await;
-        self.close().await;
+        if let Some(teardown) = self.teardown.take() {
+            teardown.run().await;
+        }
         tracing::info!(code = self.closer.reason().0, "websocket closed");
-    }
-
-    async fn close(&mut self) {
-        self.open = false;
-        let last_here = self
-            .state
-            .hub
-            .unregister(self.user.id, self.registration.id);
-        relay::connection_closed(&self.state, &self.user, last_here).await;
     }
 }
 
 impl Drop for Session {
+    /// The upgrade failed after `open`: undo it in the background.
     fn drop(&mut self) {
-        if self.open {
-            let mut session = Self {
-                state: self.state.clone(),
-                user: self.user.clone(),
-                registration: Registration {
-                    id: self.registration.id,
-                    first_here: false,
-                },
-                closer: self.closer.clone(),
-                outbox: self.outbox.clone(),
-                inbox: None,
-                open: false,
-                request_span: self.request_span.clone(),
-            };
-            self.open = false;
-            self.state
-                .sessions
-                .spawn(async move { session.close().await });
+        if let Some(teardown) = self.teardown.take() {
+            self.state.sessions.spawn(teardown.run());
         }
     }
 }
