@@ -47,23 +47,27 @@ async fn add(
     JsonBody(body): JsonBody<AddContactRequest>,
 ) -> Result<(StatusCode, Json<ContactEntry>), ApiError> {
     let friend = match (body.friend_username, body.friend_id) {
-        (Some(name), _) => state.store.user_named(&name).await?,
-        (None, Some(id)) => state.store.user_by_id(id).await?,
+        (Some(name), _) => state
+            .names
+            .resolve(state.store.as_ref(), &name)
+            .await?
+            .map(|n| n.id),
+        (None, Some(id)) => state.store.user_by_id(id).await?.map(|u| u.id),
         (None, None) => return Err(ApiError::missing("body", "friend_username")),
     }
     .ok_or(ApiError::NotFound("User not found"))?;
-    if friend.id == user.id {
+    if friend == user.id {
         return Err(ApiError::BadRequest("You cannot add yourself as a contact"));
     }
     let contact = state
         .store
-        .add_contact(user.id, friend.id)
+        .add_contact(user.id, friend)
         .await
         .map_err(|e| match e {
             StoreError::AlreadyContact => ApiError::BadRequest("Already a contact"),
             other => other.into(),
         })?;
-    let online = state.presence.locate(&[friend.id]).await?[0].is_some();
+    let online = state.presence.locate(&[friend]).await?[0].is_some();
     Ok((
         StatusCode::ACCEPTED,
         Json(ContactEntry::new(user.id, contact, online)),

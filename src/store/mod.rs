@@ -133,14 +133,6 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>>;
     async fn user_by_username(&self, username_key: &str) -> StoreResult<Option<User>>;
 
-    /// The user a client named, in any case; a name no user can have is not
-    /// looked up.
-    async fn user_named(&self, name: &str) -> StoreResult<Option<User>> {
-        match crate::domain::Username::lookup_key(name) {
-            Some(key) => self.user_by_username(&key).await,
-            None => Ok(None),
-        }
-    }
     /// Users whose username key contains `needle` literally, `exclude` left out, by name.
     async fn search_users(
         &self,

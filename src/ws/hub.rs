@@ -239,15 +239,6 @@ impl Hub {
         held
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.connections
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
     fn deliver_direct(&self, message: Arc<DirectMessage>) -> bool {
         let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
         let Some(targets) = map.get(&message.recipient_id) else {

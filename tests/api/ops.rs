@@ -437,3 +437,23 @@ async fn the_healthcheck_flag_probes_a_running_server() {
         .to_string();
     assert!(!probe(closed).await);
 }
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let app = crate::helpers::spawn_with(&["--cors-origins", "https://chat.example.com"]).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(Method::OPTIONS, app.url("/users/me"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = preflight("https://chat.example.com").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://chat.example.com"
+    );
+    let other = preflight("https://evil.example.net").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
