@@ -15,9 +15,14 @@ impl Keyspace {
         }
     }
 
-    /// Hash `{ip, port}` of an online user; its TTL is the presence lease.
-    pub fn presence(&self, user: UserId) -> String {
-        format!("{}:presence:{user}", self.prefix)
+    /// Hash `user -> "{ip} {port} {seen ms} {lease end ms}"` of online users.
+    pub fn sightings(&self) -> String {
+        format!("{}:sightings", self.prefix)
+    }
+
+    /// Hash `user -> version` of contact lists, changed with every change of one.
+    pub fn contact_versions(&self) -> String {
+        format!("{}:contact-versions", self.prefix)
     }
 
     /// Hash `"{replica}|{jti}" -> open WebSockets` of a user.
@@ -30,8 +35,8 @@ impl Keyspace {
         format!("{}:replicas", self.prefix)
     }
 
-    /// Sorted set of online users scored by when their lease lapses (ms): the
-    /// online-users gauge counts it without scanning keys.
+    /// Sorted set of online users scored by when their lease lapses (ms), so
+    /// that the gauge counts them and lapsed sightings are swept without a scan.
     pub fn online(&self) -> String {
         format!("{}:online", self.prefix)
     }

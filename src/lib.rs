@@ -24,6 +24,8 @@ pub mod http;
 pub mod keyspace;
 /// Prometheus metrics: the recorder and the names of what is measured.
 pub mod metrics;
+/// The online-contacts panel, answered from a per-viewer cache and presence.
+pub mod online;
 /// Who is online, at which address, under a renewable lease.
 pub mod presence;
 /// Building the application, binding its port, and running it to shutdown.

@@ -51,6 +51,7 @@ impl App {
             tokens: Arc::new(Tokens::new(&backends.jwt_secret, settings.token_ttl())),
             passwords: Arc::new(PasswordHasher::new(hashes)?),
             names: Arc::default(),
+            online: Arc::default(),
             messages: Arc::new(MessageWriter::start(backends.store.clone())),
             store: backends.store,
             revocations: backends.revocations,

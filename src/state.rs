@@ -9,6 +9,7 @@ use crate::{
     auth::{jwt::Tokens, password::PasswordHasher, revocation::Revocations},
     bus::Bus,
     config::Settings,
+    online::OnlineContacts,
     presence::Presence,
     store::{Store, names::NameCache, writer::MessageWriter},
     ws::hub::Hub,
@@ -26,6 +27,8 @@ pub struct AppState {
     pub passwords: Arc<PasswordHasher>,
     /// Offline messages, stored in batches.
     pub messages: Arc<MessageWriter>,
+    /// Contact lists of the online panel, kept current with presence.
+    pub online: Arc<OnlineContacts>,
     /// Usernames resolved to ids without a store round trip.
     pub names: Arc<NameCache>,
     pub tokens: Arc<Tokens>,

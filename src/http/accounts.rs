@@ -241,8 +241,9 @@ async fn login(
         port: login.port.map_or(peer.port, |p| p.0),
         ..peer
     };
-    state.presence.announce(id, endpoint).await?;
-    state.store.touch_last_seen(id, Utc::now()).await?;
+    let now = Utc::now();
+    state.presence.announce(id, endpoint, now).await?;
+    state.store.touch_last_seen(id, now).await?;
     crate::metrics::login(true);
     tracing::info!(user_id = id, "login");
     Ok(Json(TokenOut {
@@ -263,8 +264,9 @@ async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<Json<De
             jti: user.jti.clone(),
         })
         .await?;
-    state.presence.sign_off(user.id, &user.jti).await?;
-    state.store.touch_last_seen(user.id, Utc::now()).await?;
+    let now = Utc::now();
+    state.presence.sign_off(user.id, &user.jti, now).await?;
+    state.store.touch_last_seen(user.id, now).await?;
     Ok(Json(Detail {
         detail: "Logged out successfully",
     }))
@@ -339,6 +341,7 @@ async fn heartbeat(
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<UserBrief>, ApiError> {
     let port = Port::parse(body.port, "port")?;
+    let now = Utc::now();
     state
         .presence
         .announce(
@@ -347,9 +350,10 @@ async fn heartbeat(
                 port: port.0,
                 ..peer
             },
+            now,
         )
         .await?;
-    state.store.touch_last_seen(user.id, Utc::now()).await?;
+    state.store.touch_last_seen(user.id, now).await?;
     Ok(Json(UserBrief {
         id: user.id,
         username: user.username,

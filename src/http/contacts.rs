@@ -4,6 +4,7 @@ use axum::{
     Json, Router,
     extract::State,
     http::StatusCode,
+    response::{IntoResponse, Response},
     routing::{get, put},
 };
 use serde::Deserialize;
@@ -67,6 +68,7 @@ async fn add(
             StoreError::AlreadyContact => ApiError::BadRequest("Already a contact"),
             other => other.into(),
         })?;
+    contacts_changed(&state, user.id, friend).await?;
     let online = state.presence.locate(&[friend]).await?[0].is_some();
     Ok((
         StatusCode::ACCEPTED,
@@ -137,6 +139,7 @@ async fn accept(
         .accept_request(user.id, requester)
         .await?
         .ok_or(ApiError::NotFound("Friend request not found"))?;
+    contacts_changed(&state, user.id, requester).await?;
     let online = state.presence.locate(&[requester]).await?[0].is_some();
     Ok(Json(ContactEntry::new(user.id, contact, online)))
 }
@@ -151,31 +154,37 @@ async fn remove(
     PathParam(other): PathParam<UserId>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.remove_contact(user.id, other).await? {
+        contacts_changed(&state, user.id, other).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("Contact not found"))
     }
 }
 
+/// After the store changed the relation of `a` and `b`: both lists are stale
+/// wherever the online panel has them cached.
+async fn contacts_changed(state: &AppState, a: UserId, b: UserId) -> Result<(), ApiError> {
+    Ok(state.presence.contacts_changed(&[a, b]).await?)
+}
+
 /// The caller's contacts that are online now and whose address it may see:
-/// one store query and one presence look-up, however many contacts.
+/// one presence round trip, however many contacts (and one store query when
+/// the caller's contact list changed).
 #[utoipa::path(get, path = "/me/contacts/online", tag = "contacts", security(("bearer" = [])),
     responses((status = 200, body = [OnlineContact]), (status = 401, body = Detail)))]
-async fn online(
-    State(state): State<AppState>,
-    user: AuthUser,
-) -> Result<Json<Vec<OnlineContact>>, ApiError> {
-    let candidates = state
-        .store
-        .visible_contacts(user.id, state.settings.address_visibility)
+async fn online(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
+    let online = state
+        .online
+        .of(
+            state.store.as_ref(),
+            state.presence.as_ref(),
+            user.id,
+            state.settings.address_visibility,
+        )
         .await?;
-    let ids: Vec<_> = candidates.iter().map(|u| u.id).collect();
-    let located = state.presence.locate(&ids).await?;
-    Ok(Json(
-        candidates
-            .into_iter()
-            .zip(located)
-            .filter_map(|(u, at)| at.map(|at| OnlineContact::new(u, at)))
-            .collect(),
-    ))
+    let entries: Vec<_> = online
+        .iter()
+        .map(|(card, seen)| OnlineContact::new(card, seen))
+        .collect();
+    Ok(Json(entries).into_response())
 }

@@ -29,7 +29,9 @@ async fn connection_info(
         .visible_user(user.id, &key, state.settings.address_visibility)
         .await?
         .ok_or(UNAVAILABLE)?;
-    let at = state.presence.locate(&[target.id]).await?[0].ok_or(UNAVAILABLE)?;
+    let at = state.presence.locate(&[target.id]).await?[0]
+        .ok_or(UNAVAILABLE)?
+        .at;
     Ok(Json(ConnectionInfo {
         username: target.username,
         public_key: target.public_key,

@@ -1,12 +1,15 @@
 //! The JSON shapes the contract gives, built from store rows and presence.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
     domain::time::{iso8601, iso8601_opt},
-    presence::Endpoint,
+    online::Card,
+    presence::Sighting,
     store::{Contact, Message, User, UserId},
 };
 
@@ -142,28 +145,29 @@ impl PendingEntry {
 
 /// An online contact and where to reach it.
 #[derive(Serialize, ToSchema)]
-pub struct OnlineContact {
+pub struct OnlineContact<'a> {
     pub id: UserId,
-    pub username: String,
-    pub public_key: String,
-    pub ip_address: String,
+    pub username: &'a str,
+    pub public_key: &'a str,
+    #[schema(value_type = String)]
+    pub ip_address: IpAddr,
     pub port: u16,
     pub is_online: bool,
-    #[serde(serialize_with = "iso8601_opt")]
-    #[schema(value_type = Option<String>)]
-    pub last_seen: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "iso8601")]
+    #[schema(value_type = String)]
+    pub last_seen: DateTime<Utc>,
 }
 
-impl OnlineContact {
-    pub fn new(user: User, at: Endpoint) -> Self {
+impl<'a> OnlineContact<'a> {
+    pub fn new(card: &'a Card, seen: Sighting) -> Self {
         Self {
-            id: user.id,
-            username: user.username,
-            public_key: user.public_key,
-            ip_address: at.ip.to_string(),
-            port: at.port,
+            id: card.id,
+            username: &card.username,
+            public_key: &card.public_key,
+            ip_address: seen.at.ip,
+            port: seen.at.port,
             is_online: true,
-            last_seen: user.last_seen,
+            last_seen: seen.seen,
         }
     }
 }

@@ -7,48 +7,78 @@ use std::{
 };
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
-use super::{Endpoint, Held, Presence, PresenceResult};
+use super::{ContactsVersion, Endpoint, Held, Presence, PresenceResult, Sighting};
 use crate::store::UserId;
 
 #[derive(Default)]
 struct Entry {
-    endpoint: Option<Endpoint>,
+    sighting: Option<Sighting>,
     lease_until: Option<Instant>,
     /// Open WebSockets per token.
     connections: HashMap<String, u32>,
 }
 
 impl Entry {
-    fn live_endpoint(&self, now: Instant) -> Option<Endpoint> {
-        self.endpoint
+    fn live(&self, now: Instant) -> Option<Sighting> {
+        self.sighting
             .filter(|_| self.lease_until.is_some_and(|until| until > now))
     }
 
     fn connection_count(&self) -> u32 {
         self.connections.values().sum()
     }
+
+    /// Keeps a live address, else takes `at`; renews the lease.
+    fn hold(&mut self, at: Endpoint, seen: DateTime<Utc>, now: Instant, lease: Duration) {
+        let at = self.live(now).map_or(at, |s| s.at);
+        self.sighting = Some(Sighting { at, seen });
+        self.lease_until = Some(now + lease);
+    }
+
+    fn seen(&mut self, seen: DateTime<Utc>) {
+        if let Some(s) = &mut self.sighting {
+            s.seen = seen;
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<UserId, Entry>,
+    /// Bumped on every change of a user's contact list.
+    versions: HashMap<UserId, ContactsVersion>,
+}
+
+impl State {
+    fn locate(&self, users: &[UserId], now: Instant) -> Vec<Option<Sighting>> {
+        users
+            .iter()
+            .map(|u| self.entries.get(u).and_then(|e| e.live(now)))
+            .collect()
+    }
 }
 
 pub struct MemoryPresence {
     lease: Duration,
-    entries: Mutex<HashMap<UserId, Entry>>,
+    state: Mutex<State>,
 }
 
 impl MemoryPresence {
     pub fn new(lease: Duration) -> Self {
         Self {
             lease,
-            entries: Mutex::new(HashMap::new()),
+            state: Mutex::default(),
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<UserId, Entry>, Instant) -> T) -> T {
-        let mut entries = self
-            .entries
+    fn with<T>(&self, f: impl FnOnce(&mut State, Instant) -> T) -> T {
+        let mut state = self
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut entries, Instant::now())
+        f(&mut state, Instant::now())
     }
 }
 
@@ -58,10 +88,15 @@ impl Presence for MemoryPresence {
         Ok(())
     }
 
-    async fn announce(&self, user: UserId, at: Endpoint) -> PresenceResult<()> {
-        self.with(|entries, now| {
-            let entry = entries.entry(user).or_default();
-            entry.endpoint = Some(at);
+    async fn announce(
+        &self,
+        user: UserId,
+        at: Endpoint,
+        seen: DateTime<Utc>,
+    ) -> PresenceResult<()> {
+        self.with(|state, now| {
+            let entry = state.entries.entry(user).or_default();
+            entry.sighting = Some(Sighting { at, seen });
             entry.lease_until = Some(now + self.lease);
         });
         Ok(())
@@ -72,21 +107,24 @@ impl Presence for MemoryPresence {
         user: UserId,
         jti: &str,
         fallback: Endpoint,
+        seen: DateTime<Utc>,
     ) -> PresenceResult<u32> {
-        Ok(self.with(|entries, now| {
-            let entry = entries.entry(user).or_default();
-            if entry.live_endpoint(now).is_none() {
-                entry.endpoint = Some(fallback);
-            }
-            entry.lease_until = Some(now + self.lease);
+        Ok(self.with(|state, now| {
+            let entry = state.entries.entry(user).or_default();
+            entry.hold(fallback, seen, now, self.lease);
             *entry.connections.entry(jti.to_owned()).or_default() += 1;
             entry.connection_count()
         }))
     }
 
-    async fn connection_closed(&self, user: UserId, jti: &str) -> PresenceResult<u32> {
-        Ok(self.with(|entries, _| {
-            let Some(entry) = entries.get_mut(&user) else {
+    async fn connection_closed(
+        &self,
+        user: UserId,
+        jti: &str,
+        seen: DateTime<Utc>,
+    ) -> PresenceResult<u32> {
+        Ok(self.with(|state, _| {
+            let Some(entry) = state.entries.get_mut(&user) else {
                 return 0;
             };
             if let Some(count) = entry.connections.get_mut(jti) {
@@ -95,39 +133,42 @@ impl Presence for MemoryPresence {
                     entry.connections.remove(jti);
                 }
             }
+            entry.seen(seen);
             entry.connection_count()
         }))
     }
 
     async fn renew(&self, held: &[Held]) -> PresenceResult<()> {
-        self.with(|entries, now| {
+        self.with(|state, now| {
             for h in held {
-                let entry = entries.entry(h.user).or_default();
-                if entry.live_endpoint(now).is_none() {
-                    entry.endpoint = Some(h.at);
-                }
-                entry.lease_until = Some(now + self.lease);
+                let entry = state.entries.entry(h.user).or_default();
+                let seen = entry.live(now).map_or_else(Utc::now, |s| s.seen);
+                entry.hold(h.at, seen, now, self.lease);
                 entry
                     .connections
                     .entry(h.jti.clone())
                     .or_insert(h.connections);
             }
             // Forget users whose lease ran out and who hold no connection.
-            entries.retain(|_, e| e.connection_count() > 0 || e.live_endpoint(now).is_some());
+            state
+                .entries
+                .retain(|_, e| e.connection_count() > 0 || e.live(now).is_some());
         });
         Ok(())
     }
 
-    async fn sign_off(&self, user: UserId, jti: &str) -> PresenceResult<bool> {
-        Ok(self.with(|entries, _| {
-            let Some(entry) = entries.get_mut(&user) else {
+    async fn sign_off(&self, user: UserId, jti: &str, seen: DateTime<Utc>) -> PresenceResult<bool> {
+        Ok(self.with(|state, _| {
+            let Some(entry) = state.entries.get_mut(&user) else {
                 return false;
             };
             let others_connected = entry
                 .connections
                 .iter()
                 .any(|(token, n)| token != jti && *n > 0);
-            if !others_connected {
+            if others_connected {
+                entry.seen(seen);
+            } else {
                 entry.lease_until = None;
             }
             others_connected
@@ -135,20 +176,36 @@ impl Presence for MemoryPresence {
     }
 
     async fn count_online(&self) -> PresenceResult<u64> {
-        Ok(self.with(|entries, now| {
-            entries
+        Ok(self.with(|state, now| {
+            state
+                .entries
                 .values()
-                .filter(|e| e.live_endpoint(now).is_some())
+                .filter(|e| e.live(now).is_some())
                 .count() as u64
         }))
     }
 
-    async fn locate(&self, users: &[UserId]) -> PresenceResult<Vec<Option<Endpoint>>> {
-        Ok(self.with(|entries, now| {
-            users
-                .iter()
-                .map(|u| entries.get(u).and_then(|e| e.live_endpoint(now)))
-                .collect()
+    async fn locate(&self, users: &[UserId]) -> PresenceResult<Vec<Option<Sighting>>> {
+        Ok(self.with(|state, now| state.locate(users, now)))
+    }
+
+    async fn contacts_changed(&self, users: &[UserId]) -> PresenceResult<()> {
+        self.with(|state, _| {
+            for user in users {
+                *state.versions.entry(*user).or_default() += 1;
+            }
+        });
+        Ok(())
+    }
+
+    async fn locate_contacts(
+        &self,
+        viewer: UserId,
+        contacts: &[UserId],
+    ) -> PresenceResult<(ContactsVersion, Vec<Option<Sighting>>)> {
+        Ok(self.with(|state, now| {
+            let version = state.versions.get(&viewer).copied().unwrap_or_default();
+            (version, state.locate(contacts, now))
         }))
     }
 }
@@ -180,6 +237,11 @@ mod tests {
     #[tokio::test]
     async fn renew_restores_what_was_lost() {
         contract::renew_restores_what_was_lost(&presence()).await;
+    }
+
+    #[tokio::test]
+    async fn contact_versions_follow_changes() {
+        contract::contact_versions_follow_changes(&presence()).await;
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::store::UserId;
@@ -21,6 +22,18 @@ pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
 }
+
+/// An online user: where it is, and when it was last seen (the same instant the
+/// store records as its `last_seen`, so the online panel needs no store read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sighting {
+    pub at: Endpoint,
+    pub seen: DateTime<Utc>,
+}
+
+/// Changes whenever a user's contact list may have changed, on every replica
+/// alike: a cached list is good while the version it was read under is current.
+pub type ContactsVersion = u64;
 
 /// WebSockets this replica holds for one user under one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +56,8 @@ pub trait Presence: Send + Sync + 'static {
     async fn ping(&self) -> PresenceResult<()>;
 
     /// Login or heartbeat: records where the user is and renews its lease.
-    async fn announce(&self, user: UserId, at: Endpoint) -> PresenceResult<()>;
+    async fn announce(&self, user: UserId, at: Endpoint, seen: DateTime<Utc>)
+    -> PresenceResult<()>;
 
     /// A WebSocket of `user` opened under token `jti`: renews the lease, records
     /// `fallback` when no live address is known, and returns how many connections
@@ -53,11 +67,17 @@ pub trait Presence: Send + Sync + 'static {
         user: UserId,
         jti: &str,
         fallback: Endpoint,
+        seen: DateTime<Utc>,
     ) -> PresenceResult<u32>;
 
     /// The reverse of `connection_opened`; returns the connections left. The lease
     /// is left to run out by itself.
-    async fn connection_closed(&self, user: UserId, jti: &str) -> PresenceResult<u32>;
+    async fn connection_closed(
+        &self,
+        user: UserId,
+        jti: &str,
+        seen: DateTime<Utc>,
+    ) -> PresenceResult<u32>;
 
     /// Renews the leases of users holding WebSockets on this replica, and restores
     /// what a backend may have lost (a restarted Redis) from `held`.
@@ -65,13 +85,24 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Logout of token `jti`: the user goes offline unless a WebSocket opened with
     /// another token is still open. Returns whether the user is still online.
-    async fn sign_off(&self, user: UserId, jti: &str) -> PresenceResult<bool>;
+    async fn sign_off(&self, user: UserId, jti: &str, seen: DateTime<Utc>) -> PresenceResult<bool>;
 
     /// How many users are online, for the gauge.
     async fn count_online(&self) -> PresenceResult<u64>;
 
     /// Where each user is (`None`: offline), in input order, in one round trip.
-    async fn locate(&self, users: &[UserId]) -> PresenceResult<Vec<Option<Endpoint>>>;
+    async fn locate(&self, users: &[UserId]) -> PresenceResult<Vec<Option<Sighting>>>;
+
+    /// The contact lists of `users` changed: versions cached anywhere are stale.
+    async fn contacts_changed(&self, users: &[UserId]) -> PresenceResult<()>;
+
+    /// [`Presence::locate`] of `contacts`, with the current version of `viewer`'s
+    /// contact list, in one round trip.
+    async fn locate_contacts(
+        &self,
+        viewer: UserId,
+        contacts: &[UserId],
+    ) -> PresenceResult<(ContactsVersion, Vec<Option<Sighting>>)>;
 }
 
 #[cfg(test)]
@@ -88,48 +119,77 @@ pub(crate) mod contract {
         }
     }
 
+    /// An instant `secs` into a fixed day, to the millisecond.
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_750_000_000_000 + secs * 1000 + 123).unwrap()
+    }
+
+    /// Where each user is, the time it was seen left out.
+    async fn places(p: &dyn Presence, users: &[UserId]) -> Vec<Option<Endpoint>> {
+        let found = p.locate(users).await.unwrap();
+        found.into_iter().map(|s| s.map(|s| s.at)).collect()
+    }
+
+    async fn seen(p: &dyn Presence, user: UserId) -> Option<DateTime<Utc>> {
+        p.locate(&[user]).await.unwrap()[0].map(|s| s.seen)
+    }
+
     pub async fn announce_and_locate(p: &dyn Presence) {
-        assert_eq!(p.locate(&[1, 2]).await.unwrap(), vec![None, None]);
+        assert_eq!(places(p, &[1, 2]).await, vec![None, None]);
         assert_eq!(p.count_online().await.unwrap(), 0);
-        p.announce(1, at(4000)).await.unwrap();
+        p.announce(1, at(4000), t(0)).await.unwrap();
         assert_eq!(p.count_online().await.unwrap(), 1);
-        assert_eq!(p.locate(&[2, 1]).await.unwrap(), vec![None, Some(at(4000))]);
-        p.announce(1, at(4001)).await.unwrap();
-        assert_eq!(p.locate(&[1]).await.unwrap(), vec![Some(at(4001))]);
+        assert_eq!(
+            p.locate(&[2, 1]).await.unwrap(),
+            vec![
+                None,
+                Some(Sighting {
+                    at: at(4000),
+                    seen: t(0)
+                })
+            ]
+        );
+        p.announce(1, at(4001), t(1)).await.unwrap();
+        assert_eq!(places(p, &[1]).await, vec![Some(at(4001))]);
+        assert_eq!(seen(p, 1).await, Some(t(1)));
     }
 
     pub async fn connections_keep_known_address(p: &dyn Presence) {
-        p.announce(1, at(5000)).await.unwrap();
-        assert_eq!(p.connection_opened(1, "t1", at(9)).await.unwrap(), 1);
-        assert_eq!(p.connection_opened(1, "t2", at(9)).await.unwrap(), 2);
-        assert_eq!(p.locate(&[1]).await.unwrap(), vec![Some(at(5000))]);
+        p.announce(1, at(5000), t(0)).await.unwrap();
+        assert_eq!(p.connection_opened(1, "t1", at(9), t(1)).await.unwrap(), 1);
+        assert_eq!(p.connection_opened(1, "t2", at(9), t(2)).await.unwrap(), 2);
+        assert_eq!(places(p, &[1]).await, vec![Some(at(5000))]);
+        assert_eq!(seen(p, 1).await, Some(t(2)));
         // A user with no address yet gets the WebSocket's.
-        assert_eq!(p.connection_opened(2, "t3", at(7)).await.unwrap(), 1);
-        assert_eq!(p.locate(&[2]).await.unwrap(), vec![Some(at(7))]);
-        assert_eq!(p.connection_closed(1, "t1").await.unwrap(), 1);
-        assert_eq!(p.connection_closed(1, "t2").await.unwrap(), 0);
-        // Closing does not end the lease.
-        assert!(p.locate(&[1]).await.unwrap()[0].is_some());
+        assert_eq!(p.connection_opened(2, "t3", at(7), t(3)).await.unwrap(), 1);
+        assert_eq!(places(p, &[2]).await, vec![Some(at(7))]);
+        assert_eq!(seen(p, 2).await, Some(t(3)));
+        assert_eq!(p.connection_closed(1, "t1", t(4)).await.unwrap(), 1);
+        assert_eq!(p.connection_closed(1, "t2", t(5)).await.unwrap(), 0);
+        // Closing does not end the lease, and counts as being seen.
+        assert_eq!(places(p, &[1]).await, vec![Some(at(5000))]);
+        assert_eq!(seen(p, 1).await, Some(t(5)));
     }
 
     pub async fn sign_off_respects_other_devices(p: &dyn Presence) {
-        p.announce(1, at(1)).await.unwrap();
-        p.connection_opened(1, "phone", at(1)).await.unwrap();
-        p.connection_opened(1, "laptop", at(1)).await.unwrap();
+        p.announce(1, at(1), t(0)).await.unwrap();
+        p.connection_opened(1, "phone", at(1), t(0)).await.unwrap();
+        p.connection_opened(1, "laptop", at(1), t(0)).await.unwrap();
         assert!(
-            p.sign_off(1, "laptop").await.unwrap(),
+            p.sign_off(1, "laptop", t(1)).await.unwrap(),
             "phone still connected"
         );
-        p.connection_closed(1, "phone").await.unwrap();
-        assert!(!p.sign_off(1, "laptop").await.unwrap());
-        assert_eq!(p.locate(&[1]).await.unwrap(), vec![None]);
+        assert_eq!(seen(p, 1).await, Some(t(1)));
+        p.connection_closed(1, "phone", t(2)).await.unwrap();
+        assert!(!p.sign_off(1, "laptop", t(3)).await.unwrap());
+        assert_eq!(places(p, &[1]).await, vec![None]);
         assert_eq!(p.count_online().await.unwrap(), 0);
     }
 
     /// `p` must have been built with a one-second lease.
     pub async fn lease_runs_out_unless_renewed(p: &dyn Presence) {
-        p.announce(1, at(1)).await.unwrap();
-        p.connection_opened(2, "t", at(2)).await.unwrap();
+        p.announce(1, at(1), t(0)).await.unwrap();
+        p.connection_opened(2, "t", at(2), t(0)).await.unwrap();
         let held = [Held {
             user: 2,
             jti: "t".into(),
@@ -140,7 +200,9 @@ pub(crate) mod contract {
             tokio::time::sleep(Duration::from_millis(500)).await;
             p.renew(&held).await.unwrap();
         }
-        assert_eq!(p.locate(&[1, 2]).await.unwrap(), vec![None, Some(at(2))]);
+        assert_eq!(places(p, &[1, 2]).await, vec![None, Some(at(2))]);
+        assert_eq!(p.count_online().await.unwrap(), 1);
+        assert_eq!(seen(p, 2).await, Some(t(0)), "renewal is not activity");
     }
 
     /// What a replica holds comes back after the backend forgot everything.
@@ -151,8 +213,39 @@ pub(crate) mod contract {
             connections: 2,
             at: at(3),
         }];
+        let before = Utc::now() - chrono::Duration::milliseconds(1);
         fresh.renew(&held).await.unwrap();
-        assert_eq!(fresh.locate(&[3]).await.unwrap(), vec![Some(at(3))]);
-        assert_eq!(fresh.connection_closed(3, "t").await.unwrap(), 1);
+        assert_eq!(places(fresh, &[3]).await, vec![Some(at(3))]);
+        assert!(
+            seen(fresh, 3).await.unwrap() >= before,
+            "seen when restored"
+        );
+        assert_eq!(fresh.connection_closed(3, "t", t(1)).await.unwrap(), 1);
+    }
+
+    /// A contact list's version changes with every change of that list only.
+    pub async fn contact_versions_follow_changes(p: &dyn Presence) {
+        p.announce(2, at(2), t(0)).await.unwrap();
+        let (v1, found) = p.locate_contacts(1, &[2, 3]).await.unwrap();
+        assert_eq!(
+            found
+                .into_iter()
+                .map(|s| s.map(|s| s.at))
+                .collect::<Vec<_>>(),
+            vec![Some(at(2)), None]
+        );
+        assert_eq!(p.locate_contacts(1, &[]).await.unwrap().0, v1, "stable");
+        let (w1, _) = p.locate_contacts(4, &[]).await.unwrap();
+        p.contacts_changed(&[1, 5]).await.unwrap();
+        let (v2, _) = p.locate_contacts(1, &[]).await.unwrap();
+        assert_ne!(v2, v1);
+        assert_eq!(
+            p.locate_contacts(4, &[]).await.unwrap().0,
+            w1,
+            "others untouched"
+        );
+        p.contacts_changed(&[1]).await.unwrap();
+        let (v3, _) = p.locate_contacts(1, &[]).await.unwrap();
+        assert!(v3 != v2 && v3 != v1);
     }
 }

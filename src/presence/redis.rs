@@ -1,12 +1,17 @@
 //! Presence in Redis, shared by every replica.
 //!
-//! - `presence:{user}`: hash `{ip, port}` whose TTL is the lease;
+//! - `sightings`: hash `user -> "{ip} {port} {seen ms} {lease end ms}"`;
+//! - `online`: sorted set of the same users scored by their lease end, to count
+//!   and sweep them;
 //! - `conns:{user}`: hash `"{replica}|{jti}" -> open WebSockets`, TTL the lease;
-//! - `replicas`: sorted set of replicas scored by when their liveness lapses.
+//! - `replicas`: sorted set of replicas scored by when their liveness lapses;
+//! - `contact-versions`: hash `user -> version of its contact list`.
 //!
-//! Counts of a replica that stopped renewing (it died) are ignored and dropped,
-//! so its users go offline within one lease. Each multi-step change is one Lua
-//! script, atomic in Redis.
+//! One hash holds every user's address and lease, so that locating hundreds of
+//! users is one `HMGET`, not a command per user. Lapsed entries
+//! are swept by the replicas' renewals. Counts of a replica that stopped renewing
+//! (it died) are ignored and dropped, so its users go offline within one lease.
+//! Each multi-step change is one Lua script, atomic in Redis.
 
 use std::{
     future::Future,
@@ -21,7 +26,7 @@ use deadpool_redis::Pool;
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 
-use super::{Endpoint, Held, Presence, PresenceError, PresenceResult};
+use super::{ContactsVersion, Endpoint, Held, Presence, PresenceError, PresenceResult, Sighting};
 use crate::{
     auth::revocation::Revocations,
     keyspace::Keyspace,
@@ -64,21 +69,42 @@ local function total(live)
   for _, f in ipairs(live) do n = n + f[2] end
   return n
 end
+-- The user's sighting {addr = "{ip} {port}", seen = ms, until_ms = lease end},
+-- or nil.
+local function sighting(sightings, user)
+  local v = redis.call('HGET', sightings, user)
+  if not v then return nil end
+  local addr, seen, until_ms = string.match(v, '^(%S+ %S+) (%S+) (%S+)$')
+  return {addr = addr, seen = seen, until_ms = tonumber(until_ms)}
+end
+-- Records a sighting, and its lease in the online set.
+local function put(sightings, online, user, addr, seen, until_ms)
+  until_ms = string.format('%d', until_ms)
+  redis.call('HSET', sightings, user, addr .. ' ' .. seen .. ' ' .. until_ms)
+  redis.call('ZADD', online, until_ms, user)
+end
+-- Records that the user was seen, where it has a sighting.
+local function seen(sightings, user, at_ms)
+  local s = sighting(sightings, user)
+  if s then
+    redis.call('HSET', sightings, user, s.addr .. ' ' .. at_ms .. ' ' .. string.format('%d', s.until_ms))
+  end
+end
 "#;
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{LIVE_FIELDS}\n{body}"))
 }
 
-/// KEYS: presence, conns, replicas, online. ARGV: lease ms, field, ip, port, user.
+/// KEYS: sightings, conns, replicas, online. ARGV: lease ms, field, "ip port"
+/// (used when no live address is known), seen ms, user.
 static OPEN: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'ip', ARGV[3], 'port', ARGV[4])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[4], now_ms() + tonumber(ARGV[1]), ARGV[5])
+local now = now_ms()
+local s = sighting(KEYS[1], ARGV[5])
+local addr = (s and s.until_ms > now) and s.addr or ARGV[3]
+put(KEYS[1], KEYS[4], ARGV[5], addr, ARGV[4], now + tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return total(live_fields(KEYS[2], KEYS[3]))
@@ -86,54 +112,66 @@ return total(live_fields(KEYS[2], KEYS[3]))
     )
 });
 
-/// KEYS: conns, replicas. ARGV: field.
+/// KEYS: conns, replicas, sightings. ARGV: field, user, seen ms.
 static CLOSE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
+seen(KEYS[3], ARGV[2], ARGV[3])
 return total(live_fields(KEYS[1], KEYS[2]))
 "#,
     )
 });
 
-/// KEYS: presence, conns, replicas, online. ARGV: jti, user. Returns 1 when
-/// another token still holds a connection (the user stays online), else ends
-/// the lease.
+/// KEYS: sightings, conns, replicas, online. ARGV: jti, user, seen ms. Returns 1
+/// when another token still holds a connection (the user stays online), else
+/// ends the lease.
 static SIGN_OFF: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 for _, f in ipairs(live_fields(KEYS[2], KEYS[3])) do
   local jti = string.sub(f[1], string.find(f[1], '|', 1, true) + 1)
-  if jti ~= ARGV[1] then return 1 end
+  if jti ~= ARGV[1] then
+    seen(KEYS[1], ARGV[2], ARGV[3])
+    return 1
+  end
 end
-redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
 return 0
 "#,
     )
 });
 
-/// KEYS: replicas, online, then (presence, conns) per held entry. ARGV: replica,
-/// lease ms, then (field, ip, port, count, user) per entry. Marks the replica
-/// alive and renews (or, after Redis lost them, restores) what it holds.
+/// KEYS: replicas, online, sightings, then conns per held entry. ARGV: replica,
+/// lease ms, then (field, "ip port", count, user) per entry. Marks the replica
+/// alive, renews (or, after Redis lost them, restores) what it holds, and sweeps
+/// users whose lease lapsed.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local lease = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-for i = 3, #KEYS, 2 do
-  local a = 3 + (i - 3) / 2 * 5
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('HSET', KEYS[i], 'ip', ARGV[a + 1], 'port', ARGV[a + 2])
+for i = 4, #KEYS do
+  local a = 3 + (i - 4) * 4
+  local user = ARGV[a + 3]
+  local s = sighting(KEYS[3], user)
+  if s and s.until_ms > now then
+    put(KEYS[3], KEYS[2], user, s.addr, s.seen, now + lease)
+  else
+    put(KEYS[3], KEYS[2], user, ARGV[a + 1], string.format('%d', now), now + lease)
   end
-  redis.call('PEXPIRE', KEYS[i], ARGV[2])
-  redis.call('HSETNX', KEYS[i + 1], ARGV[a], ARGV[a + 3])
-  redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[a + 4])
+  redis.call('HSETNX', KEYS[i], ARGV[a], ARGV[a + 2])
+  redis.call('PEXPIRE', KEYS[i], lease)
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+if #gone > 0 then
+  redis.call('HDEL', KEYS[3], unpack(gone))
+  redis.call('ZREM', KEYS[2], unpack(gone))
 end
 return 0
 "#,
@@ -239,6 +277,38 @@ impl RedisPresence {
     }
 }
 
+/// `"{ip} {port}"`, as the scripts keep it.
+fn address(at: Endpoint) -> String {
+    format!("{} {}", at.ip, at.port)
+}
+
+/// Reads a `sightings` value, `None` once its lease has lapsed.
+fn parse_sighting(value: &str, now_ms: i64) -> Option<Sighting> {
+    let mut parts = value.split(' ');
+    let at = Endpoint {
+        ip: parts.next()?.parse().ok()?,
+        port: parts.next()?.parse().ok()?,
+    };
+    let seen = DateTime::from_timestamp_millis(parts.next()?.parse().ok()?)?;
+    let until_ms: i64 = parts.next()?.parse().ok()?;
+    (until_ms > now_ms).then_some(Sighting { at, seen })
+}
+
+impl RedisPresence {
+    /// Adds to `pipe` the command locating `users`; [`located`] reads its answer.
+    fn add_locate(&self, pipe: &mut redis::Pipeline, users: &[UserId]) {
+        pipe.cmd("HMGET").arg(self.keys.sightings()).arg(users);
+    }
+}
+
+fn located(sightings: Vec<Option<String>>) -> Vec<Option<Sighting>> {
+    let now = now_ms();
+    sightings
+        .into_iter()
+        .map(|value| parse_sighting(&value?, now))
+        .collect()
+}
+
 #[async_trait]
 impl Presence for RedisPresence {
     async fn ping(&self) -> PresenceResult<()> {
@@ -251,22 +321,21 @@ impl Presence for RedisPresence {
         .await
     }
 
-    async fn announce(&self, user: UserId, at: Endpoint) -> PresenceResult<()> {
-        let key = self.keys.presence(user);
-        let online = self.keys.online();
-        let lease = self.lease_ms();
-        let until = now_ms() + lease as i64;
+    async fn announce(
+        &self,
+        user: UserId,
+        at: Endpoint,
+        seen: DateTime<Utc>,
+    ) -> PresenceResult<()> {
+        let (online, sightings) = (self.keys.online(), self.keys.sightings());
+        let until = now_ms() + self.lease_ms() as i64;
+        let value = format!("{} {} {until}", address(at), seen.timestamp_millis());
         self.run(|mut c| async move {
             redis::pipe()
                 .atomic()
                 .zadd(&online, user, until)
                 .ignore()
-                .hset_multiple(
-                    &key,
-                    &[("ip", at.ip.to_string()), ("port", at.port.to_string())],
-                )
-                .ignore()
-                .pexpire(&key, lease as i64)
+                .hset(&sightings, user, value)
                 .ignore()
                 .query_async::<()>(&mut c)
                 .await
@@ -279,26 +348,35 @@ impl Presence for RedisPresence {
         user: UserId,
         jti: &str,
         fallback: Endpoint,
+        seen: DateTime<Utc>,
     ) -> PresenceResult<u32> {
         let mut call = OPEN.prepare_invoke();
-        call.key(self.keys.presence(user))
+        call.key(self.keys.sightings())
             .key(self.keys.connections(user))
             .key(self.keys.replicas())
             .key(self.keys.online())
             .arg(self.lease_ms())
             .arg(self.field(jti))
-            .arg(fallback.ip.to_string())
-            .arg(fallback.port)
+            .arg(address(fallback))
+            .arg(seen.timestamp_millis())
             .arg(user);
         self.run(|mut c| async move { call.invoke_async(&mut c).await })
             .await
     }
 
-    async fn connection_closed(&self, user: UserId, jti: &str) -> PresenceResult<u32> {
+    async fn connection_closed(
+        &self,
+        user: UserId,
+        jti: &str,
+        seen: DateTime<Utc>,
+    ) -> PresenceResult<u32> {
         let mut call = CLOSE.prepare_invoke();
         call.key(self.keys.connections(user))
             .key(self.keys.replicas())
-            .arg(self.field(jti));
+            .key(self.keys.sightings())
+            .arg(self.field(jti))
+            .arg(user)
+            .arg(seen.timestamp_millis());
         self.run(|mut c| async move { call.invoke_async(&mut c).await })
             .await
     }
@@ -307,14 +385,13 @@ impl Presence for RedisPresence {
         let mut call = RENEW.prepare_invoke();
         call.key(self.keys.replicas())
             .key(self.keys.online())
+            .key(self.keys.sightings())
             .arg(&self.replica)
             .arg(self.lease_ms());
         for h in held {
-            call.key(self.keys.presence(h.user))
-                .key(self.keys.connections(h.user))
+            call.key(self.keys.connections(h.user))
                 .arg(self.field(&h.jti))
-                .arg(h.at.ip.to_string())
-                .arg(h.at.port)
+                .arg(address(h.at))
                 .arg(h.connections)
                 .arg(h.user);
         }
@@ -322,14 +399,15 @@ impl Presence for RedisPresence {
             .await
     }
 
-    async fn sign_off(&self, user: UserId, jti: &str) -> PresenceResult<bool> {
+    async fn sign_off(&self, user: UserId, jti: &str, seen: DateTime<Utc>) -> PresenceResult<bool> {
         let mut call = SIGN_OFF.prepare_invoke();
-        call.key(self.keys.presence(user))
+        call.key(self.keys.sightings())
             .key(self.keys.connections(user))
             .key(self.keys.replicas())
             .key(self.keys.online())
             .arg(jti)
-            .arg(user);
+            .arg(user)
+            .arg(seen.timestamp_millis());
         let others: i64 = self
             .run(|mut c| async move { call.invoke_async(&mut c).await })
             .await?;
@@ -338,42 +416,66 @@ impl Presence for RedisPresence {
 
     async fn count_online(&self) -> PresenceResult<u64> {
         let online = self.keys.online();
-        let now = now_ms();
+        let after = format!("({}", now_ms());
         self.run(|mut c| async move {
-            let (count,): (u64,) = redis::pipe()
-                .zrembyscore(&online, "-inf", now)
-                .ignore()
-                .zcard(&online)
+            redis::cmd("ZCOUNT")
+                .arg(&online)
+                .arg(after)
+                .arg("+inf")
                 .query_async(&mut c)
-                .await?;
-            Ok(count)
+                .await
         })
         .await
     }
 
-    async fn locate(&self, users: &[UserId]) -> PresenceResult<Vec<Option<Endpoint>>> {
+    async fn locate(&self, users: &[UserId]) -> PresenceResult<Vec<Option<Sighting>>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for user in users {
-            pipe.cmd("HMGET")
-                .arg(self.keys.presence(*user))
-                .arg("ip")
-                .arg("port");
-        }
-        let rows: Vec<(Option<String>, Option<u16>)> = self
+        self.add_locate(&mut pipe, users);
+        let (sightings,) = self
             .run(|mut c| async move { pipe.query_async(&mut c).await })
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(ip, port)| {
-                Some(Endpoint {
-                    ip: ip?.parse().ok()?,
-                    port: port?,
-                })
-            })
-            .collect())
+        Ok(located(sightings))
+    }
+
+    async fn contacts_changed(&self, users: &[UserId]) -> PresenceResult<()> {
+        // Random versions rather than counters: a Redis that lost its data and
+        // counted up again could repeat a version some replica has cached.
+        let versions: Vec<(UserId, u64)> = users
+            .iter()
+            .map(|u| (*u, uuid::Uuid::new_v4().as_u64_pair().0))
+            .collect();
+        let key = self.keys.contact_versions();
+        self.run(|mut c| async move {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(versions)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn locate_contacts(
+        &self,
+        viewer: UserId,
+        contacts: &[UserId],
+    ) -> PresenceResult<(ContactsVersion, Vec<Option<Sighting>>)> {
+        let mut pipe = redis::pipe();
+        pipe.hget(self.keys.contact_versions(), viewer);
+        if contacts.is_empty() {
+            let (version,): (Option<u64>,) = self
+                .run(|mut c| async move { pipe.query_async(&mut c).await })
+                .await?;
+            return Ok((version.unwrap_or_default(), Vec::new()));
+        }
+        self.add_locate(&mut pipe, contacts);
+        let (version, sightings): (Option<u64>, _) = self
+            .run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        Ok((version.unwrap_or_default(), located(sightings)))
     }
 }
 
@@ -447,6 +549,7 @@ mod tests {
         contract::connections_keep_known_address(&presence(minute).await).await;
         contract::sign_off_respects_other_devices(&presence(minute).await).await;
         contract::renew_restores_what_was_lost(&presence(minute).await).await;
+        contract::contact_versions_follow_changes(&presence(minute).await).await;
         contract::lease_runs_out_unless_renewed(&presence(Duration::from_secs(1)).await).await;
     }
 
@@ -459,7 +562,9 @@ mod tests {
             ip: "10.0.0.1".parse().unwrap(),
             port: 1,
         };
-        dead.connection_opened(1, "t", at).await.unwrap();
+        dead.connection_opened(1, "t", at, Utc::now())
+            .await
+            .unwrap();
         // Another replica on the same keys, which keeps renewing.
         let alive = RedisPresence {
             redis: dead.redis.clone(),
@@ -470,10 +575,41 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         alive.renew(&[]).await.unwrap();
         assert_eq!(
-            alive.connection_opened(1, "u", at).await.unwrap(),
+            alive
+                .connection_opened(1, "u", at, Utc::now())
+                .await
+                .unwrap(),
             1,
             "r1's count is gone"
         );
-        assert!(!alive.sign_off(1, "u").await.unwrap());
+        assert!(!alive.sign_off(1, "u", Utc::now()).await.unwrap());
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Redis: run with --include-ignored (CI does)"]
+    async fn renewals_sweep_lapsed_sightings() {
+        let p = presence(Duration::from_millis(300)).await;
+        let at = Endpoint {
+            ip: "::1".parse().unwrap(),
+            port: 9,
+        };
+        for user in 1..=3 {
+            p.announce(user, at, Utc::now()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        p.announce(2, at, Utc::now()).await.unwrap();
+        p.renew(&[]).await.unwrap();
+        let (sightings, online) = (p.keys.sightings(), p.keys.online());
+        let left: (Vec<String>, Vec<String>) = with_redis(&p.redis, |mut c| async move {
+            redis::pipe()
+                .hkeys(&sightings)
+                .zrange(&online, 0, -1)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+        .unwrap();
+        assert_eq!(left, (vec!["2".to_owned()], vec!["2".to_owned()]));
+        assert_eq!(p.count_online().await.unwrap(), 1);
     }
 }

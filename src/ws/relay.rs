@@ -145,10 +145,12 @@ pub async fn connection_opened(
     if first_here {
         state.bus.attach(user.id).await?;
     }
+    let now = Utc::now();
     let connections = state
         .presence
-        .connection_opened(user.id, &user.jti, peer)
+        .connection_opened(user.id, &user.jti, peer, now)
         .await?;
+    record_seen(state, user, now).await;
     if connections == 1 {
         notify(state, user, "已上线").await;
     }
@@ -160,12 +162,23 @@ pub async fn connection_closed(state: &AppState, user: &AuthUser, last_here: boo
     if last_here && let Err(err) = state.bus.detach(user.id).await {
         tracing::warn!(error = %err, "fan-out detach failed");
     }
-    match state.presence.connection_closed(user.id, &user.jti).await {
+    let now = Utc::now();
+    match state
+        .presence
+        .connection_closed(user.id, &user.jti, now)
+        .await
+    {
         Ok(0) => notify(state, user, "已下线").await,
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "presence update failed"),
     }
-    if let Err(err) = state.store.touch_last_seen(user.id, Utc::now()).await {
+    record_seen(state, user, now).await;
+}
+
+/// The store's `last_seen`, at the instant presence recorded: a connection
+/// opening or closing is a sign of life.
+async fn record_seen(state: &AppState, user: &AuthUser, now: chrono::DateTime<Utc>) {
+    if let Err(err) = state.store.touch_last_seen(user.id, now).await {
         tracing::warn!(error = %err, "last-seen update failed");
     }
 }

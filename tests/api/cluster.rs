@@ -334,3 +334,55 @@ async fn fan_out_resumes_after_redis_restarts() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn every_replica_answers_the_online_panel_as_of_the_latest_change() {
+    let backend = Backend::cluster().await;
+    let r = replicas(&backend, 2, &[]).await;
+    let (alice, bob) = r[0].friends("alice", "bob").await;
+    let online = |app: &TestApp| {
+        let token = alice.token.clone();
+        let app = app
+            .http
+            .get(app.url("/me/contacts/online"))
+            .bearer_auth(token);
+        async move {
+            let body: serde_json::Value = app.send().await.unwrap().json().await.unwrap();
+            body.as_array().unwrap().clone()
+        }
+    };
+    // Both replicas have read alice's list.
+    for app in &r {
+        assert_eq!(online(app).await.len(), 1);
+    }
+    // Bob removes her through replica 1; replica 0 knows at once.
+    let path = format!("/me/contacts/{}", alice.id);
+    let (status, _) = r[1]
+        .call(Method::DELETE, &path, Some(&bob.token), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(online(&r[0]).await.is_empty());
+    // Befriended again through replica 0; replica 1 knows at once.
+    r[0].post(
+        "/me/contacts/",
+        &bob.token,
+        json!({"friend_username": "alice"}),
+    )
+    .await;
+    let path = format!("/me/contacts/{}", bob.id);
+    let (status, _) = r[0]
+        .call(Method::PUT, &path, Some(&alice.token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(online(&r[1]).await[0]["username"], "bob");
+    // A heartbeat through one replica moves bob on the other.
+    r[1].call(
+        Method::PUT,
+        "/me/connection-info",
+        Some(&bob.token),
+        Some(json!({"port": 5151})),
+    )
+    .await;
+    assert_eq!(online(&r[0]).await[0]["port"], 5151);
+}

@@ -313,3 +313,87 @@ async fn open_visibility_shows_every_online_contact() {
     let online = app.get("/me/contacts/online", &alice.token).await.1;
     assert_eq!(online[0]["username"], "carol");
 }
+
+/// Usernames in the caller's online panel.
+async fn online_names(app: &crate::helpers::TestApp, token: &str) -> Vec<String> {
+    let (status, online) = app.get("/me/contacts/online", token).await;
+    assert_eq!(status, StatusCode::OK);
+    online
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["username"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_online_panel_follows_every_contact_change_at_once() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    assert_eq!(online_names(&app, &alice.token).await, ["bob"]);
+    // Removed by the other side: gone from the next answer.
+    let remove = format!("/me/contacts/{}", alice.id);
+    let (status, _) = app
+        .call(Method::DELETE, &remove, Some(&bob.token), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(online_names(&app, &alice.token).await.is_empty());
+    // Asked again: bob has not accepted, so alice may not see his address yet.
+    app.post(
+        "/me/contacts/",
+        &alice.token,
+        json!({"friend_username": "bob"}),
+    )
+    .await;
+    assert!(online_names(&app, &alice.token).await.is_empty());
+    assert!(online_names(&app, &bob.token).await.is_empty());
+    let accept = format!("/me/contacts/{}", alice.id);
+    let (status, _) = app.call(Method::PUT, &accept, Some(&bob.token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(online_names(&app, &alice.token).await, ["bob"]);
+    assert_eq!(online_names(&app, &bob.token).await, ["alice"]);
+    // A new contact appears too.
+    let carol = app.user("carol").await;
+    app.post(
+        "/me/contacts/",
+        &carol.token,
+        json!({"friend_username": "alice"}),
+    )
+    .await;
+    app.post(
+        "/me/contacts/",
+        &alice.token,
+        json!({"friend_username": "carol"}),
+    )
+    .await;
+    assert_eq!(online_names(&app, &alice.token).await, ["bob", "carol"]);
+}
+
+#[tokio::test]
+async fn the_online_panel_shows_the_address_and_last_seen_of_the_latest_heartbeat() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let entry = |online: Value| online[0].clone();
+    let before = entry(app.get("/me/contacts/online", &alice.token).await.1);
+    // last_seen is to the second: let one pass.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _) = app
+        .call(
+            Method::PUT,
+            "/me/connection-info",
+            Some(&bob.token),
+            Some(json!({"port": 4242})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let after = entry(app.get("/me/contacts/online", &alice.token).await.1);
+    assert_eq!(after["port"], 4242);
+    assert!(
+        after["last_seen"].as_str() > before["last_seen"].as_str(),
+        "{before} then {after}"
+    );
+    // The same instant the contact list shows.
+    let listed = app.get("/me/contacts/", &alice.token).await.1;
+    assert_eq!(listed[0]["last_seen"], after["last_seen"]);
+    assert_eq!(listed[0]["friend"]["last_seen"], after["last_seen"]);
+}

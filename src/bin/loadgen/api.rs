@@ -42,8 +42,11 @@ pub async fn users(
         .collect()
 }
 
+/// The size of a real key: an X25519 public key in base64.
+const PUBLIC_KEY: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+
 async fn register_and_login(http: &Client, url: &str, name: &str) -> anyhow::Result<User> {
-    let body = json!({"username": name, "email": format!("{name}@loadgen.test"), "password": PASSWORD, "public_key": "pk"});
+    let body = json!({"username": name, "email": format!("{name}@loadgen.test"), "password": PASSWORD, "public_key": PUBLIC_KEY});
     let registered = http
         .post(format!("{url}/users/"))
         .json(&body)
