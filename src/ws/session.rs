@@ -26,6 +26,9 @@ use crate::{auth::AuthUser, metrics::WsConnectionGauge, presence::Endpoint, stat
 /// Frames written before one flush; bounds the latency a burst adds.
 const WRITE_BATCH: usize = 64;
 
+/// How long a closing connection may take to write its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// A connection set up before the handshake completes: registered in the hub,
 /// subscribed, counted in presence and announced. So a client that sees the
 /// handshake succeed is online and reachable. Dropped without running (the
@@ -112,12 +115,25 @@ impl Session {
         let inbox = self.inbox.take().expect("a session is served once");
         let heard = Arc::new(AtomicBool::new(true));
         let ping_every = state.settings.ws_ping_interval();
-        let writer = tokio::spawn(
-            write_loop(sink, inbox, closer.clone(), heard.clone(), ping_every).in_current_span(),
-        );
+        // Not instrumented: the writer logs nothing, and entering the span on
+        // every poll costs more than a frame's bookkeeping.
+        let mut writer = tokio::spawn(write_loop(
+            sink,
+            inbox,
+            closer.clone(),
+            heard.clone(),
+            ping_every,
+        ));
         read_loop(state, user, &mut stream, &self.outbox, closer, &heard).await;
         closer.finish();
-        let _ = writer.await;
+        // The writer ends by sending the close frame, which a client that
+        // stopped reading would hold up for ever: its frames are not waited for.
+        if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
         if let Some(teardown) = self.teardown.take() {
             teardown.run().await;
         }

@@ -377,3 +377,39 @@ async fn shutdown_closes_websockets_with_1001() {
     assert_eq!(a.closed().await.0, 1001);
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stopped_reading_is_let_go_without_its_help() {
+    let app = spawn_with(&["--ws-queue-len", "8"]).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let mut watcher = app.ws(&carol.token).await;
+    let stuck = app.ws(&bob.token).await;
+    assert_eq!(watcher.text().await, online_notice("bob"));
+    let (mut to_server, mut from_server) = app.ws(&alice.token).await.stream.split();
+    // Alice reads whatever comes back, so that only bob is slow.
+    let drain = tokio::spawn(async move { while from_server.next().await.is_some() {} });
+    // Large frames fill bob's socket buffers, then his outbox; he reads nothing.
+    let padding = "p".repeat(60 * 1024);
+    for i in 0..400 {
+        let frame = json!({"recipient_username": "bob", "content": format!("{i:04}{padding}")});
+        to_server
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+    // Cut off, he is let go although he still reads nothing: the server does
+    // not wait on his full socket to finish the close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = tokio::time::timeout_at(deadline, watcher.text())
+            .await
+            .expect("bob's leave notice within 10 s");
+        if text == offline_notice("bob") {
+            break;
+        }
+    }
+    drop(stuck);
+    drain.abort();
+}
