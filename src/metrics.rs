@@ -172,6 +172,26 @@ pub fn backend_error(backend: Backend) {
     counter!("secchat_backend_errors_total", "backend" => backend).increment(1);
 }
 
+/// How the online panel came by the viewer's contact list.
+#[derive(Clone, Copy)]
+pub enum ContactList {
+    /// Cached, and still current.
+    Cached,
+    /// Cached, but changed since: read again.
+    Changed,
+    /// Not cached (first read here, evicted, or older than its maximum age).
+    Uncached,
+}
+
+pub fn online_panel_read(list: ContactList) {
+    let list = match list {
+        ContactList::Cached => "cached",
+        ContactList::Changed => "changed",
+        ContactList::Uncached => "uncached",
+    };
+    counter!("secchat_online_panel_reads_total", "list" => list).increment(1);
+}
+
 /// Users online (by presence lease), as this replica last counted them.
 pub fn online_users(count: u64) {
     gauge!("secchat_online_users").set(count as f64);

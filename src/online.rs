@@ -15,6 +15,7 @@ use moka::sync::Cache;
 use crate::{
     config::Visibility,
     error::ApiError,
+    metrics::{self, ContactList},
     presence::{ContactsVersion, Presence, Sighting},
     store::{Store, UserId},
 };
@@ -97,12 +98,16 @@ impl OnlineContacts {
         viewer: UserId,
         visibility: Visibility,
     ) -> Result<Online, ApiError> {
+        let mut read = ContactList::Uncached;
         if let Some(list) = self.lists.get(&viewer) {
             let (version, sightings) = presence.locate_contacts(viewer, &list.ids).await?;
             if version == list.version {
+                metrics::online_panel_read(ContactList::Cached);
                 return Ok(Online { list, sightings });
             }
+            read = ContactList::Changed;
         }
+        metrics::online_panel_read(read);
         // The version is read before the list, so that a change racing with the
         // read leaves the entry under an old version, to be read again next time.
         let (version, _) = presence.locate_contacts(viewer, &[]).await?;

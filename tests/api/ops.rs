@@ -81,6 +81,18 @@ async fn metrics_move_with_traffic_and_keep_labels_bounded() {
     let (alice, _bob) = app.friends("metric-alice", "metric-bob").await;
     app.get("/users/metric-bob/connection-info", &alice.token)
         .await;
+    // The online panel: read, read again from the cache, read after a change.
+    for _ in 0..2 {
+        app.get("/me/contacts/online", &alice.token).await;
+    }
+    app.user("metric-carol").await;
+    app.post(
+        "/me/contacts/",
+        &alice.token,
+        json!({"friend_username": "metric-carol"}),
+    )
+    .await;
+    app.get("/me/contacts/online", &alice.token).await;
     app.http
         .post(app.url("/token"))
         .form(&[("username", "metric-alice"), ("password", "wrong")])
@@ -102,11 +114,16 @@ async fn metrics_move_with_traffic_and_keep_labels_bounded() {
         r#"secchat_logins_total{result="failure"}"#,
         "secchat_http_request_duration_seconds_bucket",
         "secchat_password_hash_seconds_count",
+        r#"secchat_online_panel_reads_total{list="uncached"}"#,
+        r#"secchat_online_panel_reads_total{list="cached"}"#,
+        r#"secchat_online_panel_reads_total{list="changed"}"#,
     ] {
         assert!(text.contains(needle), "{needle} missing");
     }
     assert!(
-        !text.contains("metric-alice") && !text.contains("metric-bob"),
+        !text.contains("metric-alice")
+            && !text.contains("metric-bob")
+            && !text.contains("metric-carol"),
         "no usernames in labels"
     );
     assert!(!text.contains("/users/metric"), "no raw paths in labels");
