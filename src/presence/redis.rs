@@ -168,8 +168,10 @@ for i = 4, #KEYS do
   redis.call('HSETNX', KEYS[i], ARGV[a], ARGV[a + 2])
   redis.call('PEXPIRE', KEYS[i], lease)
 end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
-if #gone > 0 then
+-- At most 10,000 a run, in slices Lua can unpack.
+for _ = 1, 10 do
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+  if #gone == 0 then break end
   redis.call('HDEL', KEYS[3], unpack(gone))
   redis.call('ZREM', KEYS[2], unpack(gone))
 end
@@ -593,10 +595,11 @@ mod tests {
             ip: "::1".parse().unwrap(),
             port: 9,
         };
-        for user in 1..=3 {
-            p.announce(user, at, Utc::now()).await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // More than one slice of the sweep.
+        futures_util::future::try_join_all((1..=2500).map(|user| p.announce(user, at, Utc::now())))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
         p.announce(2, at, Utc::now()).await.unwrap();
         p.renew(&[]).await.unwrap();
         let (sightings, online) = (p.keys.sightings(), p.keys.online());
