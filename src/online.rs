@@ -38,11 +38,14 @@ pub struct Card {
 
 struct Listed {
     version: ContactsVersion,
-    ids: Vec<UserId>,
     cards: Vec<Card>,
 }
 
 impl Listed {
+    fn ids(&self) -> Vec<UserId> {
+        self.cards.iter().map(|c| c.id).collect()
+    }
+
     /// Roughly the bytes the entry holds, for the cache's bound.
     fn weight(&self) -> u32 {
         let bytes: usize = self
@@ -100,7 +103,7 @@ impl OnlineContacts {
     ) -> Result<Online, ApiError> {
         let mut read = ContactList::Uncached;
         if let Some(list) = self.lists.get(&viewer) {
-            let (version, sightings) = presence.locate_contacts(viewer, &list.ids).await?;
+            let (version, sightings) = presence.locate_contacts(viewer, &list.ids()).await?;
             if version == list.version {
                 metrics::online_panel_read(ContactList::Cached);
                 return Ok(Online { list, sightings });
@@ -121,13 +124,9 @@ impl OnlineContacts {
                 public_key: u.public_key,
             })
             .collect();
-        let list = Arc::new(Listed {
-            version,
-            ids: cards.iter().map(|c| c.id).collect(),
-            cards,
-        });
+        let list = Arc::new(Listed { version, cards });
         self.lists.insert(viewer, list.clone());
-        let sightings = presence.locate(&list.ids).await?;
+        let sightings = presence.locate(&list.ids()).await?;
         Ok(Online { list, sightings })
     }
 }

@@ -241,15 +241,25 @@ async fn login(
         port: login.port.map_or(peer.port, |p| p.0),
         ..peer
     };
-    let now = Utc::now();
-    state.presence.announce(id, endpoint, now).await?;
-    state.store.touch_last_seen(id, now).await?;
+    announce(&state, id, endpoint).await?;
     crate::metrics::login(true);
     tracing::info!(user_id = id, "login");
     Ok(Json(TokenOut {
         access_token,
         token_type: "bearer",
     }))
+}
+
+/// Login and the heartbeat: the user is at `endpoint`, seen now (the same instant
+/// in presence and in the store).
+async fn announce(
+    state: &AppState,
+    user: crate::store::UserId,
+    endpoint: crate::presence::Endpoint,
+) -> Result<(), ApiError> {
+    let now = Utc::now();
+    state.presence.announce(user, endpoint, now).await?;
+    Ok(state.store.touch_last_seen(user, now).await?)
 }
 
 /// Log out: the token stops working and its WebSockets close.
@@ -341,19 +351,11 @@ async fn heartbeat(
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<UserBrief>, ApiError> {
     let port = Port::parse(body.port, "port")?;
-    let now = Utc::now();
-    state
-        .presence
-        .announce(
-            user.id,
-            crate::presence::Endpoint {
-                port: port.0,
-                ..peer
-            },
-            now,
-        )
-        .await?;
-    state.store.touch_last_seen(user.id, now).await?;
+    let endpoint = crate::presence::Endpoint {
+        port: port.0,
+        ..peer
+    };
+    announce(&state, user.id, endpoint).await?;
     Ok(Json(UserBrief {
         id: user.id,
         username: user.username,

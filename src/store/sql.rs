@@ -92,6 +92,15 @@ macro_rules! sql_store {
                 .await?;
                 Ok(())
             }
+
+            /// A user a contact row refers to: users are never deleted, so one
+            /// that is missing is an inconsistent store, not a client error.
+            async fn existing_user(&self, id: UserId) -> StoreResult<User> {
+                use $crate::store::Store as _;
+                self.user_by_id(id)
+                    .await?
+                    .ok_or_else(|| StoreError::Other(anyhow::anyhow!("user {id} is referred to but missing")))
+            }
         }
 
         #[async_trait]
@@ -206,13 +215,8 @@ macro_rules! sql_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                let user = sqlx::query_as::<_, User>(&format!(
-                    "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"
-                ))
-                .bind(other)
-                .fetch_one(&mut *tx)
-                .await?;
                 tx.commit().await?;
+                let user = self.existing_user(other).await?;
                 Ok(Contact {
                     other: user,
                     status: ContactStatus::Accepted,
@@ -282,13 +286,8 @@ macro_rules! sql_store {
                 .bind(Utc::now())
                 .execute(&mut *tx)
                 .await?;
-                let user = sqlx::query_as::<_, User>(&format!(
-                    "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"
-                ))
-                .bind(requester)
-                .fetch_one(&mut *tx)
-                .await?;
                 tx.commit().await?;
+                let user = self.existing_user(requester).await?;
                 Ok(Some(Contact {
                     other: user,
                     status: ContactStatus::Accepted,

@@ -346,10 +346,9 @@ async fn heartbeat_records_the_port_and_validates_it() {
     let app = spawn().await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let (status, body) = app
-        .call(
-            Method::PUT,
+        .put(
             "/me/connection-info",
-            Some(&alice.token),
+            &alice.token,
             Some(json!({"port": 6953})),
         )
         .await;
@@ -367,12 +366,7 @@ async fn heartbeat_records_the_port_and_validates_it() {
         json!({}),
     ] {
         let (status, _) = app
-            .call(
-                Method::PUT,
-                "/me/connection-info/",
-                Some(&alice.token),
-                Some(bad.clone()),
-            )
+            .put("/me/connection-info/", &alice.token, Some(bad.clone()))
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     }

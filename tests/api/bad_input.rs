@@ -122,9 +122,7 @@ async fn hostile_path_and_query_values_get_4xx_or_empty_answers() {
         "/me/contacts/-",
     ] {
         assert_eq!(
-            app.call(Method::PUT, path, Some(&alice.token), None)
-                .await
-                .0,
+            app.put(path, &alice.token, None).await.0,
             StatusCode::UNPROCESSABLE_ENTITY
         );
     }

@@ -358,9 +358,7 @@ async fn every_replica_answers_the_online_panel_as_of_the_latest_change() {
     }
     // Bob removes her through replica 1; replica 0 knows at once.
     let path = format!("/me/contacts/{}", alice.id);
-    let (status, _) = r[1]
-        .call(Method::DELETE, &path, Some(&bob.token), None)
-        .await;
+    let (status, _) = r[1].delete(&path, &bob.token).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(online(&r[0]).await.is_empty());
     // Befriended again through replica 0; replica 1 knows at once.
@@ -371,16 +369,13 @@ async fn every_replica_answers_the_online_panel_as_of_the_latest_change() {
     )
     .await;
     let path = format!("/me/contacts/{}", bob.id);
-    let (status, _) = r[0]
-        .call(Method::PUT, &path, Some(&alice.token), None)
-        .await;
+    let (status, _) = r[0].put(&path, &alice.token, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(online(&r[1]).await[0]["username"], "bob");
     // A heartbeat through one replica moves bob on the other.
-    r[1].call(
-        Method::PUT,
+    r[1].put(
         "/me/connection-info",
-        Some(&bob.token),
+        &bob.token,
         Some(json!({"port": 5151})),
     )
     .await;

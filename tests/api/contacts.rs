@@ -1,4 +1,4 @@
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::spawn;
@@ -55,12 +55,7 @@ async fn adding_by_name_makes_a_request_the_other_side_accepts() {
 
     // Bob accepts: both sides accepted, the request is gone.
     let (status, accepted) = app
-        .call(
-            Method::PUT,
-            &format!("/me/contacts/{}", alice.id),
-            Some(&bob.token),
-            None,
-        )
+        .put(&format!("/me/contacts/{}", alice.id), &bob.token, None)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -78,12 +73,7 @@ async fn adding_by_name_makes_a_request_the_other_side_accepts() {
     );
     // Accepting again: there is no request any more.
     let (status, _) = app
-        .call(
-            Method::PUT,
-            &format!("/me/contacts/{}/", alice.id),
-            Some(&bob.token),
-            None,
-        )
+        .put(&format!("/me/contacts/{}/", alice.id), &bob.token, None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
@@ -168,23 +158,13 @@ async fn deleting_removes_both_sides_or_rejects_a_request() {
     let (alice, bob) = app.friends("alice", "bob").await;
     let carol = app.user("carol").await;
     let (status, body) = app
-        .call(
-            Method::DELETE,
-            &format!("/me/contacts/{}", bob.id),
-            Some(&alice.token),
-            None,
-        )
+        .delete(&format!("/me/contacts/{}", bob.id), &alice.token)
         .await;
     assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
     assert_eq!(app.get("/me/contacts/", &alice.token).await.1, json!([]));
     assert_eq!(app.get("/me/contacts/", &bob.token).await.1, json!([]));
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/me/contacts/{}/", bob.id),
-            Some(&alice.token),
-            None,
-        )
+        .delete(&format!("/me/contacts/{}/", bob.id), &alice.token)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -196,12 +176,7 @@ async fn deleting_removes_both_sides_or_rejects_a_request() {
     )
     .await;
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/me/contacts/{}", carol.id),
-            Some(&alice.token),
-            None,
-        )
+        .delete(&format!("/me/contacts/{}", carol.id), &alice.token)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(
@@ -209,9 +184,7 @@ async fn deleting_removes_both_sides_or_rejects_a_request() {
         json!([])
     );
     assert_eq!(app.get("/me/contacts/", &carol.token).await.1, json!([]));
-    let (status, _) = app
-        .call(Method::DELETE, "/me/contacts/abc", Some(&alice.token), None)
-        .await;
+    let (status, _) = app.delete("/me/contacts/abc", &alice.token).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -333,9 +306,7 @@ async fn the_online_panel_follows_every_contact_change_at_once() {
     assert_eq!(online_names(&app, &alice.token).await, ["bob"]);
     // Removed by the other side: gone from the next answer.
     let remove = format!("/me/contacts/{}", alice.id);
-    let (status, _) = app
-        .call(Method::DELETE, &remove, Some(&bob.token), None)
-        .await;
+    let (status, _) = app.delete(&remove, &bob.token).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(online_names(&app, &alice.token).await.is_empty());
     // Asked again: bob has not accepted, so alice may not see his address yet.
@@ -348,7 +319,7 @@ async fn the_online_panel_follows_every_contact_change_at_once() {
     assert!(online_names(&app, &alice.token).await.is_empty());
     assert!(online_names(&app, &bob.token).await.is_empty());
     let accept = format!("/me/contacts/{}", alice.id);
-    let (status, _) = app.call(Method::PUT, &accept, Some(&bob.token), None).await;
+    let (status, _) = app.put(&accept, &bob.token, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(online_names(&app, &alice.token).await, ["bob"]);
     assert_eq!(online_names(&app, &bob.token).await, ["alice"]);
@@ -378,10 +349,9 @@ async fn the_online_panel_shows_the_address_and_last_seen_of_the_latest_heartbea
     // last_seen is to the second: let one pass.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (status, _) = app
-        .call(
-            Method::PUT,
+        .put(
             "/me/connection-info",
-            Some(&bob.token),
+            &bob.token,
             Some(json!({"port": 4242})),
         )
         .await;

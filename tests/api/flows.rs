@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{password_of, spawn};
@@ -115,23 +115,13 @@ async fn a_revision_client_works_unchanged() {
     let (_, pending) = app.get("/me/contacts/pending", &bob.token).await;
     let requester = pending[0]["user_id"].as_i64().unwrap();
     let (status, _) = app
-        .call(
-            Method::PUT,
-            &format!("/me/contacts/{requester}"),
-            Some(&bob.token),
-            None,
-        )
+        .put(&format!("/me/contacts/{requester}"), &bob.token, None)
         .await;
     assert_eq!(status, StatusCode::OK);
 
     for token in [&alice.token, &bob.token] {
         let (status, _) = app
-            .call(
-                Method::PUT,
-                "/me/connection-info",
-                Some(token),
-                Some(json!({"port": 40000})),
-            )
+            .put("/me/connection-info", token, Some(json!({"port": 40000})))
             .await;
         assert_eq!(status, StatusCode::OK);
     }
@@ -160,13 +150,8 @@ async fn a_revision_client_works_unchanged() {
     );
 
     // Unfriend: no more addresses.
-    app.call(
-        Method::DELETE,
-        &format!("/me/contacts/{}", alice.id),
-        Some(&bob.token),
-        None,
-    )
-    .await;
+    app.delete(&format!("/me/contacts/{}", alice.id), &bob.token)
+        .await;
     assert_eq!(
         app.get("/users/bob/connection-info", &alice.token).await.0,
         StatusCode::NOT_FOUND

@@ -120,23 +120,7 @@ impl Backend {
         let mut args = vec!["--bind".to_owned(), "127.0.0.1:0".into()];
         args.extend(self.args());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let settings = Settings::from_args(args).expect("valid test settings");
-        let app = App::build(settings).await.expect("app builds");
-        let addr = app.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        TestApp {
-            addr,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            stop: Some(stop),
-            server: Some(server),
-            _backend: None,
-        }
+        TestApp::start(args).await
     }
 }
 
@@ -168,6 +152,31 @@ pub fn password_of(name: &str) -> String {
 }
 
 impl TestApp {
+    /// A server built from exactly these command-line settings.
+    pub async fn start<I, T>(args: I) -> TestApp
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let settings = Settings::from_args(args).expect("valid test settings");
+        let app = App::build(settings).await.expect("app builds");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            addr,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            stop: Some(stop),
+            server: Some(server),
+            _backend: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -210,6 +219,14 @@ impl TestApp {
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(token), body).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
     }
 
     pub async fn register(&self, name: &str) -> Value {

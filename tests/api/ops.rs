@@ -174,9 +174,7 @@ async fn every_route_answers_with_and_without_its_trailing_slash() {
     let body = json!({"port": 4000});
     for form in ["/me/connection-info", "/me/connection-info/"] {
         assert_eq!(
-            app.call(Method::PUT, form, Some(&bob.token), Some(body.clone()))
-                .await
-                .0,
+            app.put(form, &bob.token, Some(body.clone())).await.0,
             StatusCode::OK
         );
     }
@@ -188,40 +186,9 @@ async fn the_embedded_default_keeps_its_generated_secret_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("chat.db").display());
     let args = ["--bind", "127.0.0.1:0", "--database-url", &db];
-    let start = || async {
-        let settings = secchat::config::Settings::from_args(args).unwrap();
-        let app = secchat::startup::App::build(settings).await.unwrap();
-        let addr = app.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        (format!("http://{addr}"), stop, server)
-    };
-    let http = reqwest::Client::new();
-    let (base, stop, server) = start().await;
-    let registration = json!({"username": "alice", "email": "a@example.com", "password": "pw-alice", "public_key": "k"});
-    assert!(
-        http.post(format!("{base}/users/"))
-            .json(&registration)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    );
-    let login: Value = http
-        .post(format!("{base}/token"))
-        .form(&[("username", "alice"), ("password", "pw-alice")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap().to_owned();
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    let first = crate::helpers::TestApp::start(args).await;
+    let alice = first.user("alice").await;
+    first.stop().await;
 
     let secret = dir.path().join("chat.db.jwt-secret");
     let mode = std::fs::metadata(&secret)
@@ -231,15 +198,9 @@ async fn the_embedded_default_keeps_its_generated_secret_across_restarts() {
     assert_eq!(mode & 0o777, 0o600);
     assert!(std::fs::read_to_string(&secret).unwrap().trim().len() >= 32);
 
-    let (base, _stop, _server) = start().await;
-    let me = http
-        .get(format!("{base}/users/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let second = crate::helpers::TestApp::start(args).await;
     assert_eq!(
-        me.status(),
+        second.get("/users/me", &alice.token).await.0,
         StatusCode::OK,
         "a token from before the restart still works"
     );

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{eventually, spawn, spawn_with};
@@ -82,10 +82,9 @@ async fn presence_is_a_lease_that_runs_out() {
     })
     .await;
     // The heartbeat brings bob back.
-    app.call(
-        Method::PUT,
+    app.put(
         "/me/connection-info",
-        Some(&bob.token),
+        &bob.token,
         Some(json!({"port": 5000})),
     )
     .await;
