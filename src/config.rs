@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use ipnet::IpNet;
 use secrecy::SecretString;
 
@@ -132,16 +132,28 @@ fn parse_secret(raw: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(raw.to_owned()))
 }
 
+/// The documented defaults, whatever the environment holds: what tests and
+/// tools start from before setting the fields they care about.
+impl Default for Settings {
+    fn default() -> Self {
+        Self::from_args(std::iter::empty::<&str>()).expect("the defaults parse")
+    }
+}
+
 impl Settings {
-    /// Settings as the server would read them with no flags and an empty environment,
-    /// apart from the given overrides; used by tests and tools.
+    /// Settings from these command-line flags alone: the environment is not
+    /// read, so a variable set around a test cannot change what it runs.
     pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
         let args = args.into_iter().map(Into::into);
-        Self::try_parse_from(std::iter::once(std::ffi::OsString::from("secchat")).chain(args))
+        let command = Self::command().mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command.try_get_matches_from(
+            std::iter::once(std::ffi::OsString::from("secchat")).chain(args),
+        )?;
+        Self::from_arg_matches(&matches)
     }
 
     pub fn token_ttl(&self) -> Duration {

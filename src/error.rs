@@ -8,7 +8,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{bus::BusError, domain::Invalid, presence::PresenceError, store::StoreError};
+use crate::{domain::Invalid, service};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,18 +38,19 @@ pub struct ValidationItem {
     pub kind: &'static str,
 }
 
-impl ApiError {
-    pub const BAD_CREDENTIALS: Self = Self::Unauthorized("Incorrect username or password");
-    pub const BAD_TOKEN: Self = Self::Unauthorized("Could not validate credentials");
-
-    /// A single invalid field of the request body.
-    pub fn invalid_body(invalid: Invalid) -> Self {
-        Self::Validation(vec![ValidationItem {
+impl ValidationItem {
+    /// An invalid field of the request body.
+    pub fn body(invalid: Invalid) -> Self {
+        Self {
             loc: vec!["body".into(), invalid.field.into()],
             msg: invalid.message,
             kind: "value_error",
-        }])
+        }
     }
+}
+
+impl ApiError {
+    pub const BAD_CREDENTIALS: Self = Self::Unauthorized("Incorrect username or password");
 
     pub fn missing(location: &'static str, field: &str) -> Self {
         Self::Validation(vec![ValidationItem {
@@ -74,28 +75,22 @@ impl ApiError {
 
 impl From<Invalid> for ApiError {
     fn from(invalid: Invalid) -> Self {
-        Self::invalid_body(invalid)
+        Self::Validation(vec![ValidationItem::body(invalid)])
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
+impl From<service::Error> for ApiError {
+    fn from(err: service::Error) -> Self {
         match err {
-            StoreError::Unavailable(e) => Self::Unavailable(e),
-            other => Self::Internal(other.into()),
+            service::Error::Unauthenticated(m) => Self::Unauthorized(m),
+            service::Error::NotFound(m) => Self::NotFound(m),
+            service::Error::Refused(m) => Self::BadRequest(m),
+            service::Error::Invalid(fields) => {
+                Self::Validation(fields.into_iter().map(ValidationItem::body).collect())
+            }
+            service::Error::Unavailable(e) => Self::Unavailable(e),
+            service::Error::Internal(e) => Self::Internal(e),
         }
-    }
-}
-
-impl From<PresenceError> for ApiError {
-    fn from(err: PresenceError) -> Self {
-        Self::Unavailable(err.into())
-    }
-}
-
-impl From<BusError> for ApiError {
-    fn from(err: BusError) -> Self {
-        Self::Unavailable(err.into())
     }
 }
 

@@ -3,38 +3,45 @@
 //! The server stores accounts, contacts and opaque offline messages, tracks who is
 //! online at which address so that clients can connect peer to peer, and relays
 //! messages over WebSockets when a direct connection fails.
+//!
+//! The modules form layers that only point down (README: Architecture):
+//! `startup` → the edges (`http`, `ws`, with `extract` and `error`) → `state` →
+//! `service` → the backend traits (`store`, `presence`, `bus`, `revocation`),
+//! implemented in `backends` → `auth`, `domain`, `config`, `metrics`, `batch`.
 
-/// Password hashing, JWTs, and the authenticated-user extractor.
+/// Password hashing and access tokens.
 pub mod auth;
-/// Turns settings into concrete storage, presence and fan-out backends.
+/// The backends (in process, Redis, SQLite, Postgres) and the one place that picks them.
 pub mod backends;
 /// Combining concurrent requests into one round trip.
 pub mod batch;
-/// Fan-out of WebSocket events to every replica that holds the addressees.
+/// Fan-out of WebSocket events to every replica that holds the addressees: the trait.
 pub mod bus;
 /// Typed settings, read from the environment and command-line flags.
 pub mod config;
-/// Validated domain types: usernames, emails, keys, passwords, messages.
+/// The vocabulary: ids, validated values, endpoints, messages, disconnect reasons.
 pub mod domain;
-/// The one error type of the HTTP edge, rendered as FastAPI-style bodies.
+/// The one error type of the edges, rendered as FastAPI-style bodies.
 pub mod error;
+/// Extractors the HTTP routes and the WebSocket upgrade share.
+pub mod extract;
 /// HTTP routes, one file per resource.
 pub mod http;
-/// Names of Redis keys and channels, under one prefix.
-pub mod keyspace;
 /// Prometheus metrics: the recorder and the names of what is measured.
 pub mod metrics;
-/// The online-contacts panel, answered from a per-viewer cache and presence.
-pub mod online;
-/// Who is online, at which address, under a renewable lease.
+/// Who is online, at which address, under a renewable lease: the trait.
 pub mod presence;
+/// Tokens refused after logout: the trait.
+pub mod revocation;
+/// Every flow that touches more than one backend.
+pub mod service;
 /// Building the application, binding its port, and running it to shutdown.
 pub mod startup;
 /// The shared state every handler receives.
 pub mod state;
-/// Durable storage of users, contacts, messages and revoked tokens.
+/// Durable storage of users, contacts and messages: the trait.
 pub mod store;
 /// Logging setup.
 pub mod telemetry;
-/// The WebSocket relay: upgrade, per-connection session, and the local hub.
+/// The WebSocket relay: upgrade and per-connection session.
 pub mod ws;

@@ -136,23 +136,22 @@ pub fn slow_consumer_closed() {
     counter!("secchat_ws_slow_consumers_closed_total").increment(1);
 }
 
-/// The kind of a fan-out event, as an index into the per-kind handles.
-pub fn event_kind(event: &crate::bus::Event) -> usize {
-    match event {
-        crate::bus::Event::Direct(_) => 0,
-        crate::bus::Event::Text { .. } => 1,
-        crate::bus::Event::CloseSessions { .. } => 2,
-    }
+/// The kind of a fan-out event, for the per-kind counters.
+#[derive(Clone, Copy)]
+pub enum EventKind {
+    Direct = 0,
+    Text = 1,
+    Close = 2,
 }
 
-pub fn bus_published(kind: usize) {
-    per_message().published[kind].increment(1);
+pub fn bus_published(kind: EventKind) {
+    per_message().published[kind as usize].increment(1);
 }
 
 /// An event that reached this replica, `elapsed` after another replica
 /// published it (`None` in process).
-pub fn bus_received(kind: usize, elapsed: Option<Duration>) {
-    per_message().received[kind].increment(1);
+pub fn bus_received(kind: EventKind, elapsed: Option<Duration>) {
+    per_message().received[kind as usize].increment(1);
     if let Some(elapsed) = elapsed {
         per_message().bus_latency.record(elapsed.as_secs_f64());
     }

@@ -4,6 +4,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
+    Router,
     body::Body,
     extract::Request,
     http::{HeaderName, HeaderValue, Method},
@@ -13,19 +14,18 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::{Layer, ServiceBuilder};
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
-    normalize_path::NormalizePathLayer,
+    normalize_path::{NormalizePath, NormalizePathLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
 
 use crate::{
-    auth::{jwt::Tokens, password::PasswordHasher},
+    auth::jwt::Tokens,
     backends,
-    bus::DirectMessage,
     config::Settings,
+    domain::DirectMessage,
+    service::{self, Services, hub::Hub},
     state::AppState,
-    store::writer::MessageWriter,
-    ws::{self, hub::Hub},
 };
 
 pub struct App {
@@ -37,35 +37,29 @@ pub struct App {
 impl App {
     /// Connects the backends and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
         let (hub, undelivered) = Hub::new();
         let hub = Arc::new(hub);
         let shutdown = CancellationToken::new();
-        let backends = backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
-        // Half the cores by default: a login storm never takes the whole machine.
-        let hashes = settings.max_concurrent_hashes.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get() / 2)
-                .max(1)
-        });
+        let connected = backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
+        let tokens = Tokens::new(&connected.jwt_secret, settings.token_ttl());
+        let backends = service::Backends {
+            store: connected.store,
+            revocations: connected.revocations,
+            presence: connected.presence,
+            bus: connected.bus,
+        };
+        let services = Services::new(settings.clone(), backends, hub, tokens)?;
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.bind))?;
         let state = AppState {
-            tokens: Arc::new(Tokens::new(&backends.jwt_secret, settings.token_ttl())),
-            passwords: Arc::new(PasswordHasher::new(hashes)?),
-            names: Arc::default(),
-            online: Arc::default(),
-            messages: Arc::new(MessageWriter::start(backends.store.clone())),
-            store: backends.store,
-            revocations: backends.revocations,
-            presence: backends.presence,
-            bus: backends.bus,
-            hub,
+            services: Arc::new(services),
             metrics: crate::metrics::install(),
             shutdown,
             sessions: TaskTracker::new(),
-            settings: Arc::new(settings),
+            settings,
         };
-        let listener = TcpListener::bind(state.settings.bind)
-            .await
-            .with_context(|| format!("binding {}", state.settings.bind))?;
         Ok(Self {
             listener,
             state,
@@ -97,20 +91,7 @@ impl App {
         } = self;
         tracing::info!(address = %listener.local_addr()?, "listening");
         let background = spawn_background(&state, undelivered);
-        let router = crate::http::router(state.clone()).layer(
-            ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
-                let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
-            }))
-            .layer(cors(&state.settings)),
-        );
-        // Outermost, so that routing already sees `/users` for `/users/`: both
-        // forms answer directly, never with a redirect.
-        let app = NormalizePathLayer::trim_trailing_slash().layer(router);
-
+        let app = application(state.clone());
         let shutdown = state.shutdown.clone();
         let serve = axum::serve(
             listener,
@@ -136,6 +117,37 @@ impl App {
     }
 }
 
+/// Every route, HTTP and WebSocket, inside the layers all requests pass.
+fn application(state: AppState) -> NormalizePath<Router> {
+    let routes = crate::http::router().merge(crate::ws::router());
+    let router = crate::http::finish(routes, state.clone()).layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .layer(cors(&state.settings)),
+    );
+    // Outermost, so that routing already sees `/users` for `/users/`: both
+    // forms answer directly, never with a redirect.
+    NormalizePathLayer::trim_trailing_slash().layer(router)
+}
+
+/// A request's span: method, path (never the query, which may carry a token)
+/// and request id.
+fn request_span(request: &Request<Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %id
+    )
+}
+
 /// The periodic lease renewal of WebSocket users, and the storing of directed
 /// messages no connection managed to write. Ends, having stored everything
 /// queued, once shutdown began.
@@ -145,26 +157,25 @@ fn spawn_background(
 ) -> JoinHandle<()> {
     let state = state.clone();
     tokio::spawn(async move {
+        let services = &state.services;
         let mut renew = tokio::time::interval(state.settings.presence_lease() / 3);
         let mut batch = Vec::new();
         loop {
             tokio::select! {
                 _ = renew.tick() => {
-                                        if let Err(err) = state.presence.renew(&state.hub.held()).await {
-                        tracing::warn!(error = %err, "presence renewal failed");
-                    }
-                    if let Ok(online) = state.presence.count_online().await {
-                        crate::metrics::online_users(online);
-                    }
+                    services.renew_presence().await;
                     state.metrics.run_upkeep();
                 }
                 n = undelivered.recv_many(&mut batch, 512) => {
-                    if n == 0 { break }
-                    ws::store_undelivered(&state, std::mem::take(&mut batch)).await;
+                    if n == 0 {
+                        break;
+                    }
+                    services.store_undelivered(std::mem::take(&mut batch)).await;
                 }
                 _ = state.shutdown.cancelled() => {
                     // Sessions closing now hand back what they could not write.
-                    let _ = tokio::time::timeout(state.settings.shutdown_grace(), state.sessions.wait()).await;
+                    let grace = state.settings.shutdown_grace();
+                    let _ = tokio::time::timeout(grace, state.sessions.wait()).await;
                     break;
                 }
             }
@@ -173,7 +184,7 @@ fn spawn_background(
             batch.push(message);
         }
         if !batch.is_empty() {
-            ws::store_undelivered(&state, batch).await;
+            services.store_undelivered(batch).await;
         }
     })
 }

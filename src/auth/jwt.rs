@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, deco
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::store::UserId;
+use crate::domain::UserId;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {

@@ -1,8 +1,6 @@
-//! Who the caller is: passwords, tokens, and the extractor handlers use.
+//! Credentials: password hashing and access tokens. Who a request's token
+//! names is a flow (`service::accounts`), and the extractor that asks it is
+//! at the edge (`extract::auth`).
 
-pub mod extractor;
 pub mod jwt;
 pub mod password;
-pub mod revocation;
-
-pub use extractor::{AuthUser, authenticate};

@@ -1,29 +1,22 @@
 //! Fan-out: carries WebSocket events to every replica that holds an addressee.
 //!
-//! Each replica keeps its own connections in a local [`crate::ws::hub::Hub`]; the
-//! bus only decides which replicas see an event. In process there is one replica,
-//! so the in-memory bus hands events straight to the hub.
+//! Each replica keeps its own connections in a local hub (`service::hub`); the
+//! bus only decides which replicas see an event. In process (`backends::memory`)
+//! there is one replica, so events go straight to its hub; with Redis
+//! (`backends::redis`) they travel by pub/sub.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::UserId;
+use crate::{
+    domain::{DirectMessage, UserId},
+    metrics::EventKind,
+};
 
-pub mod memory;
-pub mod redis;
-
-/// A directed message in flight from one user to another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectMessage {
-    pub sender_id: UserId,
-    pub sender_username: String,
-    pub recipient_id: UserId,
-    pub content: String,
-    pub sent_at: DateTime<Utc>,
-}
+#[cfg(test)]
+pub mod contract;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Audience {
@@ -41,6 +34,16 @@ pub enum Event {
     Text { text: String, audience: Audience },
     /// Close the user's WebSockets opened with token `jti` (it was revoked).
     CloseSessions { user: UserId, jti: String },
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Self::Direct(_) => EventKind::Direct,
+            Self::Text { .. } => EventKind::Text,
+            Self::CloseSessions { .. } => EventKind::Close,
+        }
+    }
 }
 
 /// Where a replica's bus hands the events that reach it: the replica's hub.
@@ -65,6 +68,7 @@ pub struct BusError(#[source] pub anyhow::Error);
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
+    /// Fails while this replica cannot receive events (no subscription).
     async fn ping(&self) -> Result<(), BusError>;
 
     /// Hands `event` to every replica holding one of its addressees. For a direct

@@ -1,4 +1,6 @@
-//! Values checked once at the edge, so the rest of the crate can trust them.
+//! The vocabulary every layer speaks: ids, validated values checked once at the
+//! edge (so the rest of the crate can trust them), where a client is, a message
+//! in flight, and why a connection ends. No framework types.
 //!
 //! Limits (documented in README.md):
 //! - username: 1–32 characters, letters, digits, `_`, `-`, `.`; unique regardless of case;
@@ -7,10 +9,19 @@
 //! - public key: 1–16384 bytes of text;
 //! - message content: 1 byte up to the `MAX_MESSAGE_BYTES` setting, opaque.
 
+mod disconnect;
+mod endpoint;
+mod message;
 pub mod time;
 mod user;
 
+pub use disconnect::Disconnect;
+pub use endpoint::Endpoint;
+pub use message::DirectMessage;
 pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username};
+
+/// A user's id, as the store assigns it.
+pub type UserId = i64;
 
 /// What is wrong with one input field, rendered as a FastAPI validation item.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,22 +7,16 @@ use axum::{
     http::header,
     routing::{get, post, put},
 };
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{
-    extract::{JsonBody, PathParam, QueryParams, body_rejection},
-    peer::Peer,
-    views::{Detail, UserBrief, UserOut},
-};
+use super::views::{Detail, UserBrief, UserOut};
 use crate::{
-    auth::AuthUser,
-    bus::Event,
-    domain::{Email, Invalid, Password, Port, PublicKey, Username},
+    domain::{Invalid, Password, Port},
     error::{ApiError, ValidationItem},
+    extract::{JsonBody, PathParam, Peer, QueryParams, body_rejection},
+    service::{AuthUser, Login},
     state::AppState,
-    store::{NewUser, StoreError},
 };
 
 pub fn router() -> Router<AppState> {
@@ -54,49 +48,11 @@ async fn register(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<Json<UserOut>, ApiError> {
-    let checks = (
-        Username::parse(&body.username),
-        Email::parse(&body.email),
-        Password::parse(body.password),
-        PublicKey::parse(body.public_key),
-    );
-    let (username, email, password, public_key) = match checks {
-        (Ok(u), Ok(e), Ok(p), Ok(k)) => (u, e, p, k),
-        (u, e, p, k) => {
-            let errors = [u.err(), e.err(), p.err(), k.err()].into_iter().flatten();
-            return Err(ApiError::Validation(errors.map(invalid_item).collect()));
-        }
-    };
-    let password_hash = state
-        .passwords
-        .hash(password)
-        .await
-        .map_err(ApiError::Internal)?;
     let user = state
-        .store
-        .create_user(NewUser {
-            username_key: username.key(),
-            username: username.as_str().to_owned(),
-            email_key: email.key(),
-            email: email.as_str().to_owned(),
-            password_hash,
-            public_key: public_key.as_str().to_owned(),
-        })
-        .await
-        .map_err(|e| match e {
-            // One answer for both, to say no more than the contract requires.
-            StoreError::Duplicate => ApiError::BadRequest("Username or email already registered"),
-            other => other.into(),
-        })?;
+        .services
+        .register(&body.username, &body.email, body.password, body.public_key)
+        .await?;
     Ok(Json(UserOut::new(user, false)))
-}
-
-fn invalid_item(invalid: Invalid) -> ValidationItem {
-    ValidationItem {
-        loc: vec!["body".into(), invalid.field.into()],
-        msg: invalid.message,
-        kind: "value_error",
-    }
 }
 
 /// The login form, sent url-encoded or as multipart form data.
@@ -109,16 +65,13 @@ pub struct LoginForm {
     port: Option<u16>,
 }
 
-struct Login {
-    username: String,
-    password: Password,
-    port: Option<Port>,
-}
-
 /// Longest form field read; a username or password is far shorter.
 const FORM_FIELD_MAX: usize = 4096;
 
-impl FromRequest<AppState> for Login {
+/// A login form, url-encoded or multipart.
+struct LoginRequest(Login);
+
+impl FromRequest<AppState> for LoginRequest {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -180,11 +133,11 @@ impl FromRequest<AppState> for Login {
         if username.len() > FORM_FIELD_MAX || password.len() > FORM_FIELD_MAX {
             return Err(ApiError::BAD_CREDENTIALS);
         }
-        Ok(Login {
+        Ok(LoginRequest(Login {
             username,
             password: Password::to_verify(password),
             port,
-        })
+        }))
     }
 }
 
@@ -214,69 +167,20 @@ pub struct TokenOut {
 async fn login(
     State(state): State<AppState>,
     Peer(peer): Peer,
-    login: Login,
+    LoginRequest(login): LoginRequest,
 ) -> Result<Json<TokenOut>, ApiError> {
-    let credentials = match Username::lookup_key(&login.username) {
-        Some(key) => state.store.credentials(&key).await?,
-        None => None, // verified against the dummy hash below all the same
-    };
-    let (stored_hash, user) = match credentials {
-        Some(c) => (Some(c.password_hash), Some((c.id, c.username))),
-        None => (None, None),
-    };
-    let matches = state
-        .passwords
-        .verify(login.password, stored_hash)
-        .await
-        .map_err(ApiError::Internal)?;
-    let Some((id, username)) = user.filter(|_| matches) else {
-        crate::metrics::login(false);
-        return Err(ApiError::BAD_CREDENTIALS);
-    };
-    let access_token = state
-        .tokens
-        .issue(id, &username)
-        .map_err(ApiError::Internal)?;
-    let endpoint = crate::presence::Endpoint {
-        port: login.port.map_or(peer.port, |p| p.0),
-        ..peer
-    };
-    announce(&state, id, endpoint).await?;
-    crate::metrics::login(true);
-    tracing::info!(user_id = id, "login");
+    let access_token = state.services.login(login, peer).await?;
     Ok(Json(TokenOut {
         access_token,
         token_type: "bearer",
     }))
 }
 
-/// Login and the heartbeat: the user is at `endpoint`, seen now (the same instant
-/// in presence and in the store).
-async fn announce(
-    state: &AppState,
-    user: crate::store::UserId,
-    endpoint: crate::presence::Endpoint,
-) -> Result<(), ApiError> {
-    let now = Utc::now();
-    state.presence.announce(user, endpoint, now).await?;
-    Ok(state.store.touch_last_seen(user, now).await?)
-}
-
 /// Log out: the token stops working and its WebSockets close.
 #[utoipa::path(post, path = "/logout", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, body = Detail), (status = 401, body = Detail)))]
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<Json<Detail>, ApiError> {
-    state.revocations.revoke(&user.jti, user.expires_at).await?;
-    state
-        .bus
-        .publish(Event::CloseSessions {
-            user: user.id,
-            jti: user.jti.clone(),
-        })
-        .await?;
-    let now = Utc::now();
-    state.presence.sign_off(user.id, &user.jti, now).await?;
-    state.store.touch_last_seen(user.id, now).await?;
+    state.services.logout(&user).await?;
     Ok(Json(Detail {
         detail: "Logged out successfully",
     }))
@@ -286,12 +190,7 @@ async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<Json<De
 #[utoipa::path(get, path = "/users/me", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, body = UserOut), (status = 401, body = Detail)))]
 async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<UserOut>, ApiError> {
-    let found = state
-        .store
-        .user_by_id(user.id)
-        .await?
-        .ok_or(ApiError::BAD_TOKEN)?;
-    let online = state.presence.locate(&[user.id]).await?[0].is_some();
+    let (found, online) = state.services.me(&user).await?;
     Ok(Json(UserOut::new(found, online)))
 }
 
@@ -312,23 +211,14 @@ async fn search(
     QueryParams(params): QueryParams<SearchParams>,
 ) -> Result<Json<Vec<UserBrief>>, ApiError> {
     let limit = params.limit.unwrap_or(20).min(100);
-    let Some(needle) = Username::search_needle(&query).filter(|_| limit > 0) else {
-        return Ok(Json(Vec::new())); // nothing can match
-    };
-    let users = state
-        .store
-        .search_users(&needle, user.id, i64::from(limit))
-        .await?;
-    let ids: Vec<_> = users.iter().map(|u| u.id).collect();
-    let online = state.presence.locate(&ids).await?;
+    let found = state.services.search(&user, &query, limit).await?;
     Ok(Json(
-        users
+        found
             .into_iter()
-            .zip(online)
-            .map(|(u, at)| UserBrief {
+            .map(|(u, is_online)| UserBrief {
                 id: u.id,
                 username: u.username,
-                is_online: at.is_some(),
+                is_online,
             })
             .collect(),
     ))
@@ -351,11 +241,7 @@ async fn heartbeat(
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<UserBrief>, ApiError> {
     let port = Port::parse(body.port, "port")?;
-    let endpoint = crate::presence::Endpoint {
-        port: port.0,
-        ..peer
-    };
-    announce(&state, user.id, endpoint).await?;
+    state.services.heartbeat(&user, peer, port).await?;
     Ok(Json(UserBrief {
         id: user.id,
         username: user.username,

@@ -10,15 +10,13 @@ use axum::{
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{
-    extract::{JsonBody, PathParam, QueryParams},
-    views::{ContactEntry, Detail, OnlineContact, PendingEntry},
-};
+use super::views::{ContactEntry, Detail, OnlineContact, PendingEntry};
 use crate::{
-    auth::AuthUser,
+    domain::UserId,
     error::ApiError,
+    extract::{JsonBody, PathParam, QueryParams},
+    service::{AuthUser, ContactTarget},
     state::AppState,
-    store::{StoreError, UserId},
 };
 
 pub fn router() -> Router<AppState> {
@@ -47,29 +45,12 @@ async fn add(
     user: AuthUser,
     JsonBody(body): JsonBody<AddContactRequest>,
 ) -> Result<(StatusCode, Json<ContactEntry>), ApiError> {
-    let friend = match (body.friend_username, body.friend_id) {
-        (Some(name), _) => state
-            .names
-            .resolve(state.store.as_ref(), &name)
-            .await?
-            .map(|n| n.id),
-        (None, Some(id)) => state.store.user_by_id(id).await?.map(|u| u.id),
+    let target = match (body.friend_username, body.friend_id) {
+        (Some(name), _) => ContactTarget::Name(name),
+        (None, Some(id)) => ContactTarget::Id(id),
         (None, None) => return Err(ApiError::missing("body", "friend_username")),
-    }
-    .ok_or(ApiError::NotFound("User not found"))?;
-    if friend == user.id {
-        return Err(ApiError::BadRequest("You cannot add yourself as a contact"));
-    }
-    let contact = state
-        .store
-        .add_contact(user.id, friend)
-        .await
-        .map_err(|e| match e {
-            StoreError::AlreadyContact => ApiError::BadRequest("Already a contact"),
-            other => other.into(),
-        })?;
-    contacts_changed(&state, user.id, friend).await?;
-    let online = state.presence.locate(&[friend]).await?[0].is_some();
+    };
+    let (contact, online) = state.services.add_contact(&user, target).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(ContactEntry::new(user.id, contact, online)),
@@ -92,16 +73,12 @@ async fn list(
     user: AuthUser,
     QueryParams(page): QueryParams<Page>,
 ) -> Result<Json<Vec<ContactEntry>>, ApiError> {
-    let skip = i64::from(page.skip.unwrap_or(0));
-    let limit = i64::from(page.limit.unwrap_or(100).min(1000));
-    let contacts = state.store.contacts(user.id, skip, limit).await?;
-    let ids: Vec<_> = contacts.iter().map(|c| c.other.id).collect();
-    let online = state.presence.locate(&ids).await?;
+    let (skip, limit) = (page.skip.unwrap_or(0), page.limit.unwrap_or(100).min(1000));
+    let contacts = state.services.contacts(&user, skip, limit).await?;
     Ok(Json(
         contacts
             .into_iter()
-            .zip(online)
-            .map(|(c, at)| ContactEntry::new(user.id, c, at.is_some()))
+            .map(|(c, online)| ContactEntry::new(user.id, c, online))
             .collect(),
     ))
 }
@@ -113,14 +90,11 @@ async fn pending(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<Vec<PendingEntry>>, ApiError> {
-    let requests = state.store.pending_requests(user.id).await?;
-    let ids: Vec<_> = requests.iter().map(|r| r.other.id).collect();
-    let online = state.presence.locate(&ids).await?;
+    let requests = state.services.pending_requests(&user).await?;
     Ok(Json(
         requests
             .into_iter()
-            .zip(online)
-            .map(|(r, at)| PendingEntry::new(user.id, r, at.is_some()))
+            .map(|(r, online)| PendingEntry::new(user.id, r, online))
             .collect(),
     ))
 }
@@ -134,13 +108,7 @@ async fn accept(
     user: AuthUser,
     PathParam(requester): PathParam<UserId>,
 ) -> Result<Json<ContactEntry>, ApiError> {
-    let contact = state
-        .store
-        .accept_request(user.id, requester)
-        .await?
-        .ok_or(ApiError::NotFound("Friend request not found"))?;
-    contacts_changed(&state, user.id, requester).await?;
-    let online = state.presence.locate(&[requester]).await?[0].is_some();
+    let (contact, online) = state.services.accept_request(&user, requester).await?;
     Ok(Json(ContactEntry::new(user.id, contact, online)))
 }
 
@@ -153,18 +121,8 @@ async fn remove(
     user: AuthUser,
     PathParam(other): PathParam<UserId>,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.remove_contact(user.id, other).await? {
-        contacts_changed(&state, user.id, other).await?;
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("Contact not found"))
-    }
-}
-
-/// After the store changed the relation of `a` and `b`: both lists are stale
-/// wherever the online panel has them cached.
-async fn contacts_changed(state: &AppState, a: UserId, b: UserId) -> Result<(), ApiError> {
-    Ok(state.presence.contacts_changed(&[a, b]).await?)
+    state.services.remove_contact(&user, other).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The caller's contacts that are online now and whose address it may see:
@@ -173,15 +131,7 @@ async fn contacts_changed(state: &AppState, a: UserId, b: UserId) -> Result<(), 
 #[utoipa::path(get, path = "/me/contacts/online", tag = "contacts", security(("bearer" = [])),
     responses((status = 200, body = [OnlineContact]), (status = 401, body = Detail)))]
 async fn online(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
-    let online = state
-        .online
-        .of(
-            state.store.as_ref(),
-            state.presence.as_ref(),
-            user.id,
-            state.settings.address_visibility,
-        )
-        .await?;
+    let online = state.services.online_contacts(&user).await?;
     let entries: Vec<_> = online
         .iter()
         .map(|(card, seen)| OnlineContact::new(card, seen))

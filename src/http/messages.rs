@@ -1,22 +1,11 @@
 //! Offline messages: stored opaque, fetched exactly once.
 
 use axum::{Json, Router, extract::State, routing::get};
-use chrono::Utc;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{
-    extract::JsonBody,
-    views::{Detail, MessageOut},
-};
-use crate::{
-    auth::AuthUser,
-    domain::MessageContent,
-    error::ApiError,
-    metrics::{StoredVia, messages_stored},
-    state::AppState,
-    store::NewMessage,
-};
+use super::views::{Detail, MessageOut};
+use crate::{error::ApiError, extract::JsonBody, service::AuthUser, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/messages", get(fetch).post(send))
@@ -39,24 +28,10 @@ async fn send(
     user: AuthUser,
     JsonBody(body): JsonBody<SendRequest>,
 ) -> Result<Json<MessageOut>, ApiError> {
-    let content = MessageContent::parse(
-        body.encrypted_content,
-        state.settings.max_message_bytes,
-        "encrypted_content",
-    )?;
-    let recipient = state
-        .names
-        .resolve(state.store.as_ref(), &body.recipient_username)
-        .await?
-        .ok_or(ApiError::NotFound("Recipient not found"))?;
-    let message = NewMessage {
-        sender_id: user.id,
-        receiver_id: recipient.id,
-        content: content.into_inner(),
-        sent_at: Utc::now(),
-    };
-    let stored = state.messages.store(message).await?;
-    messages_stored(StoredVia::Http, 1);
+    let stored = state
+        .services
+        .send_offline(&user, &body.recipient_username, body.encrypted_content)
+        .await?;
     Ok(Json(stored.into()))
 }
 
@@ -67,6 +42,6 @@ async fn fetch(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<Vec<MessageOut>>, ApiError> {
-    let taken = state.store.take_unread(user.id).await?;
+    let taken = state.services.take_inbox(&user).await?;
     Ok(Json(taken.into_iter().map(Into::into).collect()))
 }

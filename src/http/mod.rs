@@ -18,12 +18,10 @@ use crate::{error::ApiError, state::AppState};
 
 mod accounts;
 mod contacts;
-pub mod extract;
 mod messages;
 mod ops;
 mod p2p;
-pub mod peer;
-pub mod views;
+mod views;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -58,15 +56,21 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every route of the API, with the body limit and request metrics.
-pub fn router(state: AppState) -> Router {
+/// Every HTTP route of the API, with the body limit and request metrics; the
+/// WebSocket route is merged beside it by `startup`.
+pub fn router() -> Router<AppState> {
     Router::new()
         .merge(accounts::router())
         .merge(contacts::router())
         .merge(p2p::router())
         .merge(messages::router())
         .merge(ops::router())
-        .merge(crate::ws::router())
+}
+
+/// What every route shares: the 404 and 405 answers, the body limit, and
+/// request metrics.
+pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
@@ -74,7 +78,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-pub(crate) async fn not_found() -> ApiError {
+async fn not_found() -> ApiError {
     ApiError::NotFound("Not Found")
 }
 

@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::Config;
 
 use super::ApiDoc;
-use crate::state::AppState;
+use crate::{service, state::AppState};
 
 pub fn router() -> Router<AppState> {
     let docs = Arc::new(Config::from("/openapi.json"));
@@ -41,9 +41,11 @@ async fn healthz() -> Json<serde_json::Value> {
 /// shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 async fn readyz(State(state): State<AppState>) -> Response {
-    let store = state.store.ping().await.is_ok();
-    let presence = state.presence.ping().await.is_ok();
-    let bus = state.bus.ping().await.is_ok();
+    let service::Readiness {
+        store,
+        presence,
+        bus,
+    } = state.services.readiness().await;
     let draining = state.shutdown.is_cancelled();
     let ready = store && presence && bus && !draining;
     let body = json!({

@@ -2,11 +2,8 @@
 
 use axum::{Json, Router, extract::State, routing::get};
 
-use super::{
-    extract::PathParam,
-    views::{ConnectionInfo, Detail},
-};
-use crate::{auth::AuthUser, domain::Username, error::ApiError, state::AppState};
+use super::views::{ConnectionInfo, Detail};
+use crate::{error::ApiError, extract::PathParam, service::AuthUser, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/users/{username}/connection-info", get(connection_info))
@@ -22,16 +19,7 @@ async fn connection_info(
     user: AuthUser,
     PathParam(username): PathParam<String>,
 ) -> Result<Json<ConnectionInfo>, ApiError> {
-    const UNAVAILABLE: ApiError = ApiError::NotFound("User not found or offline");
-    let key = Username::lookup_key(&username).ok_or(UNAVAILABLE)?;
-    let target = state
-        .store
-        .visible_user(user.id, &key, state.settings.address_visibility)
-        .await?
-        .ok_or(UNAVAILABLE)?;
-    let at = state.presence.locate(&[target.id]).await?[0]
-        .ok_or(UNAVAILABLE)?
-        .at;
+    let (target, at) = state.services.connection_info(&user, &username).await?;
     Ok(Json(ConnectionInfo {
         username: target.username,
         public_key: target.public_key,

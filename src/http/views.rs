@@ -7,10 +7,13 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    domain::time::{iso8601, iso8601_opt},
-    online::Card,
+    domain::{
+        UserId,
+        time::{iso8601, iso8601_opt},
+    },
     presence::Sighting,
-    store::{Contact, Message, User, UserId},
+    service::Card,
+    store::{Contact, Message, User},
 };
 
 /// A registered user, as the seed returns it.
@@ -198,8 +201,8 @@ impl From<Message> for MessageOut {
         Self {
             id: m.id,
             sender_id: m.sender_id,
-            receiver_id: m.receiver_id,
-            encrypted_content: m.encrypted_content,
+            receiver_id: m.recipient_id,
+            encrypted_content: m.content,
             sent_at: m.sent_at,
         }
     }

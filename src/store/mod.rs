@@ -1,20 +1,17 @@
 //! Durable storage: users, contacts, offline messages.
 //!
-//! One trait, one implementation per database. Queries are built at run time, so
-//! no database is needed to compile the crate.
+//! One trait; its implementations (SQLite, Postgres) are in `backends::sql`.
+//! The methods return boxed futures rather than going through `async_trait`, so
+//! that each backend writes `impl Store for …` out in its own file while the
+//! SQL they share stays one text.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 
-use crate::config::Visibility;
+use crate::{config::Visibility, domain::UserId};
 
-pub mod names;
-pub mod postgres;
-mod sql;
-pub mod sqlite;
-pub mod writer;
-
-pub type UserId = i64;
+#[cfg(test)]
+pub mod contract;
 
 /// Most unread messages one fetch hands out; the rest wait for the next fetch.
 pub const INBOX_PAGE: i64 = 1000;
@@ -69,12 +66,17 @@ pub struct Contact {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A stored offline message. The columns are `receiver_id` and
+/// `encrypted_content`, as the seed named them; inside the crate a message has
+/// a recipient and a content, like a message in flight.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Message {
     pub id: i64,
     pub sender_id: UserId,
-    pub receiver_id: UserId,
-    pub encrypted_content: String,
+    #[sqlx(rename = "receiver_id")]
+    pub recipient_id: UserId,
+    #[sqlx(rename = "encrypted_content")]
+    pub content: String,
     pub sent_at: DateTime<Utc>,
 }
 
@@ -89,9 +91,20 @@ pub struct InboxMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     pub sender_id: UserId,
-    pub receiver_id: UserId,
+    pub recipient_id: UserId,
     pub content: String,
     pub sent_at: DateTime<Utc>,
+}
+
+impl From<&crate::domain::DirectMessage> for NewMessage {
+    fn from(m: &crate::domain::DirectMessage) -> Self {
+        Self {
+            sender_id: m.sender_id,
+            recipient_id: m.recipient_id,
+            content: m.content.clone(),
+            sent_at: m.sent_at,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,78 +119,59 @@ pub enum StoreError {
     Other(anyhow::Error),
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        crate::metrics::backend_error(crate::metrics::Backend::Store);
-        match err {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(err.into()),
-            other => Self::Other(other.into()),
-        }
-    }
-}
-
 pub type StoreResult<T> = Result<T, StoreError>;
 
-#[async_trait]
+/// What a store method returns.
+pub type Pending<'a, T> = BoxFuture<'a, StoreResult<T>>;
+
 pub trait Store: Send + Sync + 'static {
     /// Answers when the database does.
-    async fn ping(&self) -> StoreResult<()>;
+    fn ping(&self) -> Pending<'_, ()>;
 
     /// Fails with [`StoreError::Duplicate`] when the username or email key is taken.
-    async fn create_user(&self, user: NewUser) -> StoreResult<User>;
-    async fn credentials(&self, username_key: &str) -> StoreResult<Option<Credentials>>;
-    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>>;
-    async fn user_by_username(&self, username_key: &str) -> StoreResult<Option<User>>;
+    fn create_user(&self, user: NewUser) -> Pending<'_, User>;
+    fn credentials<'a>(&'a self, username_key: &'a str) -> Pending<'a, Option<Credentials>>;
+    fn user_by_id(&self, id: UserId) -> Pending<'_, Option<User>>;
+    fn user_by_username<'a>(&'a self, username_key: &'a str) -> Pending<'a, Option<User>>;
 
     /// Users whose username key contains `needle` literally, `exclude` left out, by name.
-    async fn search_users(
-        &self,
-        needle: &str,
+    fn search_users<'a>(
+        &'a self,
+        needle: &'a str,
         exclude: UserId,
         limit: i64,
-    ) -> StoreResult<Vec<User>>;
-    async fn touch_last_seen(&self, id: UserId, at: DateTime<Utc>) -> StoreResult<()>;
+    ) -> Pending<'a, Vec<User>>;
+    fn touch_last_seen(&self, id: UserId, at: DateTime<Utc>) -> Pending<'_, ()>;
 
     /// `owner` accepts `other` on its side; `other` gets a pending request unless it
     /// already has a row. [`StoreError::AlreadyContact`] when `owner` had accepted already.
-    async fn add_contact(&self, owner: UserId, other: UserId) -> StoreResult<Contact>;
-    async fn contacts(&self, owner: UserId, skip: i64, limit: i64) -> StoreResult<Vec<Contact>>;
+    fn add_contact(&self, owner: UserId, other: UserId) -> Pending<'_, Contact>;
+    /// `owner`'s accepted contacts, by name.
+    fn contacts(&self, owner: UserId, skip: i64, limit: i64) -> Pending<'_, Vec<Contact>>;
     /// Requests others sent `owner` that it has not answered, oldest first.
-    async fn pending_requests(&self, owner: UserId) -> StoreResult<Vec<Contact>>;
+    fn pending_requests(&self, owner: UserId) -> Pending<'_, Vec<Contact>>;
     /// Accepts `requester`'s request on both sides; `None` when there was none.
-    async fn accept_request(
-        &self,
-        owner: UserId,
-        requester: UserId,
-    ) -> StoreResult<Option<Contact>>;
+    fn accept_request(&self, owner: UserId, requester: UserId) -> Pending<'_, Option<Contact>>;
     /// Removes both sides; false when neither existed.
-    async fn remove_contact(&self, owner: UserId, other: UserId) -> StoreResult<bool>;
-    /// `viewer`'s accepted contacts whose address `viewer` may see.
-    async fn visible_contacts(
-        &self,
-        viewer: UserId,
-        visibility: Visibility,
-    ) -> StoreResult<Vec<User>>;
+    fn remove_contact(&self, owner: UserId, other: UserId) -> Pending<'_, bool>;
+    /// `viewer`'s accepted contacts whose address `viewer` may see, by name.
+    fn visible_contacts(&self, viewer: UserId, visibility: Visibility) -> Pending<'_, Vec<User>>;
     /// The user named by `username_key` if `viewer` may see its address (itself included).
-    async fn visible_user(
-        &self,
+    fn visible_user<'a>(
+        &'a self,
         viewer: UserId,
-        username_key: &str,
+        username_key: &'a str,
         visibility: Visibility,
-    ) -> StoreResult<Option<User>>;
+    ) -> Pending<'a, Option<User>>;
     /// Users that have `subject` as an accepted contact.
-    async fn watchers(&self, subject: UserId) -> StoreResult<Vec<UserId>>;
+    fn watchers(&self, subject: UserId) -> Pending<'_, Vec<UserId>>;
 
     /// Stores messages in one round trip; returns them with ids, in input order.
-    async fn store_messages(&self, messages: &[NewMessage]) -> StoreResult<Vec<Message>>;
-    /// Unread messages of `receiver`, oldest first, left unread.
-    async fn peek_unread(&self, receiver: UserId) -> StoreResult<Vec<InboxMessage>>;
-    async fn mark_read(&self, receiver: UserId, ids: &[i64]) -> StoreResult<()>;
-    /// Unread messages of `receiver`, oldest first, marked read in the same statement,
+    fn store_messages<'a>(&'a self, messages: &'a [NewMessage]) -> Pending<'a, Vec<Message>>;
+    /// Unread messages of `recipient`, oldest first, left unread.
+    fn peek_unread(&self, recipient: UserId) -> Pending<'_, Vec<InboxMessage>>;
+    fn mark_read<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, ()>;
+    /// Unread messages of `recipient`, oldest first, marked read in the same statement,
     /// so concurrent callers never receive the same message.
-    async fn take_unread(&self, receiver: UserId) -> StoreResult<Vec<Message>>;
+    fn take_unread(&self, recipient: UserId) -> Pending<'_, Vec<Message>>;
 }

@@ -1,4 +1,6 @@
-//! The WebSocket relay at `/ws?token=<jwt>`.
+//! The WebSocket relay at `/ws?token=<jwt>`: the upgrade here, one session per
+//! connection in `session`. Frames in, frames out; every flow is the service
+//! layer's.
 
 use axum::{
     Router,
@@ -12,16 +14,12 @@ use axum::{
 use serde::Deserialize;
 
 use crate::{
-    auth::authenticate,
-    error::ApiError,
-    http::{extract::QueryParams, peer::Peer},
+    domain::Disconnect,
+    extract::{Peer, QueryParams},
+    service,
     state::AppState,
 };
 
-pub mod hub;
-mod relay;
-
-pub use relay::store_undelivered;
 mod session;
 
 pub fn router() -> Router<AppState> {
@@ -50,18 +48,14 @@ async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER);
     let auth = match params.token.as_deref() {
-        Some(token) => authenticate(&state, token).await,
-        None => Err(ApiError::Unauthorized("Not authenticated")),
+        Some(token) => state.services.authenticate(token).await,
+        None => Err(service::Error::BAD_TOKEN),
     };
     let user = match auth {
-        _ if state.shutdown.is_cancelled() => {
-            return refuse_with(ws, hub::close::GOING_AWAY, "server shutting down");
-        }
+        _ if state.shutdown.is_cancelled() => return refuse(ws, Disconnect::ShuttingDown),
         Ok(user) => user,
-        Err(ApiError::Unauthorized(_)) => {
-            return refuse_with(ws, hub::close::POLICY, "invalid or expired token");
-        }
-        Err(_) => return refuse_with(ws, UNAVAILABLE, "service temporarily unavailable"),
+        Err(service::Error::Unauthenticated(_)) => return refuse(ws, Disconnect::InvalidToken),
+        Err(_) => return refuse(ws, Disconnect::Unavailable),
     };
     match session::Session::open(state.clone(), user, peer).await {
         Ok(session) => {
@@ -73,7 +67,7 @@ async fn upgrade(
                 error = format!("{err:#}"),
                 "could not open a WebSocket session"
             );
-            refuse_with(ws, UNAVAILABLE, "service temporarily unavailable")
+            refuse(ws, Disconnect::Unavailable)
         }
     }
 }
@@ -82,19 +76,17 @@ async fn upgrade(
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// Close code for "the server cannot serve you right now".
-const UNAVAILABLE: u16 = 1011;
-
-/// Completes the handshake only to close with `code`, as clients expect.
-fn refuse_with(ws: WebSocketUpgrade, code: u16, reason: &'static str) -> Response {
-    ws.on_upgrade(move |socket| refuse(socket, code, reason))
+/// The close frame that says why.
+fn close_frame(why: Disconnect) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: why.code(),
+        reason: why.reason().into(),
+    }))
 }
 
-async fn refuse(mut socket: WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
+/// Completes the handshake only to close, as clients expect.
+fn refuse(ws: WebSocketUpgrade, why: Disconnect) -> Response {
+    ws.on_upgrade(move |mut socket: WebSocket| async move {
+        let _ = socket.send(close_frame(why)).await;
+    })
 }

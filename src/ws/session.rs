@@ -9,25 +9,34 @@ use std::{
     time::Duration,
 };
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
-use super::{
-    hub::{Closer, Outgoing, close, message_frame},
-    relay,
+use super::close_frame;
+use crate::{
+    domain::{Disconnect, Endpoint},
+    metrics::WsConnectionGauge,
+    service::{
+        self, AuthUser,
+        hub::{Closer, Outgoing, Receipt},
+        message_frame,
+    },
+    state::AppState,
 };
-use crate::{auth::AuthUser, metrics::WsConnectionGauge, presence::Endpoint, state::AppState};
 
 /// Frames written before one flush; bounds the latency a burst adds.
 const WRITE_BATCH: usize = 64;
 
-/// How long a closing connection may take to write its last frames.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a closing connection may take to write its last frames and the
+/// close frame. A client cut off for reading too slowly learns why if it
+/// reads again within this time; after it, the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// A connection set up before the handshake completes: registered in the hub,
 /// subscribed, counted in presence and announced. So a client that sees the
@@ -55,36 +64,30 @@ struct Teardown {
 
 impl Teardown {
     async fn run(self) {
-        let last_here = self.state.hub.unregister(self.user.id, self.connection);
-        relay::connection_closed(&self.state, &self.user, last_here).await;
+        self.state
+            .services
+            .close_connection(&self.user, self.connection)
+            .await;
     }
 }
 
 impl Session {
-    pub async fn open(state: AppState, user: AuthUser, peer: Endpoint) -> anyhow::Result<Self> {
+    pub async fn open(state: AppState, user: AuthUser, peer: Endpoint) -> service::Result<Self> {
         let closer = Closer::child_of(&state.shutdown);
         let (outbox, inbox) = mpsc::channel(state.settings.ws_queue_len.max(1));
-        let registration =
-            state
-                .hub
-                .register(user.id, &user.jti, peer, outbox.clone(), closer.clone());
-        if let Err(err) =
-            relay::connection_opened(&state, &user, peer, registration.first_here).await
-        {
-            if state.hub.unregister(user.id, registration.id) {
-                let _ = state.bus.detach(user.id).await;
-            }
-            return Err(err);
-        }
+        let connection = state
+            .services
+            .open_connection(&user, peer, outbox.clone(), closer.clone())
+            .await?;
         let teardown = Teardown {
             state: state.clone(),
             user: user.clone(),
-            connection: registration.id,
+            connection,
         };
         Ok(Self {
             state,
             user,
-            connection: registration.id,
+            connection,
             closer,
             outbox,
             inbox: Some(inbox),
@@ -110,7 +113,7 @@ impl Session {
         let (state, user, closer) = (&self.state, &self.user, &self.closer);
         if let Err(err) = push_offline(state, user, &mut sink).await {
             tracing::debug!(error = %err, "offline push stopped");
-            closer.close(close::GOING_AWAY, "write failed");
+            closer.close(Disconnect::WriteFailed);
         }
         let inbox = self.inbox.take().expect("a session is served once");
         let heard = Arc::new(AtomicBool::new(true));
@@ -126,18 +129,19 @@ impl Session {
         ));
         read_loop(state, user, &mut stream, &self.outbox, closer, &heard).await;
         closer.finish();
-        // The writer ends by sending the close frame, which a client that
-        // stopped reading would hold up for ever: its frames are not waited for.
-        if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+        // The user leaves the hub and presence now, not once the writer is
+        // done: a client that stopped reading may keep it for a while.
+        if let Some(teardown) = self.teardown.take() {
+            teardown.run().await;
+        }
+        // The writer bounds its own closing; this only guards against a bug.
+        if tokio::time::timeout(2 * CLOSE_GRACE, &mut writer)
             .await
             .is_err()
         {
             writer.abort();
         }
-        if let Some(teardown) = self.teardown.take() {
-            teardown.run().await;
-        }
-        tracing::info!(code = self.closer.reason().0, "websocket closed");
+        tracing::info!(code = self.closer.reason().code(), "websocket closed");
     }
 }
 
@@ -157,7 +161,7 @@ async fn push_offline(
     user: &AuthUser,
     sink: &mut SplitSink<WebSocket, Message>,
 ) -> anyhow::Result<()> {
-    let unread = state.store.peek_unread(user.id).await?;
+    let unread = state.services.unread(user).await?;
     let mut written = Vec::with_capacity(unread.len());
     let mut result = Ok(());
     for item in unread {
@@ -165,7 +169,7 @@ async fn push_offline(
         let frame = message_frame(
             "offline_message",
             &item.sender_username,
-            &m.encrypted_content,
+            &m.content,
             m.sent_at,
         );
         if let Err(err) = sink.send(Message::Text(frame.into())).await {
@@ -174,7 +178,7 @@ async fn push_offline(
         }
         written.push(m.id);
     }
-    state.store.mark_read(user.id, &written).await?;
+    state.services.mark_read(user, &written).await?;
     result
 }
 
@@ -199,12 +203,12 @@ async fn read_loop(
             None | Some(Ok(Message::Close(_))) => return,
             Some(Err(err)) => {
                 if is_too_big(err) {
-                    closer.close(close::TOO_BIG, "message too big");
+                    closer.close(Disconnect::TooBig);
                 }
                 return;
             }
-            Some(Ok(Message::Text(text))) => relay::on_text(state, user, text.as_str()).await,
-            Some(Ok(Message::Binary(_))) => Some(relay::error_frame(
+            Some(Ok(Message::Text(text))) => state.services.on_text(user, text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => Some(service::error_frame(
                 "binary frames are not supported; send text",
             )),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
@@ -227,6 +231,11 @@ fn is_too_big(err: axum::Error) -> bool {
     )
 }
 
+/// Writes what the outbox brings, in batches with one flush each, and pings
+/// an idle client. Once the connection is to close, what is still queued is
+/// dropped (its directed messages go back to be stored offline through their
+/// receipts), and the frames already handed to the socket are followed by the
+/// close frame, within [`CLOSE_GRACE`].
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut inbox: mpsc::Receiver<Outgoing>,
@@ -236,40 +245,28 @@ async fn write_loop(
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut silent_intervals = 0;
-    let mut receipts = Vec::new();
-    let cancelled = closer.token().cancelled();
+    // Receipts of frames handed to the socket but not yet flushed.
+    let mut unflushed = Vec::new();
+    let cancelled: WaitForCancellationFuture = closer.token().cancelled();
     tokio::pin!(cancelled);
     loop {
+        // Every write races the closer: a client that stopped reading must not
+        // keep the connection (and its outbox) open.
         tokio::select! {
             biased;
             _ = &mut cancelled => break,
             item = inbox.recv() => {
-                let mut next = item;
-                let mut batched = 0;
-                // Write what is queued, then flush once.
-                while let Some(item) = next.take() {
-                    let frame = match item {
-                        Outgoing::Text(frame) => frame,
-                        Outgoing::Direct(frame, receipt) => {
-                            receipts.push(receipt);
-                            frame
+                let Some(item) = item else { break }; // every sender is gone
+                tokio::select! {
+                    biased;
+                    _ = &mut cancelled => break,
+                    written = write_batch(&mut sink, item, &mut inbox, &mut unflushed) => {
+                        if written.is_err() {
+                            return;
                         }
-                    };
-                    if sink.feed(Message::Text(frame)).await.is_err() {
-                        return;
-                    }
-                    batched += 1;
-                    if batched < WRITE_BATCH {
-                        next = inbox.try_recv().ok();
                     }
                 }
-                if batched == 0 {
-                    break; // every sender is gone
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-                receipts.drain(..).for_each(|r| r.mark_written());
+                unflushed.drain(..).for_each(|r: Arc<Receipt>| r.mark_written());
             }
             _ = ping.tick() => {
                 if heard.swap(false, Ordering::Relaxed) {
@@ -277,21 +274,53 @@ async fn write_loop(
                 } else {
                     silent_intervals += 1;
                     if silent_intervals >= 2 {
-                        closer.close(close::GOING_AWAY, "ping timeout");
+                        closer.close(Disconnect::PingTimeout);
                         break;
                     }
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                tokio::select! {
+                    biased;
+                    _ = &mut cancelled => break,
+                    sent = sink.send(Message::Ping(Default::default())) => {
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         }
     }
-    let (code, reason) = closer.reason();
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
+    drop(inbox);
+    // Sending the close frame first flushes what was handed to the socket.
+    let closed = tokio::time::timeout(CLOSE_GRACE, sink.send(close_frame(closer.reason()))).await;
+    if let Ok(Ok(())) = closed {
+        unflushed.drain(..).for_each(|r| r.mark_written());
+    }
+}
+
+/// Hands `first` and whatever else is queued (up to a batch) to the socket,
+/// then flushes once.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    first: Outgoing,
+    inbox: &mut mpsc::Receiver<Outgoing>,
+    unflushed: &mut Vec<Arc<Receipt>>,
+) -> Result<(), axum::Error> {
+    let mut next = Some(first);
+    let mut batched = 0;
+    while let Some(item) = next.take() {
+        let frame = match item {
+            Outgoing::Text(frame) => frame,
+            Outgoing::Direct(frame, receipt) => {
+                unflushed.push(receipt);
+                frame
+            }
+        };
+        sink.feed(Message::Text(frame)).await?;
+        batched += 1;
+        if batched < WRITE_BATCH {
+            next = inbox.try_recv().ok();
+        }
+    }
+    sink.flush().await
 }

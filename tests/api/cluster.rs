@@ -8,19 +8,21 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
+use secchat::config::Settings;
+
 use crate::helpers::{Backend, TestApp, eventually, free_port};
 
 /// `n` replicas started at once, so their migrations race (an advisory lock
 /// serialises them).
-async fn replicas(backend: &Backend, n: usize, extra: &[&str]) -> Vec<TestApp> {
-    futures_util::future::join_all((0..n).map(|_| backend.spawn(extra))).await
+async fn replicas(backend: &Backend, n: usize, configure: fn(&mut Settings)) -> Vec<TestApp> {
+    futures_util::future::join_all((0..n).map(|_| backend.spawn(configure))).await
 }
 
 #[tokio::test]
 #[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
 async fn messages_and_presence_cross_replicas() {
     let backend = Backend::cluster().await;
-    let r = replicas(&backend, 3, &[]).await;
+    let r = replicas(&backend, 3, |_| {}).await;
     let (alice, bob) = r[0].friends("alice", "bob").await;
     let carol = r[0].user("carol").await;
     // Presence set through one replica is visible through the others.
@@ -67,7 +69,7 @@ async fn messages_and_presence_cross_replicas() {
 #[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
 async fn two_devices_on_two_replicas_both_receive() {
     let backend = Backend::cluster().await;
-    let r = replicas(&backend, 3, &[]).await;
+    let r = replicas(&backend, 3, |_| {}).await;
     let alice = r[0].user("alice").await;
     let bob = r[0].user("bob").await;
     let mut phone = r[1].ws(&bob.token).await;
@@ -90,7 +92,7 @@ async fn two_devices_on_two_replicas_both_receive() {
 #[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
 async fn offline_messages_are_fetched_exactly_once_across_replicas() {
     let backend = Backend::cluster().await;
-    let r = replicas(&backend, 3, &[]).await;
+    let r = replicas(&backend, 3, |_| {}).await;
     let alice = r[0].user("alice").await;
     let bob = r[1].user("bob").await;
     let sends = (0..300).map(|i| {
@@ -173,7 +175,7 @@ impl Process {
 async fn a_killed_replica_leaves_no_one_online_and_loses_nothing() {
     let backend = Backend::cluster().await;
     let lease = ["--presence-lease-secs", "2"];
-    let survivor = backend.spawn(&lease).await;
+    let survivor = backend.spawn(|s| s.presence_lease_secs = 2).await;
     let doomed = Process::start(&backend, &lease).await;
     let (alice, bob) = survivor.friends("alice", "bob").await;
     let mut a = survivor.ws(&alice.token).await;
@@ -213,7 +215,7 @@ async fn a_killed_replica_leaves_no_one_online_and_loses_nothing() {
 #[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
 async fn a_terminated_replica_closes_its_sockets_with_1001_and_exits() {
     let backend = Backend::cluster().await;
-    let other = backend.spawn(&[]).await;
+    let other = backend.spawn(|_| {}).await;
     let mut leaving = Process::start(&backend, &[]).await;
     let alice = other.user("alice").await;
     let bob = other.user("bob").await;
@@ -282,7 +284,7 @@ async fn fan_out_resumes_after_redis_restarts() {
     let mut redis = PrivateRedis::start(free_port()).await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let backend = Backend::cluster_on_redis(&url).await;
-    let r = replicas(&backend, 2, &["--presence-lease-secs", "3"]).await;
+    let r = replicas(&backend, 2, |s| s.presence_lease_secs = 3).await;
     let (alice, bob) = r[0].friends("alice", "bob").await;
     let mut a = r[0].ws(&alice.token).await;
     let mut b = r[1].ws(&bob.token).await;
@@ -339,7 +341,7 @@ async fn fan_out_resumes_after_redis_restarts() {
 #[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
 async fn every_replica_answers_the_online_panel_as_of_the_latest_change() {
     let backend = Backend::cluster().await;
-    let r = replicas(&backend, 2, &[]).await;
+    let r = replicas(&backend, 2, |_| {}).await;
     let (alice, bob) = r[0].friends("alice", "bob").await;
     let online = |app: &TestApp| {
         let token = alice.token.clone();

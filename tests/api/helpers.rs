@@ -5,7 +5,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
-use secchat::{config::Settings, startup::App};
+use secchat::{
+    config::{LogFormat, Settings},
+    startup::App,
+};
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
 use tokio_tungstenite::{
@@ -36,8 +40,15 @@ pub struct TestUser {
 /// prefix on the servers named by `TEST_DATABASE_URL` and `TEST_REDIS_URL`.
 /// Replicas built on one `Backend` share its data.
 pub struct Backend {
-    args: Vec<String>,
+    pub database_url: String,
+    pub redis: Option<RedisSpace>,
     _dir: tempfile::TempDir,
+}
+
+/// A Redis server and the key prefix a test's replicas share on it.
+pub struct RedisSpace {
+    pub url: String,
+    pub prefix: String,
 }
 
 pub fn cluster_requested() -> bool {
@@ -53,6 +64,14 @@ pub fn test_redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// `TEST_LOG=<filter>` (e.g. `TEST_LOG=debug`, `TEST_LOG=secchat=trace`)
+/// shows the servers' logs in the test output.
+fn logs_if_asked() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        secchat::telemetry::init_with(LogFormat::Text, &filter);
+    }
+}
+
 impl Backend {
     pub async fn new() -> Self {
         if cluster_requested() {
@@ -64,9 +83,10 @@ impl Backend {
 
     pub fn embedded() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = format!("sqlite://{}", dir.path().join("test.db").display());
+        let database_url = format!("sqlite://{}", dir.path().join("test.db").display());
         Self {
-            args: vec!["--database-url".into(), db],
+            database_url,
+            redis: None,
             _dir: dir,
         }
     }
@@ -88,52 +108,64 @@ impl Backend {
             .expect("schema created");
         admin.close().await;
         let separator = if base.contains('?') { '&' } else { '?' };
-        let db = format!("{base}{separator}options=-c%20search_path%3D{name}");
-        let args = vec![
-            "--database-url".into(),
-            db,
-            "--redis-url".into(),
-            redis_url.into(),
-            "--redis-prefix".into(),
-            name,
-        ];
         Self {
-            args,
+            database_url: format!("{base}{separator}options=-c%20search_path%3D{name}"),
+            redis: Some(RedisSpace {
+                url: redis_url.into(),
+                prefix: name,
+            }),
             _dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 
-    /// The value of one of this backend's flags, e.g. `--database-url`.
-    pub fn setting(&self, flag: &str) -> Option<&str> {
-        let at = self.args.iter().position(|a| a == flag)?;
-        self.args.get(at + 1).map(String::as_str)
+    /// The settings of a replica on this backend, on a free port.
+    pub fn settings(&self) -> Settings {
+        let mut settings = Settings {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            database_url: self.database_url.clone(),
+            jwt_secret: Some(SecretString::from(JWT_SECRET)),
+            ..Settings::default()
+        };
+        if let Some(redis) = &self.redis {
+            settings.redis_url = Some(redis.url.clone());
+            settings.redis_prefix = redis.prefix.clone();
+        }
+        settings
     }
 
-    /// The settings a replica on this backend runs with, as command-line flags.
+    /// The same settings as command-line flags, for a replica in its own process.
     pub fn args(&self) -> Vec<String> {
-        let mut args = self.args.clone();
+        let mut args = vec!["--database-url".into(), self.database_url.clone()];
+        if let Some(redis) = &self.redis {
+            args.extend([
+                "--redis-url".into(),
+                redis.url.clone(),
+                "--redis-prefix".into(),
+                redis.prefix.clone(),
+            ]);
+        }
         args.extend(["--jwt-secret".into(), JWT_SECRET.into()]);
         args
     }
 
-    pub async fn spawn(&self, extra: &[&str]) -> TestApp {
-        let mut args = vec!["--bind".to_owned(), "127.0.0.1:0".into()];
-        args.extend(self.args());
-        args.extend(extra.iter().map(|s| s.to_string()));
-        TestApp::start(args).await
+    /// A replica in this process, with `configure` applied to its settings.
+    pub async fn spawn(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = self.settings();
+        configure(&mut settings);
+        TestApp::start(settings).await
     }
 }
 
 /// A server on this test's own backend.
 pub async fn spawn() -> TestApp {
-    spawn_with(&[]).await
+    spawn_with(|_| {}).await
 }
 
-/// A server with extra command-line settings, e.g. `["--presence-lease-secs", "1"]`.
+/// A server with some settings changed, e.g. `|s| s.presence_lease_secs = 1`.
 /// The backend's data lives as long as the returned app.
-pub async fn spawn_with(extra: &[&str]) -> TestApp {
+pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let backend = Backend::new().await;
-    let mut app = backend.spawn(extra).await;
+    let mut app = backend.spawn(configure).await;
     app._backend = Some(backend);
     app
 }
@@ -152,13 +184,9 @@ pub fn password_of(name: &str) -> String {
 }
 
 impl TestApp {
-    /// A server built from exactly these command-line settings.
-    pub async fn start<I, T>(args: I) -> TestApp
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let settings = Settings::from_args(args).expect("valid test settings");
+    /// A server built from exactly these settings.
+    pub async fn start(settings: Settings) -> TestApp {
+        logs_if_asked();
         let app = App::build(settings).await.expect("app builds");
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();

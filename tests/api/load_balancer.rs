@@ -24,6 +24,7 @@ impl LocalCluster {
             }
         };
         let lb_port = free_port();
+        let redis = backend.redis.as_ref().expect("a cluster backend");
         let env = vec![
             ("LB_PORT".to_owned(), lb_port.to_string()),
             ("BASE_PORT".to_owned(), base.to_string()),
@@ -32,18 +33,9 @@ impl LocalCluster {
                 "SECCHAT_BIN".to_owned(),
                 env!("CARGO_BIN_EXE_secchat").to_owned(),
             ),
-            (
-                "DATABASE_URL".to_owned(),
-                backend.setting("--database-url").unwrap().to_owned(),
-            ),
-            (
-                "REDIS_URL".to_owned(),
-                backend.setting("--redis-url").unwrap().to_owned(),
-            ),
-            (
-                "REDIS_PREFIX".to_owned(),
-                backend.setting("--redis-prefix").unwrap().to_owned(),
-            ),
+            ("DATABASE_URL".to_owned(), backend.database_url.clone()),
+            ("REDIS_URL".to_owned(), redis.url.clone()),
+            ("REDIS_PREFIX".to_owned(), redis.prefix.clone()),
             (
                 "JWT_SECRET".to_owned(),
                 crate::helpers::JWT_SECRET.to_owned(),

@@ -7,7 +7,6 @@ mod contacts;
 mod flows;
 mod helpers;
 mod load_balancer;
-mod loadgen;
 mod messages;
 mod ops;
 mod p2p;

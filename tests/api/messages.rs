@@ -41,7 +41,7 @@ async fn offline_messages_are_stored_and_fetched_once_oldest_first() {
 
 #[tokio::test]
 async fn content_is_opaque_and_bounded() {
-    let app = spawn_with(&["--max-message-bytes", "1000"]).await;
+    let app = spawn_with(|s| s.max_message_bytes = 1000).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let opaque = "不是 base64 \u{1}'; DROP TABLE messages; --";

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use secchat::config::Visibility;
 use serde_json::json;
 
 use crate::helpers::{eventually, spawn, spawn_with};
@@ -57,7 +58,7 @@ async fn unknown_offline_and_hidden_users_look_the_same() {
 
 #[tokio::test]
 async fn open_visibility_lets_any_signed_in_user_see_addresses() {
-    let app = spawn_with(&["--address-visibility", "open"]).await;
+    let app = spawn_with(|s| s.address_visibility = Visibility::Open).await;
     let alice = app.user("alice").await;
     let stranger = app.user("stranger").await;
     let (status, info) = app
@@ -70,7 +71,7 @@ async fn open_visibility_lets_any_signed_in_user_see_addresses() {
 
 #[tokio::test]
 async fn presence_is_a_lease_that_runs_out() {
-    let app = spawn_with(&["--presence-lease-secs", "1"]).await;
+    let app = spawn_with(|s| s.presence_lease_secs = 1).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let located = |token: String| {
         let app = &app;
@@ -95,7 +96,7 @@ async fn presence_is_a_lease_that_runs_out() {
 
 #[tokio::test]
 async fn an_open_websocket_keeps_its_user_online() {
-    let app = spawn_with(&["--presence-lease-secs", "1"]).await;
+    let app = spawn_with(|s| s.presence_lease_secs = 1).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let _socket = app.ws(&bob.token).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -107,7 +108,7 @@ async fn an_open_websocket_keeps_its_user_online() {
 
 #[tokio::test]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() {
-    let trusting = spawn_with(&["--trusted-proxies", "127.0.0.0/8"]).await;
+    let trusting = spawn_with(|s| s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
     let sceptic = spawn().await;
     for (app, expected) in [(&trusting, "203.0.113.7"), (&sceptic, "127.0.0.1")] {
         let (alice, bob) = app.friends("alice", "bob").await;

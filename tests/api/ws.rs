@@ -3,6 +3,7 @@ use std::{collections::HashSet, time::Duration};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
+use secchat::config::NoticeAudience;
 use serde_json::{Value, json};
 use tokio_tungstenite::{connect_async, tungstenite::Message};
 
@@ -130,7 +131,7 @@ async fn join_and_leave_notices_are_per_user() {
 
 #[tokio::test]
 async fn contacts_only_notices_reach_only_watchers() {
-    let app = spawn_with(&["--presence-notices", "contacts"]).await;
+    let app = spawn_with(|s| s.presence_notices = NoticeAudience::Contacts).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let carol = app.user("carol").await;
     let mut alice_ws = app.ws(&alice.token).await;
@@ -262,7 +263,7 @@ async fn bad_frames_get_an_error_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn oversized_frames_are_never_relayed() {
-    let app = spawn_with(&["--max-message-bytes", "1024"]).await;
+    let app = spawn_with(|s| s.max_message_bytes = 1024).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut b = app.ws(&bob.token).await;
@@ -279,7 +280,7 @@ async fn oversized_frames_are_never_relayed() {
 
 #[tokio::test]
 async fn the_server_pings_and_drops_silent_clients() {
-    let app = spawn_with(&["--ws-ping-secs", "1"]).await;
+    let app = spawn_with(|s| s.ws_ping_secs = 1).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut watcher = app.ws(&alice.token).await;
@@ -302,7 +303,7 @@ async fn the_server_pings_and_drops_silent_clients() {
 
 #[tokio::test]
 async fn a_slow_reader_is_cut_off_without_losing_directed_messages() {
-    let app = spawn_with(&["--ws-queue-len", "8"]).await;
+    let app = spawn_with(|s| s.ws_queue_len = 8).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut slow = app.ws(&bob.token).await;
@@ -380,7 +381,7 @@ async fn shutdown_closes_websockets_with_1001() {
 
 #[tokio::test]
 async fn a_client_that_stopped_reading_is_let_go_without_its_help() {
-    let app = spawn_with(&["--ws-queue-len", "8"]).await;
+    let app = spawn_with(|s| s.ws_queue_len = 8).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let carol = app.user("carol").await;

@@ -9,8 +9,10 @@ use std::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{ContactsVersion, Endpoint, Held, Presence, PresenceResult, Sighting};
-use crate::store::UserId;
+use crate::{
+    domain::{Endpoint, UserId},
+    presence::{ContactsVersion, Held, Presence, PresenceResult, Sighting},
+};
 
 #[derive(Default)]
 struct Entry {

@@ -1,7 +1,7 @@
 //! Every Redis key and channel name, under one prefix, so that deployments (and
 //! tests) can share one Redis without seeing each other.
 
-use crate::store::UserId;
+use crate::domain::UserId;
 
 #[derive(Debug, Clone)]
 pub struct Keyspace {

@@ -10,8 +10,10 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::StoreResult;
-use crate::auth::revocation::Revocations;
+use crate::{
+    revocation::{RevocationError, Revocations},
+    store::Store,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -55,24 +57,25 @@ impl SqliteStore {
     }
 }
 
-super::sql::sql_store!(
-    SqliteStore,
-    sqlx::sqlite::SqliteRow,
-    concat!(
-        "SELECT json_group_array(json_object(",
-        super::sql::user_json_fields!(),
-        "))",
-        super::sql::visible_contacts_where!()
-    )
-);
+impl Store for SqliteStore {
+    super::store_methods!(
+        sqlx::sqlite::SqliteRow,
+        concat!(
+            "SELECT json_group_array(json_object(",
+            super::user_json_fields!(),
+            "))",
+            super::visible_contacts_where!()
+        )
+    );
+}
 
 /// One process owns a SQLite file, so the set of revoked tokens it keeps in
 /// memory is authoritative: checking a token costs no query. The table keeps
 /// the set across restarts.
 #[async_trait]
 impl Revocations for SqliteStore {
-    async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
-        self.insert_revocation(jti, expires_at).await?;
+    async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> Result<(), RevocationError> {
+        super::insert_revocation(&self.pool, jti, expires_at).await?;
         let now = Utc::now();
         let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
         revoked.retain(|_, until| *until >= now);
@@ -80,11 +83,53 @@ impl Revocations for SqliteStore {
         Ok(())
     }
 
-    async fn is_revoked(&self, jti: &str) -> StoreResult<bool> {
+    async fn is_revoked(&self, jti: &str) -> Result<bool, RevocationError> {
         Ok(self
             .revoked
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(jti))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{revocation, store::contract};
+
+    /// A store on a new database file, which lives as long as the value.
+    struct Fresh(SqliteStore, tempfile::TempDir);
+
+    async fn fresh() -> Fresh {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        Fresh(SqliteStore::connect(&url, 4).await.unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn store_contract_holds() {
+        contract::users_are_unique_regardless_of_case(&fresh().await.0).await;
+        contract::search_matches_literally_by_name(&fresh().await.0).await;
+        contract::requests_become_contacts_on_both_sides(&fresh().await.0).await;
+        contract::messages_are_read_once_in_order(&fresh().await.0).await;
+        contract::concurrent_takes_never_share_a_message(&fresh().await.0).await;
+    }
+
+    #[tokio::test]
+    async fn revocation_contract_holds() {
+        revocation::contract::revoked_until_expiry(&fresh().await.0).await;
+    }
+
+    #[tokio::test]
+    async fn revocations_survive_a_restart() {
+        let Fresh(store, dir) = fresh().await;
+        store
+            .revoke("t", Utc::now() + chrono::Duration::minutes(5))
+            .await
+            .unwrap();
+        drop(store);
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let reopened = SqliteStore::connect(&url, 1).await.unwrap();
+        assert!(reopened.is_revoked("t").await.unwrap());
     }
 }

@@ -3,15 +3,19 @@
 //! Usernames never change and users are never deleted, so a name once resolved
 //! stays right for the life of the process; names not found are not remembered
 //! (they may be registered a moment later). This takes the store off the path
-//! of every directed message.
+//! of every directed message and every token check.
 
-use std::{collections::HashMap, sync::Arc, sync::RwLock};
+use std::sync::Arc;
 
-use super::{Store, StoreResult, UserId};
-use crate::domain::Username;
+use moka::sync::Cache;
 
-/// Names remembered at most; past this the cache starts over.
-const CAPACITY: usize = 100_000;
+use crate::{
+    domain::{UserId, Username},
+    store::{Store, StoreResult},
+};
+
+/// Names remembered at most; the least used go first.
+const CAPACITY: u64 = 100_000;
 
 #[derive(Debug, Clone)]
 pub struct Named {
@@ -20,9 +24,16 @@ pub struct Named {
     pub username: Arc<str>,
 }
 
-#[derive(Default)]
 pub struct NameCache {
-    names: RwLock<HashMap<String, Named>>,
+    names: Cache<String, Named>,
+}
+
+impl Default for NameCache {
+    fn default() -> Self {
+        Self {
+            names: Cache::new(CAPACITY),
+        }
+    }
 }
 
 impl NameCache {
@@ -31,13 +42,8 @@ impl NameCache {
         let Some(key) = Username::lookup_key(name) else {
             return Ok(None);
         };
-        if let Some(hit) = self
-            .names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(Some(hit.clone()));
+        if let Some(hit) = self.names.get(&key) {
+            return Ok(Some(hit));
         }
         let Some(user) = store.user_by_username(&key).await? else {
             return Ok(None);
@@ -46,11 +52,7 @@ impl NameCache {
             id: user.id,
             username: user.username.into(),
         };
-        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
-        if names.len() >= CAPACITY {
-            names.clear();
-        }
-        names.insert(key, named.clone());
+        self.names.insert(key, named.clone());
         Ok(Some(named))
     }
 }

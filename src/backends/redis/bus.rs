@@ -21,15 +21,14 @@ use redis::aio::PubSubSink;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
-use super::{Bus, BusError, Event, EventSink};
 use serde::{Deserialize, Serialize};
 
+use super::{Keyspace, RedisCommands, now_ms, with_redis};
 use crate::{
     batch::Batcher,
-    keyspace::Keyspace,
+    bus::{Bus, BusError, Event, EventSink},
+    domain::UserId,
     metrics,
-    presence::redis::{RedisCommands, with_redis},
-    store::UserId,
 };
 
 /// What travels on a channel: the event and when it was published, for the
@@ -38,13 +37,6 @@ use crate::{
 struct Envelope {
     published_ms: i64,
     event: Event,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64
 }
 
 pub struct RedisBus {
@@ -120,10 +112,7 @@ impl RedisBus {
         let envelope = serde_json::from_slice::<Envelope>(payload);
         if let Ok(envelope) = &envelope {
             let elapsed = (now_ms() - envelope.published_ms).max(0) as u64;
-            metrics::bus_received(
-                metrics::event_kind(&envelope.event),
-                Some(Duration::from_millis(elapsed)),
-            );
+            metrics::bus_received(envelope.event.kind(), Some(Duration::from_millis(elapsed)));
         }
         match envelope.map(|e| e.event) {
             Ok(Event::Direct(message)) => {
@@ -224,7 +213,7 @@ impl Bus for RedisBus {
 
     async fn publish(&self, event: Event) -> Result<bool, BusError> {
         let channel = self.channel_of(&event);
-        metrics::bus_published(metrics::event_kind(&event));
+        metrics::bus_published(event.kind());
         let envelope = Envelope {
             published_ms: now_ms(),
             event,
@@ -262,5 +251,39 @@ impl Bus for RedisBus {
                 .map_err(|e| BusError(e.into()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fan-out contract against a real Redis, each case under its own prefix.
+    use super::*;
+    use crate::{
+        backends::redis::testing,
+        bus::contract::{self, Recorder},
+    };
+
+    async fn bus() -> (Arc<RedisBus>, Arc<Recorder>, CancellationToken) {
+        let sink = Arc::new(Recorder::default());
+        let (redis, keys) = testing::commands();
+        let stop = CancellationToken::new();
+        let bus = RedisBus::start(&testing::url(), redis, keys, sink.clone(), stop.clone())
+            .await
+            .expect("Redis reachable (set TEST_REDIS_URL)");
+        (bus, sink, stop)
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Redis: run with --include-ignored (CI does)"]
+    async fn contract_holds() {
+        let (b, sink, stop) = bus().await;
+        contract::direct_reaches_only_held_users(b.as_ref(), &sink).await;
+        stop.cancel();
+        let (b, sink, stop) = bus().await;
+        contract::text_and_closes_reach_the_replica(b.as_ref(), &sink).await;
+        stop.cancel();
+        let (b, sink, stop) = bus().await;
+        contract::detached_users_are_not_reached(b.as_ref(), &sink).await;
+        stop.cancel();
     }
 }

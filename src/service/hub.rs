@@ -19,20 +19,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bus::{Audience, DirectMessage, Event, EventSink},
-    domain::time::iso,
-    presence::{Endpoint, Held},
-    store::UserId,
+    bus::{Audience, Event, EventSink},
+    domain::{DirectMessage, Disconnect, Endpoint, UserId, time::iso},
+    presence::Held,
 };
-
-/// Close codes the server uses.
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
 
 /// A frame waiting in a connection's outbox.
 pub enum Outgoing {
@@ -66,11 +56,11 @@ impl Drop for Receipt {
     }
 }
 
-/// Asks a connection to close, with the code and reason it should send.
+/// Asks a connection to close, saying why.
 #[derive(Clone, Default)]
 pub struct Closer {
     token: CancellationToken,
-    reason: Arc<OnceLock<(u16, &'static str)>>,
+    reason: Arc<OnceLock<Disconnect>>,
     shutdown: CancellationToken,
 }
 
@@ -84,9 +74,9 @@ impl Closer {
         }
     }
 
-    /// Closes with this code and reason, unless a reason was given already.
-    pub fn close(&self, code: u16, reason: &'static str) {
-        let _ = self.reason.set((code, reason));
+    /// Closes for this reason, unless a reason was given already.
+    pub fn close(&self, why: Disconnect) {
+        let _ = self.reason.set(why);
         self.token.cancel();
     }
 
@@ -99,11 +89,11 @@ impl Closer {
         &self.token
     }
 
-    pub fn reason(&self) -> (u16, &'static str) {
+    pub fn reason(&self) -> Disconnect {
         match self.reason.get() {
             Some(reason) => *reason,
-            None if self.shutdown.is_cancelled() => (close::GOING_AWAY, "server shutting down"),
-            None => (close::NORMAL, ""),
+            None if self.shutdown.is_cancelled() => Disconnect::ShuttingDown,
+            None => Disconnect::Normal,
         }
     }
 }
@@ -122,8 +112,7 @@ impl Connection {
     fn offer(&self, item: Outgoing) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(item) {
             crate::metrics::slow_consumer_closed();
-            self.closer
-                .close(close::TRY_AGAIN_LATER, "too slow: outgoing queue full");
+            self.closer.close(Disconnect::TooSlow);
         }
     }
 }
@@ -291,7 +280,7 @@ impl Hub {
             .flatten()
             .filter(|c| &*c.jti == jti)
         {
-            conn.closer.close(close::POLICY, "token revoked");
+            conn.closer.close(Disconnect::TokenRevoked);
         }
     }
 }
@@ -421,7 +410,7 @@ mod tests {
         hub.deliver(text());
         assert!(!closer.token().is_cancelled());
         hub.deliver(text());
-        assert_eq!(closer.reason().0, close::TRY_AGAIN_LATER);
+        assert_eq!(closer.reason(), Disconnect::TooSlow);
     }
 
     #[test]
@@ -434,7 +423,7 @@ mod tests {
             user: 2,
             jti: "a".into(),
         });
-        assert_eq!(a.reason(), (close::POLICY, "token revoked"));
+        assert_eq!(a.reason(), Disconnect::TokenRevoked);
         assert!(!b.token().is_cancelled());
     }
 }

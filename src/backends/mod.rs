@@ -1,4 +1,8 @@
-//! The one place that turns settings into concrete backends.
+//! The backends, and the one place that turns settings into them.
+//!
+//! - `memory`: presence and fan-out in this process (the embedded default);
+//! - `redis`: presence, fan-out and revoked tokens shared by replicas;
+//! - `sql`: the store (and, without Redis, revoked tokens) in SQLite or Postgres.
 
 use std::{
     fs,
@@ -17,17 +21,16 @@ use sqlx::sqlite::SqliteConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::revocation::Revocations,
-    bus::{Bus, EventSink, memory::MemoryBus, redis::RedisBus},
+    bus::{Bus, EventSink},
     config::Settings,
-    keyspace::Keyspace,
-    presence::{
-        Presence,
-        memory::MemoryPresence,
-        redis::{REDIS_TIMEOUT, RedisCommands, RedisPresence},
-    },
-    store::{Store, postgres::PostgresStore, sqlite::SqliteStore},
+    presence::Presence,
+    revocation::Revocations,
+    store::Store,
 };
+
+pub mod memory;
+pub mod redis;
+pub mod sql;
 
 pub struct Backends {
     pub store: Arc<dyn Store>,
@@ -38,8 +41,9 @@ pub struct Backends {
 }
 
 /// Connects what the settings name: Postgres or SQLite for the store; Redis or
-/// this process for presence, fan-out and revoked tokens. `sink` receives the
-/// events fan-out brings to this replica; `shutdown` stops the subscriber.
+/// this process for presence and fan-out; Redis or the store for revoked
+/// tokens. `sink` receives the events fan-out brings to this replica;
+/// `shutdown` stops the subscriber.
 pub async fn connect(
     settings: &Settings,
     sink: Arc<dyn EventSink>,
@@ -54,52 +58,29 @@ pub async fn connect(
         }
         None => sqlite_secret(&settings.database_url)?,
     };
-    let (store, store_revocations, store_kind): (Arc<dyn Store>, Arc<dyn Revocations>, _) =
-        if settings.uses_postgres() {
-            let pg = Arc::new(
-                PostgresStore::connect(&settings.database_url, settings.database_pool_size).await?,
-            );
-            (pg.clone(), pg, "postgres")
-        } else {
-            let sqlite = Arc::new(
-                SqliteStore::connect(&settings.database_url, settings.database_pool_size).await?,
-            );
-            (sqlite.clone(), sqlite, "sqlite")
-        };
+    let (store, store_revocations) = connect_store(settings).await?;
     let (presence, revocations, bus): (Arc<dyn Presence>, Arc<dyn Revocations>, Arc<dyn Bus>) =
         match &settings.redis_url {
             Some(url) => {
-                let redis = RedisCommands::new(
-                    deadpool_redis::Config::from_url(url.as_str())
-                        .builder()
-                        .context("REDIS_URL")?
-                        .max_size(settings.redis_pool_size)
-                        .wait_timeout(Some(REDIS_TIMEOUT))
-                        .create_timeout(Some(REDIS_TIMEOUT))
-                        .recycle_timeout(Some(REDIS_TIMEOUT))
-                        .runtime(deadpool_redis::Runtime::Tokio1)
-                        .build()
-                        .context("creating the Redis pool")?,
-                );
-                let keys = Keyspace::new(&settings.redis_prefix);
+                let commands = redis::RedisCommands::open(url, settings.redis_pool_size)?;
+                let keys = redis::Keyspace::new(&settings.redis_prefix);
                 let replica = uuid::Uuid::new_v4().simple().to_string();
-                let presence = Arc::new(
-                    RedisPresence::connect(
-                        redis.clone(),
-                        keys.clone(),
-                        settings.presence_lease(),
-                        replica,
-                    )
-                    .await
-                    .context("connecting to Redis")?,
-                );
-                let bus = RedisBus::start(url, redis, keys, sink, shutdown).await?;
-                (presence.clone(), presence, bus)
+                let presence = redis::RedisPresence::connect(
+                    commands.clone(),
+                    keys.clone(),
+                    settings.presence_lease(),
+                    replica,
+                )
+                .await
+                .context("connecting to Redis")?;
+                let revocations = redis::RedisRevocations::new(commands.clone(), keys.clone());
+                let bus = redis::RedisBus::start(url, commands, keys, sink, shutdown).await?;
+                (Arc::new(presence), Arc::new(revocations), bus)
             }
             None => (
-                Arc::new(MemoryPresence::new(settings.presence_lease())),
+                Arc::new(memory::MemoryPresence::new(settings.presence_lease())),
                 store_revocations,
-                Arc::new(MemoryBus::new(sink)),
+                Arc::new(memory::MemoryBus::new(sink)),
             ),
         };
     let shared = if settings.redis_url.is_some() {
@@ -108,7 +89,11 @@ pub async fn connect(
         "memory"
     };
     tracing::info!(
-        store = store_kind,
+        store = if settings.uses_postgres() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         presence = shared,
         bus = shared,
         "backends ready"
@@ -119,6 +104,20 @@ pub async fn connect(
         presence,
         bus,
         jwt_secret,
+    })
+}
+
+/// The store, and the revoked-token set it keeps (used when there is no Redis).
+async fn connect_store(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Revocations>)> {
+    let (url, pool_size) = (&settings.database_url, settings.database_pool_size);
+    Ok(if settings.uses_postgres() {
+        let pg = Arc::new(sql::postgres::PostgresStore::connect(url, pool_size).await?);
+        (pg.clone(), pg)
+    } else {
+        let sqlite = Arc::new(sql::sqlite::SqliteStore::connect(url, pool_size).await?);
+        (sqlite.clone(), sqlite)
     })
 }
 

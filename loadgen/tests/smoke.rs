@@ -1,10 +1,27 @@
-//! A quick run of every load-generator scenario at small sizes, so that the
-//! generator keeps working. Timing figures are printed, never asserted; what
-//! must hold regardless of speed (nothing lost, exactly once) is.
+//! A quick run of every load-generator scenario at small sizes against a real
+//! server in this process, so that the generator keeps working. Timing figures
+//! are printed, never asserted; what must hold regardless of speed (nothing
+//! lost, exactly once) is.
 
+use secchat::{
+    config::{Settings, Visibility},
+    startup::App,
+};
 use serde_json::Value;
 
-use crate::helpers::spawn_with;
+/// An embedded server on a free port, with its own database.
+async fn server(dir: &tempfile::TempDir) -> String {
+    let settings = Settings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", dir.path().join("smoke.db").display()),
+        address_visibility: Visibility::Contacts,
+        ..Settings::default()
+    };
+    let app = App::build(settings).await.expect("the server builds");
+    let url = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    url
+}
 
 async fn run(url: &str, args: &[&str]) -> Value {
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -31,8 +48,8 @@ async fn run(url: &str, args: &[&str]) -> Value {
 
 #[tokio::test]
 async fn every_scenario_runs() {
-    let app = spawn_with(&["--address-visibility", "contacts"]).await;
-    let url = format!("http://{}", app.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let url = server(&dir).await;
 
     let direct = run(&url, &["ws-direct", "--connections", "6"]).await;
     assert!(direct["delivered"].as_u64().unwrap() > 0);

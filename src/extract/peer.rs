@@ -8,7 +8,7 @@ use axum::{
 };
 use ipnet::IpNet;
 
-use crate::{error::ApiError, presence::Endpoint, state::AppState};
+use crate::{domain::Endpoint, error::ApiError, state::AppState};
 
 /// The client's IP and the source port of its connection. Behind a trusted proxy
 /// the IP comes from `X-Forwarded-For`: the right-most address not itself a

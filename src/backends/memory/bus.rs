@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Bus, BusError, Event, EventSink};
-use crate::{metrics, store::UserId};
+use crate::{
+    bus::{Bus, BusError, Event, EventSink},
+    domain::UserId,
+    metrics,
+};
 
 pub struct MemoryBus {
     sink: Arc<dyn EventSink>,
@@ -24,7 +27,7 @@ impl Bus for MemoryBus {
     }
 
     async fn publish(&self, event: Event) -> Result<bool, BusError> {
-        let kind = metrics::event_kind(&event);
+        let kind = event.kind();
         metrics::bus_published(kind);
         // Received at once: no cross-replica latency to measure in process.
         metrics::bus_received(kind, None);
@@ -37,5 +40,26 @@ impl Bus for MemoryBus {
 
     async fn detach(&self, _user: UserId) -> Result<(), BusError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::contract::{self, Recorder};
+
+    fn bus() -> (MemoryBus, Arc<Recorder>) {
+        let sink = Arc::new(Recorder::default());
+        (MemoryBus::new(sink.clone()), sink)
+    }
+
+    #[tokio::test]
+    async fn contract_holds() {
+        let (b, sink) = bus();
+        contract::direct_reaches_only_held_users(&b, &sink).await;
+        let (b, sink) = bus();
+        contract::text_and_closes_reach_the_replica(&b, &sink).await;
+        let (b, sink) = bus();
+        contract::detached_users_are_not_reached(&b, &sink).await;
     }
 }

@@ -15,170 +15,32 @@
 
 use std::{
     future::Future,
-    sync::{Arc, LazyLock, RwLock},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{Arc, LazyLock},
+    time::Duration,
 };
 
-use anyhow::anyhow;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_redis::Pool;
-use redis::Script;
-use redis::aio::MultiplexedConnection;
+use redis::{Script, aio::MultiplexedConnection};
 
-use super::{ContactsVersion, Endpoint, Held, Presence, PresenceError, PresenceResult, Sighting};
+use super::{Keyspace, RedisCommands, now_ms, with_redis};
 use crate::{
-    auth::revocation::Revocations,
-    keyspace::Keyspace,
-    store::{StoreError, StoreResult, UserId},
+    domain::{Endpoint, UserId},
+    presence::{ContactsVersion, Held, Presence, PresenceError, PresenceResult, Sighting},
 };
 
-/// No Redis call waits longer than this: a dead Redis is a quick 503.
-pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Lua shared by the scripts: the live `{field, count}` pairs of a connections
-/// hash, dropping those of replicas that are no longer alive.
-const LIVE_FIELDS: &str = r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function live_fields(conns, replicas)
-  local now = now_ms()
-  local raw = redis.call('HGETALL', conns)
-  local alive, live = {}, {}
-  for i = 1, #raw, 2 do
-    local field, count = raw[i], tonumber(raw[i + 1])
-    local replica = string.match(field, '^([^|]*)|')
-    local ok = alive[replica]
-    if ok == nil then
-      local until_ms = redis.call('ZSCORE', replicas, replica)
-      ok = until_ms ~= false and tonumber(until_ms) > now
-      alive[replica] = ok
-    end
-    if ok and count > 0 then
-      table.insert(live, {field, count})
-    else
-      redis.call('HDEL', conns, field)
-    end
-  end
-  return live
-end
-local function total(live)
-  local n = 0
-  for _, f in ipairs(live) do n = n + f[2] end
-  return n
-end
--- The user's sighting {addr = "{ip} {port}", seen = ms, until_ms = lease end},
--- or nil.
-local function sighting(sightings, user)
-  local v = redis.call('HGET', sightings, user)
-  if not v then return nil end
-  local addr, seen, until_ms = string.match(v, '^(%S+ %S+) (%S+) (%S+)$')
-  return {addr = addr, seen = seen, until_ms = tonumber(until_ms)}
-end
--- Records a sighting, and its lease in the online set.
-local function put(sightings, online, user, addr, seen, until_ms)
-  until_ms = string.format('%d', until_ms)
-  redis.call('HSET', sightings, user, addr .. ' ' .. seen .. ' ' .. until_ms)
-  redis.call('ZADD', online, until_ms, user)
-end
--- Records that the user was seen, where it has a sighting.
-local function seen(sightings, user, at_ms)
-  local s = sighting(sightings, user)
-  if s then
-    redis.call('HSET', sightings, user, s.addr .. ' ' .. at_ms .. ' ' .. string.format('%d', s.until_ms))
-  end
-end
-"#;
-
+/// Lua shared by the scripts (`lua/common.lua`): the live `{field, count}`
+/// pairs of a connections hash, dropping those of replicas that are no longer
+/// alive, and reading and writing sightings.
+/// A presence script, after the helpers it shares with the others.
 fn script(body: &str) -> Script {
-    Script::new(&format!("{LIVE_FIELDS}\n{body}"))
+    Script::new(&format!("{}\n{body}", include_str!("lua/common.lua")))
 }
 
-/// KEYS: sightings, conns, replicas, online. ARGV: lease ms, field, "ip port"
-/// (used when no live address is known), seen ms, user.
-static OPEN: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local now = now_ms()
-local s = sighting(KEYS[1], ARGV[5])
-local addr = (s and s.until_ms > now) and s.addr or ARGV[3]
-put(KEYS[1], KEYS[4], ARGV[5], addr, ARGV[4], now + tonumber(ARGV[1]))
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return total(live_fields(KEYS[2], KEYS[3]))
-"#,
-    )
-});
-
-/// KEYS: conns, replicas, sightings. ARGV: field, user, seen ms.
-static CLOSE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-seen(KEYS[3], ARGV[2], ARGV[3])
-return total(live_fields(KEYS[1], KEYS[2]))
-"#,
-    )
-});
-
-/// KEYS: sightings, conns, replicas, online. ARGV: jti, user, seen ms. Returns 1
-/// when another token still holds a connection (the user stays online), else
-/// ends the lease.
-static SIGN_OFF: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-for _, f in ipairs(live_fields(KEYS[2], KEYS[3])) do
-  local jti = string.sub(f[1], string.find(f[1], '|', 1, true) + 1)
-  if jti ~= ARGV[1] then
-    seen(KEYS[1], ARGV[2], ARGV[3])
-    return 1
-  end
-end
-redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('ZREM', KEYS[4], ARGV[2])
-return 0
-"#,
-    )
-});
-
-/// KEYS: replicas, online, sightings, then conns per held entry. ARGV: replica,
-/// lease ms, then (field, "ip port", count, user) per entry. Marks the replica
-/// alive, renews (or, after Redis lost them, restores) what it holds, and sweeps
-/// users whose lease lapsed.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local now = now_ms()
-local lease = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-for i = 4, #KEYS do
-  local a = 3 + (i - 4) * 4
-  local user = ARGV[a + 3]
-  local s = sighting(KEYS[3], user)
-  if s and s.until_ms > now then
-    put(KEYS[3], KEYS[2], user, s.addr, s.seen, now + lease)
-  else
-    put(KEYS[3], KEYS[2], user, ARGV[a + 1], string.format('%d', now), now + lease)
-  end
-  redis.call('HSETNX', KEYS[i], ARGV[a], ARGV[a + 2])
-  redis.call('PEXPIRE', KEYS[i], lease)
-end
--- At most 10,000 a run, in slices Lua can unpack.
-for _ = 1, 10 do
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
-  if #gone == 0 then break end
-  redis.call('HDEL', KEYS[3], unpack(gone))
-  redis.call('ZREM', KEYS[2], unpack(gone))
-end
-return 0
-"#,
-    )
-});
+static OPEN: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/open.lua")));
+static CLOSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/close.lua")));
+static SIGN_OFF: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/sign_off.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/renew.lua")));
 
 pub struct RedisPresence {
     redis: Arc<RedisCommands>,
@@ -186,62 +48,6 @@ pub struct RedisPresence {
     lease: Duration,
     /// This replica's name in connection fields.
     replica: String,
-}
-
-/// Redis commands over one shared multiplexed connection, on which concurrent
-/// commands pipeline. It comes from the deadpool pool, which checks health
-/// when it hands a connection out; checking on every command would double the
-/// round trips, so a connection is kept until it fails, then replaced.
-pub struct RedisCommands {
-    pool: Pool,
-    shared: RwLock<Option<MultiplexedConnection>>,
-}
-
-impl RedisCommands {
-    pub fn new(pool: Pool) -> Arc<Self> {
-        Arc::new(Self {
-            pool,
-            shared: RwLock::default(),
-        })
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, deadpool_redis::PoolError> {
-        if let Some(conn) = self
-            .shared
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Ok(conn);
-        }
-        let conn = deadpool_redis::Connection::take(self.pool.get().await?);
-        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        Ok(conn)
-    }
-
-    fn forget(&self) {
-        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-}
-
-/// Runs one Redis interaction with a deadline; a failure retires the connection.
-pub async fn with_redis<T, F, Fut>(redis: &RedisCommands, work: F) -> anyhow::Result<T>
-where
-    F: FnOnce(MultiplexedConnection) -> Fut,
-    Fut: Future<Output = redis::RedisResult<T>>,
-{
-    let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-        let conn = redis.connection().await?;
-        Ok(work(conn).await?)
-    })
-    .await
-    .map_err(|_| anyhow!("Redis did not answer within {REDIS_TIMEOUT:?}"))
-    .and_then(|r| r);
-    if result.is_err() {
-        crate::metrics::backend_error(crate::metrics::Backend::Redis);
-        redis.forget();
-    }
-    result
 }
 
 impl RedisPresence {
@@ -481,66 +287,17 @@ impl Presence for RedisPresence {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64
-}
-
-#[async_trait]
-impl Revocations for RedisPresence {
-    async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
-        let key = self.keys.revoked(jti);
-        let ttl_ms = (expires_at.timestamp_millis() - now_ms()).max(1000) + 10_000;
-        with_redis(&self.redis, |mut c| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
-        .map_err(StoreError::Unavailable)
-    }
-
-    async fn is_revoked(&self, jti: &str) -> StoreResult<bool> {
-        let key = self.keys.revoked(jti);
-        with_redis(&self.redis, |mut c| async move {
-            redis::cmd("EXISTS")
-                .arg(&key)
-                .query_async::<bool>(&mut c)
-                .await
-        })
-        .await
-        .map_err(StoreError::Unavailable)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    //! The presence contract against a real Redis (`TEST_REDIS_URL`, default the
-    //! local one), each test under its own key prefix.
+    //! The presence contract against a real Redis, each test under its own key prefix.
     use super::*;
-    use crate::presence::contract;
+    use crate::{backends::redis::testing, presence::contract};
 
     async fn presence(lease: Duration) -> RedisPresence {
-        let url =
-            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let pool = deadpool_redis::Config::from_url(url)
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .unwrap();
-        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-        RedisPresence::connect(
-            RedisCommands::new(pool),
-            Keyspace::new(&prefix),
-            lease,
-            "r1".into(),
-        )
-        .await
-        .expect("Redis reachable (set TEST_REDIS_URL)")
+        let (redis, keys) = testing::commands();
+        RedisPresence::connect(redis, keys, lease, "r1".into())
+            .await
+            .expect("Redis reachable (set TEST_REDIS_URL)")
     }
 
     #[tokio::test]

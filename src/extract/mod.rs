@@ -1,4 +1,6 @@
-//! Extractors whose rejections are the app's own FastAPI-shaped errors.
+//! Extractors shared by the HTTP routes and the WebSocket upgrade, whose
+//! rejections are the app's own FastAPI-shaped errors: the JSON body, query
+//! and path, the caller (`auth`), and the client's address (`peer`).
 
 use axum::{
     body::Bytes,
@@ -8,6 +10,11 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ValidationItem};
+
+mod auth;
+mod peer;
+
+pub use peer::{Peer, client_endpoint};
 
 /// A JSON body. Parsed whatever the `Content-Type` (FastAPI's clients do not always
 /// send one); every failure is a 422 naming the field, an oversized body a 413.

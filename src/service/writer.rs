@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
-use super::{Message, NewMessage, Store, StoreError, StoreResult};
-use crate::batch::{BatchError, Batcher};
+use crate::{
+    batch::{BatchError, Batcher},
+    store::{Message, NewMessage, Store, StoreError, StoreResult},
+};
 
 /// Messages combined into one insert at most.
 const BATCH: usize = 512;

@@ -12,12 +12,13 @@ use std::{sync::Arc, time::Duration};
 
 use moka::sync::Cache;
 
+use super::Result;
 use crate::{
     config::Visibility,
-    error::ApiError,
+    domain::UserId,
     metrics::{self, ContactList},
     presence::{ContactsVersion, Presence, Sighting},
-    store::{Store, UserId},
+    store::Store,
 };
 
 /// Bytes of contact lists kept at most, over all viewers.
@@ -100,7 +101,7 @@ impl OnlineContacts {
         presence: &dyn Presence,
         viewer: UserId,
         visibility: Visibility,
-    ) -> Result<Online, ApiError> {
+    ) -> Result<Online> {
         let mut read = ContactList::Uncached;
         if let Some(list) = self.lists.get(&viewer) {
             let (version, sightings) = presence.locate_contacts(viewer, &list.ids()).await?;

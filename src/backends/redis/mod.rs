@@ -1,0 +1,123 @@
+//! Everything Redis: the command connection and its deadline, the key space,
+//! and the three Redis engines (presence, fan-out, revoked tokens), with their
+//! Lua scripts as `.lua` files beside them.
+
+use std::{
+    future::Future,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, anyhow};
+use deadpool_redis::Pool;
+use redis::aio::MultiplexedConnection;
+
+use crate::metrics;
+
+pub mod bus;
+pub mod keys;
+pub mod presence;
+pub mod revocations;
+
+pub use bus::RedisBus;
+pub use keys::Keyspace;
+pub use presence::RedisPresence;
+pub use revocations::RedisRevocations;
+
+/// No Redis call waits longer than this: a dead Redis is a quick 503.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Redis commands over one shared multiplexed connection, on which concurrent
+/// commands pipeline. It comes from the deadpool pool, which checks health
+/// when it hands a connection out; checking on every command would double the
+/// round trips, so a connection is kept until it fails, then replaced.
+pub struct RedisCommands {
+    pool: Pool,
+    shared: RwLock<Option<MultiplexedConnection>>,
+}
+
+impl RedisCommands {
+    /// A pool of at most `pool_size` connections to `url`; connects lazily.
+    pub fn open(url: &str, pool_size: usize) -> anyhow::Result<Arc<Self>> {
+        let pool = deadpool_redis::Config::from_url(url)
+            .builder()
+            .context("REDIS_URL")?
+            .max_size(pool_size)
+            .wait_timeout(Some(REDIS_TIMEOUT))
+            .create_timeout(Some(REDIS_TIMEOUT))
+            .recycle_timeout(Some(REDIS_TIMEOUT))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .context("creating the Redis pool")?;
+        Ok(Arc::new(Self {
+            pool,
+            shared: RwLock::default(),
+        }))
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, deadpool_redis::PoolError> {
+        if let Some(conn) = self
+            .shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(conn);
+        }
+        let conn = deadpool_redis::Connection::take(self.pool.get().await?);
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn forget(&self) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Runs one Redis interaction with a deadline; a failure retires the connection
+/// and is counted in `secchat_backend_errors_total{backend="redis"}`.
+pub async fn with_redis<T, F, Fut>(redis: &RedisCommands, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(MultiplexedConnection) -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    let result = tokio::time::timeout(REDIS_TIMEOUT, async {
+        let conn = redis.connection().await?;
+        Ok(work(conn).await?)
+    })
+    .await
+    .map_err(|_| anyhow!("Redis did not answer within {REDIS_TIMEOUT:?}"))
+    .and_then(|r| r);
+    if result.is_err() {
+        metrics::backend_error(metrics::Backend::Redis);
+        redis.forget();
+    }
+    result
+}
+
+/// Wall-clock milliseconds, as the scripts and stored values count time.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A real Redis for the engines' contract tests (`TEST_REDIS_URL`, default
+    //! the local one), each test under a key prefix of its own.
+    use super::*;
+
+    pub fn url() -> String {
+        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
+    pub fn commands() -> (Arc<RedisCommands>, Keyspace) {
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        (
+            RedisCommands::open(&url(), 4).expect("a valid TEST_REDIS_URL"),
+            Keyspace::new(&prefix),
+        )
+    }
+}

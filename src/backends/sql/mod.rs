@@ -1,0 +1,587 @@
+//! The SQL backends: SQLite (the embedded default) and Postgres (shared by
+//! replicas). Both run one SQL text, with `$N` placeholders (which SQLite binds
+//! by number too): [`store_methods!`] writes the `Store` methods inside each
+//! backend's own `impl Store for …` block.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use futures_util::{FutureExt, future::BoxFuture};
+
+use sqlx::FromRow as _;
+
+use crate::{
+    domain::UserId,
+    metrics,
+    revocation::RevocationError,
+    store::{Contact, ContactStatus, StoreError, StoreResult, User},
+};
+
+pub mod postgres;
+pub mod sqlite;
+
+/// Classifies a database error; pure, so that counting it stays with [`run`].
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err.into()),
+            other => Self::Other(other.into()),
+        }
+    }
+}
+
+/// Runs one store operation: boxes it for the trait, and counts a failure of
+/// the database (not an outcome such as a duplicate name) in
+/// `secchat_backend_errors_total{backend="store"}`.
+pub fn run<'a, T: Send + 'a>(
+    work: impl Future<Output = StoreResult<T>> + Send + 'a,
+) -> BoxFuture<'a, StoreResult<T>> {
+    work.inspect(|result| {
+        if let Err(StoreError::Unavailable(_) | StoreError::Other(_)) = result {
+            metrics::backend_error(metrics::Backend::Store);
+        }
+    })
+    .boxed()
+}
+
+/// A failed revocation query, counted like any store failure.
+fn revocation_failed(err: sqlx::Error) -> RevocationError {
+    metrics::backend_error(metrics::Backend::Store);
+    RevocationError(err.into())
+}
+
+/// Records a revoked token, dropping those that expired anyway.
+async fn insert_revocation<'e, E>(
+    db: E,
+    jti: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<(), RevocationError>
+where
+    E: sqlx::Executor<'e> + Copy,
+    for<'q> <E::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, E::Database>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, E::Database> + sqlx::Type<E::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, E::Database> + sqlx::Type<E::Database>,
+{
+    sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
+        .bind(Utc::now())
+        .execute(db)
+        .await
+        .map_err(revocation_failed)?;
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(jti)
+    .bind(expires_at)
+    .execute(db)
+    .await
+    .map_err(revocation_failed)?;
+    Ok(())
+}
+
+/// The columns of a user in a JSON object, for the aggregating queries.
+macro_rules! user_json_fields {
+    () => {
+        "'id', u.id, 'username', u.username, 'email', u.email, 'public_key', u.public_key, \
+         'created_at', u.created_at, 'last_seen', u.last_seen"
+    };
+}
+
+/// The condition shared by the aggregating queries: `$1`'s accepted contacts
+/// whose address `$1` may see (`$2`: visibility is open).
+macro_rules! visible_contacts_where {
+    () => {
+        " FROM contacts c JOIN users u ON u.id = c.friend_id \
+         WHERE c.user_id = $1 AND c.status = 'accepted' \
+           AND ($2 OR EXISTS (SELECT 1 FROM contacts r \
+                              WHERE r.user_id = c.friend_id AND r.friend_id = c.user_id \
+                                AND r.status = 'accepted'))"
+    };
+}
+
+pub(crate) use {user_json_fields, visible_contacts_where};
+
+/// `%needle%` for `LIKE … ESCAPE '\'`, with the needle's own wildcards escaped.
+pub fn like_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() + 2);
+    pattern.push('%');
+    for c in needle.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+pub const USER_COLUMNS: &str = "u.id, u.username, u.email, u.public_key, u.created_at, u.last_seen";
+
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// The `Store` methods, for use inside `impl Store for $store` where `$store`
+/// has a `pool` field and its rows are `$row`; `$visible_contacts` is the one
+/// query written per dialect (it aggregates to JSON). A macro rather than
+/// generics because sqlx's executor bounds would outweigh the code they share.
+macro_rules! store_methods {
+    ($row:ty, $visible_contacts:expr) => {
+        fn ping(&self) -> $crate::store::Pending<'_, ()> {
+            $crate::backends::sql::run(async move {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            })
+        }
+
+        fn create_user(
+            &self,
+            user: $crate::store::NewUser,
+        ) -> $crate::store::Pending<'_, $crate::store::User> {
+            $crate::backends::sql::run(async move {
+                let created = sqlx::query_as(
+                    "INSERT INTO users (username, username_key, email, email_key, password_hash, public_key, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     RETURNING id, username, email, public_key, created_at, last_seen",
+                )
+                .bind(&user.username)
+                .bind(&user.username_key)
+                .bind(&user.email)
+                .bind(&user.email_key)
+                .bind(&user.password_hash)
+                .bind(&user.public_key)
+                .bind(chrono::Utc::now())
+                .fetch_one(&self.pool)
+                .await;
+                match created {
+                    Err(e) if $crate::backends::sql::is_unique_violation(&e) => {
+                        Err($crate::store::StoreError::Duplicate)
+                    }
+                    other => Ok(other?),
+                }
+            })
+        }
+
+        fn credentials<'a>(
+            &'a self,
+            username_key: &'a str,
+        ) -> $crate::store::Pending<'a, Option<$crate::store::Credentials>> {
+            $crate::backends::sql::run(async move {
+                Ok(sqlx::query_as(
+                    "SELECT id, username, password_hash FROM users WHERE username_key = $1",
+                )
+                .bind(username_key)
+                .fetch_optional(&self.pool)
+                .await?)
+            })
+        }
+
+        fn user_by_id(
+            &self,
+            id: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, Option<$crate::store::User>> {
+            $crate::backends::sql::run(async move {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {} FROM users u WHERE u.id = $1",
+                    $crate::backends::sql::USER_COLUMNS
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            })
+        }
+
+        fn user_by_username<'a>(
+            &'a self,
+            username_key: &'a str,
+        ) -> $crate::store::Pending<'a, Option<$crate::store::User>> {
+            $crate::backends::sql::run(async move {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {} FROM users u WHERE u.username_key = $1",
+                    $crate::backends::sql::USER_COLUMNS
+                ))
+                .bind(username_key)
+                .fetch_optional(&self.pool)
+                .await?)
+            })
+        }
+
+        fn search_users<'a>(
+            &'a self,
+            needle: &'a str,
+            exclude: $crate::domain::UserId,
+            limit: i64,
+        ) -> $crate::store::Pending<'a, Vec<$crate::store::User>> {
+            $crate::backends::sql::run(async move {
+                // Escaped, so that '%' and '_' in the needle are plain characters.
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {} FROM users u
+                     WHERE u.username_key LIKE $1 ESCAPE '\\' AND u.id <> $2
+                     ORDER BY u.username_key LIMIT $3",
+                    $crate::backends::sql::USER_COLUMNS
+                ))
+                .bind($crate::backends::sql::like_pattern(needle))
+                .bind(exclude)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            })
+        }
+
+        fn touch_last_seen(
+            &self,
+            id: $crate::domain::UserId,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> $crate::store::Pending<'_, ()> {
+            $crate::backends::sql::run(async move {
+                sqlx::query("UPDATE users SET last_seen = $1 WHERE id = $2")
+                    .bind(at)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            })
+        }
+
+        fn add_contact(
+            &self,
+            owner: $crate::domain::UserId,
+            other: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, $crate::store::Contact> {
+            $crate::backends::sql::run(async move {
+                use sqlx::Row as _;
+                let now = chrono::Utc::now();
+                // The first statement writes, so the transaction takes the write lock at once
+                // and cannot deadlock upgrading a read lock.
+                let mut tx = self.pool.begin().await?;
+                let accepted = sqlx::query(
+                    "INSERT INTO contacts (user_id, friend_id, status, created_at) VALUES ($1, $2, 'accepted', $3)
+                     ON CONFLICT (user_id, friend_id) DO UPDATE SET status = 'accepted'
+                     WHERE contacts.status = 'pending'
+                     RETURNING created_at",
+                )
+                .bind(owner)
+                .bind(other)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = accepted else {
+                    return Err($crate::store::StoreError::AlreadyContact);
+                };
+                let created_at: chrono::DateTime<chrono::Utc> = row.try_get("created_at")?;
+                sqlx::query(
+                    "INSERT INTO contacts (user_id, friend_id, status, created_at) VALUES ($1, $2, 'pending', $3)
+                     ON CONFLICT (user_id, friend_id) DO NOTHING",
+                )
+                .bind(other)
+                .bind(owner)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok($crate::store::Contact {
+                    other: $crate::backends::sql::existing(self.user_by_id(other).await?, other)?,
+                    status: $crate::store::ContactStatus::Accepted,
+                    created_at,
+                })
+            })
+        }
+
+        fn contacts(
+            &self,
+            owner: $crate::domain::UserId,
+            skip: i64,
+            limit: i64,
+        ) -> $crate::store::Pending<'_, Vec<$crate::store::Contact>> {
+            $crate::backends::sql::run(async move {
+                let rows: Vec<$row> = sqlx::query(&format!(
+                    "SELECT {}, c.status, c.created_at AS contact_created_at
+                     FROM contacts c JOIN users u ON u.id = c.friend_id
+                     WHERE c.user_id = $1 AND c.status = 'accepted'
+                     ORDER BY u.username_key LIMIT $2 OFFSET $3",
+                    $crate::backends::sql::USER_COLUMNS
+                ))
+                .bind(owner)
+                .bind(limit)
+                .bind(skip)
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::backends::sql::contacts_from_rows(&rows)
+            })
+        }
+
+        fn pending_requests(
+            &self,
+            owner: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, Vec<$crate::store::Contact>> {
+            $crate::backends::sql::run(async move {
+                let rows: Vec<$row> = sqlx::query(&format!(
+                    "SELECT {}, c.status, c.created_at AS contact_created_at
+                     FROM contacts c JOIN users u ON u.id = c.friend_id
+                     WHERE c.user_id = $1 AND c.status = 'pending'
+                     ORDER BY c.created_at, u.id",
+                    $crate::backends::sql::USER_COLUMNS
+                ))
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::backends::sql::contacts_from_rows(&rows)
+            })
+        }
+
+        fn accept_request(
+            &self,
+            owner: $crate::domain::UserId,
+            requester: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, Option<$crate::store::Contact>> {
+            $crate::backends::sql::run(async move {
+                use sqlx::Row as _;
+                let mut tx = self.pool.begin().await?;
+                let accepted = sqlx::query(
+                    "UPDATE contacts SET status = 'accepted'
+                     WHERE user_id = $1 AND friend_id = $2 AND status = 'pending'
+                     RETURNING created_at",
+                )
+                .bind(owner)
+                .bind(requester)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = accepted else {
+                    return Ok(None);
+                };
+                let created_at: chrono::DateTime<chrono::Utc> = row.try_get("created_at")?;
+                sqlx::query(
+                    "INSERT INTO contacts (user_id, friend_id, status, created_at) VALUES ($1, $2, 'accepted', $3)
+                     ON CONFLICT (user_id, friend_id) DO UPDATE SET status = 'accepted'",
+                )
+                .bind(requester)
+                .bind(owner)
+                .bind(chrono::Utc::now())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some($crate::store::Contact {
+                    other: $crate::backends::sql::existing(
+                        self.user_by_id(requester).await?,
+                        requester,
+                    )?,
+                    status: $crate::store::ContactStatus::Accepted,
+                    created_at,
+                }))
+            })
+        }
+
+        fn remove_contact(
+            &self,
+            owner: $crate::domain::UserId,
+            other: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, bool> {
+            $crate::backends::sql::run(async move {
+                let done = sqlx::query(
+                    "DELETE FROM contacts
+                     WHERE (user_id = $1 AND friend_id = $2) OR (user_id = $2 AND friend_id = $1)",
+                )
+                .bind(owner)
+                .bind(other)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            })
+        }
+
+        fn visible_contacts(
+            &self,
+            viewer: $crate::domain::UserId,
+            visibility: $crate::config::Visibility,
+        ) -> $crate::store::Pending<'_, Vec<$crate::store::User>> {
+            $crate::backends::sql::run(async move {
+                // One row holding a JSON array: a contact list can be long, and
+                // rows cost more to hand over one by one than to decode at once.
+                let list: String = sqlx::query_scalar($visible_contacts)
+                    .bind(viewer)
+                    .bind(visibility == $crate::config::Visibility::Open)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let mut users: Vec<$crate::store::User> = serde_json::from_str(&list)
+                    .map_err(|e| $crate::store::StoreError::Other(e.into()))?;
+                users.sort_by_cached_key(|u| u.username.to_lowercase());
+                Ok(users)
+            })
+        }
+
+        fn visible_user<'a>(
+            &'a self,
+            viewer: $crate::domain::UserId,
+            username_key: &'a str,
+            visibility: $crate::config::Visibility,
+        ) -> $crate::store::Pending<'a, Option<$crate::store::User>> {
+            $crate::backends::sql::run(async move {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {} FROM users u
+                     WHERE u.username_key = $1
+                       AND ($2 OR u.id = $3 OR EXISTS (SELECT 1 FROM contacts r
+                                                     WHERE r.user_id = u.id AND r.friend_id = $3
+                                                       AND r.status = 'accepted'))",
+                    $crate::backends::sql::USER_COLUMNS
+                ))
+                .bind(username_key)
+                .bind(visibility == $crate::config::Visibility::Open)
+                .bind(viewer)
+                .fetch_optional(&self.pool)
+                .await?)
+            })
+        }
+
+        fn watchers(
+            &self,
+            subject: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, Vec<$crate::domain::UserId>> {
+            $crate::backends::sql::run(async move {
+                Ok(sqlx::query_scalar(
+                    "SELECT user_id FROM contacts WHERE friend_id = $1 AND status = 'accepted'",
+                )
+                .bind(subject)
+                .fetch_all(&self.pool)
+                .await?)
+            })
+        }
+
+        fn store_messages<'a>(
+            &'a self,
+            messages: &'a [$crate::store::NewMessage],
+        ) -> $crate::store::Pending<'a, Vec<$crate::store::Message>> {
+            $crate::backends::sql::run(async move {
+                let mut stored = Vec::with_capacity(messages.len());
+                // SQLite binds at most 32766 parameters per statement; four per message.
+                for chunk in messages.chunks(8000) {
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO messages (sender_id, receiver_id, encrypted_content, sent_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, m| {
+                        row.push_bind(m.sender_id)
+                            .push_bind(m.recipient_id)
+                            .push_bind(&m.content)
+                            .push_bind(m.sent_at);
+                    });
+                    insert.push(" RETURNING id, sender_id, receiver_id, encrypted_content, sent_at");
+                    let mut rows: Vec<$crate::store::Message> =
+                        insert.build_query_as().fetch_all(&self.pool).await?;
+                    rows.sort_by_key(|m| m.id);
+                    stored.extend(rows);
+                }
+                Ok(stored)
+            })
+        }
+
+        fn peek_unread(
+            &self,
+            recipient: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, Vec<$crate::store::InboxMessage>> {
+            $crate::backends::sql::run(async move {
+                Ok(sqlx::query_as(
+                    "SELECT m.id, m.sender_id, m.receiver_id, m.encrypted_content, m.sent_at,
+                            u.username AS sender_username
+                     FROM messages m JOIN users u ON u.id = m.sender_id
+                     WHERE m.receiver_id = $1 AND m.read_at IS NULL
+                     ORDER BY m.id LIMIT $2",
+                )
+                .bind(recipient)
+                .bind($crate::store::INBOX_PAGE)
+                .fetch_all(&self.pool)
+                .await?)
+            })
+        }
+
+        fn mark_read<'a>(
+            &'a self,
+            recipient: $crate::domain::UserId,
+            ids: &'a [i64],
+        ) -> $crate::store::Pending<'a, ()> {
+            $crate::backends::sql::run(async move {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut update = sqlx::QueryBuilder::new("UPDATE messages SET read_at = ");
+                update.push_bind(chrono::Utc::now());
+                update.push(" WHERE read_at IS NULL AND receiver_id = ");
+                update.push_bind(recipient);
+                update.push(" AND id IN (");
+                let mut list = update.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                update.push(")");
+                update.build().execute(&self.pool).await?;
+                Ok(())
+            })
+        }
+
+        fn take_unread(
+            &self,
+            recipient: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, Vec<$crate::store::Message>> {
+            $crate::backends::sql::run(async move {
+                // One statement. SQLite runs writers one at a time; in Postgres a second
+                // concurrent take waits on the first one's row locks and then re-checks
+                // `read_at IS NULL` on the updated rows. Either way no message is handed out twice.
+                let mut taken: Vec<$crate::store::Message> = sqlx::query_as(
+                    "UPDATE messages SET read_at = $1
+                     WHERE read_at IS NULL
+                       AND id IN (SELECT id FROM messages WHERE receiver_id = $2 AND read_at IS NULL
+                                  ORDER BY id LIMIT $3)
+                     RETURNING id, sender_id, receiver_id, encrypted_content, sent_at",
+                )
+                .bind(chrono::Utc::now())
+                .bind(recipient)
+                .bind($crate::store::INBOX_PAGE)
+                .fetch_all(&self.pool)
+                .await?;
+                taken.sort_by_key(|m| m.id);
+                Ok(taken)
+            })
+        }
+    };
+}
+
+pub(crate) use store_methods;
+
+/// A user a contact row refers to: users are never deleted, so one that is
+/// missing is an inconsistent store, not a client error.
+pub fn existing(user: Option<User>, id: UserId) -> StoreResult<User> {
+    user.ok_or_else(|| StoreError::Other(anyhow::anyhow!("user {id} is referred to but missing")))
+}
+
+/// Contact rows (a user's columns, `status`, `contact_created_at`) as contacts.
+pub fn contacts_from_rows<R>(rows: &[R]) -> StoreResult<Vec<Contact>>
+where
+    R: sqlx::Row,
+    User: for<'r> sqlx::FromRow<'r, R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    let contact = |row: &R| -> Result<Contact, sqlx::Error> {
+        let status: String = row.try_get("status")?;
+        Ok(Contact {
+            other: User::from_row(row)?,
+            status: if status == "accepted" {
+                ContactStatus::Accepted
+            } else {
+                ContactStatus::Pending
+            },
+            created_at: row.try_get("contact_created_at")?,
+        })
+    };
+    Ok(rows.iter().map(contact).collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(super::like_pattern("a_b%c\\"), "%a\\_b\\%c\\\\%");
+    }
+}

@@ -1,0 +1,110 @@
+//! Postgres, shared by any number of replicas.
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::{
+    revocation::{RevocationError, Revocations},
+    store::Store,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects and applies migrations. Replicas starting at once are safe: the
+    /// migrator holds a Postgres advisory lock while it works.
+    pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url)
+            .context("DATABASE_URL is not a valid postgres:// URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size.max(1))
+            // Short, so that an unreachable database is a quick 503, not a hang.
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options)
+            .await
+            .context("connecting to Postgres")?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying Postgres migrations")?;
+        Ok(Self { pool })
+    }
+}
+
+impl Store for PostgresStore {
+    super::store_methods!(
+        sqlx::postgres::PgRow,
+        concat!(
+            "SELECT COALESCE(json_agg(json_build_object(",
+            super::user_json_fields!(),
+            ")), '[]')::text",
+            super::visible_contacts_where!()
+        )
+    );
+}
+
+/// Used only without Redis (then revoked tokens live there, shared by replicas).
+#[async_trait]
+impl Revocations for PostgresStore {
+    async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> Result<(), RevocationError> {
+        super::insert_revocation(&self.pool, jti, expires_at).await
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, RevocationError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1)")
+            .bind(jti)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(super::revocation_failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The contracts against a real Postgres (`TEST_DATABASE_URL`), each case
+    //! in a schema of its own.
+    use super::*;
+    use crate::{revocation, store::contract};
+
+    async fn fresh() -> PostgresStore {
+        let base = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPool::connect(&base).await.expect("Postgres reachable");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+        PostgresStore::connect(&url, 4).await.unwrap()
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Postgres: run with --include-ignored (CI does)"]
+    async fn store_contract_holds() {
+        contract::users_are_unique_regardless_of_case(&fresh().await).await;
+        contract::search_matches_literally_by_name(&fresh().await).await;
+        contract::requests_become_contacts_on_both_sides(&fresh().await).await;
+        contract::messages_are_read_once_in_order(&fresh().await).await;
+        contract::concurrent_takes_never_share_a_message(&fresh().await).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Postgres: run with --include-ignored (CI does)"]
+    async fn revocation_contract_holds() {
+        revocation::contract::revoked_until_expiry(&fresh().await).await;
+    }
+}

@@ -1,0 +1,50 @@
+/// Why the server ends (or refuses) a WebSocket: each reason carries its close
+/// code and the text clients see, so the pair is written in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client left, or closed first.
+    Normal,
+    /// The server is draining; the client should reconnect elsewhere.
+    ShuttingDown,
+    /// Nothing heard from the client for two ping intervals.
+    PingTimeout,
+    /// Writing to the client failed.
+    WriteFailed,
+    /// The token was missing, malformed, expired, revoked or names no user.
+    InvalidToken,
+    /// The token was revoked (logout) while the connection was open.
+    TokenRevoked,
+    /// A frame exceeded the size limit.
+    TooBig,
+    /// The client read too slowly and its outgoing queue filled up.
+    TooSlow,
+    /// A backend the connection needs is unreachable.
+    Unavailable,
+}
+
+impl Disconnect {
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Normal => 1000,
+            Self::ShuttingDown | Self::PingTimeout | Self::WriteFailed => 1001,
+            Self::InvalidToken | Self::TokenRevoked => 1008,
+            Self::TooBig => 1009,
+            Self::Unavailable => 1011,
+            Self::TooSlow => 1013,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Normal => "",
+            Self::ShuttingDown => "server shutting down",
+            Self::PingTimeout => "ping timeout",
+            Self::WriteFailed => "write failed",
+            Self::InvalidToken => "invalid or expired token",
+            Self::TokenRevoked => "token revoked",
+            Self::TooBig => "message too big",
+            Self::TooSlow => "too slow: outgoing queue full",
+            Self::Unavailable => "service temporarily unavailable",
+        }
+    }
+}

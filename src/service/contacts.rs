@@ -1,0 +1,131 @@
+//! Contacts and friend requests, with the presence each answer shows.
+
+use super::{Error, Result, Services, online::Online};
+use crate::{
+    domain::{Endpoint, UserId, Username},
+    store::{Contact, StoreError, User},
+};
+
+/// Whom a new contact names: the seed's username or the revision's id.
+pub enum ContactTarget {
+    Name(String),
+    Id(UserId),
+}
+
+impl Services {
+    /// Adds a contact: accepted on the caller's side; the other user gets a
+    /// request (or, if it had asked already, both sides are accepted).
+    pub async fn add_contact(
+        &self,
+        user: &super::AuthUser,
+        target: ContactTarget,
+    ) -> Result<(Contact, bool)> {
+        let friend = match target {
+            ContactTarget::Name(name) => self
+                .names
+                .resolve(self.store.as_ref(), &name)
+                .await?
+                .map(|n| n.id),
+            ContactTarget::Id(id) => self.store.user_by_id(id).await?.map(|u| u.id),
+        }
+        .ok_or(Error::NotFound("User not found"))?;
+        if friend == user.id {
+            return Err(Error::Refused("You cannot add yourself as a contact"));
+        }
+        let contact = self
+            .store
+            .add_contact(user.id, friend)
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyContact => Error::Refused("Already a contact"),
+                other => other.into(),
+            })?;
+        self.contacts_changed(user.id, friend).await?;
+        self.with_presence(vec![contact], |c| c.other.id)
+            .await
+            .map(|mut one| one.remove(0))
+    }
+
+    /// The caller's accepted contacts, by name, each with whether it is online.
+    pub async fn contacts(
+        &self,
+        user: &super::AuthUser,
+        skip: u32,
+        limit: u32,
+    ) -> Result<Vec<(Contact, bool)>> {
+        let contacts = self
+            .store
+            .contacts(user.id, i64::from(skip), i64::from(limit))
+            .await?;
+        self.with_presence(contacts, |c| c.other.id).await
+    }
+
+    /// Requests others sent the caller that it has not answered, oldest first.
+    pub async fn pending_requests(&self, user: &super::AuthUser) -> Result<Vec<(Contact, bool)>> {
+        let requests = self.store.pending_requests(user.id).await?;
+        self.with_presence(requests, |c| c.other.id).await
+    }
+
+    /// Accepts `requester`'s request: both sides become accepted.
+    pub async fn accept_request(
+        &self,
+        user: &super::AuthUser,
+        requester: UserId,
+    ) -> Result<(Contact, bool)> {
+        let contact = self
+            .store
+            .accept_request(user.id, requester)
+            .await?
+            .ok_or(Error::NotFound("Friend request not found"))?;
+        self.contacts_changed(user.id, requester).await?;
+        self.with_presence(vec![contact], |c| c.other.id)
+            .await
+            .map(|mut one| one.remove(0))
+    }
+
+    /// Removes a contact, or rejects or cancels a request, on both sides.
+    pub async fn remove_contact(&self, user: &super::AuthUser, other: UserId) -> Result<()> {
+        if !self.store.remove_contact(user.id, other).await? {
+            return Err(Error::NotFound("Contact not found"));
+        }
+        self.contacts_changed(user.id, other).await
+    }
+
+    /// After the store changed the relation of `a` and `b`: both lists are
+    /// stale wherever the online panel has them cached, on every replica.
+    async fn contacts_changed(&self, a: UserId, b: UserId) -> Result<()> {
+        Ok(self.presence.contacts_changed(&[a, b]).await?)
+    }
+
+    /// The caller's contacts that are online now and whose address it may see.
+    pub async fn online_contacts(&self, user: &super::AuthUser) -> Result<Online> {
+        self.online
+            .of(
+                self.store.as_ref(),
+                self.presence.as_ref(),
+                user.id,
+                self.settings.address_visibility,
+            )
+            .await
+    }
+
+    /// Where to reach `username` directly. Unknown, offline and not visible to
+    /// the caller are one and the same answer, so strangers cannot probe.
+    pub async fn connection_info(
+        &self,
+        user: &super::AuthUser,
+        username: &str,
+    ) -> Result<(User, Endpoint)> {
+        const UNAVAILABLE: Error = Error::NotFound("User not found or offline");
+        let key = Username::lookup_key(username).ok_or(UNAVAILABLE)?;
+        let target = self
+            .store
+            .visible_user(user.id, &key, self.settings.address_visibility)
+            .await?
+            .ok_or(UNAVAILABLE)?;
+        let at = self.presence.locate(&[target.id]).await?[0]
+            .ok_or(UNAVAILABLE)?
+            .at;
+        Ok((target, at))
+    }
+}

@@ -1,0 +1,188 @@
+//! The service layer: every flow that touches more than one backend lives
+//! here, so that the HTTP handlers and the WebSocket session only translate
+//! between their protocol and these calls.
+//!
+//! - `accounts`: register, log in and out, authenticate, "seen now", search;
+//! - `contacts`: friend requests and contact lists, with presence;
+//! - `relay`: directed messages and broadcasts, connections opening and
+//!   closing, presence notices, offline messages (inbox);
+//! - `hub`: this replica's WebSocket connections, where fan-out delivers;
+//! - `names`, `online`, `writer`: the caches and the batching they use.
+
+use std::sync::Arc;
+
+use crate::{
+    auth::{jwt::Tokens, password::PasswordHasher},
+    bus::{Bus, BusError},
+    config::Settings,
+    domain::Invalid,
+    metrics,
+    presence::{Presence, PresenceError},
+    revocation::{RevocationError, Revocations},
+    store::{Store, StoreError},
+};
+
+mod accounts;
+mod contacts;
+pub mod hub;
+mod names;
+mod online;
+mod relay;
+mod writer;
+
+pub use accounts::{AuthUser, Login};
+pub use contacts::ContactTarget;
+pub use hub::message_frame;
+pub use online::{Card, Online};
+pub use relay::error_frame;
+
+use hub::Hub;
+use names::NameCache;
+use online::OnlineContacts;
+use writer::MessageWriter;
+
+/// Why a flow did not go through, in terms an edge can render.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller is not who it claims to be.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// What the caller named does not exist, or may not be seen by it.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The request contradicts what is stored (a taken name, an existing contact).
+    #[error("{0}")]
+    Refused(&'static str),
+    /// Fields that break the rules, all of them at once.
+    #[error("invalid input")]
+    Invalid(Vec<Invalid>),
+    /// A backend is unreachable: the client may retry.
+    #[error("a backend is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    pub const BAD_CREDENTIALS: Self = Self::Unauthenticated("Incorrect username or password");
+    pub const BAD_TOKEN: Self = Self::Unauthenticated("Could not validate credentials");
+}
+
+impl From<Invalid> for Error {
+    fn from(invalid: Invalid) -> Self {
+        Self::Invalid(vec![invalid])
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(e) => Self::Unavailable(e),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<PresenceError> for Error {
+    fn from(err: PresenceError) -> Self {
+        Self::Unavailable(err.into())
+    }
+}
+
+impl From<BusError> for Error {
+    fn from(err: BusError) -> Self {
+        Self::Unavailable(err.into())
+    }
+}
+
+impl From<RevocationError> for Error {
+    fn from(err: RevocationError) -> Self {
+        Self::Unavailable(err.into())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The backends a replica runs on, as `backends::connect` made them.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub revocations: Arc<dyn Revocations>,
+    pub presence: Arc<dyn Presence>,
+    pub bus: Arc<dyn Bus>,
+}
+
+/// The flows of one replica, over its backends and its hub.
+pub struct Services {
+    store: Arc<dyn Store>,
+    revocations: Arc<dyn Revocations>,
+    presence: Arc<dyn Presence>,
+    bus: Arc<dyn Bus>,
+    /// This replica's WebSocket connections.
+    pub hub: Arc<Hub>,
+    passwords: PasswordHasher,
+    tokens: Tokens,
+    /// Usernames resolved to ids without a store round trip.
+    names: NameCache,
+    /// Contact lists of the online panel, kept current with presence.
+    online: OnlineContacts,
+    /// Offline messages, stored in batches.
+    writer: MessageWriter,
+    settings: Arc<Settings>,
+}
+
+/// Which backends answer, for `/readyz`.
+pub struct Readiness {
+    pub store: bool,
+    pub presence: bool,
+    pub bus: bool,
+}
+
+impl Services {
+    pub fn new(
+        settings: Arc<Settings>,
+        backends: Backends,
+        hub: Arc<Hub>,
+        tokens: Tokens,
+    ) -> anyhow::Result<Self> {
+        // Half the cores by default: a login storm never takes the whole machine.
+        let hashes = settings.max_concurrent_hashes.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1)
+        });
+        Ok(Self {
+            passwords: PasswordHasher::new(hashes)?,
+            tokens,
+            names: NameCache::default(),
+            online: OnlineContacts::default(),
+            writer: MessageWriter::start(backends.store.clone()),
+            store: backends.store,
+            revocations: backends.revocations,
+            presence: backends.presence,
+            bus: backends.bus,
+            hub,
+            settings,
+        })
+    }
+
+    pub async fn readiness(&self) -> Readiness {
+        let (store, presence, bus) =
+            tokio::join!(self.store.ping(), self.presence.ping(), self.bus.ping());
+        Readiness {
+            store: store.is_ok(),
+            presence: presence.is_ok(),
+            bus: bus.is_ok(),
+        }
+    }
+
+    /// Renews the presence leases of the users connected here, and refreshes
+    /// the online-users gauge; run every third of a lease.
+    pub async fn renew_presence(&self) {
+        if let Err(err) = self.presence.renew(&self.hub.held()).await {
+            tracing::warn!(error = %err, "presence renewal failed");
+        }
+        if let Ok(online) = self.presence.count_online().await {
+            metrics::online_users(online);
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The relay's flows: directed messages (delivered, or stored offline, or
+//! handed back by a connection that could not write them), broadcasts,
+//! connections opening and closing with their presence notices, and the inbox
+//! of offline messages.
+
+use std::{borrow::Cow, sync::Arc};
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{
+    AuthUser, Error, Result, Services,
+    hub::{Closer, Outgoing},
+};
+use crate::{
+    bus::{Audience, Event},
+    config::NoticeAudience,
+    domain::{DirectMessage, Endpoint, MessageContent},
+    metrics::{StoredVia, messages_stored},
+    store::{InboxMessage, Message, NewMessage},
+};
+
+/// `{"error": "..."}`, the frame that answers a client's mistake.
+pub fn error_frame(message: &str) -> String {
+    json!({ "error": message }).to_string()
+}
+
+/// A JSON-object frame: must be a directed message. Borrowed from the frame's
+/// text where it has no escapes.
+#[derive(Deserialize)]
+struct DirectFrame<'a> {
+    #[serde(borrow)]
+    recipient_username: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+}
+
+impl Services {
+    /// Handles one text frame of `sender`'s; returns the reply for the sender,
+    /// if any.
+    pub async fn on_text(&self, sender: &AuthUser, text: &str) -> Option<String> {
+        // Only a JSON object is a directed message; any other text is broadcast.
+        if !text.trim_start().starts_with('{') {
+            self.broadcast(sender, text).await;
+            return None;
+        }
+        let frame = match serde_json::from_str::<DirectFrame>(text) {
+            Ok(frame) => frame,
+            // Some other JSON object: a client mistake, answered.
+            Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                return Some(error_frame(
+                    "a JSON frame needs string fields \"recipient_username\" and \"content\"",
+                ));
+            }
+            Err(_) => {
+                self.broadcast(sender, text).await;
+                return None;
+            }
+        };
+        match self.send_direct(sender, frame).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "directed message failed");
+                Some(error_frame("message could not be delivered; try again"))
+            }
+        }
+    }
+
+    /// Delivers to the recipient's connections on any replica, or stores the
+    /// message offline when it has none (or fan-out is down).
+    async fn send_direct(
+        &self,
+        sender: &AuthUser,
+        frame: DirectFrame<'_>,
+    ) -> Result<Option<String>> {
+        let content = match MessageContent::parse(
+            frame.content.into_owned(),
+            self.settings.max_message_bytes,
+            "content",
+        ) {
+            Ok(content) => content.into_inner(),
+            Err(invalid) => return Ok(Some(error_frame(&format!("content {}", invalid.message)))),
+        };
+        let recipient = self
+            .names
+            .resolve(self.store.as_ref(), &frame.recipient_username)
+            .await?;
+        let Some(recipient) = recipient else {
+            return Ok(Some(error_frame(&format!(
+                "user '{}' not found",
+                frame.recipient_username
+            ))));
+        };
+        let message = Arc::new(DirectMessage {
+            sender_id: sender.id,
+            sender_username: sender.username.clone(),
+            recipient_id: recipient.id,
+            content,
+            sent_at: Utc::now(),
+        });
+        let delivered = match self.bus.publish(Event::Direct(message.clone())).await {
+            Ok(delivered) => delivered,
+            Err(err) => {
+                // Fan-out is down: keep the message rather than lose it.
+                tracing::warn!(error = %err, "fan-out unavailable; storing the message");
+                false
+            }
+        };
+        if delivered {
+            return Ok(None);
+        }
+        self.store
+            .store_messages(&[NewMessage::from(&*message)])
+            .await?;
+        messages_stored(StoredVia::Offline, 1);
+        Ok(Some(
+            json!({ "status": format!("用户 {} 当前离线，消息已保存。", recipient.username) })
+                .to_string(),
+        ))
+    }
+
+    async fn broadcast(&self, sender: &AuthUser, text: &str) {
+        let event = Event::Text {
+            text: format!("{}: {}", sender.username, text),
+            audience: Audience::AllExcept(sender.id),
+        };
+        if let Err(err) = self.bus.publish(event).await {
+            tracing::warn!(error = %err, "broadcast failed");
+        }
+    }
+
+    /// Registers a WebSocket of `user` connected from `peer` in the hub,
+    /// subscribes this replica to the user, counts the connection in presence
+    /// and, if it is the user's first anywhere, tells others. Returns the
+    /// connection's id in the hub; on failure nothing stays registered.
+    pub async fn open_connection(
+        &self,
+        user: &AuthUser,
+        peer: Endpoint,
+        outbox: mpsc::Sender<Outgoing>,
+        closer: Closer,
+    ) -> Result<u64> {
+        let registration = self.hub.register(user.id, &user.jti, peer, outbox, closer);
+        if let Err(err) = self
+            .connection_opened(user, peer, registration.first_here)
+            .await
+        {
+            if self.hub.unregister(user.id, registration.id) {
+                let _ = self.bus.detach(user.id).await;
+            }
+            return Err(err);
+        }
+        Ok(registration.id)
+    }
+
+    async fn connection_opened(
+        &self,
+        user: &AuthUser,
+        peer: Endpoint,
+        first_here: bool,
+    ) -> Result<()> {
+        if first_here {
+            self.bus.attach(user.id).await?;
+        }
+        let now = Utc::now();
+        let connections = self
+            .presence
+            .connection_opened(user.id, &user.jti, peer, now)
+            .await?;
+        self.record_seen(user, now).await;
+        if connections == 1 {
+            self.notify(user, "已上线").await;
+        }
+        Ok(())
+    }
+
+    /// The reverse of [`Services::open_connection`]: lets the connection go,
+    /// and tells others if it was the user's last anywhere.
+    pub async fn close_connection(&self, user: &AuthUser, connection: u64) {
+        if self.hub.unregister(user.id, connection)
+            && let Err(err) = self.bus.detach(user.id).await
+        {
+            tracing::warn!(error = %err, "fan-out detach failed");
+        }
+        let now = Utc::now();
+        match self
+            .presence
+            .connection_closed(user.id, &user.jti, now)
+            .await
+        {
+            Ok(0) => self.notify(user, "已下线").await,
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "presence update failed"),
+        }
+        self.record_seen(user, now).await;
+    }
+
+    /// The store's `last_seen`, at the instant presence recorded: a connection
+    /// opening or closing is a sign of life.
+    async fn record_seen(&self, user: &AuthUser, now: chrono::DateTime<Utc>) {
+        if let Err(err) = self.store.touch_last_seen(user.id, now).await {
+            tracing::warn!(error = %err, "last-seen update failed");
+        }
+    }
+
+    /// `系统消息: 用户 {username} 已上线。` (or 已下线) to the configured audience.
+    async fn notify(&self, user: &AuthUser, what: &str) {
+        let audience = match self.settings.presence_notices {
+            NoticeAudience::All => Ok(Audience::AllExcept(user.id)),
+            NoticeAudience::Contacts => self.store.watchers(user.id).await.map(Audience::Users),
+        };
+        let text = format!("系统消息: 用户 {} {what}。", user.username);
+        let result = match audience {
+            Ok(audience) => self
+                .bus
+                .publish(Event::Text { text, audience })
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from),
+            Err(err) => Err(err.into()),
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = format!("{err:#}"), "presence notice failed");
+        }
+    }
+
+    /// Stores directed messages that no connection managed to write, retrying
+    /// a store that is briefly away.
+    pub async fn store_undelivered(&self, messages: Vec<Arc<DirectMessage>>) {
+        let count = messages.len();
+        let rows: Vec<NewMessage> = messages.iter().map(|m| NewMessage::from(&**m)).collect();
+        for attempt in 1..=5u32 {
+            match self.store.store_messages(&rows).await {
+                Ok(_) => {
+                    messages_stored(StoredVia::Undelivered, count);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, attempt, "storing undelivered messages failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                        .await;
+                }
+            }
+        }
+        tracing::error!(count, "undelivered messages dropped after retries");
+    }
+
+    /// `POST /messages/`: stores a message for `recipient_username` to fetch
+    /// later, batched with whatever else is being stored.
+    pub async fn send_offline(
+        &self,
+        sender: &AuthUser,
+        recipient_username: &str,
+        content: String,
+    ) -> Result<Message> {
+        let content = MessageContent::parse(
+            content,
+            self.settings.max_message_bytes,
+            "encrypted_content",
+        )?;
+        let recipient = self
+            .names
+            .resolve(self.store.as_ref(), recipient_username)
+            .await?
+            .ok_or(Error::NotFound("Recipient not found"))?;
+        let stored = self
+            .writer
+            .store(NewMessage {
+                sender_id: sender.id,
+                recipient_id: recipient.id,
+                content: content.into_inner(),
+                sent_at: Utc::now(),
+            })
+            .await?;
+        messages_stored(StoredVia::Http, 1);
+        Ok(stored)
+    }
+
+    /// `GET /messages/`: the caller's unread messages, oldest first, now read.
+    pub async fn take_inbox(&self, user: &AuthUser) -> Result<Vec<Message>> {
+        Ok(self.store.take_unread(user.id).await?)
+    }
+
+    /// The unread messages to push when a WebSocket opens, with their senders'
+    /// names; they stay unread until [`Services::mark_read`].
+    pub async fn unread(&self, user: &AuthUser) -> Result<Vec<InboxMessage>> {
+        Ok(self.store.peek_unread(user.id).await?)
+    }
+
+    pub async fn mark_read(&self, user: &AuthUser, ids: &[i64]) -> Result<()> {
+        Ok(self.store.mark_read(user.id, ids).await?)
+    }
+}

@@ -1,0 +1,256 @@
+//! Behaviour every store must show. Each backend's tests run every function
+//! here on a fresh, empty database.
+
+use chrono::{DateTime, Utc};
+
+use super::*;
+use crate::config::Visibility;
+
+fn new_user(name: &str, email: &str) -> NewUser {
+    NewUser {
+        username: name.into(),
+        username_key: name.to_lowercase(),
+        email: email.into(),
+        email_key: email.to_lowercase(),
+        password_hash: format!("hash-of-{name}"),
+        public_key: format!("key-of-{name}"),
+    }
+}
+
+async fn user(s: &dyn Store, name: &str) -> User {
+    s.create_user(new_user(name, &format!("{name}@example.com")))
+        .await
+        .unwrap()
+}
+
+fn names(users: &[User]) -> Vec<&str> {
+    users.iter().map(|u| u.username.as_str()).collect()
+}
+
+fn others(contacts: &[Contact]) -> Vec<(&str, ContactStatus)> {
+    contacts
+        .iter()
+        .map(|c| (c.other.username.as_str(), c.status))
+        .collect()
+}
+
+/// An instant to the microsecond, which every database keeps.
+fn t(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(1_750_000_000_000_000 + secs * 1_000_000 + 123_456).unwrap()
+}
+
+pub async fn users_are_unique_regardless_of_case(s: &dyn Store) {
+    s.ping().await.unwrap();
+    let alice = user(s, "Alice").await;
+    assert_eq!(
+        (alice.username.as_str(), alice.public_key.as_str()),
+        ("Alice", "key-of-Alice")
+    );
+    assert_eq!(alice.last_seen, None);
+    let taken_name = s.create_user(new_user("ALICE", "other@example.com")).await;
+    assert!(matches!(taken_name, Err(StoreError::Duplicate)));
+    let taken_email = s.create_user(new_user("bob", "ALICE@example.com")).await;
+    assert!(matches!(taken_email, Err(StoreError::Duplicate)));
+
+    let credentials = s.credentials("alice").await.unwrap().unwrap();
+    assert_eq!(
+        (credentials.id, credentials.username.as_str()),
+        (alice.id, "Alice")
+    );
+    assert_eq!(credentials.password_hash, "hash-of-Alice");
+    assert!(s.credentials("nobody").await.unwrap().is_none());
+    let by_name = s.user_by_username("alice").await.unwrap().unwrap();
+    assert_eq!(
+        (by_name.id, by_name.email.as_str()),
+        (alice.id, "Alice@example.com")
+    );
+    assert!(s.user_by_id(alice.id + 1000).await.unwrap().is_none());
+
+    s.touch_last_seen(alice.id, t(5)).await.unwrap();
+    let seen = s.user_by_id(alice.id).await.unwrap().unwrap().last_seen;
+    assert_eq!(seen, Some(t(5)));
+}
+
+pub async fn search_matches_literally_by_name(s: &dyn Store) {
+    for name in ["ann", "Anna", "b_n", "bxn", "zed"] {
+        user(s, name).await;
+    }
+    let ann = s.user_by_username("ann").await.unwrap().unwrap();
+    let found = s.search_users("an", ann.id, 10).await.unwrap();
+    assert_eq!(names(&found), ["Anna"], "the caller is left out");
+    let found = s.search_users("_", 0, 10).await.unwrap();
+    assert_eq!(names(&found), ["b_n"], "'_' is no wildcard");
+    let found = s.search_users("n", 0, 2).await.unwrap();
+    assert_eq!(names(&found), ["ann", "Anna"], "by name, at most the limit");
+    assert!(s.search_users("%", 0, 10).await.unwrap().is_empty());
+}
+
+pub async fn requests_become_contacts_on_both_sides(s: &dyn Store) {
+    let (a, b, c) = (user(s, "a").await, user(s, "b").await, user(s, "c").await);
+    let added = s.add_contact(a.id, b.id).await.unwrap();
+    assert_eq!(
+        (added.other.id, added.status),
+        (b.id, ContactStatus::Accepted)
+    );
+    assert!(matches!(
+        s.add_contact(a.id, b.id).await,
+        Err(StoreError::AlreadyContact)
+    ));
+    let pending = s.pending_requests(b.id).await.unwrap();
+    assert_eq!(others(&pending), [("a", ContactStatus::Pending)]);
+    assert_eq!(
+        others(&s.contacts(a.id, 0, 10).await.unwrap()),
+        [("b", ContactStatus::Accepted)]
+    );
+    assert!(s.contacts(b.id, 0, 10).await.unwrap().is_empty());
+    // One-sided: b's address is not a's to see until b accepts.
+    assert!(
+        s.visible_contacts(a.id, Visibility::Contacts)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        names(&s.visible_contacts(a.id, Visibility::Open).await.unwrap()),
+        ["b"]
+    );
+    assert_eq!(s.watchers(b.id).await.unwrap(), [a.id]);
+
+    assert!(s.accept_request(b.id, c.id).await.unwrap().is_none());
+    let accepted = s.accept_request(b.id, a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (accepted.other.id, accepted.status),
+        (a.id, ContactStatus::Accepted)
+    );
+    assert!(s.pending_requests(b.id).await.unwrap().is_empty());
+    assert_eq!(
+        others(&s.contacts(b.id, 0, 10).await.unwrap()),
+        [("a", ContactStatus::Accepted)]
+    );
+    assert_eq!(
+        names(
+            &s.visible_contacts(a.id, Visibility::Contacts)
+                .await
+                .unwrap()
+        ),
+        ["b"]
+    );
+    let visible = |viewer, name, visibility| s.visible_user(viewer, name, visibility);
+    assert!(
+        visible(a.id, "b", Visibility::Contacts)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        visible(c.id, "b", Visibility::Contacts)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        visible(c.id, "b", Visibility::Open)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        visible(c.id, "c", Visibility::Contacts)
+            .await
+            .unwrap()
+            .is_some(),
+        "oneself"
+    );
+    assert!(matches!(
+        s.add_contact(b.id, a.id).await,
+        Err(StoreError::AlreadyContact)
+    ));
+
+    // A request answered by adding back is accepted on both sides.
+    s.add_contact(c.id, a.id).await.unwrap();
+    s.add_contact(a.id, c.id).await.unwrap();
+    assert_eq!(
+        names(
+            &s.visible_contacts(a.id, Visibility::Contacts)
+                .await
+                .unwrap()
+        ),
+        ["b", "c"]
+    );
+    assert_eq!(
+        s.contacts(a.id, 1, 10).await.unwrap()[0].other.id,
+        c.id,
+        "skip"
+    );
+
+    assert!(s.remove_contact(b.id, a.id).await.unwrap());
+    assert!(
+        !s.remove_contact(a.id, b.id).await.unwrap(),
+        "both sides went"
+    );
+    assert!(s.watchers(b.id).await.unwrap().is_empty());
+    assert_eq!(
+        others(&s.contacts(a.id, 0, 10).await.unwrap()),
+        [("c", ContactStatus::Accepted)]
+    );
+}
+
+fn message(from: &User, to: &User, content: &str) -> NewMessage {
+    NewMessage {
+        sender_id: from.id,
+        recipient_id: to.id,
+        content: content.into(),
+        sent_at: t(1),
+    }
+}
+
+pub async fn messages_are_read_once_in_order(s: &dyn Store) {
+    let (a, b) = (user(s, "a").await, user(s, "b").await);
+    assert!(s.store_messages(&[]).await.unwrap().is_empty());
+    let stored = s
+        .store_messages(&[
+            message(&a, &b, "one"),
+            message(&a, &b, "two"),
+            message(&b, &a, "three"),
+        ])
+        .await
+        .unwrap();
+    let contents: Vec<_> = stored.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["one", "two", "three"]);
+    assert!(stored.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!((stored[0].recipient_id, stored[0].sent_at), (b.id, t(1)));
+
+    let unread = s.peek_unread(b.id).await.unwrap();
+    let peeked: Vec<_> = unread
+        .iter()
+        .map(|m| (m.sender_username.as_str(), m.message.content.as_str()))
+        .collect();
+    assert_eq!(peeked, [("a", "one"), ("a", "two")]);
+    s.mark_read(a.id, &[stored[0].id]).await.unwrap();
+    assert_eq!(
+        s.peek_unread(b.id).await.unwrap().len(),
+        2,
+        "only the recipient marks"
+    );
+    s.mark_read(b.id, &[stored[0].id]).await.unwrap();
+    s.mark_read(b.id, &[]).await.unwrap();
+    assert_eq!(s.take_unread(b.id).await.unwrap(), [stored[1].clone()]);
+    assert!(s.take_unread(b.id).await.unwrap().is_empty());
+    assert_eq!(s.take_unread(a.id).await.unwrap(), [stored[2].clone()]);
+}
+
+pub async fn concurrent_takes_never_share_a_message(s: &dyn Store) {
+    let (a, b) = (user(s, "a").await, user(s, "b").await);
+    let batch: Vec<_> = (0..60).map(|i| message(&a, &b, &format!("m{i}"))).collect();
+    s.store_messages(&batch).await.unwrap();
+    let (x, y) = tokio::join!(s.take_unread(b.id), s.take_unread(b.id));
+    let mut ids: Vec<i64> = x
+        .unwrap()
+        .into_iter()
+        .chain(y.unwrap())
+        .map(|m| m.id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 60, "every message exactly once");
+}
