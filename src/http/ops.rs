@@ -75,12 +75,34 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// `/docs` and `/docs/` without a redirect.
 async fn docs_index(config: Arc<Config<'static>>) -> Response {
     match utoipa_swagger_ui::serve("index.html", config) {
-        Ok(Some(file)) => {
-            let page = String::from_utf8_lossy(&file.bytes).replace("\"./", "\"/docs/");
-            Html(page).into_response()
-        }
+        Ok(Some(file)) => Html(under_docs(&String::from_utf8_lossy(&file.bytes))).into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// `page` with every relative `href` and `src` (`./a.css`, `a.css`) made
+/// absolute under `/docs/`: relative links would resolve against `/` from
+/// the page at `/docs`.
+fn under_docs(page: &str) -> String {
+    let mut out = String::with_capacity(page.len() + 64);
+    let mut rest = page;
+    while let Some(at) = ["href=\"", "src=\""]
+        .iter()
+        .filter_map(|attribute| rest.find(attribute).map(|i| i + attribute.len()))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let value = &rest[..rest.find('"').unwrap_or(rest.len())];
+        // Not a path from the root, a fragment, or a URL with a scheme.
+        let relative = !value.starts_with(['/', '#']) && !value.contains(':');
+        if relative {
+            out.push_str("/docs/");
+            rest = rest.strip_prefix("./").unwrap_or(rest);
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn docs_file(file: String, config: Arc<Config<'static>>) -> Response {
@@ -100,5 +122,17 @@ async fn docs_file(file: String, config: Arc<Config<'static>>) -> Response {
             response
         }
         _ => crate::error::ApiError::NotFound("Not Found").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn relative_links_go_under_docs() {
+        let page = r#"<link href="./a.css"><link href="b.css"><script src="/c.js"></script><a href="https://x.org/d">"#;
+        assert_eq!(
+            super::under_docs(page),
+            r#"<link href="/docs/a.css"><link href="/docs/b.css"><script src="/c.js"></script><a href="https://x.org/d">"#
+        );
     }
 }

@@ -95,6 +95,8 @@ impl Services {
             return Err(Error::BAD_CREDENTIALS);
         };
         let token = self.tokens.issue(id, &username).map_err(Error::Internal)?;
+        // Its first request then costs no store read to authenticate.
+        self.names.remember(id, &username);
         let at = Endpoint {
             port: login.port.map_or(peer.port, |p| p.0),
             ..peer

@@ -48,11 +48,16 @@ impl NameCache {
         let Some(user) = store.user_by_username(&key).await? else {
             return Ok(None);
         };
+        Ok(Some(self.remember(user.id, &user.username)))
+    }
+
+    /// Remembers a user whose name and id are known already (it just logged in).
+    pub fn remember(&self, id: UserId, username: &str) -> Named {
         let named = Named {
-            id: user.id,
-            username: user.username.into(),
+            id,
+            username: username.into(),
         };
-        self.names.insert(key, named.clone());
-        Ok(Some(named))
+        self.names.insert(username.to_lowercase(), named.clone());
+        named
     }
 }

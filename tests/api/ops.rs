@@ -15,6 +15,21 @@ async fn health_and_readiness() {
     assert_eq!(body["status"], "ready");
 }
 
+/// The values of a page's `href="…"` and `src="…"` attributes.
+fn linked_assets(html: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for attribute in ["href=\"", "src=\""] {
+        let mut rest = html;
+        while let Some(at) = rest.find(attribute) {
+            rest = &rest[at + attribute.len()..];
+            let end = rest.find('"').expect("a closed attribute");
+            found.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
 #[tokio::test]
 async fn docs_and_openapi_are_served_from_the_binary() {
     let app = spawn().await;
@@ -26,10 +41,16 @@ async fn docs_and_openapi_are_served_from_the_binary() {
             html.contains("swagger-ui") && !html.contains("cdn"),
             "{path}"
         );
-        assert!(
-            html.contains("\"/docs/swagger-ui.css\""),
-            "assets resolve from either form"
-        );
+        // Every asset the page loads, resolved as a browser resolves it
+        // against the page's own URL, answers 200 from either form.
+        let page_url = reqwest::Url::parse(&app.url(path)).unwrap();
+        let assets = linked_assets(&html);
+        assert!(assets.len() >= 5, "{path}: {assets:?}");
+        for asset in assets {
+            let url = page_url.join(&asset).unwrap();
+            let response = app.http.get(url.clone()).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path} loads {url}");
+        }
     }
     for asset in [
         "/docs/swagger-ui.css",

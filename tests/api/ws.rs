@@ -92,6 +92,38 @@ async fn bad_tokens_are_closed_with_1008() {
     assert_eq!(app.get("/users/me", &genuine).await.0, StatusCode::OK);
 }
 
+/// A token signed with the server's own key is still refused unless its `sub`
+/// and `uid` name one existing user.
+#[tokio::test]
+async fn tokens_must_name_an_existing_user_by_name_and_id() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let now = chrono::Utc::now().timestamp();
+    let token = |sub: &str, uid: i64| {
+        let jti = uuid::Uuid::new_v4().simple().to_string();
+        let claims = json!({"sub": sub, "uid": uid, "iat": now, "exp": now + 600, "jti": jti});
+        forge(Algorithm::HS256, JWT_SECRET, claims)
+    };
+    for (sub, uid) in [
+        ("mallory", alice.id),
+        ("bob", alice.id),
+        ("alice", bob.id),
+        ("alice", alice.id + bob.id + 1000),
+    ] {
+        let forged = token(sub, uid);
+        let (status, _) = app.get("/users/me", &forged).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "sub {sub}, uid {uid}");
+        let (code, _) = refused(&app, &format!("?token={forged}")).await;
+        assert_eq!(code, 1008, "sub {sub}, uid {uid}");
+    }
+    let (status, me) = app.get("/users/me", &token("alice", alice.id)).await;
+    assert_eq!(
+        (status, me["id"].as_i64()),
+        (StatusCode::OK, Some(alice.id))
+    );
+}
+
 #[tokio::test]
 async fn logout_closes_that_tokens_sockets_and_refuses_it_afterwards() {
     let app = spawn().await;
@@ -301,45 +333,83 @@ async fn the_server_pings_and_drops_silent_clients() {
     drop(silent);
 }
 
+/// A reader too slow for its outbox is cut off with 1013, learns why when it
+/// reads again, and loses nothing: what it did not get is stored offline.
+/// Deterministic on a busy machine: alice sends until the server itself says
+/// bob is offline, however many frames that takes.
 #[tokio::test]
 async fn a_slow_reader_is_cut_off_without_losing_directed_messages() {
     let app = spawn_with(|s| s.ws_queue_len = 8).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut slow = app.ws(&bob.token).await;
-    let mut a = app.ws(&alice.token).await;
-    // Large frames fill the socket buffers, then the outbox, while bob reads nothing.
-    let sent = 400;
-    let padding = "p".repeat(60 * 1024);
-    for i in 0..sent {
-        a.send_json(json!({"recipient_username": "bob", "content": format!("{i:04}{padding}")}))
-            .await;
-    }
-    // Now bob reads what reached his socket, up to the close.
-    let mut received = HashSet::new();
-    let mut close_code = None;
-    while let Ok(Some(frame)) =
-        tokio::time::timeout(Duration::from_secs(5), slow.stream.next()).await
-    {
-        match frame {
-            Ok(Message::Text(text)) => {
-                let v: Value = serde_json::from_str(&text).unwrap_or_default();
-                if v["type"] == "p2p_message" {
-                    received.insert(v["content"].as_str().unwrap()[..4].to_owned());
+    let (mut to_server, mut from_server) = app.ws(&alice.token).await.stream.split();
+    let cut_off = tokio_util::sync::CancellationToken::new();
+    // Large frames fill bob's socket buffers, then his outbox, while he reads nothing.
+    let sender = tokio::spawn({
+        let cut_off = cut_off.clone();
+        async move {
+            let padding = "p".repeat(60 * 1024);
+            let mut sent = 0;
+            while !cut_off.is_cancelled() {
+                assert!(sent < 3000, "bob was never cut off");
+                let frame =
+                    json!({"recipient_username": "bob", "content": format!("{sent:04}{padding}")});
+                to_server
+                    .send(Message::text(frame.to_string()))
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            (sent, to_server)
+        }
+    });
+    // Alice reads her replies (so that only bob is slow): bob's leave notice,
+    // or the first "stored" status, means his connection is gone.
+    let replies = tokio::spawn(async move {
+        while let Some(Ok(frame)) = from_server.next().await {
+            if let Message::Text(text) = frame {
+                if text.as_str() == offline_notice("bob") {
+                    cut_off.cancel();
+                    continue;
+                }
+                let reply: Value = serde_json::from_str(&text).unwrap();
+                assert!(reply.get("error").is_none(), "{reply}");
+                if reply["status"].as_str().is_some_and(|s| s.contains("离线")) {
+                    cut_off.cancel();
                 }
             }
-            Ok(Message::Close(frame)) => {
-                close_code = frame.map(|f| u16::from(f.code));
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => break,
         }
-    }
-    assert_eq!(close_code, Some(1013), "the slow reader was cut off");
+    });
+    let (sent, mut to_server) = tokio::time::timeout(Duration::from_secs(60), sender)
+        .await
+        .expect("bob is cut off within a minute")
+        .unwrap();
+    // Now bob reads what reached his socket, up to the close.
+    let mut received = HashSet::new();
+    let close_code = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), slow.stream.next())
+            .await
+            .expect("bob's frames, then the close, in time")
+            .expect("a close frame before the end")
+            .expect("a valid frame");
+        match frame {
+            // Besides alice's messages, only the notice that she came online.
+            Message::Text(text) if text.as_str() == online_notice("alice") => {}
+            Message::Text(text) => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["type"], "p2p_message");
+                let id = v["content"].as_str().unwrap()[..4].to_owned();
+                assert!(received.insert(id), "delivered twice");
+            }
+            Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
+            _ => {}
+        }
+    };
+    assert_eq!(close_code, Some(1013), "the slow reader learns why");
     // The rest were stored as offline messages: every message exactly once.
     let mut stored = HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while received.len() + stored.len() < sent {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -366,7 +436,8 @@ async fn a_slow_reader_is_cut_off_without_losing_directed_messages() {
         "the test must overflow bob's connection"
     );
     // Alice's own connection was never affected.
-    a.send_text("still fine").await;
+    to_server.send(Message::text("still fine")).await.unwrap();
+    replies.abort();
 }
 
 #[tokio::test]
