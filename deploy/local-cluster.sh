@@ -91,7 +91,7 @@ start() {
   ensure_package nginx nginx
   ensure_services
   if [ -z "${SECCHAT_BIN:-}" ]; then
-    cargo build --release --quiet
+    cargo build --release --quiet -p secchat
     SECCHAT_BIN=target/release/secchat
   fi
   if [ -z "${JWT_SECRET:-}" ]; then

@@ -135,32 +135,20 @@ pub async fn requests_become_contacts_on_both_sides(s: &dyn Store) {
         ),
         ["b"]
     );
-    let visible = |viewer, name, visibility| s.visible_user(viewer, name, visibility);
-    assert!(
-        visible(a.id, "b", Visibility::Contacts)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        visible(c.id, "b", Visibility::Contacts)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        visible(c.id, "b", Visibility::Open)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        visible(c.id, "c", Visibility::Contacts)
-            .await
-            .unwrap()
-            .is_some(),
-        "oneself"
-    );
+    let who_sees_whom = [
+        (a.id, "b", Visibility::Contacts, true),
+        (c.id, "b", Visibility::Contacts, false),
+        (c.id, "b", Visibility::Open, true),
+        (c.id, "c", Visibility::Contacts, true), // oneself
+    ];
+    for (viewer, name, visibility, sees) in who_sees_whom {
+        let found = s.visible_user(viewer, name, visibility).await.unwrap();
+        assert_eq!(
+            found.is_some(),
+            sees,
+            "{viewer} sees {name} ({visibility:?})"
+        );
+    }
     assert!(matches!(
         s.add_contact(b.id, a.id).await,
         Err(StoreError::AlreadyContact)

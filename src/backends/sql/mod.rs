@@ -82,6 +82,13 @@ where
     Ok(())
 }
 
+/// The columns of a user (`u`), as `User` reads them.
+macro_rules! user_columns {
+    () => {
+        "u.id, u.username, u.email, u.public_key, u.created_at, u.last_seen"
+    };
+}
+
 /// The columns of a user in a JSON object, for the aggregating queries.
 macro_rules! user_json_fields {
     () => {
@@ -102,7 +109,7 @@ macro_rules! visible_contacts_where {
     };
 }
 
-pub(crate) use {user_json_fields, visible_contacts_where};
+pub(crate) use {user_columns, user_json_fields, visible_contacts_where};
 
 /// `%needle%` for `LIKE … ESCAPE '\'`, with the needle's own wildcards escaped.
 pub fn like_pattern(needle: &str) -> String {
@@ -117,8 +124,6 @@ pub fn like_pattern(needle: &str) -> String {
     pattern.push('%');
     pattern
 }
-
-pub const USER_COLUMNS: &str = "u.id, u.username, u.email, u.public_key, u.created_at, u.last_seen";
 
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
@@ -184,9 +189,10 @@ macro_rules! store_methods {
             id: $crate::domain::UserId,
         ) -> $crate::store::Pending<'_, Option<$crate::store::User>> {
             $crate::backends::sql::run(async move {
-                Ok(sqlx::query_as(&format!(
-                    "SELECT {} FROM users u WHERE u.id = $1",
-                    $crate::backends::sql::USER_COLUMNS
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::backends::sql::user_columns!(),
+                    " FROM users u WHERE u.id = $1"
                 ))
                 .bind(id)
                 .fetch_optional(&self.pool)
@@ -199,9 +205,10 @@ macro_rules! store_methods {
             username_key: &'a str,
         ) -> $crate::store::Pending<'a, Option<$crate::store::User>> {
             $crate::backends::sql::run(async move {
-                Ok(sqlx::query_as(&format!(
-                    "SELECT {} FROM users u WHERE u.username_key = $1",
-                    $crate::backends::sql::USER_COLUMNS
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::backends::sql::user_columns!(),
+                    " FROM users u WHERE u.username_key = $1"
                 ))
                 .bind(username_key)
                 .fetch_optional(&self.pool)
@@ -217,11 +224,12 @@ macro_rules! store_methods {
         ) -> $crate::store::Pending<'a, Vec<$crate::store::User>> {
             $crate::backends::sql::run(async move {
                 // Escaped, so that '%' and '_' in the needle are plain characters.
-                Ok(sqlx::query_as(&format!(
-                    "SELECT {} FROM users u
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::backends::sql::user_columns!(),
+                    " FROM users u
                      WHERE u.username_key LIKE $1 ESCAPE '\\' AND u.id <> $2
-                     ORDER BY u.username_key LIMIT $3",
-                    $crate::backends::sql::USER_COLUMNS
+                     ORDER BY u.username_key LIMIT $3"
                 ))
                 .bind($crate::backends::sql::like_pattern(needle))
                 .bind(exclude)
@@ -297,12 +305,13 @@ macro_rules! store_methods {
             limit: i64,
         ) -> $crate::store::Pending<'_, Vec<$crate::store::Contact>> {
             $crate::backends::sql::run(async move {
-                let rows: Vec<$row> = sqlx::query(&format!(
-                    "SELECT {}, c.status, c.created_at AS contact_created_at
+                let rows: Vec<$row> = sqlx::query(concat!(
+                    "SELECT ",
+                    $crate::backends::sql::user_columns!(),
+                    ", c.status, c.created_at AS contact_created_at
                      FROM contacts c JOIN users u ON u.id = c.friend_id
                      WHERE c.user_id = $1 AND c.status = 'accepted'
-                     ORDER BY u.username_key LIMIT $2 OFFSET $3",
-                    $crate::backends::sql::USER_COLUMNS
+                     ORDER BY u.username_key LIMIT $2 OFFSET $3"
                 ))
                 .bind(owner)
                 .bind(limit)
@@ -318,12 +327,13 @@ macro_rules! store_methods {
             owner: $crate::domain::UserId,
         ) -> $crate::store::Pending<'_, Vec<$crate::store::Contact>> {
             $crate::backends::sql::run(async move {
-                let rows: Vec<$row> = sqlx::query(&format!(
-                    "SELECT {}, c.status, c.created_at AS contact_created_at
+                let rows: Vec<$row> = sqlx::query(concat!(
+                    "SELECT ",
+                    $crate::backends::sql::user_columns!(),
+                    ", c.status, c.created_at AS contact_created_at
                      FROM contacts c JOIN users u ON u.id = c.friend_id
                      WHERE c.user_id = $1 AND c.status = 'pending'
-                     ORDER BY c.created_at, u.id",
-                    $crate::backends::sql::USER_COLUMNS
+                     ORDER BY c.created_at, u.id"
                 ))
                 .bind(owner)
                 .fetch_all(&self.pool)
@@ -419,13 +429,14 @@ macro_rules! store_methods {
             visibility: $crate::config::Visibility,
         ) -> $crate::store::Pending<'a, Option<$crate::store::User>> {
             $crate::backends::sql::run(async move {
-                Ok(sqlx::query_as(&format!(
-                    "SELECT {} FROM users u
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::backends::sql::user_columns!(),
+                    " FROM users u
                      WHERE u.username_key = $1
                        AND ($2 OR u.id = $3 OR EXISTS (SELECT 1 FROM contacts r
                                                      WHERE r.user_id = u.id AND r.friend_id = $3
-                                                       AND r.status = 'accepted'))",
-                    $crate::backends::sql::USER_COLUMNS
+                                                       AND r.status = 'accepted'))"
                 ))
                 .bind(username_key)
                 .bind(visibility == $crate::config::Visibility::Open)
