@@ -9,6 +9,10 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use ipnet::IpNet;
 use secrecy::SecretString;
 
+/// File descriptors kept back from client connections: database and Redis
+/// connections, the listener, log and database files.
+const FD_RESERVE: usize = 128;
+
 /// Where the embedded default keeps its database when `DATABASE_URL` is unset.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://secchat.db";
 
@@ -63,6 +67,25 @@ pub struct Settings {
     /// Frames queued for one WebSocket before the connection counts as too slow and is closed.
     #[arg(long, env = "WS_QUEUE_LEN", default_value_t = 1024)]
     pub ws_queue_len: usize,
+
+    /// Bytes queued for one WebSocket before the connection counts as too slow and is closed.
+    #[arg(long, env = "WS_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub ws_queue_bytes: usize,
+
+    /// Open connections (HTTP and WebSocket) one replica holds at most; beyond
+    /// it a new connection gets `503` at once. Defaults to the process's
+    /// file-descriptor limit less a reserve for the database, Redis and logs.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// How long a client may take to send a request's headers (slow clients,
+    /// "slowloris", are dropped after it).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// How long a client may take to send a request's body.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_read_timeout_secs: u64,
 
     /// Idle time after which the server pings a WebSocket; a connection silent for
     /// two intervals is dropped.
@@ -166,6 +189,31 @@ impl Settings {
 
     pub fn ws_ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_secs.max(1))
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs.max(1))
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs.max(1))
+    }
+
+    /// [`Settings::max_connections`], or what the file-descriptor limit leaves.
+    pub fn connection_cap(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            // SAFETY: getrlimit writes the limit into the struct it is given.
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+                usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+            } else {
+                1024
+            };
+            soft.saturating_sub(FD_RESERVE).max(64)
+        })
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -33,6 +33,8 @@ pub mod metrics;
 pub mod presence;
 /// Tokens refused after logout: the trait.
 pub mod revocation;
+/// Accepting connections: header deadline, connection cap.
+pub mod serve;
 /// Every flow that touches more than one backend.
 pub mod service;
 /// Building the application, binding its port, and running it to shutdown.

@@ -132,6 +132,11 @@ impl Drop for WsConnectionGauge {
     }
 }
 
+/// A connection refused because the replica holds as many as it may.
+pub fn connection_refused() {
+    counter!("secchat_connections_refused_total").increment(1);
+}
+
 pub fn slow_consumer_closed() {
     counter!("secchat_ws_slow_consumers_closed_total").increment(1);
 }

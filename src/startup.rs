@@ -24,7 +24,8 @@ use crate::{
     backends,
     config::Settings,
     domain::DirectMessage,
-    service::{self, Services, hub::Hub},
+    serve::ConnectionLimits,
+    service::{Services, hub::Hub},
     state::AppState,
 };
 
@@ -41,15 +42,16 @@ impl App {
         let (hub, undelivered) = Hub::new();
         let hub = Arc::new(hub);
         let shutdown = CancellationToken::new();
-        let connected = backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
-        let tokens = Tokens::new(&connected.jwt_secret, settings.token_ttl());
-        let backends = service::Backends {
-            store: connected.store,
-            revocations: connected.revocations,
-            presence: connected.presence,
-            bus: connected.bus,
-        };
-        let services = Services::new(settings.clone(), backends, hub, tokens)?;
+        let backends = backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
+        let services = Services::new(
+            settings.clone(),
+            backends.store,
+            backends.revocations,
+            backends.presence,
+            backends.bus,
+            hub,
+            Tokens::new(&backends.jwt_secret, settings.token_ttl()),
+        )?;
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("binding {}", settings.bind))?;
@@ -92,17 +94,18 @@ impl App {
         tracing::info!(address = %listener.local_addr()?, "listening");
         let background = spawn_background(&state, undelivered);
         let app = application(state.clone());
+        let limits = ConnectionLimits {
+            max_connections: state.settings.connection_cap(),
+            header_read_timeout: state.settings.header_read_timeout(),
+            body_read_timeout: state.settings.body_read_timeout(),
+        };
         let shutdown = state.shutdown.clone();
-        let serve = axum::serve(
-            listener,
-            axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
-        )
-        .with_graceful_shutdown(async move {
+        crate::serve::serve(listener, app, limits, async move {
             signal.await;
             tracing::info!("shutting down");
             shutdown.cancel();
-        });
-        let result = serve.await.context("serving");
+        })
+        .await;
 
         state.shutdown.cancel();
         state.sessions.close();
@@ -113,7 +116,7 @@ impl App {
             tracing::warn!("WebSocket sessions still open after the grace period");
         }
         let _ = background.await;
-        result
+        Ok(())
     }
 }
 

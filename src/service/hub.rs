@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, OnceLock, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -74,10 +74,12 @@ impl Closer {
         }
     }
 
-    /// Closes for this reason, unless a reason was given already.
-    pub fn close(&self, why: Disconnect) {
-        let _ = self.reason.set(why);
+    /// Closes for this reason, unless a reason was given already; true when
+    /// this was the first.
+    pub fn close(&self, why: Disconnect) -> bool {
+        let first = self.reason.set(why).is_ok();
         self.token.cancel();
+        first
     }
 
     /// Ends the connection with no reason of its own (the client left).
@@ -98,23 +100,97 @@ impl Closer {
     }
 }
 
+/// A connection's queue of frames to write, bounded in frames and in bytes.
+/// Offering never waits: a queue that is full closes its connection as too
+/// slow (the client reads too slowly, or not at all).
+#[derive(Clone)]
+pub struct Outbox {
+    frames: mpsc::Sender<Outgoing>,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+    closer: Closer,
+}
+
+/// The writer's end of an [`Outbox`].
+pub struct Inbox {
+    frames: mpsc::Receiver<Outgoing>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// A new outbox of at most `max_frames` frames and `max_bytes` bytes, which
+/// closes its connection through `closer`.
+pub fn outbox(max_frames: usize, max_bytes: usize, closer: Closer) -> (Outbox, Inbox) {
+    let (frames, receiver) = mpsc::channel(max_frames.max(1));
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let outbox = Outbox {
+        frames,
+        bytes: bytes.clone(),
+        max_bytes,
+        closer,
+    };
+    (
+        outbox,
+        Inbox {
+            frames: receiver,
+            bytes,
+        },
+    )
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Self::Text(frame) | Self::Direct(frame, _) => frame.len(),
+        }
+    }
+}
+
+impl Outbox {
+    /// Queues a frame. False when it was not queued: the queue was full (the
+    /// connection is now closing as too slow) or the connection is gone.
+    pub fn offer(&self, item: Outgoing) -> bool {
+        let size = item.len();
+        let full = if self.bytes.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes {
+            true
+        } else {
+            match self.frames.try_send(item) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        };
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        if full && self.closer.close(Disconnect::TooSlow) {
+            crate::metrics::slow_consumer_closed();
+        }
+        false
+    }
+
+    pub fn closer(&self) -> &Closer {
+        &self.closer
+    }
+}
+
+impl Inbox {
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        let item = self.frames.recv().await?;
+        self.bytes.fetch_sub(item.len(), Ordering::Relaxed);
+        Some(item)
+    }
+
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        let item = self.frames.try_recv().ok()?;
+        self.bytes.fetch_sub(item.len(), Ordering::Relaxed);
+        Some(item)
+    }
+}
+
 #[derive(Clone)]
 struct Connection {
     id: u64,
     jti: Arc<str>,
     at: Endpoint,
-    outbox: mpsc::Sender<Outgoing>,
-    closer: Closer,
-}
-
-impl Connection {
-    /// Queues a frame, closing the connection if its outbox is full.
-    fn offer(&self, item: Outgoing) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(item) {
-            crate::metrics::slow_consumer_closed();
-            self.closer.close(Disconnect::TooSlow);
-        }
-    }
+    outbox: Outbox,
 }
 
 #[derive(Serialize)]
@@ -167,14 +243,7 @@ impl Hub {
         (hub, rx)
     }
 
-    pub fn register(
-        &self,
-        user: UserId,
-        jti: &str,
-        at: Endpoint,
-        outbox: mpsc::Sender<Outgoing>,
-        closer: Closer,
-    ) -> Registration {
+    pub fn register(&self, user: UserId, jti: &str, at: Endpoint, outbox: Outbox) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut map = self.connections.write().unwrap_or_else(|p| p.into_inner());
         let list = map.entry(user).or_default();
@@ -184,7 +253,6 @@ impl Hub {
             jti: jti.into(),
             at,
             outbox,
-            closer,
         });
         Registration { id, first_here }
     }
@@ -245,7 +313,8 @@ impl Hub {
             undelivered: self.undelivered.clone(),
         });
         for conn in targets {
-            conn.offer(Outgoing::Direct(frame.clone(), receipt.clone()));
+            conn.outbox
+                .offer(Outgoing::Direct(frame.clone(), receipt.clone()));
         }
         crate::metrics::relayed(crate::metrics::Relay::Direct, targets.len());
         true
@@ -258,7 +327,7 @@ impl Hub {
         let mut delivered = 0;
         let mut offer = |conns: &Vec<Connection>| {
             for conn in conns {
-                conn.offer(Outgoing::Text(frame.clone()));
+                conn.outbox.offer(Outgoing::Text(frame.clone()));
             }
             delivered += conns.len();
         };
@@ -280,7 +349,7 @@ impl Hub {
             .flatten()
             .filter(|c| &*c.jti == jti)
         {
-            conn.closer.close(Disconnect::TokenRevoked);
+            conn.outbox.closer().close(Disconnect::TokenRevoked);
         }
     }
 }
@@ -325,6 +394,10 @@ impl EventSink for Hub {
 mod tests {
     use super::*;
 
+    fn queue(frames: usize) -> (Outbox, Inbox) {
+        outbox(frames, usize::MAX, Closer::default())
+    }
+
     fn here() -> Endpoint {
         Endpoint {
             ip: "127.0.0.1".parse().unwrap(),
@@ -336,7 +409,7 @@ mod tests {
     fn held_groups_connections_by_user_and_token() {
         let (hub, _undelivered) = Hub::new();
         for jti in ["a", "a", "b"] {
-            hub.register(2, jti, here(), mpsc::channel(1).0, Closer::default());
+            hub.register(2, jti, here(), queue(1).0);
         }
         let mut held = hub.held();
         held.sort_by(|x, y| x.jti.cmp(&y.jti));
@@ -370,10 +443,10 @@ mod tests {
     #[test]
     fn unwritten_direct_comes_back_once() {
         let (hub, mut undelivered) = Hub::new();
-        let (tx1, rx1) = mpsc::channel(4);
-        let (tx2, rx2) = mpsc::channel(4);
-        hub.register(2, "a", here(), tx1, Closer::default());
-        hub.register(2, "b", here(), tx2, Closer::default());
+        let (tx1, rx1) = queue(4);
+        let (tx2, rx2) = queue(4);
+        hub.register(2, "a", here(), tx1);
+        hub.register(2, "b", here(), tx2);
         assert!(hub.deliver(Event::Direct(message(2))));
         drop((rx1, rx2));
         let back = undelivered.try_recv().unwrap();
@@ -384,10 +457,10 @@ mod tests {
     #[test]
     fn written_on_one_device_is_not_stored() {
         let (hub, mut undelivered) = Hub::new();
-        let (tx1, mut rx1) = mpsc::channel(4);
-        let (tx2, rx2) = mpsc::channel(4);
-        hub.register(2, "a", here(), tx1, Closer::default());
-        hub.register(2, "b", here(), tx2, Closer::default());
+        let (tx1, mut rx1) = queue(4);
+        let (tx2, rx2) = queue(4);
+        hub.register(2, "a", here(), tx1);
+        hub.register(2, "b", here(), tx2);
         hub.deliver(Event::Direct(message(2)));
         match rx1.try_recv().unwrap() {
             Outgoing::Direct(_, receipt) => receipt.mark_written(),
@@ -400,9 +473,9 @@ mod tests {
     #[test]
     fn full_outbox_closes_the_connection() {
         let (hub, _undelivered) = Hub::new();
-        let (tx, _rx) = mpsc::channel(1);
-        let closer = Closer::default();
-        hub.register(2, "a", here(), tx, closer.clone());
+        let (tx, _rx) = queue(1);
+        let closer = tx.closer().clone();
+        hub.register(2, "a", here(), tx);
         let text = || Event::Text {
             text: "x".into(),
             audience: Audience::AllExcept(1),
@@ -414,16 +487,31 @@ mod tests {
     }
 
     #[test]
+    fn an_outbox_is_bounded_in_bytes_too() {
+        let closer = Closer::default();
+        let (outbox, mut inbox) = outbox(100, 10, closer.clone());
+        let frame = |n: usize| Outgoing::Text(Utf8Bytes::from("x".repeat(n)));
+        assert!(outbox.offer(frame(6)));
+        assert!(outbox.offer(frame(4)));
+        assert!(!closer.token().is_cancelled());
+        assert!(inbox.try_recv().is_some(), "taking a frame frees its bytes");
+        assert!(outbox.offer(frame(6)));
+        assert!(!outbox.offer(frame(1)), "11 bytes would be queued");
+        assert_eq!(closer.reason(), Disconnect::TooSlow);
+    }
+
+    #[test]
     fn revoking_closes_only_that_token() {
         let (hub, _undelivered) = Hub::new();
-        let (a, b) = (Closer::default(), Closer::default());
-        hub.register(2, "a", here(), mpsc::channel(1).0, a.clone());
-        hub.register(2, "b", here(), mpsc::channel(1).0, b.clone());
+        let ((a, _), (b, _)) = (queue(1), queue(1));
+        let (a_closer, b_closer) = (a.closer().clone(), b.closer().clone());
+        hub.register(2, "a", here(), a);
+        hub.register(2, "b", here(), b);
         hub.deliver(Event::CloseSessions {
             user: 2,
             jti: "a".into(),
         });
-        assert_eq!(a.reason(), Disconnect::TokenRevoked);
-        assert!(!b.token().is_cancelled());
+        assert_eq!(a_closer.reason(), Disconnect::TokenRevoked);
+        assert!(!b_closer.token().is_cancelled());
     }
 }

@@ -103,14 +103,6 @@ impl From<RevocationError> for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The backends a replica runs on, as `backends::connect` made them.
-pub struct Backends {
-    pub store: Arc<dyn Store>,
-    pub revocations: Arc<dyn Revocations>,
-    pub presence: Arc<dyn Presence>,
-    pub bus: Arc<dyn Bus>,
-}
-
 /// The flows of one replica, over its backends and its hub.
 pub struct Services {
     store: Arc<dyn Store>,
@@ -118,7 +110,7 @@ pub struct Services {
     presence: Arc<dyn Presence>,
     bus: Arc<dyn Bus>,
     /// This replica's WebSocket connections.
-    pub hub: Arc<Hub>,
+    hub: Arc<Hub>,
     passwords: PasswordHasher,
     tokens: Tokens,
     /// Usernames resolved to ids without a store round trip.
@@ -138,9 +130,14 @@ pub struct Readiness {
 }
 
 impl Services {
+    /// The flows over these backends; `hub` is the event sink the bus was
+    /// built with.
     pub fn new(
         settings: Arc<Settings>,
-        backends: Backends,
+        store: Arc<dyn Store>,
+        revocations: Arc<dyn Revocations>,
+        presence: Arc<dyn Presence>,
+        bus: Arc<dyn Bus>,
         hub: Arc<Hub>,
         tokens: Tokens,
     ) -> anyhow::Result<Self> {
@@ -155,11 +152,11 @@ impl Services {
             tokens,
             names: NameCache::default(),
             online: OnlineContacts::default(),
-            writer: MessageWriter::start(backends.store.clone()),
-            store: backends.store,
-            revocations: backends.revocations,
-            presence: backends.presence,
-            bus: backends.bus,
+            writer: MessageWriter::start(store.clone()),
+            store,
+            revocations,
+            presence,
+            bus,
             hub,
             settings,
         })

@@ -5,15 +5,7 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use chrono::Utc;
-use serde::Deserialize;
-use serde_json::json;
-use tokio::sync::mpsc;
-
-use super::{
-    AuthUser, Error, Result, Services,
-    hub::{Closer, Outgoing},
-};
+use super::{AuthUser, Error, Result, Services, hub::Outbox};
 use crate::{
     bus::{Audience, Event},
     config::NoticeAudience,
@@ -21,6 +13,9 @@ use crate::{
     metrics::{StoredVia, messages_stored},
     store::{InboxMessage, Message, NewMessage},
 };
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
 
 /// `{"error": "..."}`, the frame that answers a client's mistake.
 pub fn error_frame(message: &str) -> String {
@@ -87,11 +82,10 @@ impl Services {
             .names
             .resolve(self.store.as_ref(), &frame.recipient_username)
             .await?;
+        // The client's input is not echoed back: a reply stays small whatever
+        // the frame held.
         let Some(recipient) = recipient else {
-            return Ok(Some(error_frame(&format!(
-                "user '{}' not found",
-                frame.recipient_username
-            ))));
+            return Ok(Some(error_frame("recipient not found")));
         };
         let message = Arc::new(DirectMessage {
             sender_id: sender.id,
@@ -139,10 +133,9 @@ impl Services {
         &self,
         user: &AuthUser,
         peer: Endpoint,
-        outbox: mpsc::Sender<Outgoing>,
-        closer: Closer,
+        outbox: Outbox,
     ) -> Result<u64> {
-        let registration = self.hub.register(user.id, &user.jti, peer, outbox, closer);
+        let registration = self.hub.register(user.id, &user.jti, peer, outbox);
         if let Err(err) = self
             .connection_opened(user, peer, registration.first_here)
             .await

@@ -41,12 +41,16 @@ async fn upgrade(
 ) -> Response {
     let limit = state.settings.max_message_bytes;
     // Small buffers: tungstenite zero-fills its read buffer on every read, and
-    // each idle connection holds both (128 KiB each by default).
+    // each idle connection holds both (128 KiB each by default). The write
+    // buffer is bounded too: a client that never reads must not make it grow
+    // (with pongs to its pings, say). A frame can hold a message whose JSON
+    // escaping made it up to six times longer.
     let ws = ws
         .max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER);
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + 6 * limit + 1024);
     let auth = match params.token.as_deref() {
         Some(token) => state.services.authenticate(token).await,
         None => Err(service::Error::BAD_TOKEN),

@@ -14,7 +14,6 @@ use futures_util::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
@@ -24,7 +23,7 @@ use crate::{
     metrics::WsConnectionGauge,
     service::{
         self, AuthUser,
-        hub::{Closer, Outgoing, Receipt},
+        hub::{self, Closer, Inbox, Outbox, Outgoing, Receipt},
         message_frame,
     },
     state::AppState,
@@ -32,6 +31,10 @@ use crate::{
 
 /// Frames written before one flush; bounds the latency a burst adds.
 const WRITE_BATCH: usize = 64;
+
+/// How long one write to a client may take. A client that takes nothing for
+/// this long is let go, although its queue was not full yet.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long a closing connection may take to write its last frames and the
 /// close frame. A client cut off for reading too slowly learns why if it
@@ -47,8 +50,8 @@ pub struct Session {
     user: AuthUser,
     connection: u64,
     closer: Closer,
-    outbox: mpsc::Sender<Outgoing>,
-    inbox: Option<mpsc::Receiver<Outgoing>>,
+    outbox: Outbox,
+    inbox: Option<Inbox>,
     /// Undoes `open`; taken when the session closes, run from `Drop` otherwise.
     teardown: Option<Teardown>,
     /// The upgrade request's span (with its request id), parent of the session's.
@@ -74,10 +77,14 @@ impl Teardown {
 impl Session {
     pub async fn open(state: AppState, user: AuthUser, peer: Endpoint) -> service::Result<Self> {
         let closer = Closer::child_of(&state.shutdown);
-        let (outbox, inbox) = mpsc::channel(state.settings.ws_queue_len.max(1));
+        let (outbox, inbox) = hub::outbox(
+            state.settings.ws_queue_len,
+            state.settings.ws_queue_bytes,
+            closer.clone(),
+        );
         let connection = state
             .services
-            .open_connection(&user, peer, outbox.clone(), closer.clone())
+            .open_connection(&user, peer, outbox.clone())
             .await?;
         let teardown = Teardown {
             state: state.clone(),
@@ -111,7 +118,7 @@ impl Session {
         tracing::info!("websocket open");
         let (mut sink, mut stream) = socket.split();
         let (state, user, closer) = (&self.state, &self.user, &self.closer);
-        if let Err(err) = push_offline(state, user, &mut sink).await {
+        if let Err(err) = push_offline(state, user, &mut sink, closer).await {
             tracing::debug!(error = %err, "offline push stopped");
             closer.close(Disconnect::WriteFailed);
         }
@@ -155,11 +162,13 @@ impl Drop for Session {
 }
 
 /// Writes the user's unread offline messages, oldest first, and marks read the
-/// ones that were written.
+/// ones that were written. Each write has [`WRITE_DEADLINE`], and closing the
+/// connection stops the push.
 async fn push_offline(
     state: &AppState,
     user: &AuthUser,
     sink: &mut SplitSink<WebSocket, Message>,
+    closer: &Closer,
 ) -> anyhow::Result<()> {
     let unread = state.services.unread(user).await?;
     let mut written = Vec::with_capacity(unread.len());
@@ -172,8 +181,17 @@ async fn push_offline(
             &m.content,
             m.sent_at,
         );
-        if let Err(err) = sink.send(Message::Text(frame.into())).await {
-            result = Err(anyhow::anyhow!("writing an offline message: {err}"));
+        let send = tokio::time::timeout(WRITE_DEADLINE, sink.send(Message::Text(frame.into())));
+        let sent = tokio::select! {
+            _ = closer.token().cancelled() => Err(anyhow::anyhow!("the connection is closing")),
+            sent = send => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(anyhow::anyhow!("writing an offline message: {err}")),
+                Err(_) => Err(anyhow::anyhow!("no offline message taken for {WRITE_DEADLINE:?}")),
+            },
+        };
+        if let Err(err) = sent {
+            result = Err(err);
             break;
         }
         written.push(m.id);
@@ -186,7 +204,7 @@ async fn read_loop(
     state: &AppState,
     user: &AuthUser,
     stream: &mut SplitStream<WebSocket>,
-    outbox: &mpsc::Sender<Outgoing>,
+    outbox: &Outbox,
     closer: &Closer,
     heard: &AtomicBool,
 ) {
@@ -213,11 +231,9 @@ async fn read_loop(
             )),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
         };
+        // Never waits: a client that does not read its replies is too slow.
         if let Some(reply) = reply
-            && outbox
-                .send(Outgoing::Text(Utf8Bytes::from(reply)))
-                .await
-                .is_err()
+            && !outbox.offer(Outgoing::Text(Utf8Bytes::from(reply)))
         {
             return;
         }
@@ -238,7 +254,7 @@ fn is_too_big(err: axum::Error) -> bool {
 /// close frame, within [`CLOSE_GRACE`].
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut inbox: mpsc::Receiver<Outgoing>,
+    mut inbox: Inbox,
     closer: Closer,
     heard: Arc<AtomicBool>,
     ping_every: Duration,
@@ -257,12 +273,17 @@ async fn write_loop(
             _ = &mut cancelled => break,
             item = inbox.recv() => {
                 let Some(item) = item else { break }; // every sender is gone
+                let batch = write_batch(&mut sink, item, &mut inbox, &mut unflushed);
                 tokio::select! {
                     biased;
                     _ = &mut cancelled => break,
-                    written = write_batch(&mut sink, item, &mut inbox, &mut unflushed) => {
-                        if written.is_err() {
-                            return;
+                    written = tokio::time::timeout(WRITE_DEADLINE, batch) => match written {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            // Written to nobody for a whole deadline: let the client go.
+                            closer.close(Disconnect::TooSlow);
+                            break;
                         }
                     }
                 }
@@ -303,7 +324,7 @@ async fn write_loop(
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     first: Outgoing,
-    inbox: &mut mpsc::Receiver<Outgoing>,
+    inbox: &mut Inbox,
     unflushed: &mut Vec<Arc<Receipt>>,
 ) -> Result<(), axum::Error> {
     let mut next = Some(first);
@@ -319,7 +340,7 @@ async fn write_batch(
         sink.feed(Message::Text(frame)).await?;
         batched += 1;
         if batched < WRITE_BATCH {
-            next = inbox.try_recv().ok();
+            next = inbox.try_recv();
         }
     }
     sink.flush().await

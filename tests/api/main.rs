@@ -6,6 +6,7 @@ mod cluster;
 mod contacts;
 mod flows;
 mod helpers;
+mod limits;
 mod load_balancer;
 mod messages;
 mod ops;

@@ -282,6 +282,10 @@ async fn bad_frames_get_an_error_and_the_connection_stays_open() {
         a.send_json(frame.clone()).await;
         let reply = a.json().await;
         assert!(reply["error"].is_string(), "{frame} got {reply}");
+        assert!(
+            !reply.to_string().contains("nobody"),
+            "input echoed: {reply}"
+        );
     }
     a.stream.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert!(a.json().await["error"].is_string());

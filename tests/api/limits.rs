@@ -1,0 +1,218 @@
+//! What a client cannot make the server hold: half-sent requests, more
+//! connections than the cap, a write buffer that grows with pings it never
+//! reads, a socket kept open by never reading its replies.
+
+use std::{process::Stdio, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::{connect_async, tungstenite::Message};
+
+use crate::helpers::{PATIENCE, eventually, free_port, spawn_with};
+
+/// Reads until the server closes the connection; what it sent before that.
+async fn until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => panic!("still open after {within:?}"),
+            Ok(Ok(0) | Err(_)) => return answer,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn half_sent_requests_are_dropped_after_the_header_deadline() {
+    let app = spawn_with(|s| s.header_read_timeout_secs = 1).await;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTT").await.unwrap();
+        slow.push(stream);
+    }
+    // One header byte a second, never finishing.
+    let mut dripping = TcpStream::connect(app.addr).await.unwrap();
+    let drip = tokio::spawn(async move {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaa" {
+            if dripping.write_all(&[*byte]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    });
+    // Meanwhile ordinary requests are answered.
+    let (status, _) = app.call(reqwest::Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for stream in &mut slow {
+        until_closed(stream, Duration::from_secs(10)).await;
+    }
+    assert!(drip.await.unwrap(), "the dripping client was cut off");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_at_once() {
+    let app = spawn_with(|s| s.max_connections = Some(4)).await;
+    // Four connections that send nothing hold every place.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    let mut fifth = TcpStream::connect(app.addr).await.unwrap();
+    let answer = String::from_utf8(until_closed(&mut fifth, PATIENCE).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.ends_with(r#"{"detail":"Server busy; try again in a moment"}"#));
+    // A place frees when a connection closes.
+    drop(idle.pop());
+    eventually("a request gets through again", || async {
+        reqwest::get(app.url("/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_replies_is_let_go_at_logout() {
+    let app = spawn_with(|s| s.ws_queue_len = 8).await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let mut watcher = app.ws(&carol.token).await;
+    let (mut to_server, from_server) = app.ws(&bob.token).await.stream.split();
+    assert_eq!(watcher.text().await, "系统消息: 用户 bob 已上线。");
+    // Bob sends frames whose replies he never reads; each names a long,
+    // unknown recipient.
+    let name = "n".repeat(60 * 1024);
+    let sender = tokio::spawn(async move {
+        for _ in 0..400 {
+            let frame = json!({"recipient_username": name, "content": "x"});
+            to_server
+                .send(Message::text(frame.to_string()))
+                .await
+                .unwrap();
+        }
+        to_server
+    });
+    let _to_server = tokio::time::timeout(Duration::from_secs(60), sender)
+        .await
+        .expect("the server kept reading bob's frames")
+        .unwrap();
+    let (status, _) = app.post("/logout", &bob.token, json!(null)).await;
+    assert_eq!(status, StatusCode::OK);
+    // He is let go at once, although he still reads nothing.
+    assert_eq!(watcher.text().await, "系统消息: 用户 bob 已下线。");
+    drop(from_server);
+}
+
+/// The real binary, so that its memory can be read.
+struct Server {
+    child: tokio::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_secchat"))
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        eventually("the server answers", || {
+            let (http, base) = (&http, &base);
+            async move {
+                http.get(format!("http://{base}/healthz"))
+                    .send()
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        Self {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    fn rss_mb(&self) -> f64 {
+        let pid = self.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
+
+    async fn token(&self, name: &str) -> String {
+        let http = reqwest::Client::new();
+        let url = |path: &str| format!("http://{}{path}", self.base);
+        let register = json!({"username": name, "email": format!("{name}@example.com"),
+                              "password": "pw-secret", "public_key": "pk"});
+        http.post(url("/users/"))
+            .json(&register)
+            .send()
+            .await
+            .unwrap();
+        let login = [("username", name), ("password", "pw-secret")];
+        let answer: serde_json::Value = http
+            .post(url("/token"))
+            .form(&login)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test]
+async fn pings_from_a_client_that_never_reads_do_not_grow_the_server() {
+    let server = Server::start().await;
+    let token = server.token("pinger").await;
+    let (socket, _) = connect_async(format!("ws://{}/ws?token={token}", server.base))
+        .await
+        .unwrap();
+    let before = server.rss_mb();
+    // Pings as fast as they go for a few seconds; the pongs are never read.
+    let (mut to_server, _from_server) = socket.split();
+    let ping = vec![7u8; 125];
+    let flood = async {
+        loop {
+            if to_server
+                .send(Message::Ping(ping.clone().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), flood).await;
+    let grown = server.rss_mb() - before;
+    println!("server RSS grew by {grown:.1} MB");
+    assert!(grown < 32.0, "the server grew by {grown:.0} MB");
+}
