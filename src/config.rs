@@ -56,6 +56,10 @@ pub struct Settings {
     #[arg(long, env = "PRESENCE_NOTICES", value_enum, default_value_t = NoticeAudience::All)]
     pub presence_notices: NoticeAudience,
 
+    /// Unread offline messages are deleted this long after they were sent.
+    #[arg(long, env = "MESSAGE_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
+    pub message_ttl_secs: u64,
+
     /// Largest accepted HTTP request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -189,6 +193,10 @@ impl Settings {
 
     pub fn ws_ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_secs.max(1))
+    }
+
+    pub fn message_ttl(&self) -> Duration {
+        Duration::from_secs(self.message_ttl_secs.max(1))
     }
 
     pub fn header_read_timeout(&self) -> Duration {

@@ -93,6 +93,7 @@ impl App {
         } = self;
         tracing::info!(address = %listener.local_addr()?, "listening");
         let background = spawn_background(&state, undelivered);
+        let expiry = spawn_expiry(&state);
         let app = application(state.clone());
         let limits = ConnectionLimits {
             max_connections: state.settings.connection_cap(),
@@ -115,7 +116,7 @@ impl App {
         {
             tracing::warn!("WebSocket sessions still open after the grace period");
         }
-        let _ = background.await;
+        let _ = tokio::join!(background, expiry);
         Ok(())
     }
 }
@@ -169,6 +170,7 @@ fn spawn_background(
                     services.renew_presence().await;
                     state.metrics.run_upkeep();
                 }
+
                 n = undelivered.recv_many(&mut batch, 512) => {
                     if n == 0 {
                         break;
@@ -188,6 +190,28 @@ fn spawn_background(
         }
         if !batch.is_empty() {
             services.store_undelivered(batch).await;
+        }
+    })
+}
+
+/// Deletes unread messages past their time to live, on a task of its own so
+/// that a long sweep delays nothing else; ends when shutdown begins.
+fn spawn_expiry(state: &AppState) -> JoinHandle<()> {
+    let state = state.clone();
+    // Often enough that a message outlives its time to live by little.
+    let every =
+        (state.settings.message_ttl() / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => break,
+                _ = tick.tick() => match state.services.expire_messages().await {
+                    Ok(0) => {}
+                    Ok(expired) => tracing::info!(expired, "unread messages expired"),
+                    Err(err) => tracing::warn!(error = %err, "expiring messages failed"),
+                },
+            }
         }
     })
 }

@@ -277,12 +277,31 @@ impl Services {
     }
 
     /// The unread messages to push when a WebSocket opens, with their senders'
-    /// names; they stay unread until [`Services::mark_read`].
+    /// names; they stay unread until [`Services::delete_read`].
     pub async fn unread(&self, user: &AuthUser) -> Result<Vec<InboxMessage>> {
         Ok(self.store.peek_unread(user.id).await?)
     }
 
-    pub async fn mark_read(&self, user: &AuthUser, ids: &[i64]) -> Result<()> {
-        Ok(self.store.mark_read(user.id, ids).await?)
+    /// These messages reached the user: they are deleted, ciphertext and all.
+    pub async fn delete_read(&self, user: &AuthUser, ids: &[i64]) -> Result<()> {
+        Ok(self.store.delete_read(user.id, ids).await?)
+    }
+
+    /// Deletes the unread messages older than the time to live, a batch at a
+    /// time so that no statement holds the store for long; returns how many.
+    pub async fn expire_messages(&self) -> Result<u64> {
+        const BATCH: i64 = 1000;
+        let ttl = chrono::TimeDelta::from_std(self.settings.message_ttl())
+            .unwrap_or(chrono::TimeDelta::MAX);
+        let before = Utc::now() - ttl;
+        let mut expired = 0;
+        loop {
+            let deleted = self.store.expire_messages(before, BATCH).await?;
+            expired += deleted;
+            if deleted < BATCH as u64 {
+                return Ok(expired);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }

@@ -214,14 +214,14 @@ pub async fn messages_are_read_once_in_order(s: &dyn Store) {
         .map(|m| (m.sender_username.as_str(), m.message.content.as_str()))
         .collect();
     assert_eq!(peeked, [("a", "one"), ("a", "two")]);
-    s.mark_read(a.id, &[stored[0].id]).await.unwrap();
+    s.delete_read(a.id, &[stored[0].id]).await.unwrap();
     assert_eq!(
         s.peek_unread(b.id).await.unwrap().len(),
         2,
         "only the recipient marks"
     );
-    s.mark_read(b.id, &[stored[0].id]).await.unwrap();
-    s.mark_read(b.id, &[]).await.unwrap();
+    s.delete_read(b.id, &[stored[0].id]).await.unwrap();
+    s.delete_read(b.id, &[]).await.unwrap();
     assert_eq!(s.take_unread(b.id).await.unwrap(), [stored[1].clone()]);
     assert!(s.take_unread(b.id).await.unwrap().is_empty());
     assert_eq!(s.take_unread(a.id).await.unwrap(), [stored[2].clone()]);
@@ -241,4 +241,25 @@ pub async fn concurrent_takes_never_share_a_message(s: &dyn Store) {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 60, "every message exactly once");
+}
+
+pub async fn old_messages_expire(s: &dyn Store) {
+    let (a, b) = (user(s, "a").await, user(s, "b").await);
+    let at = |secs, content: &str| NewMessage {
+        sent_at: t(secs),
+        ..message(&a, &b, content)
+    };
+    s.store_messages(&[at(1, "old"), at(2, "older than 50"), at(100, "new")])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.expire_messages(t(50), 1).await.unwrap(),
+        1,
+        "at most the limit"
+    );
+    assert_eq!(s.expire_messages(t(50), 10).await.unwrap(), 1);
+    assert_eq!(s.expire_messages(t(50), 10).await.unwrap(), 0);
+    let left: Vec<_> = s.take_unread(b.id).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].content, "new");
 }

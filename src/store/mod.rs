@@ -66,7 +66,8 @@ pub struct Contact {
     pub created_at: DateTime<Utc>,
 }
 
-/// A stored offline message. The columns are `receiver_id` and
+/// A stored offline message: the store keeps a message until it is read, or
+/// until it expires. The columns are `receiver_id` and
 /// `encrypted_content`, as the seed named them; inside the crate a message has
 /// a recipient and a content, like a message in flight.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -170,8 +171,14 @@ pub trait Store: Send + Sync + 'static {
     fn store_messages<'a>(&'a self, messages: &'a [NewMessage]) -> Pending<'a, Vec<Message>>;
     /// Unread messages of `recipient`, oldest first, left unread.
     fn peek_unread(&self, recipient: UserId) -> Pending<'_, Vec<InboxMessage>>;
-    fn mark_read<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, ()>;
-    /// Unread messages of `recipient`, oldest first, marked read in the same statement,
-    /// so concurrent callers never receive the same message.
+    /// Deletes these messages of `recipient`'s (they were read); others' ids
+    /// are ignored.
+    fn delete_read<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, ()>;
+    /// Unread messages of `recipient`, oldest first, deleted in the same
+    /// statement, so concurrent callers never receive the same message and no
+    /// read message stays stored.
     fn take_unread(&self, recipient: UserId) -> Pending<'_, Vec<Message>>;
+    /// Deletes up to `limit` messages sent before `sent_before`, oldest first;
+    /// returns how many.
+    fn expire_messages(&self, sent_before: DateTime<Utc>, limit: i64) -> Pending<'_, u64>;
 }

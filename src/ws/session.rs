@@ -161,7 +161,7 @@ impl Drop for Session {
     }
 }
 
-/// Writes the user's unread offline messages, oldest first, and marks read the
+/// Writes the user's unread offline messages, oldest first, and deletes the
 /// ones that were written. Each write has [`WRITE_DEADLINE`], and closing the
 /// connection stops the push.
 async fn push_offline(
@@ -196,7 +196,7 @@ async fn push_offline(
         }
         written.push(m.id);
     }
-    state.services.mark_read(user, &written).await?;
+    state.services.delete_read(user, &written).await?;
     result
 }
 

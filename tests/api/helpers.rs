@@ -205,6 +205,31 @@ impl TestApp {
         }
     }
 
+    /// How many stored messages hold `content`, read from the database itself.
+    pub async fn stored_with_content(&self, content: &str) -> i64 {
+        let url = &self
+            ._backend
+            .as_ref()
+            .expect("an app of spawn()")
+            .database_url;
+        let query = "SELECT COUNT(*) FROM messages WHERE encrypted_content = $1";
+        if url.starts_with("sqlite:") {
+            let db = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query_scalar(query)
+                .bind(content)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        } else {
+            let db = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query_scalar(query)
+                .bind(content)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

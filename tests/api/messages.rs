@@ -1,9 +1,9 @@
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{spawn, spawn_with};
+use crate::helpers::{eventually, spawn, spawn_with};
 
 #[tokio::test]
 async fn offline_messages_are_stored_and_fetched_once_oldest_first() {
@@ -142,4 +142,49 @@ async fn concurrent_fetches_never_return_a_message_twice() {
         app.get("/messages/", &bob.token).await.1,
         Value::Array(vec![])
     );
+}
+
+/// Once read, whether fetched or pushed on connect, a message is gone from the
+/// database, ciphertext and all.
+#[tokio::test]
+async fn read_messages_leave_no_ciphertext_behind() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let send = |content: &'static str| {
+        let body = json!({"recipient_username": "bob", "encrypted_content": content});
+        app.post("/messages/", &alice.token, body)
+    };
+    send("ciphertext-fetched").await;
+    assert_eq!(app.stored_with_content("ciphertext-fetched").await, 1);
+    let (_, fetched) = app.get("/messages/", &bob.token).await;
+    assert_eq!(fetched[0]["encrypted_content"], "ciphertext-fetched");
+    assert_eq!(app.stored_with_content("ciphertext-fetched").await, 0);
+
+    send("ciphertext-pushed").await;
+    let mut b = app.ws(&bob.token).await;
+    assert_eq!(b.json().await["content"], "ciphertext-pushed");
+    eventually("the pushed message is deleted", || async {
+        app.stored_with_content("ciphertext-pushed").await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unread_messages_expire_after_their_time_to_live() {
+    let app = spawn_with(|s| s.message_ttl_secs = 1).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let body = json!({"recipient_username": "bob", "encrypted_content": "short-lived"});
+    assert_eq!(
+        app.post("/messages/", &alice.token, body).await.0,
+        StatusCode::OK
+    );
+    // Expiry sweeps every half a time to live, here every second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while app.stored_with_content("short-lived").await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.get("/messages/", &bob.token).await.1, json!([]));
 }

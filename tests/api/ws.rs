@@ -466,26 +466,42 @@ async fn a_client_that_stopped_reading_is_let_go_without_its_help() {
     let (mut to_server, mut from_server) = app.ws(&alice.token).await.stream.split();
     // Alice reads whatever comes back, so that only bob is slow.
     let drain = tokio::spawn(async move { while from_server.next().await.is_some() {} });
-    // Large frames fill bob's socket buffers, then his outbox; he reads nothing.
-    let padding = "p".repeat(60 * 1024);
-    for i in 0..400 {
-        let frame = json!({"recipient_username": "bob", "content": format!("{i:04}{padding}")});
-        to_server
-            .send(Message::text(frame.to_string()))
-            .await
-            .unwrap();
-    }
+    // Large frames fill bob's socket buffers, then his outbox; he reads
+    // nothing. Alice sends until bob is gone, however long that takes here.
+    let cut_off = tokio_util::sync::CancellationToken::new();
+    let sender = tokio::spawn({
+        let cut_off = cut_off.clone();
+        async move {
+            let padding = "p".repeat(60 * 1024);
+            for i in 0..3000 {
+                if cut_off.is_cancelled() {
+                    return;
+                }
+                let frame =
+                    json!({"recipient_username": "bob", "content": format!("{i:04}{padding}")});
+                to_server
+                    .send(Message::text(frame.to_string()))
+                    .await
+                    .unwrap();
+            }
+            panic!("bob was never cut off");
+        }
+    });
     // Cut off, he is let go although he still reads nothing: the server does
-    // not wait on his full socket to finish the close.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // not wait on his full socket to announce him gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let text = tokio::time::timeout_at(deadline, watcher.text())
+        let next = tokio::time::timeout_at(deadline, watcher.stream.next())
             .await
-            .expect("bob's leave notice within 10 s");
-        if text == offline_notice("bob") {
-            break;
+            .expect("bob's leave notice within a minute");
+        match next {
+            Some(Ok(Message::Text(text))) if text.as_str() == offline_notice("bob") => break,
+            Some(Ok(_)) => {}
+            other => panic!("the watcher's connection failed: {other:?}"),
         }
     }
+    cut_off.cancel();
+    sender.await.unwrap();
     drop(stuck);
     drain.abort();
 }

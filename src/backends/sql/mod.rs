@@ -506,7 +506,7 @@ macro_rules! store_methods {
             })
         }
 
-        fn mark_read<'a>(
+        fn delete_read<'a>(
             &'a self,
             recipient: $crate::domain::UserId,
             ids: &'a [i64],
@@ -515,18 +515,34 @@ macro_rules! store_methods {
                 if ids.is_empty() {
                     return Ok(());
                 }
-                let mut update = sqlx::QueryBuilder::new("UPDATE messages SET read_at = ");
-                update.push_bind(chrono::Utc::now());
-                update.push(" WHERE read_at IS NULL AND receiver_id = ");
-                update.push_bind(recipient);
-                update.push(" AND id IN (");
-                let mut list = update.separated(", ");
+                let mut delete = sqlx::QueryBuilder::new("DELETE FROM messages WHERE receiver_id = ");
+                delete.push_bind(recipient);
+                delete.push(" AND id IN (");
+                let mut list = delete.separated(", ");
                 for id in ids {
                     list.push_bind(*id);
                 }
-                update.push(")");
-                update.build().execute(&self.pool).await?;
+                delete.push(")");
+                delete.build().execute(&self.pool).await?;
                 Ok(())
+            })
+        }
+
+        fn expire_messages(
+            &self,
+            sent_before: chrono::DateTime<chrono::Utc>,
+            limit: i64,
+        ) -> $crate::store::Pending<'_, u64> {
+            $crate::backends::sql::run(async move {
+                let expired = sqlx::query(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE sent_at < $1
+                                                       ORDER BY sent_at LIMIT $2)",
+                )
+                .bind(sent_before)
+                .bind(limit)
+                .execute(&self.pool)
+                .await?;
+                Ok(expired.rows_affected())
             })
         }
 
@@ -536,16 +552,15 @@ macro_rules! store_methods {
         ) -> $crate::store::Pending<'_, Vec<$crate::store::Message>> {
             $crate::backends::sql::run(async move {
                 // One statement. SQLite runs writers one at a time; in Postgres a second
-                // concurrent take waits on the first one's row locks and then re-checks
-                // `read_at IS NULL` on the updated rows. Either way no message is handed out twice.
+                // concurrent take waits on the first one's row locks and then skips the rows
+                // it deleted. Either way no message is handed out twice, and none stays
+                // stored once handed out.
                 let mut taken: Vec<$crate::store::Message> = sqlx::query_as(
-                    "UPDATE messages SET read_at = $1
-                     WHERE read_at IS NULL
-                       AND id IN (SELECT id FROM messages WHERE receiver_id = $2 AND read_at IS NULL
-                                  ORDER BY id LIMIT $3)
+                    "DELETE FROM messages
+                     WHERE id IN (SELECT id FROM messages WHERE receiver_id = $1 AND read_at IS NULL
+                                  ORDER BY id LIMIT $2)
                      RETURNING id, sender_id, receiver_id, encrypted_content, sent_at",
                 )
-                .bind(chrono::Utc::now())
                 .bind(recipient)
                 .bind($crate::store::INBOX_PAGE)
                 .fetch_all(&self.pool)

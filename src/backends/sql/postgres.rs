@@ -100,6 +100,7 @@ mod tests {
         contract::requests_become_contacts_on_both_sides(&fresh().await).await;
         contract::messages_are_read_once_in_order(&fresh().await).await;
         contract::concurrent_takes_never_share_a_message(&fresh().await).await;
+        contract::old_messages_expire(&fresh().await).await;
     }
 
     #[tokio::test]

@@ -113,6 +113,7 @@ mod tests {
         contract::requests_become_contacts_on_both_sides(&fresh().await.0).await;
         contract::messages_are_read_once_in_order(&fresh().await.0).await;
         contract::concurrent_takes_never_share_a_message(&fresh().await.0).await;
+        contract::old_messages_expire(&fresh().await.0).await;
     }
 
     #[tokio::test]
