@@ -76,6 +76,14 @@ pub struct Settings {
     #[arg(long, env = "WS_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub ws_queue_bytes: usize,
 
+    /// WebSockets one user may hold open at once, on all replicas together.
+    #[arg(long, env = "MAX_WS_PER_USER", default_value_t = 16)]
+    pub max_ws_per_user: u32,
+
+    /// WebSockets one client address may hold open on one replica.
+    #[arg(long, env = "MAX_WS_PER_IP", default_value_t = 256)]
+    pub max_ws_per_ip: usize,
+
     /// Open connections (HTTP and WebSocket) one replica holds at most; beyond
     /// it a new connection gets `503` at once. Defaults to the process's
     /// file-descriptor limit less a reserve for the database, Redis and logs.

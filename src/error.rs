@@ -24,6 +24,9 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// 429, with `Retry-After`.
+    #[error("{0}")]
+    TooManyRequests(&'static str),
     /// A backend is unreachable: the client may retry.
     #[error("service unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -67,6 +70,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -85,6 +89,7 @@ impl From<service::Error> for ApiError {
             service::Error::Unauthenticated(m) => Self::Unauthorized(m),
             service::Error::NotFound(m) => Self::NotFound(m),
             service::Error::Refused(m) => Self::BadRequest(m),
+            service::Error::Limited(m) => Self::TooManyRequests(m),
             service::Error::Invalid(fields) => {
                 Self::Validation(fields.into_iter().map(ValidationItem::body).collect())
             }
@@ -105,7 +110,10 @@ impl IntoResponse for ApiError {
                     .collect();
                 json!({ "detail": detail })
             }
-            Self::BadRequest(m) | Self::Unauthorized(m) | Self::NotFound(m) => {
+            Self::BadRequest(m)
+            | Self::Unauthorized(m)
+            | Self::NotFound(m)
+            | Self::TooManyRequests(m) => {
                 json!({ "detail": m })
             }
             Self::PayloadTooLarge => json!({ "detail": "Request body too large" }),
@@ -124,6 +132,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

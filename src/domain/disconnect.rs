@@ -18,6 +18,8 @@ pub enum Disconnect {
     TooBig,
     /// The client read too slowly and its outgoing queue filled up.
     TooSlow,
+    /// The user, or the client's address, holds as many WebSockets as allowed.
+    TooManyConnections,
     /// A backend the connection needs is unreachable.
     Unavailable,
 }
@@ -30,7 +32,7 @@ impl Disconnect {
             Self::InvalidToken | Self::TokenRevoked => 1008,
             Self::TooBig => 1009,
             Self::Unavailable => 1011,
-            Self::TooSlow => 1013,
+            Self::TooSlow | Self::TooManyConnections => 1013,
         }
     }
 
@@ -44,6 +46,7 @@ impl Disconnect {
             Self::TokenRevoked => "token revoked",
             Self::TooBig => "message too big",
             Self::TooSlow => "too slow: outgoing queue full",
+            Self::TooManyConnections => "too many connections",
             Self::Unavailable => "service temporarily unavailable",
         }
     }

@@ -7,6 +7,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         Arc, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     bus::{Audience, Event, EventSink},
     domain::{DirectMessage, Disconnect, Endpoint, UserId, time::iso},
-    presence::Held,
+    presence,
 };
 
 /// A frame waiting in a connection's outbox.
@@ -166,6 +167,27 @@ impl Outbox {
         false
     }
 
+    /// Queues a frame of the connection's own (a reply), waiting while the
+    /// queue is full of frames: a client that sends faster than it is written
+    /// to is slowed down, not cut off. Its caller bounds the wait. False when
+    /// the frame was not queued (over the byte bound: the connection is now
+    /// closing as too slow; or the connection is gone).
+    pub async fn send(&self, item: Outgoing) -> bool {
+        let Ok(place) = self.frames.reserve().await else {
+            return false;
+        };
+        let size = item.len();
+        if self.bytes.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            if self.closer.close(Disconnect::TooSlow) {
+                crate::metrics::slow_consumer_closed();
+            }
+            return false;
+        }
+        place.send(item);
+        true
+    }
+
     pub fn closer(&self) -> &Closer {
         &self.closer
     }
@@ -218,9 +240,16 @@ pub fn message_frame(
 }
 
 pub struct Hub {
-    connections: RwLock<HashMap<UserId, Vec<Connection>>>,
+    connections: RwLock<Held>,
     next_id: AtomicU64,
     undelivered: mpsc::UnboundedSender<Arc<DirectMessage>>,
+}
+
+/// The connections held here: by user, and how many per client address.
+#[derive(Default)]
+struct Held {
+    by_user: HashMap<UserId, Vec<Connection>>,
+    by_ip: HashMap<IpAddr, usize>,
 }
 
 /// A connection's registration; dropping it does not unregister (call
@@ -243,10 +272,24 @@ impl Hub {
         (hub, rx)
     }
 
-    pub fn register(&self, user: UserId, jti: &str, at: Endpoint, outbox: Outbox) -> Registration {
+    /// Registers a connection of `user` from `at`; `None` when its address
+    /// already holds `max_per_ip` connections here.
+    pub fn register(
+        &self,
+        user: UserId,
+        jti: &str,
+        at: Endpoint,
+        outbox: Outbox,
+        max_per_ip: usize,
+    ) -> Option<Registration> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut map = self.connections.write().unwrap_or_else(|p| p.into_inner());
-        let list = map.entry(user).or_default();
+        let mut held = self.connections.write().unwrap_or_else(|p| p.into_inner());
+        let from_ip = held.by_ip.entry(at.ip).or_default();
+        if *from_ip >= max_per_ip {
+            return None;
+        }
+        *from_ip += 1;
+        let list = held.by_user.entry(user).or_default();
         let first_here = list.is_empty();
         list.push(Connection {
             id,
@@ -254,18 +297,27 @@ impl Hub {
             at,
             outbox,
         });
-        Registration { id, first_here }
+        Some(Registration { id, first_here })
     }
 
     /// Returns whether that was the user's last connection on this replica.
     pub fn unregister(&self, user: UserId, id: u64) -> bool {
-        let mut map = self.connections.write().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = map.get_mut(&user) else {
+        let mut held = self.connections.write().unwrap_or_else(|p| p.into_inner());
+        let Held { by_user, by_ip } = &mut *held;
+        let Some(list) = by_user.get_mut(&user) else {
             return true;
         };
-        list.retain(|c| c.id != id);
+        if let Some(at) = list.iter().position(|c| c.id == id) {
+            let ip = list.swap_remove(at).at.ip;
+            if let Some(count) = by_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    by_ip.remove(&ip);
+                }
+            }
+        }
         if list.is_empty() {
-            map.remove(&user);
+            by_user.remove(&user);
             true
         } else {
             false
@@ -273,9 +325,13 @@ impl Hub {
     }
 
     /// The connections held here, per user and token, for presence renewal.
-    pub fn held(&self) -> Vec<Held> {
-        let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
-        let mut held: Vec<Held> = Vec::with_capacity(map.len());
+    pub fn held(&self) -> Vec<presence::Held> {
+        let map = &self
+            .connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_user;
+        let mut held: Vec<presence::Held> = Vec::with_capacity(map.len());
         for (user, conns) in map.iter() {
             let first = held.len();
             for conn in conns {
@@ -284,7 +340,7 @@ impl Hub {
                         h.connections += 1;
                         h.at = conn.at;
                     }
-                    None => held.push(Held {
+                    None => held.push(presence::Held {
                         user: *user,
                         jti: conn.jti.to_string(),
                         connections: 1,
@@ -297,7 +353,8 @@ impl Hub {
     }
 
     fn deliver_direct(&self, message: Arc<DirectMessage>) -> bool {
-        let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let held = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let map = &held.by_user;
         let Some(targets) = map.get(&message.recipient_id) else {
             return false;
         };
@@ -323,7 +380,8 @@ impl Hub {
     fn deliver_text(&self, text: String, audience: Audience) {
         // Encoded once; every connection shares the same bytes.
         let frame = Utf8Bytes::from(text);
-        let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let held = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let map = &held.by_user;
         let mut delivered = 0;
         let mut offer = |conns: &Vec<Connection>| {
             for conn in conns {
@@ -342,7 +400,8 @@ impl Hub {
     }
 
     fn close_sessions(&self, user: UserId, jti: &str) {
-        let map = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let held = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let map = &held.by_user;
         for conn in map
             .get(&user)
             .into_iter()
@@ -359,6 +418,7 @@ impl EventSink for Hub {
         self.connections
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .by_user
             .keys()
             .copied()
             .collect()
@@ -368,6 +428,7 @@ impl EventSink for Hub {
         self.connections
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .by_user
             .contains_key(&user)
     }
 
@@ -409,7 +470,7 @@ mod tests {
     fn held_groups_connections_by_user_and_token() {
         let (hub, _undelivered) = Hub::new();
         for jti in ["a", "a", "b"] {
-            hub.register(2, jti, here(), queue(1).0);
+            hub.register(2, jti, here(), queue(1).0, usize::MAX);
         }
         let mut held = hub.held();
         held.sort_by(|x, y| x.jti.cmp(&y.jti));
@@ -445,8 +506,8 @@ mod tests {
         let (hub, mut undelivered) = Hub::new();
         let (tx1, rx1) = queue(4);
         let (tx2, rx2) = queue(4);
-        hub.register(2, "a", here(), tx1);
-        hub.register(2, "b", here(), tx2);
+        hub.register(2, "a", here(), tx1, usize::MAX);
+        hub.register(2, "b", here(), tx2, usize::MAX);
         assert!(hub.deliver(Event::Direct(message(2))));
         drop((rx1, rx2));
         let back = undelivered.try_recv().unwrap();
@@ -459,8 +520,8 @@ mod tests {
         let (hub, mut undelivered) = Hub::new();
         let (tx1, mut rx1) = queue(4);
         let (tx2, rx2) = queue(4);
-        hub.register(2, "a", here(), tx1);
-        hub.register(2, "b", here(), tx2);
+        hub.register(2, "a", here(), tx1, usize::MAX);
+        hub.register(2, "b", here(), tx2, usize::MAX);
         hub.deliver(Event::Direct(message(2)));
         match rx1.try_recv().unwrap() {
             Outgoing::Direct(_, receipt) => receipt.mark_written(),
@@ -475,7 +536,7 @@ mod tests {
         let (hub, _undelivered) = Hub::new();
         let (tx, _rx) = queue(1);
         let closer = tx.closer().clone();
-        hub.register(2, "a", here(), tx);
+        hub.register(2, "a", here(), tx, usize::MAX);
         let text = || Event::Text {
             text: "x".into(),
             audience: Audience::AllExcept(1),
@@ -484,6 +545,35 @@ mod tests {
         assert!(!closer.token().is_cancelled());
         hub.deliver(text());
         assert_eq!(closer.reason(), Disconnect::TooSlow);
+    }
+
+    #[tokio::test]
+    async fn replies_wait_for_room_in_frames_but_not_in_bytes() {
+        let closer = Closer::default();
+        let (outbox, mut inbox) = outbox(1, 10, closer.clone());
+        let frame = |n: usize| Outgoing::Text(Utf8Bytes::from("x".repeat(n)));
+        assert!(outbox.send(frame(4)).await);
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(frame(4)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one frame fills the queue");
+        assert!(inbox.recv().await.is_some());
+        assert!(waiting.await.unwrap(), "queued once there was room");
+        assert!(inbox.recv().await.is_some());
+        assert!(!outbox.send(frame(11)).await, "over the byte bound");
+        assert_eq!(closer.reason(), Disconnect::TooSlow);
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_share() {
+        let (hub, _undelivered) = Hub::new();
+        let first = hub.register(1, "a", here(), queue(1).0, 2).unwrap();
+        hub.register(2, "b", here(), queue(1).0, 2).unwrap();
+        assert!(hub.register(3, "c", here(), queue(1).0, 2).is_none());
+        hub.unregister(1, first.id);
+        assert!(hub.register(3, "c", here(), queue(1).0, 2).is_some());
     }
 
     #[test]
@@ -505,8 +595,8 @@ mod tests {
         let (hub, _undelivered) = Hub::new();
         let ((a, _), (b, _)) = (queue(1), queue(1));
         let (a_closer, b_closer) = (a.closer().clone(), b.closer().clone());
-        hub.register(2, "a", here(), a);
-        hub.register(2, "b", here(), b);
+        hub.register(2, "a", here(), a, usize::MAX);
+        hub.register(2, "b", here(), b, usize::MAX);
         hub.deliver(Event::CloseSessions {
             user: 2,
             jti: "a".into(),

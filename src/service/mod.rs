@@ -53,6 +53,10 @@ pub enum Error {
     /// The request contradicts what is stored (a taken name, an existing contact).
     #[error("{0}")]
     Refused(&'static str),
+    /// The caller holds, or asked for, as much as a limit allows; it may try
+    /// again later.
+    #[error("{0}")]
+    Limited(&'static str),
     /// Fields that break the rules, all of them at once.
     #[error("invalid input")]
     Invalid(Vec<Invalid>),

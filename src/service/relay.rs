@@ -17,6 +17,8 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
+const TOO_MANY: Error = Error::Limited("Too many connections");
+
 /// `{"error": "..."}`, the frame that answers a client's mistake.
 pub fn error_frame(message: &str) -> String {
     json!({ "error": message }).to_string()
@@ -135,17 +137,34 @@ impl Services {
         peer: Endpoint,
         outbox: Outbox,
     ) -> Result<u64> {
-        let registration = self.hub.register(user.id, &user.jti, peer, outbox);
-        if let Err(err) = self
+        let registration = self
+            .hub
+            .register(
+                user.id,
+                &user.jti,
+                peer,
+                outbox,
+                self.settings.max_ws_per_ip,
+            )
+            .ok_or(TOO_MANY)?;
+        let opened = self
             .connection_opened(user, peer, registration.first_here)
-            .await
-        {
-            if self.hub.unregister(user.id, registration.id) {
-                let _ = self.bus.detach(user.id).await;
+            .await;
+        match opened {
+            Ok(connections) if connections > self.settings.max_ws_per_user => {
+                // Undone in full; the user holds other connections, so nobody
+                // is told it left.
+                self.close_connection(user, registration.id).await;
+                Err(TOO_MANY)
             }
-            return Err(err);
+            Ok(_) => Ok(registration.id),
+            Err(err) => {
+                if self.hub.unregister(user.id, registration.id) {
+                    let _ = self.bus.detach(user.id).await;
+                }
+                Err(err)
+            }
         }
-        Ok(registration.id)
     }
 
     async fn connection_opened(
@@ -153,7 +172,7 @@ impl Services {
         user: &AuthUser,
         peer: Endpoint,
         first_here: bool,
-    ) -> Result<()> {
+    ) -> Result<u32> {
         if first_here {
             self.bus.attach(user.id).await?;
         }
@@ -166,7 +185,7 @@ impl Services {
         if connections == 1 {
             self.notify(user, "已上线").await;
         }
-        Ok(())
+        Ok(connections)
     }
 
     /// The reverse of [`Services::open_connection`]: lets the connection go,

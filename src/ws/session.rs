@@ -231,11 +231,24 @@ async fn read_loop(
             )),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
         };
-        // Never waits: a client that does not read its replies is too slow.
-        if let Some(reply) = reply
-            && !outbox.offer(Outgoing::Text(Utf8Bytes::from(reply)))
-        {
-            return;
+        // A client that sends faster than its replies are written waits; one
+        // that reads none of them for a whole deadline is let go.
+        if let Some(reply) = reply {
+            let queued = tokio::select! {
+                _ = &mut cancelled => return,
+                queued = tokio::time::timeout(
+                    WRITE_DEADLINE,
+                    outbox.send(Outgoing::Text(Utf8Bytes::from(reply))),
+                ) => queued,
+            };
+            match queued {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => {
+                    closer.close(Disconnect::TooSlow);
+                    return;
+                }
+            }
         }
     }
 }

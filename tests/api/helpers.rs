@@ -184,6 +184,17 @@ pub fn password_of(name: &str) -> String {
 }
 
 impl TestApp {
+    /// A client of a server running elsewhere (a process of its own).
+    pub fn at(addr: SocketAddr) -> TestApp {
+        TestApp {
+            addr,
+            http: reqwest::Client::new(),
+            stop: None,
+            server: None,
+            _backend: None,
+        }
+    }
+
     /// A server built from exactly these settings.
     pub async fn start(settings: Settings) -> TestApp {
         logs_if_asked();

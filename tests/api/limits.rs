@@ -13,7 +13,7 @@ use tokio::{
 };
 use tokio_tungstenite::{connect_async, tungstenite::Message};
 
-use crate::helpers::{PATIENCE, eventually, free_port, spawn_with};
+use crate::helpers::{PATIENCE, TestApp, WsClient, eventually, free_port, spawn_with};
 
 /// Reads until the server closes the connection; what it sent before that.
 async fn until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
@@ -119,37 +119,30 @@ async fn a_client_that_never_reads_its_replies_is_let_go_at_logout() {
 /// The real binary, so that its memory can be read.
 struct Server {
     child: tokio::process::Child,
-    base: String,
+    client: TestApp,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let addr = format!("127.0.0.1:{}", free_port());
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_secchat"))
-            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--bind", &addr])
             .env("RUST_LOG", "warn")
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let base = format!("127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        eventually("the server answers", || {
-            let (http, base) = (&http, &base);
-            async move {
-                http.get(format!("http://{base}/healthz"))
-                    .send()
-                    .await
-                    .is_ok()
-            }
+        let client = TestApp::at(addr.parse().unwrap());
+        eventually("the server answers", || async {
+            client.http.get(client.url("/healthz")).send().await.is_ok()
         })
         .await;
         Self {
             child,
-            base,
+            client,
             _dir: dir,
         }
     }
@@ -164,36 +157,13 @@ impl Server {
             .unwrap();
         kb / 1024.0
     }
-
-    async fn token(&self, name: &str) -> String {
-        let http = reqwest::Client::new();
-        let url = |path: &str| format!("http://{}{path}", self.base);
-        let register = json!({"username": name, "email": format!("{name}@example.com"),
-                              "password": "pw-secret", "public_key": "pk"});
-        http.post(url("/users/"))
-            .json(&register)
-            .send()
-            .await
-            .unwrap();
-        let login = [("username", name), ("password", "pw-secret")];
-        let answer: serde_json::Value = http
-            .post(url("/token"))
-            .form(&login)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["access_token"].as_str().unwrap().to_owned()
-    }
 }
 
 #[tokio::test]
 async fn pings_from_a_client_that_never_reads_do_not_grow_the_server() {
     let server = Server::start().await;
-    let token = server.token("pinger").await;
-    let (socket, _) = connect_async(format!("ws://{}/ws?token={token}", server.base))
+    let token = server.client.user("pinger").await.token;
+    let (socket, _) = connect_async(server.client.ws_url(&format!("?token={token}")))
         .await
         .unwrap();
     let before = server.rss_mb();
@@ -215,4 +185,53 @@ async fn pings_from_a_client_that_never_reads_do_not_grow_the_server() {
     let grown = server.rss_mb() - before;
     println!("server RSS grew by {grown:.1} MB");
     assert!(grown < 32.0, "the server grew by {grown:.0} MB");
+}
+
+#[tokio::test]
+async fn websockets_per_user_and_per_address_are_capped() {
+    let app = spawn_with(|s| {
+        s.max_ws_per_user = 2;
+        s.max_ws_per_ip = 3;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    // Whether a new connection of `token` is let in: an open one answers a frame.
+    let admitted = |token: String| {
+        let url = app.ws_url(&format!("?token={token}"));
+        async move {
+            let (stream, _) = connect_async(url).await.unwrap();
+            let mut client = WsClient { stream };
+            client
+                .send_json(json!({"recipient_username": "nobody", "content": "x"}))
+                .await;
+            match client.stream.next().await {
+                Some(Ok(Message::Text(_))) => Some(client),
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), 1013);
+                    assert_eq!(frame.reason.as_str(), "too many connections");
+                    None
+                }
+                other => panic!("neither admitted nor refused: {other:?}"),
+            }
+        }
+    };
+    let first = admitted(alice.token.clone()).await.expect("alice's first");
+    let _second = admitted(alice.token.clone()).await.expect("alice's second");
+    assert!(
+        admitted(alice.token.clone()).await.is_none(),
+        "a third of alice's"
+    );
+    let _bobs = admitted(bob.token.clone()).await.expect("bob's first");
+    assert!(
+        admitted(bob.token.clone()).await.is_none(),
+        "a fourth from this address"
+    );
+    // A place frees when a connection closes.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while admitted(bob.token.clone()).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
