@@ -116,6 +116,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONCURRENT_HASHES")]
     pub max_concurrent_hashes: Option<usize>,
 
+    /// Password hashes waiting for their turn at most; a login or registration
+    /// beyond it gets `503` with `Retry-After` at once.
+    #[arg(long, env = "MAX_QUEUED_HASHES", default_value_t = 64)]
+    pub max_queued_hashes: usize,
+
     /// Store connections kept open.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,

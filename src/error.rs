@@ -27,6 +27,9 @@ pub enum ApiError {
     /// 429, with `Retry-After`.
     #[error("{0}")]
     TooManyRequests(&'static str),
+    /// 503 with `Retry-After`: too busy right now.
+    #[error("{0}")]
+    Busy(&'static str),
     /// A backend is unreachable: the client may retry.
     #[error("service unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -71,7 +74,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +93,7 @@ impl From<service::Error> for ApiError {
             service::Error::NotFound(m) => Self::NotFound(m),
             service::Error::Refused(m) => Self::BadRequest(m),
             service::Error::Limited(m) => Self::TooManyRequests(m),
+            service::Error::Busy(m) => Self::Busy(m),
             service::Error::Invalid(fields) => {
                 Self::Validation(fields.into_iter().map(ValidationItem::body).collect())
             }
@@ -113,7 +117,8 @@ impl IntoResponse for ApiError {
             Self::BadRequest(m)
             | Self::Unauthorized(m)
             | Self::NotFound(m)
-            | Self::TooManyRequests(m) => {
+            | Self::TooManyRequests(m)
+            | Self::Busy(m) => {
                 json!({ "detail": m })
             }
             Self::PayloadTooLarge => json!({ "detail": "Request body too large" }),
@@ -133,7 +138,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -112,6 +112,11 @@ pub fn login(success: bool) {
     counter!("secchat_logins_total", "result" => result).increment(1);
 }
 
+/// A login or registration refused because too many hashes were waiting.
+pub fn password_hash_refused() {
+    counter!("secchat_password_hashes_refused_total").increment(1);
+}
+
 pub fn password_hashed(elapsed: Duration) {
     histogram!("secchat_password_hash_seconds").record(elapsed.as_secs_f64());
 }

@@ -1,6 +1,12 @@
 //! argon2id password hashing, off the async runtime and bounded in concurrency.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
 
 use anyhow::Context;
 use argon2::{
@@ -17,16 +23,32 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// Why a password could not be hashed or verified.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// As many hashes are waiting as may: the caller should try again shortly.
+    #[error("too many password hashes waiting")]
+    Busy,
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
 pub struct PasswordHasher {
     /// A burst of logins waits here instead of occupying every blocking thread.
     permits: Arc<Semaphore>,
+    /// Hashes waiting for a permit, and how many may: beyond it a burst is
+    /// refused at once rather than made to wait ever longer.
+    waiting: AtomicUsize,
+    max_waiting: usize,
     /// Verified against when the user does not exist, so that costs the same as a
     /// wrong password.
     dummy_hash: String,
 }
 
 impl PasswordHasher {
-    pub fn new(concurrency: usize) -> anyhow::Result<Self> {
+    /// Hashes `concurrency` passwords at once, with up to `max_waiting` more
+    /// waiting their turn.
+    pub fn new(concurrency: usize, max_waiting: usize) -> anyhow::Result<Self> {
         let salt = SaltString::generate(&mut OsRng);
         let dummy_hash = argon2()
             .hash_password(b"no such user", &salt)
@@ -34,11 +56,13 @@ impl PasswordHasher {
             .to_string();
         Ok(Self {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
             dummy_hash,
         })
     }
 
-    pub async fn hash(&self, password: Password) -> anyhow::Result<String> {
+    pub async fn hash(&self, password: Password) -> Result<String, HashError> {
         self.run(move || {
             let salt = SaltString::generate(&mut OsRng);
             argon2()
@@ -51,7 +75,11 @@ impl PasswordHasher {
 
     /// True when `password` matches `stored`; with no stored hash, does the same work
     /// and answers false.
-    pub async fn verify(&self, password: Password, stored: Option<String>) -> anyhow::Result<bool> {
+    pub async fn verify(
+        &self,
+        password: Password,
+        stored: Option<String>,
+    ) -> Result<bool, HashError> {
         let (hash, exists) = match stored {
             Some(hash) => (hash, true),
             None => (self.dummy_hash.clone(), false),
@@ -70,8 +98,20 @@ impl PasswordHasher {
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        let _permit = self.permits.acquire().await.context("hasher closed")?;
+    ) -> Result<T, HashError> {
+        let _permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    crate::metrics::password_hash_refused();
+                    return Err(HashError::Busy);
+                }
+                let permit = self.permits.acquire().await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                permit.context("hasher closed")?
+            }
+        };
         let span = tracing::Span::current();
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
@@ -81,7 +121,7 @@ impl PasswordHasher {
         .await
         .context("hashing task panicked")?;
         crate::metrics::password_hashed(started.elapsed());
-        result
+        Ok(result?)
     }
 }
 
@@ -101,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn hash_then_verify() {
-        let hasher = PasswordHasher::new(2).unwrap();
+        let hasher = PasswordHasher::new(2, 8).unwrap();
         let hash = hasher
             .hash(Password::parse("correct horse".into()).unwrap())
             .await

@@ -51,11 +51,7 @@ impl Services {
                 return Err(Error::Invalid(errors.collect()));
             }
         };
-        let password_hash = self
-            .passwords
-            .hash(password)
-            .await
-            .map_err(Error::Internal)?;
+        let password_hash = self.passwords.hash(password).await?;
         self.store
             .create_user(NewUser {
                 username_key: username.key(),
@@ -85,11 +81,7 @@ impl Services {
             Some(c) => (Some(c.password_hash), Some((c.id, c.username))),
             None => (None, None),
         };
-        let matches = self
-            .passwords
-            .verify(login.password, stored_hash)
-            .await
-            .map_err(Error::Internal)?;
+        let matches = self.passwords.verify(login.password, stored_hash).await?;
         let Some((id, username)) = user.filter(|_| matches) else {
             metrics::login(false);
             return Err(Error::BAD_CREDENTIALS);

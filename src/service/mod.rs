@@ -12,7 +12,10 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::{jwt::Tokens, password::PasswordHasher},
+    auth::{
+        jwt::Tokens,
+        password::{HashError, PasswordHasher},
+    },
     bus::{Bus, BusError},
     config::Settings,
     domain::Invalid,
@@ -57,6 +60,9 @@ pub enum Error {
     /// again later.
     #[error("{0}")]
     Limited(&'static str),
+    /// The server is too busy for this now; the client may retry shortly.
+    #[error("{0}")]
+    Busy(&'static str),
     /// Fields that break the rules, all of them at once.
     #[error("invalid input")]
     Invalid(Vec<Invalid>),
@@ -75,6 +81,15 @@ impl Error {
 impl From<Invalid> for Error {
     fn from(invalid: Invalid) -> Self {
         Self::Invalid(vec![invalid])
+    }
+}
+
+impl From<HashError> for Error {
+    fn from(err: HashError) -> Self {
+        match err {
+            HashError::Busy => Self::Busy("Too many logins at once; try again in a moment"),
+            HashError::Failed(e) => Self::Internal(e),
+        }
     }
 }
 
@@ -152,7 +167,7 @@ impl Services {
                 .max(1)
         });
         Ok(Self {
-            passwords: PasswordHasher::new(hashes)?,
+            passwords: PasswordHasher::new(hashes, settings.max_queued_hashes)?,
             tokens,
             names: NameCache::default(),
             online: OnlineContacts::default(),

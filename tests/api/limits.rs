@@ -235,3 +235,41 @@ async fn websockets_per_user_and_per_address_are_capped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_burst_of_logins_beyond_the_hash_queue_is_refused_at_once() {
+    let app = spawn_with(|s| {
+        s.max_concurrent_hashes = Some(1);
+        s.max_queued_hashes = 1;
+    })
+    .await;
+    app.register("alice").await;
+    let form = [
+        ("username", "alice".to_owned()),
+        ("password", crate::helpers::password_of("alice")),
+    ];
+    let attempts = futures_util::future::join_all(
+        (0..30).map(|_| app.http.post(app.url("/token")).form(&form).send()),
+    )
+    .await;
+    let (mut admitted, mut refused) = (0, 0);
+    for response in attempts {
+        let response = response.unwrap();
+        match response.status() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                let body: serde_json::Value = response.json().await.unwrap();
+                assert!(body["detail"].is_string(), "{body}");
+                refused += 1;
+            }
+            other => panic!("a login answered {other}"),
+        }
+    }
+    assert!(
+        admitted >= 1 && refused >= 1,
+        "{admitted} admitted, {refused} refused"
+    );
+    // The burst over, logins go through again.
+    app.login("alice", None).await;
+}
