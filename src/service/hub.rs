@@ -112,10 +112,13 @@ pub struct Outbox {
     closer: Closer,
 }
 
-/// The writer's end of an [`Outbox`].
+/// The writer's end of an [`Outbox`]. The bytes of the frames it takes are
+/// given back to the bound in one step per batch ([`Inbox::settle`]), so that
+/// the writer touches the shared count once per flush, not once per frame.
 pub struct Inbox {
     frames: mpsc::Receiver<Outgoing>,
     bytes: Arc<AtomicUsize>,
+    taken: usize,
 }
 
 /// A new outbox of at most `max_frames` frames and `max_bytes` bytes, which
@@ -134,6 +137,7 @@ pub fn outbox(max_frames: usize, max_bytes: usize, closer: Closer) -> (Outbox, I
         Inbox {
             frames: receiver,
             bytes,
+            taken: 0,
         },
     )
 }
@@ -196,14 +200,20 @@ impl Outbox {
 impl Inbox {
     pub async fn recv(&mut self) -> Option<Outgoing> {
         let item = self.frames.recv().await?;
-        self.bytes.fetch_sub(item.len(), Ordering::Relaxed);
+        self.taken += item.len();
         Some(item)
     }
 
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         let item = self.frames.try_recv().ok()?;
-        self.bytes.fetch_sub(item.len(), Ordering::Relaxed);
+        self.taken += item.len();
         Some(item)
+    }
+
+    /// Gives the bytes of the frames taken since the last call back to the bound.
+    pub fn settle(&mut self) {
+        self.bytes
+            .fetch_sub(std::mem::take(&mut self.taken), Ordering::Relaxed);
     }
 }
 
@@ -562,6 +572,7 @@ mod tests {
         assert!(inbox.recv().await.is_some());
         assert!(waiting.await.unwrap(), "queued once there was room");
         assert!(inbox.recv().await.is_some());
+        inbox.settle();
         assert!(!outbox.send(frame(11)).await, "over the byte bound");
         assert_eq!(closer.reason(), Disconnect::TooSlow);
     }
@@ -584,7 +595,8 @@ mod tests {
         assert!(outbox.offer(frame(6)));
         assert!(outbox.offer(frame(4)));
         assert!(!closer.token().is_cancelled());
-        assert!(inbox.try_recv().is_some(), "taking a frame frees its bytes");
+        assert!(inbox.try_recv().is_some());
+        inbox.settle();
         assert!(outbox.offer(frame(6)));
         assert!(!outbox.offer(frame(1)), "11 bytes would be queued");
         assert_eq!(closer.reason(), Disconnect::TooSlow);

@@ -356,5 +356,6 @@ async fn write_batch(
             next = inbox.try_recv();
         }
     }
+    inbox.settle();
     sink.flush().await
 }
