@@ -24,6 +24,9 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// 408: the body did not arrive in time.
+    #[error("request body not received in time")]
+    RequestTimeout,
     /// 429, with `Retry-After`.
     #[error("{0}")]
     TooManyRequests(&'static str),
@@ -73,6 +76,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Busy(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,6 +126,7 @@ impl IntoResponse for ApiError {
                 json!({ "detail": m })
             }
             Self::PayloadTooLarge => json!({ "detail": "Request body too large" }),
+            Self::RequestTimeout => json!({ "detail": "Request body not received in time" }),
             // The cause is logged once here; the client learns nothing internal.
             Self::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "backend unavailable");

@@ -34,6 +34,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 pub fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge
+    } else if timed_out(&rejection) {
+        ApiError::RequestTimeout
     } else {
         ApiError::Validation(vec![ValidationItem {
             loc: vec!["body".into()],
@@ -41,6 +43,19 @@ pub fn body_rejection(rejection: BytesRejection) -> ApiError {
             kind: "value_error",
         }])
     }
+}
+
+/// Whether the body stopped arriving before its deadline (`serve`'s
+/// `body_read_timeout`).
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(err) = cause {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

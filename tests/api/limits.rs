@@ -273,3 +273,23 @@ async fn a_burst_of_logins_beyond_the_hash_queue_is_refused_at_once() {
     // The burst over, logins go through again.
     app.login("alice", None).await;
 }
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408() {
+    let app = spawn_with(|s| s.body_read_timeout_secs = 1).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /users/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"username\"",
+        )
+        .await
+        .unwrap();
+    let answer =
+        String::from_utf8(until_closed(&mut stream, Duration::from_secs(10)).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"detail":"Request body not received in time"}"#),
+        "{answer}"
+    );
+}
