@@ -220,6 +220,16 @@ impl Settings {
         Duration::from_secs(self.body_read_timeout_secs.max(1))
     }
 
+    /// [`Settings::max_concurrent_hashes`], or half the CPUs (at least one), so
+    /// that a login storm never takes the whole machine.
+    pub fn hash_concurrency(&self) -> usize {
+        self.max_concurrent_hashes.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1)
+        })
+    }
+
     /// [`Settings::max_connections`], or what the file-descriptor limit leaves.
     pub fn connection_cap(&self) -> usize {
         self.max_connections.unwrap_or_else(|| {
@@ -244,5 +254,33 @@ impl Settings {
     pub fn uses_postgres(&self) -> bool {
         self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_limits_follow_the_machine_unless_set() {
+        let defaults = Settings::default();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the limit into the struct it is given.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        let soft = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+        assert_eq!(defaults.connection_cap(), soft.saturating_sub(128).max(64));
+        assert!(defaults.hash_concurrency() >= 1);
+        let set = Settings {
+            max_connections: Some(7),
+            max_concurrent_hashes: Some(3),
+            ..Settings::default()
+        };
+        assert_eq!((set.connection_cap(), set.hash_concurrency()), (7, 3));
     }
 }

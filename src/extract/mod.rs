@@ -14,7 +14,7 @@ use crate::error::{ApiError, ValidationItem};
 mod auth;
 mod peer;
 
-pub use peer::{Peer, client_endpoint};
+pub use peer::Peer;
 
 /// A JSON body. Parsed whatever the `Content-Type` (FastAPI's clients do not always
 /// send one); every failure is a 422 naming the field, an oversized body a 413.

@@ -155,20 +155,19 @@ impl Outbox {
     /// connection is now closing as too slow) or the connection is gone.
     pub fn offer(&self, item: Outgoing) -> bool {
         let size = item.len();
-        let full = if self.bytes.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes {
-            true
-        } else {
-            match self.frames.try_send(item) {
-                Ok(()) => return true,
-                Err(mpsc::error::TrySendError::Full(_)) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        };
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
-        if full && self.closer.close(Disconnect::TooSlow) {
-            crate::metrics::slow_consumer_closed();
+        if !self.take_bytes(size) {
+            return false;
         }
-        false
+        match self.frames.try_send(item) {
+            Ok(()) => true,
+            Err(full_or_closed) => {
+                self.bytes.fetch_sub(size, Ordering::Relaxed);
+                if let mpsc::error::TrySendError::Full(_) = full_or_closed {
+                    self.too_slow();
+                }
+                false
+            }
+        }
     }
 
     /// Queues a frame of the connection's own (a reply), waiting while the
@@ -180,16 +179,29 @@ impl Outbox {
         let Ok(place) = self.frames.reserve().await else {
             return false;
         };
-        let size = item.len();
-        if self.bytes.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes {
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
-            if self.closer.close(Disconnect::TooSlow) {
-                crate::metrics::slow_consumer_closed();
-            }
+        if !self.take_bytes(item.len()) {
             return false;
         }
         place.send(item);
         true
+    }
+
+    /// Counts `size` more bytes queued; over the bound, counts nothing and
+    /// closes the connection as too slow.
+    fn take_bytes(&self, size: usize) -> bool {
+        if self.bytes.fetch_add(size, Ordering::Relaxed) + size <= self.max_bytes {
+            return true;
+        }
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.too_slow();
+        false
+    }
+
+    fn too_slow(&self) {
+        // Counted once per connection, however many frames it then refuses.
+        if self.closer.close(Disconnect::TooSlow) {
+            crate::metrics::slow_consumer_closed();
+        }
     }
 
     pub fn closer(&self) -> &Closer {

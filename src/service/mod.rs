@@ -87,7 +87,7 @@ impl From<Invalid> for Error {
 impl From<HashError> for Error {
     fn from(err: HashError) -> Self {
         match err {
-            HashError::Busy => Self::Busy("Too many logins at once; try again in a moment"),
+            HashError::Busy => Self::Busy("Server busy; try again in a moment"),
             HashError::Failed(e) => Self::Internal(e),
         }
     }
@@ -160,14 +160,11 @@ impl Services {
         hub: Arc<Hub>,
         tokens: Tokens,
     ) -> anyhow::Result<Self> {
-        // Half the cores by default: a login storm never takes the whole machine.
-        let hashes = settings.max_concurrent_hashes.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get() / 2)
-                .max(1)
-        });
         Ok(Self {
-            passwords: PasswordHasher::new(hashes, settings.max_queued_hashes)?,
+            passwords: PasswordHasher::new(
+                settings.hash_concurrency(),
+                settings.max_queued_hashes,
+            )?,
             tokens,
             names: NameCache::default(),
             online: OnlineContacts::default(),

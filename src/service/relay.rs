@@ -107,9 +107,9 @@ impl Services {
         if delivered {
             return Ok(None);
         }
-        self.store
-            .store_messages(&[NewMessage::from(&*message)])
-            .await?;
+        // Batched with the other offline messages being stored, like `POST
+        // /messages/`.
+        self.writer.store(NewMessage::from(&*message)).await?;
         messages_stored(StoredVia::Offline, 1);
         Ok(Some(
             json!({ "status": format!("用户 {} 当前离线，消息已保存。", recipient.username) })

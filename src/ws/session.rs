@@ -49,7 +49,7 @@ pub struct Session {
     state: AppState,
     user: AuthUser,
     connection: u64,
-    closer: Closer,
+    /// Also holds the connection's closer.
     outbox: Outbox,
     inbox: Option<Inbox>,
     /// Undoes `open`; taken when the session closes, run from `Drop` otherwise.
@@ -76,11 +76,10 @@ impl Teardown {
 
 impl Session {
     pub async fn open(state: AppState, user: AuthUser, peer: Endpoint) -> service::Result<Self> {
-        let closer = Closer::child_of(&state.shutdown);
         let (outbox, inbox) = hub::outbox(
             state.settings.ws_queue_len,
             state.settings.ws_queue_bytes,
-            closer.clone(),
+            Closer::child_of(&state.shutdown),
         );
         let connection = state
             .services
@@ -95,7 +94,6 @@ impl Session {
             state,
             user,
             connection,
-            closer,
             outbox,
             inbox: Some(inbox),
             teardown: Some(teardown),
@@ -117,7 +115,7 @@ impl Session {
         let _gauge = WsConnectionGauge::open();
         tracing::info!("websocket open");
         let (mut sink, mut stream) = socket.split();
-        let (state, user, closer) = (&self.state, &self.user, &self.closer);
+        let (state, user, closer) = (&self.state, &self.user, self.outbox.closer());
         if let Err(err) = push_offline(state, user, &mut sink, closer).await {
             tracing::debug!(error = %err, "offline push stopped");
             closer.close(Disconnect::WriteFailed);
@@ -148,7 +146,7 @@ impl Session {
         {
             writer.abort();
         }
-        tracing::info!(code = self.closer.reason().code(), "websocket closed");
+        tracing::info!(code = closer.reason().code(), "websocket closed");
     }
 }
 
