@@ -9,6 +9,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use ipnet::IpNet;
 use secrecy::SecretString;
 
+use crate::domain::Rate;
+
 /// File descriptors kept back from client connections: database and Redis
 /// connections, the listener, log and database files.
 const FD_RESERVE: usize = 128;
@@ -121,6 +123,74 @@ pub struct Settings {
     #[arg(long, env = "MAX_QUEUED_HASHES", default_value_t = 64)]
     pub max_queued_hashes: usize,
 
+    /// `on` enforces every rate limit and login lock-out below; `off` turns
+    /// them all off, for load generators and outside test suites that sign up
+    /// hundreds of users from one address. Connection caps, mailbox quotas and
+    /// timeouts stay on either way.
+    #[arg(long, env = "RATE_LIMITS", value_enum, default_value_t = Switch::On)]
+    pub rate_limits: Switch,
+
+    /// Login attempts from one client address (`COUNT/PERIOD`: the whole count
+    /// at once, then one more every PERIOD/COUNT).
+    #[arg(long, env = "LOGIN_RATE_PER_IP", default_value = "30/min")]
+    pub login_rate_per_ip: Rate,
+
+    /// Failed logins in a row an account may have before it is locked out.
+    #[arg(long, env = "LOGIN_FREE_FAILURES", default_value_t = 5)]
+    pub login_free_failures: u32,
+
+    /// The first lock-out, in seconds; each further failure doubles it.
+    #[arg(long, env = "LOGIN_LOCKOUT_SECS", default_value_t = 1)]
+    pub login_lockout_secs: u64,
+
+    /// The longest lock-out, in seconds.
+    #[arg(long, env = "LOGIN_LOCKOUT_MAX_SECS", default_value_t = 15 * 60)]
+    pub login_lockout_max_secs: u64,
+
+    /// Registrations from one client address.
+    #[arg(long, env = "REGISTER_RATE_PER_IP", default_value = "10/hour")]
+    pub register_rate_per_ip: Rate,
+
+    /// User searches by one user.
+    #[arg(long, env = "SEARCH_RATE_PER_USER", default_value = "30/min")]
+    pub search_rate_per_user: Rate,
+
+    /// Offline messages stored for others by one sender (`POST /messages/`,
+    /// and WebSocket messages to users connected nowhere).
+    #[arg(long, env = "OFFLINE_RATE_PER_SENDER", default_value = "120/min")]
+    pub offline_rate_per_sender: Rate,
+
+    /// Directed and broadcast WebSocket frames on one connection.
+    #[arg(long, env = "WS_FRAME_RATE_PER_CONNECTION", default_value = "100/10s")]
+    pub ws_frame_rate_per_connection: Rate,
+
+    /// Directed and broadcast WebSocket frames of one user, on all its
+    /// connections (on all replicas) together.
+    #[arg(long, env = "WS_FRAME_RATE_PER_USER", default_value = "200/10s")]
+    pub ws_frame_rate_per_user: Rate,
+
+    /// Frames refused in a row (each answered with an error frame) after
+    /// which the connection is closed with 1008.
+    #[arg(long, env = "WS_REFUSALS_BEFORE_CLOSE", default_value_t = 32)]
+    pub ws_refusals_before_close: u32,
+
+    /// Shortest query `GET /users/search/{query}` accepts, in characters.
+    #[arg(long, env = "SEARCH_MIN_CHARS", default_value_t = 3)]
+    pub search_min_chars: usize,
+
+    /// Unread offline messages one user's mailbox holds at most.
+    #[arg(long, env = "MAILBOX_MAX_MESSAGES", default_value_t = 1000)]
+    pub mailbox_max_messages: u64,
+
+    /// Bytes of unread offline messages one user's mailbox holds at most.
+    #[arg(long, env = "MAILBOX_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub mailbox_max_bytes: u64,
+
+    /// Of those, how many may come from senders the user has not accepted as
+    /// contacts (all such senders together).
+    #[arg(long, env = "MAILBOX_STRANGER_MESSAGES", default_value_t = 100)]
+    pub mailbox_stranger_messages: u64,
+
     /// Store connections kept open.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
@@ -157,6 +227,12 @@ pub enum NoticeAudience {
     All,
     /// Only users who have the subject as an accepted contact.
     Contacts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

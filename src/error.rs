@@ -27,9 +27,9 @@ pub enum ApiError {
     /// 408: the body did not arrive in time.
     #[error("request body not received in time")]
     RequestTimeout,
-    /// 429, with `Retry-After`.
+    /// 429, with `Retry-After` (whole seconds, at least one).
     #[error("{0}")]
-    TooManyRequests(&'static str),
+    TooManyRequests(&'static str, std::time::Duration),
     /// 503 with `Retry-After`: too busy right now.
     #[error("{0}")]
     Busy(&'static str),
@@ -77,7 +77,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::Busy(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -96,7 +96,7 @@ impl From<service::Error> for ApiError {
             service::Error::Unauthenticated(m) => Self::Unauthorized(m),
             service::Error::NotFound(m) => Self::NotFound(m),
             service::Error::Refused(m) => Self::BadRequest(m),
-            service::Error::Limited(m) => Self::TooManyRequests(m),
+            service::Error::Limited(m, wait) => Self::TooManyRequests(m, wait),
             service::Error::Busy(m) => Self::Busy(m),
             service::Error::Invalid(fields) => {
                 Self::Validation(fields.into_iter().map(ValidationItem::body).collect())
@@ -121,7 +121,7 @@ impl IntoResponse for ApiError {
             Self::BadRequest(m)
             | Self::Unauthorized(m)
             | Self::NotFound(m)
-            | Self::TooManyRequests(m)
+            | Self::TooManyRequests(m, _)
             | Self::Busy(m) => {
                 json!({ "detail": m })
             }
@@ -143,13 +143,15 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(
-            status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-        ) {
+        let retry_after = match &self {
+            Self::TooManyRequests(_, wait) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -6,7 +6,8 @@
 //!
 //! The modules form layers that only point down (README: Architecture):
 //! `startup` → the edges (`http`, `ws`, with `extract` and `error`) → `state` →
-//! `service` → the backend traits (`store`, `presence`, `bus`, `revocation`),
+//! `service` → the backend traits (`store`, `presence`, `bus`, `revocation`,
+//! `ratelimit`),
 //! implemented in `backends` → `auth`, `domain`, `config`, `metrics`, `batch`.
 
 /// Password hashing and access tokens.
@@ -31,6 +32,8 @@ pub mod http;
 pub mod metrics;
 /// Who is online, at which address, under a renewable lease: the trait.
 pub mod presence;
+/// Rate limits and login lock-outs: the trait.
+pub mod ratelimit;
 /// Tokens refused after logout: the trait.
 pub mod revocation;
 /// Accepting connections: header deadline, connection cap.

@@ -112,6 +112,14 @@ pub fn login(success: bool) {
     counter!("secchat_logins_total", "result" => result).increment(1);
 }
 
+/// The `limit` label of logins refused while their account is locked out.
+pub const LOGIN_LOCKOUT: &str = "login_lockout";
+
+/// Events refused by the rate limit `limit` (`secchat_rate_limited_total`).
+pub fn rate_limited(limit: &'static str, refused: u32) {
+    counter!("secchat_rate_limited_total", "limit" => limit).increment(u64::from(refused));
+}
+
 /// A login or registration refused because too many hashes were waiting.
 pub fn password_hash_refused() {
     counter!("secchat_password_hashes_refused_total").increment(1);

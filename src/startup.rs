@@ -25,7 +25,7 @@ use crate::{
     config::Settings,
     domain::DirectMessage,
     serve::ConnectionLimits,
-    service::{Services, hub::Hub},
+    service::{Engines, Services, hub::Hub},
     state::AppState,
 };
 
@@ -45,10 +45,13 @@ impl App {
         let backends = backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
         let services = Services::new(
             settings.clone(),
-            backends.store,
-            backends.revocations,
-            backends.presence,
-            backends.bus,
+            Engines {
+                store: backends.store,
+                revocations: backends.revocations,
+                presence: backends.presence,
+                bus: backends.bus,
+                limiter: backends.limiter,
+            },
             hub,
             Tokens::new(&backends.jwt_secret, settings.token_ttl()),
         )?;

@@ -4,7 +4,7 @@
 //! lost, exactly once) is.
 
 use secchat::{
-    config::{Settings, Visibility},
+    config::{Settings, Switch, Visibility},
     startup::App,
 };
 use serde_json::Value;
@@ -15,6 +15,9 @@ async fn server(dir: &tempfile::TempDir) -> String {
         bind: "127.0.0.1:0".parse().unwrap(),
         database_url: format!("sqlite://{}", dir.path().join("smoke.db").display()),
         address_visibility: Visibility::Contacts,
+        // A load generator signs up and sends from one address, as fast as it can.
+        rate_limits: Switch::Off,
+        max_ws_per_ip: 1_000_000,
         ..Settings::default()
     };
     let app = App::build(settings).await.expect("the server builds");

@@ -1,7 +1,7 @@
 //! The backends, and the one place that turns settings into them.
 //!
-//! - `memory`: presence and fan-out in this process (the embedded default);
-//! - `redis`: presence, fan-out and revoked tokens shared by replicas;
+//! - `memory`: presence, fan-out and rate limits in this process (the embedded default);
+//! - `redis`: presence, fan-out, revoked tokens and rate limits shared by replicas;
 //! - `sql`: the store (and, without Redis, revoked tokens) in SQLite or Postgres.
 
 use std::{
@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{Bus, EventSink},
-    config::Settings,
+    config::{Settings, Switch},
     presence::Presence,
+    ratelimit::{Limiter, LockoutPolicy, Rates, Unlimited},
     revocation::Revocations,
     store::Store,
 };
@@ -37,13 +38,15 @@ pub struct Backends {
     pub revocations: Arc<dyn Revocations>,
     pub presence: Arc<dyn Presence>,
     pub bus: Arc<dyn Bus>,
+    pub limiter: Arc<dyn Limiter>,
     pub jwt_secret: SecretString,
 }
 
 /// Connects what the settings name: Postgres or SQLite for the store; Redis or
 /// this process for presence and fan-out; Redis or the store for revoked
-/// tokens. `sink` receives the events fan-out brings to this replica;
-/// `shutdown` stops the subscriber.
+/// tokens; Redis or this process for rate limits (none with
+/// `RATE_LIMITS=off`). `sink` receives the events fan-out brings to this
+/// replica; `shutdown` stops the subscriber.
 pub async fn connect(
     settings: &Settings,
     sink: Arc<dyn EventSink>,
@@ -59,30 +62,54 @@ pub async fn connect(
         None => sqlite_secret(&settings.database_url)?,
     };
     let (store, store_revocations) = connect_store(settings).await?;
-    let (presence, revocations, bus): (Arc<dyn Presence>, Arc<dyn Revocations>, Arc<dyn Bus>) =
-        match &settings.redis_url {
-            Some(url) => {
-                let commands = redis::RedisCommands::open(url, settings.redis_pool_size)?;
-                let keys = redis::Keyspace::new(&settings.redis_prefix);
-                let replica = uuid::Uuid::new_v4().simple().to_string();
-                let presence = redis::RedisPresence::connect(
+    let (rates, policy) = (
+        Rates::from_settings(settings),
+        LockoutPolicy::from_settings(settings),
+    );
+    let limits_on = settings.rate_limits == Switch::On;
+    let (presence, revocations, bus, limiter) = match &settings.redis_url {
+        Some(url) => {
+            let commands = redis::RedisCommands::open(url, settings.redis_pool_size)?;
+            let keys = redis::Keyspace::new(&settings.redis_prefix);
+            let replica = uuid::Uuid::new_v4().simple().to_string();
+            let presence = redis::RedisPresence::connect(
+                commands.clone(),
+                keys.clone(),
+                settings.presence_lease(),
+                replica,
+            )
+            .await
+            .context("connecting to Redis")?;
+            let revocations = redis::RedisRevocations::new(commands.clone(), keys.clone());
+            let limiter: Arc<dyn Limiter> = if limits_on {
+                Arc::new(redis::RedisLimiter::new(
                     commands.clone(),
                     keys.clone(),
-                    settings.presence_lease(),
-                    replica,
-                )
-                .await
-                .context("connecting to Redis")?;
-                let revocations = redis::RedisRevocations::new(commands.clone(), keys.clone());
-                let bus = redis::RedisBus::start(url, commands, keys, sink, shutdown).await?;
-                (Arc::new(presence), Arc::new(revocations), bus)
-            }
-            None => (
-                Arc::new(memory::MemoryPresence::new(settings.presence_lease())),
-                store_revocations,
-                Arc::new(memory::MemoryBus::new(sink)),
-            ),
-        };
+                    rates,
+                    policy,
+                ))
+            } else {
+                Arc::new(Unlimited)
+            };
+            let bus = redis::RedisBus::start(url, commands, keys, sink, shutdown).await?;
+            (
+                Arc::new(presence) as Arc<dyn Presence>,
+                Arc::new(revocations) as Arc<dyn Revocations>,
+                bus as Arc<dyn Bus>,
+                limiter,
+            )
+        }
+        None => (
+            Arc::new(memory::MemoryPresence::new(settings.presence_lease())) as Arc<dyn Presence>,
+            store_revocations,
+            Arc::new(memory::MemoryBus::new(sink)) as Arc<dyn Bus>,
+            if limits_on {
+                memory::MemoryLimiter::new(rates, policy) as Arc<dyn Limiter>
+            } else {
+                Arc::new(Unlimited)
+            },
+        ),
+    };
     let shared = if settings.redis_url.is_some() {
         "redis"
     } else {
@@ -96,6 +123,7 @@ pub async fn connect(
         },
         presence = shared,
         bus = shared,
+        rate_limits = ?settings.rate_limits,
         "backends ready"
     );
     Ok(Backends {
@@ -103,6 +131,7 @@ pub async fn connect(
         revocations,
         presence,
         bus,
+        limiter,
         jwt_secret,
     })
 }

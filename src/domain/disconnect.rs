@@ -20,6 +20,8 @@ pub enum Disconnect {
     TooSlow,
     /// The user, or the client's address, holds as many WebSockets as allowed.
     TooManyConnections,
+    /// The client kept sending frames over its rate limit after being told.
+    RateLimited,
     /// A backend the connection needs is unreachable.
     Unavailable,
 }
@@ -29,7 +31,7 @@ impl Disconnect {
         match self {
             Self::Normal => 1000,
             Self::ShuttingDown | Self::PingTimeout | Self::WriteFailed => 1001,
-            Self::InvalidToken | Self::TokenRevoked => 1008,
+            Self::InvalidToken | Self::TokenRevoked | Self::RateLimited => 1008,
             Self::TooBig => 1009,
             Self::Unavailable => 1011,
             Self::TooSlow | Self::TooManyConnections => 1013,
@@ -47,6 +49,7 @@ impl Disconnect {
             Self::TooBig => "message too big",
             Self::TooSlow => "too slow: outgoing queue full",
             Self::TooManyConnections => "too many connections",
+            Self::RateLimited => "rate limit exceeded",
             Self::Unavailable => "service temporarily unavailable",
         }
     }

@@ -12,12 +12,14 @@
 mod disconnect;
 mod endpoint;
 mod message;
+mod rate;
 pub mod time;
 mod user;
 
 pub use disconnect::Disconnect;
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, client_key};
 pub use message::DirectMessage;
+pub use rate::Rate;
 pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username};
 
 /// A user's id, as the store assigns it.

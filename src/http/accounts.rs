@@ -46,11 +46,18 @@ pub struct RegisterRequest {
               (status = 422, description = "Invalid or missing field")))]
 async fn register(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<Json<UserOut>, ApiError> {
     let user = state
         .services
-        .register(&body.username, &body.email, body.password, body.public_key)
+        .register(
+            peer,
+            &body.username,
+            &body.email,
+            body.password,
+            body.public_key,
+        )
         .await?;
     Ok(Json(UserOut::new(user, false)))
 }
@@ -210,6 +217,14 @@ async fn search(
     PathParam(query): PathParam<String>,
     QueryParams(params): QueryParams<SearchParams>,
 ) -> Result<Json<Vec<UserBrief>>, ApiError> {
+    let min = state.settings.search_min_chars;
+    if query.chars().count() < min {
+        return Err(ApiError::Validation(vec![ValidationItem {
+            loc: vec!["path".into(), "query".into()],
+            msg: format!("String should have at least {min} characters"),
+            kind: "string_too_short",
+        }]));
+    }
     let limit = params.limit.unwrap_or(20).min(100);
     let found = state.services.search(&user, &query, limit).await?;
     Ok(Json(

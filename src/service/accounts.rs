@@ -6,10 +6,15 @@ use chrono::{DateTime, Utc};
 use super::{Error, Result, Services};
 use crate::{
     bus::Event,
-    domain::{Email, Endpoint, Password, Port, PublicKey, UserId, Username},
+    domain::{Email, Endpoint, Password, Port, PublicKey, UserId, Username, client_key},
     metrics,
+    ratelimit::Limit,
     store::{NewUser, StoreError, User},
 };
+
+/// The lock-out key of every name that cannot be registered: such an account
+/// cannot exist, so sharing one run of failures among them hides nothing.
+const UNREGISTRABLE: &str = "\u{0}";
 
 /// The caller named by a valid, unrevoked token of an existing user.
 #[derive(Debug, Clone)]
@@ -30,9 +35,10 @@ pub struct Login {
 }
 
 impl Services {
-    /// Registers a user; every invalid field is reported at once.
+    /// Registers a user from `client`; every invalid field is reported at once.
     pub async fn register(
         &self,
+        client: Endpoint,
         username: &str,
         email: &str,
         password: String,
@@ -44,6 +50,8 @@ impl Services {
             Password::parse(password),
             PublicKey::parse(public_key),
         );
+        self.spend(Limit::RegisterPerIp, &client_key(client.ip))
+            .await?;
         let (username, email, password, public_key) = match checks {
             (Ok(u), Ok(e), Ok(p), Ok(k)) => (u, e, p, k),
             (u, e, p, k) => {
@@ -71,10 +79,22 @@ impl Services {
 
     /// Checks the password (at the same cost whether or not the user exists),
     /// issues a token, and marks the user online at `peer` (with the declared
-    /// port, if any).
+    /// port, if any). Attempts are limited per client address, and failures
+    /// in a row lock the account out for longer and longer: the same for a
+    /// name nobody holds, so that the limiter tells nothing either.
     pub async fn login(&self, login: Login, peer: Endpoint) -> Result<String> {
-        let credentials = match Username::lookup_key(&login.username) {
-            Some(key) => self.store.credentials(&key).await?,
+        self.spend(Limit::LoginPerIp, &client_key(peer.ip)).await?;
+        let key = Username::lookup_key(&login.username);
+        let account = key.as_deref().unwrap_or(UNREGISTRABLE);
+        if let Some(wait) = self.limiter.locked_for(account).await? {
+            metrics::rate_limited(metrics::LOGIN_LOCKOUT, 1);
+            return Err(Error::Limited(
+                "Too many failed logins; try again later",
+                wait,
+            ));
+        }
+        let credentials = match &key {
+            Some(key) => self.store.credentials(key).await?,
             None => None, // verified against the dummy hash below all the same
         };
         let (stored_hash, user) = match credentials {
@@ -84,8 +104,10 @@ impl Services {
         let matches = self.passwords.verify(login.password, stored_hash).await?;
         let Some((id, username)) = user.filter(|_| matches) else {
             metrics::login(false);
+            self.limiter.login_failed(account).await?;
             return Err(Error::BAD_CREDENTIALS);
         };
+        self.limiter.login_succeeded(account).await?;
         let token = self.tokens.issue(id, &username).map_err(Error::Internal)?;
         // Its first request then costs no store read to authenticate.
         self.names.remember(id, &username);
@@ -172,6 +194,8 @@ impl Services {
         query: &str,
         limit: u32,
     ) -> Result<Vec<(User, bool)>> {
+        self.spend(Limit::SearchPerUser, &user.id.to_string())
+            .await?;
         let Some(needle) = Username::search_needle(query).filter(|_| limit > 0) else {
             return Ok(Vec::new()); // nothing can match
         };
@@ -180,6 +204,17 @@ impl Services {
             .search_users(&needle, user.id, i64::from(limit))
             .await?;
         self.with_presence(users, |u| u.id).await
+    }
+
+    /// Spends one event of `key`'s budget under `limit`, or refuses with the
+    /// time until the budget allows one.
+    pub(super) async fn spend(&self, limit: Limit, key: &str) -> Result<()> {
+        let grant = self.limiter.take(limit, key, 1).await?;
+        if grant.granted == 1 {
+            return Ok(());
+        }
+        metrics::rate_limited(limit.name(), 1);
+        Err(Error::Limited(refusal(limit), grant.retry_after))
     }
 
     /// Pairs each item with whether the user it names is online: one presence
@@ -196,5 +231,16 @@ impl Services {
             .zip(online)
             .map(|(item, at)| (item, at.is_some()))
             .collect())
+    }
+}
+
+/// What a client over `limit` is told.
+fn refusal(limit: Limit) -> &'static str {
+    match limit {
+        Limit::LoginPerIp => "Too many login attempts; try again later",
+        Limit::RegisterPerIp => "Too many registrations; try again later",
+        Limit::SearchPerUser => "Too many searches; try again later",
+        Limit::OfflinePerSender => "Too many offline messages; try again later",
+        Limit::FramesPerUser => "Too many messages; slow down",
     }
 }

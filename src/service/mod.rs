@@ -21,6 +21,7 @@ use crate::{
     domain::Invalid,
     metrics,
     presence::{Presence, PresenceError},
+    ratelimit::{Limiter, LimiterError},
     revocation::{RevocationError, Revocations},
     store::{Store, StoreError},
 };
@@ -37,7 +38,7 @@ pub use accounts::{AuthUser, Login};
 pub use contacts::ContactTarget;
 pub use hub::message_frame;
 pub use online::{Card, Online};
-pub use relay::error_frame;
+pub use relay::{FrameBudget, error_frame};
 
 use hub::Hub;
 use names::NameCache;
@@ -57,9 +58,9 @@ pub enum Error {
     #[error("{0}")]
     Refused(&'static str),
     /// The caller holds, or asked for, as much as a limit allows; it may try
-    /// again later.
+    /// again after the time given.
     #[error("{0}")]
-    Limited(&'static str),
+    Limited(&'static str, std::time::Duration),
     /// The server is too busy for this now; the client may retry shortly.
     #[error("{0}")]
     Busy(&'static str),
@@ -114,6 +115,12 @@ impl From<BusError> for Error {
     }
 }
 
+impl From<LimiterError> for Error {
+    fn from(err: LimiterError) -> Self {
+        Self::Unavailable(err.into())
+    }
+}
+
 impl From<RevocationError> for Error {
     fn from(err: RevocationError) -> Self {
         Self::Unavailable(err.into())
@@ -128,6 +135,7 @@ pub struct Services {
     revocations: Arc<dyn Revocations>,
     presence: Arc<dyn Presence>,
     bus: Arc<dyn Bus>,
+    limiter: Arc<dyn Limiter>,
     /// This replica's WebSocket connections.
     hub: Arc<Hub>,
     passwords: PasswordHasher,
@@ -139,6 +147,15 @@ pub struct Services {
     /// Offline messages, stored in batches.
     writer: MessageWriter,
     settings: Arc<Settings>,
+}
+
+/// The backends the flows run over, one per capability.
+pub struct Engines {
+    pub store: Arc<dyn Store>,
+    pub revocations: Arc<dyn Revocations>,
+    pub presence: Arc<dyn Presence>,
+    pub bus: Arc<dyn Bus>,
+    pub limiter: Arc<dyn Limiter>,
 }
 
 /// Which backends answer, for `/readyz`.
@@ -153,13 +170,17 @@ impl Services {
     /// built with.
     pub fn new(
         settings: Arc<Settings>,
-        store: Arc<dyn Store>,
-        revocations: Arc<dyn Revocations>,
-        presence: Arc<dyn Presence>,
-        bus: Arc<dyn Bus>,
+        engines: Engines,
         hub: Arc<Hub>,
         tokens: Tokens,
     ) -> anyhow::Result<Self> {
+        let Engines {
+            store,
+            revocations,
+            presence,
+            bus,
+            limiter,
+        } = engines;
         Ok(Self {
             passwords: PasswordHasher::new(
                 settings.hash_concurrency(),
@@ -173,6 +194,7 @@ impl Services {
             revocations,
             presence,
             bus,
+            limiter,
             hub,
             settings,
         })

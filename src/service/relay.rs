@@ -3,21 +3,22 @@
 //! connections opening and closing with their presence notices, and the inbox
 //! of offline messages.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use super::{AuthUser, Error, Result, Services, hub::Outbox};
 use crate::{
     bus::{Audience, Event},
-    config::NoticeAudience,
+    config::{NoticeAudience, Switch},
     domain::{DirectMessage, Endpoint, MessageContent},
-    metrics::{StoredVia, messages_stored},
+    metrics::{self, StoredVia, messages_stored},
+    ratelimit::{Grant, Limit, LocalBudget},
     store::{InboxMessage, Message, NewMessage},
 };
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-const TOO_MANY: Error = Error::Limited("Too many connections");
+const TOO_MANY: Error = Error::Limited("Too many connections", Duration::from_secs(1));
 
 /// `{"error": "..."}`, the frame that answers a client's mistake.
 pub fn error_frame(message: &str) -> String {
@@ -34,7 +35,59 @@ struct DirectFrame<'a> {
     content: Cow<'a, str>,
 }
 
+/// The frame budgets of one connection: its own, kept here, and its user's,
+/// shared by all of the user's connections on every replica.
+pub struct FrameBudget {
+    connection: Option<LocalBudget>,
+    user_key: String,
+}
+
 impl Services {
+    /// The budgets of a new connection of `user`'s.
+    pub fn frame_budget(&self, user: &AuthUser) -> FrameBudget {
+        let connection = (self.settings.rate_limits == Switch::On)
+            .then(|| LocalBudget::new(self.settings.ws_frame_rate_per_connection));
+        FrameBudget {
+            connection,
+            user_key: user.id.to_string(),
+        }
+    }
+
+    /// Admits up to `n` relay frames under both budgets: one check of each for
+    /// a burst of frames. Those beyond the grant are to be refused.
+    pub async fn admit_frames(&self, budget: &FrameBudget, n: u32) -> Grant {
+        let local = budget
+            .connection
+            .as_ref()
+            .map_or(Grant::all(n), |b| b.take(n));
+        if local.granted < n {
+            metrics::rate_limited("ws_frames_per_connection", n - local.granted);
+        }
+        if local.granted == 0 {
+            return local;
+        }
+        let shared = match self
+            .limiter
+            .take(Limit::FramesPerUser, &budget.user_key, local.granted)
+            .await
+        {
+            Ok(grant) => grant,
+            // The relay keeps working while the shared counters are away; the
+            // connection's own budget still holds.
+            Err(err) => {
+                tracing::warn!(error = %err, "frame limiter unavailable");
+                Grant::all(local.granted)
+            }
+        };
+        if shared.granted < local.granted {
+            metrics::rate_limited(Limit::FramesPerUser.name(), local.granted - shared.granted);
+        }
+        Grant {
+            granted: shared.granted,
+            retry_after: local.retry_after.max(shared.retry_after),
+        }
+    }
+
     /// Handles one text frame of `sender`'s; returns the reply for the sender,
     /// if any.
     pub async fn on_text(&self, sender: &AuthUser, text: &str) -> Option<String> {
@@ -106,6 +159,19 @@ impl Services {
         };
         if delivered {
             return Ok(None);
+        }
+        match self
+            .spend(Limit::OfflinePerSender, &sender.id.to_string())
+            .await
+        {
+            Ok(()) => {}
+            Err(Error::Limited(refusal, wait)) => {
+                return Ok(Some(error_frame(&format!(
+                    "{refusal} (in {} s); the message was not stored",
+                    wait.as_secs_f64().ceil().max(1.0)
+                ))));
+            }
+            Err(other) => return Err(other),
         }
         // Batched with the other offline messages being stored, like `POST
         // /messages/`.
@@ -277,6 +343,8 @@ impl Services {
             .resolve(self.store.as_ref(), recipient_username)
             .await?
             .ok_or(Error::NotFound("Recipient not found"))?;
+        self.spend(Limit::OfflinePerSender, &sender.id.to_string())
+            .await?;
         let stored = self
             .writer
             .store(NewMessage {

@@ -66,7 +66,7 @@ async fn upgrade(
             let sessions = state.sessions.clone();
             ws.on_upgrade(move |socket| sessions.track_future(session.run(socket)))
         }
-        Err(service::Error::Limited(_)) => refuse(ws, Disconnect::TooManyConnections),
+        Err(service::Error::Limited(..)) => refuse(ws, Disconnect::TooManyConnections),
         Err(err) => {
             tracing::warn!(
                 error = format!("{err:#}"),

@@ -92,7 +92,10 @@ async fn two_devices_on_two_replicas_both_receive() {
 #[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
 async fn offline_messages_are_fetched_exactly_once_across_replicas() {
     let backend = Backend::cluster().await;
-    let r = replicas(&backend, 3, |_| {}).await;
+    let r = replicas(&backend, 3, |s| {
+        s.offline_rate_per_sender = "1000/min".parse().unwrap();
+    })
+    .await;
     let alice = r[0].user("alice").await;
     let bob = r[1].user("bob").await;
     let sends = (0..300).map(|i| {

@@ -99,7 +99,7 @@ async fn a_revision_client_works_unchanged() {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
 
-    let (_, found) = app.get("/users/search/bo", &alice.token).await;
+    let (_, found) = app.get("/users/search/bob", &alice.token).await;
     assert_eq!(
         found,
         json!([{"id": bob.id, "username": "bob", "is_online": true}])

@@ -11,4 +11,5 @@ mod load_balancer;
 mod messages;
 mod ops;
 mod p2p;
+mod ratelimits;
 mod ws;

@@ -101,7 +101,7 @@ async fn content_is_opaque_and_bounded() {
 
 #[tokio::test]
 async fn concurrent_fetches_never_return_a_message_twice() {
-    let app = spawn().await;
+    let app = spawn_with(|s| s.offline_rate_per_sender = "1000/min".parse().unwrap()).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let sends = (0..200).map(|i| {

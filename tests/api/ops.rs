@@ -170,7 +170,7 @@ async fn every_route_answers_with_and_without_its_trailing_slash() {
     let (alice, bob) = app.friends("alice", "bob").await;
     let routes = [
         (Method::GET, "/users/me"),
-        (Method::GET, "/users/search/b"),
+        (Method::GET, "/users/search/bob"),
         (Method::GET, "/me/contacts"),
         (Method::GET, "/me/contacts/pending"),
         (Method::GET, "/me/contacts/online"),

@@ -3,7 +3,7 @@ use std::{collections::HashSet, time::Duration};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
-use secchat::config::NoticeAudience;
+use secchat::config::{NoticeAudience, Switch};
 use serde_json::{Value, json};
 use tokio_tungstenite::{connect_async, tungstenite::Message};
 
@@ -343,7 +343,11 @@ async fn the_server_pings_and_drops_silent_clients() {
 /// bob is offline, however many frames that takes.
 #[tokio::test]
 async fn a_slow_reader_is_cut_off_without_losing_directed_messages() {
-    let app = spawn_with(|s| s.ws_queue_len = 8).await;
+    let app = spawn_with(|s| {
+        s.ws_queue_len = 8;
+        s.rate_limits = Switch::Off; // alice sends as fast as she can
+    })
+    .await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut slow = app.ws(&bob.token).await;

@@ -41,6 +41,16 @@ impl Keyspace {
         format!("{}:online", self.prefix)
     }
 
+    /// A rate-limit budget: `limit`'s for `key` (a GCRA arrival time).
+    pub fn rate_budget(&self, limit: &str, key: &str) -> String {
+        format!("{}:rate:{limit}:{key}", self.prefix)
+    }
+
+    /// An account's run of failed logins.
+    pub fn login_failures(&self, account: &str) -> String {
+        format!("{}:login-failures:{account}", self.prefix)
+    }
+
     pub fn revoked(&self, jti: &str) -> String {
         format!("{}:revoked:{jti}", self.prefix)
     }

@@ -1,5 +1,5 @@
 //! Everything Redis: the command connection and its deadline, the key space,
-//! and the three Redis engines (presence, fan-out, revoked tokens), with their
+//! and the Redis engines (presence, fan-out, revoked tokens, rate limits), with their
 //! Lua scripts as `.lua` files beside them.
 
 use std::{
@@ -17,11 +17,13 @@ use crate::metrics;
 pub mod bus;
 pub mod keys;
 pub mod presence;
+pub mod ratelimit;
 pub mod revocations;
 
 pub use bus::RedisBus;
 pub use keys::Keyspace;
 pub use presence::RedisPresence;
+pub use ratelimit::RedisLimiter;
 pub use revocations::RedisRevocations;
 
 /// No Redis call waits longer than this: a dead Redis is a quick 503.
