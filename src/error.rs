@@ -22,6 +22,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     NotFound(&'static str),
+    /// 409: the target has no room (a full mailbox).
+    #[error("{0}")]
+    Conflict(&'static str),
     #[error("request body too large")]
     PayloadTooLarge,
     /// 408: the body did not arrive in time.
@@ -75,6 +78,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
@@ -98,6 +102,7 @@ impl From<service::Error> for ApiError {
             service::Error::Refused(m) => Self::BadRequest(m),
             service::Error::Limited(m, wait) => Self::TooManyRequests(m, wait),
             service::Error::Busy(m) => Self::Busy(m),
+            service::Error::Full(m) => Self::Conflict(m),
             service::Error::Invalid(fields) => {
                 Self::Validation(fields.into_iter().map(ValidationItem::body).collect())
             }
@@ -121,6 +126,7 @@ impl IntoResponse for ApiError {
             Self::BadRequest(m)
             | Self::Unauthorized(m)
             | Self::NotFound(m)
+            | Self::Conflict(m)
             | Self::TooManyRequests(m, _)
             | Self::Busy(m) => {
                 json!({ "detail": m })

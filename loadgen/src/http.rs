@@ -157,6 +157,10 @@ pub async fn offline(common: &Common, args: OfflineArgs) -> anyhow::Result<Value
     let names = (0..2 * n).map(|i| format!("{prefix}m{i}")).collect();
     let users = api::users(&http, names, |i| common.url(i).to_owned()).await?;
     let (senders, recipients) = users.split_at(n);
+    // People write to their contacts (a stranger's budget in a mailbox is small).
+    for sender in senders {
+        api::befriend(&http, sender, recipients).await?;
+    }
     let setup_s = setup.elapsed().as_secs_f64();
 
     let window = Window::start(&common.server_pids);

@@ -23,7 +23,7 @@ use crate::{
     presence::{Presence, PresenceError},
     ratelimit::{Limiter, LimiterError},
     revocation::{RevocationError, Revocations},
-    store::{Store, StoreError},
+    store::{MailboxQuota, Store, StoreError},
 };
 
 mod accounts;
@@ -61,6 +61,9 @@ pub enum Error {
     /// again after the time given.
     #[error("{0}")]
     Limited(&'static str, std::time::Duration),
+    /// Where the request would put something is full (a recipient's mailbox).
+    #[error("{0}")]
+    Full(&'static str),
     /// The server is too busy for this now; the client may retry shortly.
     #[error("{0}")]
     Busy(&'static str),
@@ -77,6 +80,7 @@ pub enum Error {
 impl Error {
     pub const BAD_CREDENTIALS: Self = Self::Unauthenticated("Incorrect username or password");
     pub const BAD_TOKEN: Self = Self::Unauthenticated("Could not validate credentials");
+    pub const MAILBOX_FULL: Self = Self::Full("Recipient's mailbox is full");
 }
 
 impl From<Invalid> for Error {
@@ -189,7 +193,14 @@ impl Services {
             tokens,
             names: NameCache::default(),
             online: OnlineContacts::default(),
-            writer: MessageWriter::start(store.clone()),
+            writer: MessageWriter::start(
+                store.clone(),
+                MailboxQuota {
+                    messages: settings.mailbox_max_messages,
+                    bytes: settings.mailbox_max_bytes,
+                    from_strangers: settings.mailbox_stranger_messages,
+                },
+            ),
             store,
             revocations,
             presence,

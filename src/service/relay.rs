@@ -12,7 +12,7 @@ use crate::{
     domain::{DirectMessage, Endpoint, MessageContent},
     metrics::{self, StoredVia, messages_stored},
     ratelimit::{Grant, Limit, LocalBudget},
-    store::{InboxMessage, Message, NewMessage},
+    store::{Admission, InboxMessage, MailboxQuota, Message, NewMessage},
 };
 use chrono::Utc;
 use serde::Deserialize;
@@ -175,7 +175,11 @@ impl Services {
         }
         // Batched with the other offline messages being stored, like `POST
         // /messages/`.
-        self.writer.store(NewMessage::from(&*message)).await?;
+        if let Admission::MailboxFull = self.writer.store(NewMessage::from(&*message)).await? {
+            return Ok(Some(error_frame(
+                "recipient's mailbox is full; the message was not stored",
+            )));
+        }
         messages_stored(StoredVia::Offline, 1);
         Ok(Some(
             json!({ "status": format!("用户 {} 当前离线，消息已保存。", recipient.username) })
@@ -310,7 +314,9 @@ impl Services {
         let count = messages.len();
         let rows: Vec<NewMessage> = messages.iter().map(|m| NewMessage::from(&**m)).collect();
         for attempt in 1..=5u32 {
-            match self.store.store_messages(&rows).await {
+            // Accepted already (the sender was not told otherwise): stored
+            // whatever the mailbox holds.
+            match self.store.store_messages(&rows, MailboxQuota::NONE).await {
                 Ok(_) => {
                     messages_stored(StoredVia::Undelivered, count);
                     return;
@@ -345,7 +351,7 @@ impl Services {
             .ok_or(Error::NotFound("Recipient not found"))?;
         self.spend(Limit::OfflinePerSender, &sender.id.to_string())
             .await?;
-        let stored = self
+        let admission = self
             .writer
             .store(NewMessage {
                 sender_id: sender.id,
@@ -354,6 +360,9 @@ impl Services {
                 sent_at: Utc::now(),
             })
             .await?;
+        let Admission::Stored(stored) = admission else {
+            return Err(Error::MAILBOX_FULL);
+        };
         messages_stored(StoredVia::Http, 1);
         Ok(stored)
     }

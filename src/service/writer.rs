@@ -6,27 +6,29 @@ use std::sync::Arc;
 
 use crate::{
     batch::{BatchError, Batcher},
-    store::{Message, NewMessage, Store, StoreError, StoreResult},
+    store::{Admission, MailboxQuota, NewMessage, Store, StoreError, StoreResult},
 };
 
 /// Messages combined into one insert at most.
 const BATCH: usize = 512;
 
 pub struct MessageWriter {
-    batcher: Batcher<NewMessage, Message, StoreError>,
+    batcher: Batcher<NewMessage, Admission, StoreError>,
 }
 
 impl MessageWriter {
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    /// A writer that stores what fits its recipient's mailbox under `quota`.
+    pub fn start(store: Arc<dyn Store>, quota: MailboxQuota) -> Self {
         let batcher = Batcher::start(BATCH, move |messages: Vec<NewMessage>| {
             let store = store.clone();
-            async move { store.store_messages(&messages).await }
+            async move { store.store_messages(&messages, quota).await }
         });
         Self { batcher }
     }
 
-    /// Stores one message, together with whatever else is waiting.
-    pub async fn store(&self, message: NewMessage) -> StoreResult<Message> {
+    /// Stores one message if its recipient's mailbox has room, together with
+    /// whatever else is waiting.
+    pub async fn store(&self, message: NewMessage) -> StoreResult<Admission> {
         self.batcher.submit(message).await.map_err(|err| match err {
             BatchError::Stopped => {
                 StoreError::Unavailable(anyhow::anyhow!("the message writer stopped"))

@@ -192,17 +192,31 @@ fn message(from: &User, to: &User, content: &str) -> NewMessage {
     }
 }
 
+/// Stores messages that must all fit.
+async fn store_all(s: &dyn Store, messages: &[NewMessage]) -> Vec<Message> {
+    s.store_messages(messages, MailboxQuota::NONE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| match a {
+            Admission::Stored(m) => m,
+            Admission::MailboxFull => panic!("refused without a quota"),
+        })
+        .collect()
+}
+
 pub async fn messages_are_read_once_in_order(s: &dyn Store) {
     let (a, b) = (user(s, "a").await, user(s, "b").await);
-    assert!(s.store_messages(&[]).await.unwrap().is_empty());
-    let stored = s
-        .store_messages(&[
+    assert!(store_all(s, &[]).await.is_empty());
+    let stored = store_all(
+        s,
+        &[
             message(&a, &b, "one"),
             message(&a, &b, "two"),
             message(&b, &a, "three"),
-        ])
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let contents: Vec<_> = stored.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(contents, ["one", "two", "three"]);
     assert!(stored.windows(2).all(|w| w[0].id < w[1].id));
@@ -230,7 +244,7 @@ pub async fn messages_are_read_once_in_order(s: &dyn Store) {
 pub async fn concurrent_takes_never_share_a_message(s: &dyn Store) {
     let (a, b) = (user(s, "a").await, user(s, "b").await);
     let batch: Vec<_> = (0..60).map(|i| message(&a, &b, &format!("m{i}"))).collect();
-    s.store_messages(&batch).await.unwrap();
+    store_all(s, &batch).await;
     let (x, y) = tokio::join!(s.take_unread(b.id), s.take_unread(b.id));
     let mut ids: Vec<i64> = x
         .unwrap()
@@ -249,9 +263,7 @@ pub async fn old_messages_expire(s: &dyn Store) {
         sent_at: t(secs),
         ..message(&a, &b, content)
     };
-    s.store_messages(&[at(1, "old"), at(2, "older than 50"), at(100, "new")])
-        .await
-        .unwrap();
+    store_all(s, &[at(1, "old"), at(2, "older than 50"), at(100, "new")]).await;
     assert_eq!(
         s.expire_messages(t(50), 1).await.unwrap(),
         1,
@@ -262,4 +274,98 @@ pub async fn old_messages_expire(s: &dyn Store) {
     let left: Vec<_> = s.take_unread(b.id).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].content, "new");
+}
+
+pub async fn mailboxes_hold_what_their_quota_allows(s: &dyn Store) {
+    let (a, b, friend) = (
+        user(s, "a").await,
+        user(s, "b").await,
+        user(s, "friend").await,
+    );
+    // b has accepted friend (and friend b); a is a stranger to b.
+    s.add_contact(friend.id, b.id).await.unwrap();
+    s.accept_request(b.id, friend.id).await.unwrap().unwrap();
+    let quota = MailboxQuota {
+        messages: 4,
+        bytes: 12,
+        from_strangers: 2,
+    };
+    let stored = |admissions: Vec<Admission>| -> Vec<Option<String>> {
+        admissions
+            .into_iter()
+            .map(|a| match a {
+                Admission::Stored(m) => Some(m.content),
+                Admission::MailboxFull => None,
+            })
+            .collect()
+    };
+    let first = s
+        .store_messages(
+            &[
+                message(&a, &b, "s1"),
+                message(&a, &b, "s2"),
+                message(&a, &b, "s3"), // a third from a stranger: refused
+                message(&friend, &b, "f1"),
+                message(&a, &friend, "other"),
+            ],
+            quota,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stored(first),
+        [
+            Some("s1".into()),
+            Some("s2".into()),
+            None,
+            Some("f1".into()),
+            Some("other".into())
+        ]
+    );
+    assert_eq!(
+        s.mailbox_usage(b.id).await.unwrap(),
+        MailboxUsage {
+            messages: 3,
+            bytes: 6,
+            from_strangers: 2
+        }
+    );
+    // Bytes: 6 held, 12 allowed; a 7-byte message does not fit, a 6-byte one does,
+    // and then the count (4) is reached.
+    let second = s
+        .store_messages(
+            &[
+                message(&friend, &b, "sevenxx"),
+                message(&friend, &b, "sixxxx"),
+                message(&friend, &b, "x"),
+            ],
+            quota,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored(second), [None, Some("sixxxx".into()), None]);
+    // Reading frees the mailbox, and the stranger budget with it.
+    assert_eq!(s.take_unread(b.id).await.unwrap().len(), 4);
+    assert_eq!(
+        s.mailbox_usage(b.id).await.unwrap(),
+        MailboxUsage::default()
+    );
+    let third = s
+        .store_messages(&[message(&a, &b, "s4"), message(&a, &b, "s5")], quota)
+        .await
+        .unwrap();
+    assert_eq!(stored(third), [Some("s4".into()), Some("s5".into())]);
+    // Deleting one read, and expiring the rest, free it too.
+    let unread = s.peek_unread(b.id).await.unwrap();
+    s.delete_read(b.id, &[unread[0].message.id]).await.unwrap();
+    assert_eq!(s.mailbox_usage(b.id).await.unwrap().from_strangers, 1);
+    s.expire_messages(t(1000), 100).await.unwrap();
+    assert_eq!(
+        s.mailbox_usage(b.id).await.unwrap(),
+        MailboxUsage::default()
+    );
+    assert_eq!(
+        s.mailbox_usage(friend.id).await.unwrap(),
+        MailboxUsage::default()
+    );
 }

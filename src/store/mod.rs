@@ -108,6 +108,58 @@ impl From<&crate::domain::DirectMessage> for NewMessage {
     }
 }
 
+/// How much unread mail one user's mailbox holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxQuota {
+    pub messages: u64,
+    pub bytes: u64,
+    /// Of the messages, those from senders the recipient has not accepted as
+    /// contacts, all such senders together.
+    pub from_strangers: u64,
+}
+
+impl MailboxQuota {
+    /// For messages the server already accepted (a relayed message that no
+    /// connection could write): stored whatever the mailbox holds.
+    pub const NONE: Self = Self {
+        messages: u64::MAX,
+        bytes: u64::MAX,
+        from_strangers: u64::MAX,
+    };
+
+    /// Whether a mailbox holding `usage` has room for one more message of
+    /// `bytes`, from a stranger or not.
+    pub fn admits(&self, usage: &MailboxUsage, bytes: u64, from_stranger: bool) -> bool {
+        usage.messages.saturating_add(1) <= self.messages
+            && usage.bytes.saturating_add(bytes) <= self.bytes
+            && (!from_stranger || usage.from_strangers.saturating_add(1) <= self.from_strangers)
+    }
+}
+
+/// What a mailbox holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailboxUsage {
+    pub messages: u64,
+    pub bytes: u64,
+    pub from_strangers: u64,
+}
+
+impl MailboxUsage {
+    pub fn add(&mut self, bytes: u64, from_stranger: bool) {
+        self.messages += 1;
+        self.bytes += bytes;
+        self.from_strangers += u64::from(from_stranger);
+    }
+}
+
+/// What became of one message offered to [`Store::store_messages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Stored(Message),
+    /// The recipient's mailbox had no room for it under the quota.
+    MailboxFull,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("username or email already registered")]
@@ -167,8 +219,16 @@ pub trait Store: Send + Sync + 'static {
     /// Users that have `subject` as an accepted contact.
     fn watchers(&self, subject: UserId) -> Pending<'_, Vec<UserId>>;
 
-    /// Stores messages in one round trip; returns them with ids, in input order.
-    fn store_messages<'a>(&'a self, messages: &'a [NewMessage]) -> Pending<'a, Vec<Message>>;
+    /// Stores the messages that fit their recipients' mailboxes under
+    /// `quota`, in order, in one transaction of a few round trips whatever
+    /// their number; answers for each in input order.
+    fn store_messages<'a>(
+        &'a self,
+        messages: &'a [NewMessage],
+        quota: MailboxQuota,
+    ) -> Pending<'a, Vec<Admission>>;
+    /// What `user`'s mailbox holds.
+    fn mailbox_usage(&self, user: UserId) -> Pending<'_, MailboxUsage>;
     /// Unread messages of `recipient`, oldest first, left unread.
     fn peek_unread(&self, recipient: UserId) -> Pending<'_, Vec<InboxMessage>>;
     /// Deletes these messages of `recipient`'s (they were read); others' ids

@@ -96,8 +96,7 @@ async fn offline_messages_are_fetched_exactly_once_across_replicas() {
         s.offline_rate_per_sender = "1000/min".parse().unwrap();
     })
     .await;
-    let alice = r[0].user("alice").await;
-    let bob = r[1].user("bob").await;
+    let (alice, bob) = r[0].friends("alice", "bob").await;
     let sends = (0..300).map(|i| {
         r[i % 3].post(
             "/messages/",

@@ -102,8 +102,8 @@ async fn content_is_opaque_and_bounded() {
 #[tokio::test]
 async fn concurrent_fetches_never_return_a_message_twice() {
     let app = spawn_with(|s| s.offline_rate_per_sender = "1000/min".parse().unwrap()).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
+    // Contacts: more than a stranger's budget of messages.
+    let (alice, bob) = app.friends("alice", "bob").await;
     let sends = (0..200).map(|i| {
         app.post(
             "/messages/",
@@ -187,4 +187,107 @@ async fn unread_messages_expire_after_their_time_to_live() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(app.get("/messages/", &bob.token).await.1, json!([]));
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_fill_a_mailbox_with_the_defaults() {
+    let app = spawn().await;
+    let spammer = app.user("spammer").await;
+    let bob = app.user("bob").await;
+    let mut answers = Vec::new();
+    for i in 0..105 {
+        let (status, body) = app
+            .post(
+                "/messages/",
+                &spammer.token,
+                json!({"recipient_username": "bob", "encrypted_content": format!("spam {i}")}),
+            )
+            .await;
+        answers.push((status, body));
+    }
+    let stored = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!(stored, 100, "the default budget for strangers");
+    let (status, body) = &answers[104];
+    assert_eq!(*status, StatusCode::CONFLICT);
+    assert_eq!(body["detail"], "Recipient's mailbox is full");
+    let inbox = app.get("/messages/", &bob.token).await.1;
+    assert_eq!(
+        inbox.as_array().unwrap().len(),
+        100,
+        "nothing silently dropped or added"
+    );
+}
+
+#[tokio::test]
+async fn mailbox_quotas_hold_on_both_paths_and_free_up_when_read() {
+    let app = spawn_with(|s| {
+        s.mailbox_max_messages = 3;
+        s.mailbox_max_bytes = 1000;
+        s.mailbox_stranger_messages = 1;
+    })
+    .await;
+    let (friend, bob) = app.friends("friend", "bob").await;
+    let stranger = app.user("stranger").await;
+    let send = |token: String, content: &'static str| {
+        let app = &app;
+        async move {
+            app.post(
+                "/messages/",
+                &token,
+                json!({"recipient_username": "bob", "encrypted_content": content}),
+            )
+            .await
+        }
+    };
+    assert_eq!(send(stranger.token.clone(), "s1").await.0, StatusCode::OK);
+    // The stranger's budget is spent; a contact still gets through.
+    let (status, body) = send(stranger.token.clone(), "s2").await;
+    assert_eq!(
+        (status, &body["detail"]),
+        (StatusCode::CONFLICT, &json!("Recipient's mailbox is full"))
+    );
+    let mut ws = app.ws(&stranger.token).await;
+    ws.send_json(json!({"recipient_username": "bob", "content": "s3"}))
+        .await;
+    let frame = ws.json().await;
+    assert!(
+        frame["error"].as_str().unwrap().contains("mailbox is full"),
+        "{frame}"
+    );
+    assert_eq!(send(friend.token.clone(), "f1").await.0, StatusCode::OK);
+    assert_eq!(send(friend.token.clone(), "f2").await.0, StatusCode::OK);
+    // Three unread: full, for contacts too.
+    assert_eq!(
+        send(friend.token.clone(), "f3").await.0,
+        StatusCode::CONFLICT
+    );
+    let inbox = app.get("/messages/", &bob.token).await.1;
+    let contents: Vec<&str> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["encrypted_content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["s1", "f1", "f2"]);
+    // Read (and so deleted), they no longer count.
+    ws.send_json(json!({"recipient_username": "bob", "content": "s4"}))
+        .await;
+    assert!(ws.json().await["status"].is_string(), "stored again");
+    assert_eq!(send(friend.token.clone(), "f4").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_full_mailbox_in_bytes_refuses_what_does_not_fit() {
+    let app = spawn_with(|s| s.mailbox_max_bytes = 10).await;
+    let (alice, _bob) = app.friends("alice", "bob").await;
+    let post = |content: &str| {
+        app.post(
+            "/messages/",
+            &alice.token,
+            json!({"recipient_username": "bob", "encrypted_content": content}),
+        )
+    };
+    assert_eq!(post("123456").await.0, StatusCode::OK);
+    assert_eq!(post("12345").await.0, StatusCode::CONFLICT, "11 bytes > 10");
+    assert_eq!(post("1234").await.0, StatusCode::OK, "exactly 10");
 }

@@ -3,7 +3,10 @@
 //! by number too): [`store_methods!`] writes the `Store` methods inside each
 //! backend's own `impl Store for …` block.
 
-use std::future::Future;
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+};
 
 use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, future::BoxFuture};
@@ -14,7 +17,10 @@ use crate::{
     domain::UserId,
     metrics,
     revocation::RevocationError,
-    store::{Contact, ContactStatus, StoreError, StoreResult, User},
+    store::{
+        Contact, ContactStatus, MailboxQuota, MailboxUsage, NewMessage, StoreError, StoreResult,
+        User,
+    },
 };
 
 pub mod postgres;
@@ -125,6 +131,45 @@ pub fn like_pattern(needle: &str) -> String {
     pattern
 }
 
+/// A mailbox row's counts (never negative in a consistent store).
+pub fn usage(messages: i64, bytes: i64, from_strangers: i64) -> MailboxUsage {
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    MailboxUsage {
+        messages: count(messages),
+        bytes: count(bytes),
+        from_strangers: count(from_strangers),
+    }
+}
+
+/// Which of `messages`, in order, fit their recipients' mailboxes (rows of
+/// `(user, messages, bytes, from strangers)`) under `quota`: for each, whether
+/// it is from a stranger (not in `accepted`, rows of `(recipient, sender)`),
+/// or `None` when it does not fit.
+pub fn admit(
+    messages: &[NewMessage],
+    mailboxes: &[(i64, i64, i64, i64)],
+    accepted: &[(i64, i64)],
+    quota: MailboxQuota,
+) -> Vec<Option<bool>> {
+    let mut usage: HashMap<UserId, MailboxUsage> = mailboxes
+        .iter()
+        .map(|&(user, m, b, s)| (user, usage(m, b, s)))
+        .collect();
+    let accepted: HashSet<(UserId, UserId)> = accepted.iter().copied().collect();
+    messages
+        .iter()
+        .map(|m| {
+            let from_stranger = !accepted.contains(&(m.recipient_id, m.sender_id));
+            let bytes = m.content.len() as u64;
+            let mailbox = usage.entry(m.recipient_id).or_default();
+            quota.admits(mailbox, bytes, from_stranger).then(|| {
+                mailbox.add(bytes, from_stranger);
+                from_stranger
+            })
+        })
+        .collect()
+}
+
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -134,7 +179,7 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 /// query written per dialect (it aggregates to JSON). A macro rather than
 /// generics because sqlx's executor bounds would outweigh the code they share.
 macro_rules! store_methods {
-    ($row:ty, $visible_contacts:expr) => {
+    ($row:ty, $visible_contacts:expr, $lock_rows:expr $(,)?) => {
         fn ping(&self) -> $crate::store::Pending<'_, ()> {
             $crate::backends::sql::run(async move {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -463,27 +508,107 @@ macro_rules! store_methods {
         fn store_messages<'a>(
             &'a self,
             messages: &'a [$crate::store::NewMessage],
-        ) -> $crate::store::Pending<'a, Vec<$crate::store::Message>> {
+            quota: $crate::store::MailboxQuota,
+        ) -> $crate::store::Pending<'a, Vec<$crate::store::Admission>> {
             $crate::backends::sql::run(async move {
-                let mut stored = Vec::with_capacity(messages.len());
-                // SQLite binds at most 32766 parameters per statement; four per message.
-                for chunk in messages.chunks(8000) {
+                if messages.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let ids = |of: fn(&$crate::store::NewMessage) -> i64| {
+                    let mut ids: Vec<i64> = messages.iter().map(of).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids
+                };
+                let (recipients, senders) = (ids(|m| m.recipient_id), ids(|m| m.sender_id));
+                let mut tx = self.pool.begin().await?;
+                // Every recipient's mailbox row exists, so that it can be locked:
+                // concurrent batches for one mailbox take turns.
+                let mut ensure = sqlx::QueryBuilder::new("INSERT INTO mailboxes (user_id) ");
+                ensure.push_values(&recipients, |mut row, id| {
+                    row.push_bind(*id);
+                });
+                ensure.push(" ON CONFLICT (user_id) DO NOTHING");
+                ensure.build().execute(&mut *tx).await?;
+                let mut select = sqlx::QueryBuilder::new(
+                    "SELECT user_id, messages, bytes, from_strangers FROM mailboxes WHERE user_id IN (",
+                );
+                let mut list = select.separated(", ");
+                for id in &recipients {
+                    list.push_bind(*id);
+                }
+                select.push(") ORDER BY user_id");
+                select.push($lock_rows);
+                let usage: Vec<(i64, i64, i64, i64)> =
+                    select.build_query_as().fetch_all(&mut *tx).await?;
+                let mut select = sqlx::QueryBuilder::new(
+                    "SELECT user_id, friend_id FROM contacts WHERE status = 'accepted' AND user_id IN (",
+                );
+                let mut list = select.separated(", ");
+                for id in &recipients {
+                    list.push_bind(*id);
+                }
+                select.push(") AND friend_id IN (");
+                let mut list = select.separated(", ");
+                for id in &senders {
+                    list.push_bind(*id);
+                }
+                select.push(")");
+                let accepted: Vec<(i64, i64)> = select.build_query_as().fetch_all(&mut *tx).await?;
+                let verdicts = $crate::backends::sql::admit(messages, &usage, &accepted, quota);
+                let admitted: Vec<(&$crate::store::NewMessage, bool)> = messages
+                    .iter()
+                    .zip(&verdicts)
+                    .filter_map(|(m, v)| v.map(|stranger| (m, stranger)))
+                    .collect();
+                let mut stored = Vec::with_capacity(admitted.len());
+                // SQLite binds at most 32766 parameters per statement; five per message.
+                for chunk in admitted.chunks(6000) {
                     let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO messages (sender_id, receiver_id, encrypted_content, sent_at) ",
+                        "INSERT INTO messages (sender_id, receiver_id, encrypted_content, sent_at, from_stranger) ",
                     );
-                    insert.push_values(chunk, |mut row, m| {
+                    insert.push_values(chunk, |mut row, (m, stranger)| {
                         row.push_bind(m.sender_id)
                             .push_bind(m.recipient_id)
                             .push_bind(&m.content)
-                            .push_bind(m.sent_at);
+                            .push_bind(m.sent_at)
+                            .push_bind(*stranger);
                     });
                     insert.push(" RETURNING id, sender_id, receiver_id, encrypted_content, sent_at");
                     let mut rows: Vec<$crate::store::Message> =
-                        insert.build_query_as().fetch_all(&self.pool).await?;
+                        insert.build_query_as().fetch_all(&mut *tx).await?;
+                    // Ids grow in the order of the VALUES list.
                     rows.sort_by_key(|m| m.id);
                     stored.extend(rows);
                 }
-                Ok(stored)
+                tx.commit().await?;
+                let mut stored = stored.into_iter();
+                Ok(verdicts
+                    .iter()
+                    .map(|v| match v {
+                        Some(_) => $crate::store::Admission::Stored(
+                            stored.next().expect("one row per admitted message"),
+                        ),
+                        None => $crate::store::Admission::MailboxFull,
+                    })
+                    .collect())
+            })
+        }
+
+        fn mailbox_usage(
+            &self,
+            user: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, $crate::store::MailboxUsage> {
+            $crate::backends::sql::run(async move {
+                let row: Option<(i64, i64, i64)> = sqlx::query_as(
+                    "SELECT messages, bytes, from_strangers FROM mailboxes WHERE user_id = $1",
+                )
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map_or_else(Default::default, |(messages, bytes, from_strangers)| {
+                    $crate::backends::sql::usage(messages, bytes, from_strangers)
+                }))
             })
         }
 

@@ -50,7 +50,9 @@ impl Store for PostgresStore {
             super::user_json_fields!(),
             ")), '[]')::text",
             super::visible_contacts_where!()
-        )
+        ),
+        // Mailbox rows are locked for a quota check; SQLite's one writer needs no lock.
+        " FOR UPDATE",
     );
 }
 
@@ -101,6 +103,7 @@ mod tests {
         contract::messages_are_read_once_in_order(&fresh().await).await;
         contract::concurrent_takes_never_share_a_message(&fresh().await).await;
         contract::old_messages_expire(&fresh().await).await;
+        contract::mailboxes_hold_what_their_quota_allows(&fresh().await).await;
     }
 
     #[tokio::test]
