@@ -31,19 +31,26 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    /// 1–32 letters, digits, `_`, `-`, `.`; unique regardless of case.
+    /// 1–32 letters (of any script), digits, `_`, `-`, `.`; unique regardless of case.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[\\w.-]+$")]
     username: String,
+    /// A valid address, at most 254 bytes; unique regardless of case.
+    #[schema(format = Email, max_length = 254)]
     email: String,
     /// 1–128 characters.
+    #[schema(min_length = 1, max_length = 128)]
     password: String,
-    /// The user's public encryption key, up to 16 KiB of text.
+    /// The user's public encryption key: 1 to 16,384 bytes of text without NUL.
+    #[schema(min_length = 1, max_length = 16384, pattern = "^[^\\u0000]*$")]
     public_key: String,
 }
 
 /// Register a user.
 #[utoipa::path(post, path = "/users/", tag = "accounts", request_body = RegisterRequest,
     responses((status = 200, body = UserOut), (status = 400, body = Detail, description = "Username or email taken"),
-              (status = 422, description = "Invalid or missing field")))]
+              (status = 422, description = "Invalid or missing field"),
+              (status = 429, body = Detail, description = "Too many registrations from this address; wait `Retry-After` seconds"),
+              (status = 503, body = Detail, description = "Too many password hashes waiting; retry after `Retry-After`")))]
 async fn register(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -66,9 +73,13 @@ async fn register(
 #[derive(ToSchema)]
 #[allow(dead_code)] // documents the form for OpenAPI
 pub struct LoginForm {
+    /// An empty field counts as missing, as FastAPI's forms have it.
+    #[schema(min_length = 1)]
     username: String,
+    #[schema(min_length = 1)]
     password: String,
-    /// The client's P2P port (1–65535); without it, the connection's source port.
+    /// The client's P2P port; without it, the connection's source port.
+    #[schema(nullable = false, minimum = 1, maximum = 65535)]
     port: Option<u16>,
 }
 
@@ -170,7 +181,9 @@ pub struct TokenOut {
 /// Log in: get a bearer token, and be marked online at the caller's address.
 #[utoipa::path(post, path = "/token", tag = "accounts",
     request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, body = TokenOut), (status = 401, body = Detail), (status = 422)))]
+    responses((status = 200, body = TokenOut), (status = 401, body = Detail), (status = 422),
+              (status = 429, body = Detail, description = "Too many attempts from this address, or the account is locked out after failed logins; wait `Retry-After` seconds"),
+              (status = 503, body = Detail, description = "Too many password hashes waiting; retry after `Retry-After`")))]
 async fn login(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -202,15 +215,21 @@ async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<UserOu
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
-    /// At most this many results (default 20, at most 100).
+    /// At most this many results (default 20; more than 100 counts as 100).
+    #[param(value_type = i64, required = false, minimum = 0, maximum = 4294967295_i64)]
     limit: Option<u32>,
 }
 
 /// Users whose name contains `query`, ignoring case; the caller is left out.
 #[utoipa::path(get, path = "/users/search/{query}", tag = "accounts", security(("bearer" = [])),
-    params(("query" = String, Path, description = "Substring to find; `%` and `_` are literal"), SearchParams),
-    responses((status = 200, body = [UserBrief]), (status = 401, body = Detail)))]
+    params(("query" = String, Path, min_length = 3,
+            description = "Substring to find, at least `SEARCH_MIN_CHARS` (3) characters; `%` and `_` are literal"),
+           SearchParams),
+    responses((status = 200, body = [UserBrief]), (status = 401, body = Detail),
+              (status = 422, description = "Query shorter than `SEARCH_MIN_CHARS` (3), or a bad `limit`"),
+              (status = 429, body = Detail, description = "Too many searches; wait `Retry-After` seconds")))]
 async fn search(
     State(state): State<AppState>,
     user: AuthUser,
@@ -241,8 +260,10 @@ async fn search(
 
 #[derive(Deserialize, ToSchema)]
 pub struct HeartbeatRequest {
-    /// The client's P2P port, 1–65535.
-    port: i64,
+    /// The client's P2P port. (A JSON number with no fraction, such as `8080.0`,
+    /// is an integer too.)
+    #[schema(value_type = i64, minimum = 1, maximum = 65535)]
+    port: serde_json::Number,
 }
 
 /// The heartbeat: be online at the caller's IP and this port, and renew the lease.
@@ -255,7 +276,14 @@ async fn heartbeat(
     Peer(peer): Peer,
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<UserBrief>, ApiError> {
-    let port = Port::parse(body.port, "port")?;
+    // Anything that is not a whole number in range is refused alike (0).
+    let whole = body.port.as_i64().or_else(|| {
+        body.port
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= 65536.0)
+            .map(|f| f as i64)
+    });
+    let port = Port::parse(whole.unwrap_or(0), "port")?;
     state.services.heartbeat(&user, peer, port).await?;
     Ok(Json(UserBrief {
         id: user.id,

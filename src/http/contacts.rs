@@ -8,7 +8,7 @@ use axum::{
     routing::{get, put},
 };
 use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 use super::views::{ContactEntry, Detail, OnlineContact, PendingEntry};
 use crate::{
@@ -28,11 +28,50 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Either the seed's `friend_username` or the revision's `friend_id`.
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize)]
 pub struct AddContactRequest {
     friend_username: Option<String>,
     friend_id: Option<UserId>,
 }
+
+/// Documented by hand: one of the two fields must be present (a derived
+/// schema would make both optional).
+impl utoipa::PartialSchema for AddContactRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+        let by = |field: &str, of: Type, description: &str, example: serde_json::Value| {
+            ObjectBuilder::new()
+                .property(
+                    field,
+                    ObjectBuilder::new()
+                        .schema_type(of)
+                        .description(Some(description))
+                        .examples([example]),
+                )
+                .required(field)
+        };
+        AnyOfBuilder::new()
+            .item(by(
+                "friend_username",
+                Type::String,
+                "The seed's form",
+                "bob".into(),
+            ))
+            .item(by(
+                "friend_id",
+                Type::Integer,
+                "The revision's form",
+                2.into(),
+            ))
+            .description(Some(
+                "Either the seed's `friend_username` or the revision's `friend_id`; \
+                 `friend_username` wins when both are given",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AddContactRequest {}
 
 /// Add a contact: accepted on the caller's side; the other user gets a request
 /// (or, if it had asked already, both sides are accepted).
@@ -58,16 +97,20 @@ async fn add(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     /// Entries to skip (default 0).
+    #[param(value_type = i64, required = false, minimum = 0, maximum = 4294967295_i64)]
     skip: Option<u32>,
-    /// Entries to return (default 100, at most 1000).
+    /// Entries to return (default 100; more than 1000 counts as 1000).
+    #[param(value_type = i64, required = false, minimum = 0, maximum = 4294967295_i64)]
     limit: Option<u32>,
 }
 
 /// The caller's accepted contacts.
 #[utoipa::path(get, path = "/me/contacts/", tag = "contacts", security(("bearer" = [])), params(Page),
-    responses((status = 200, body = [ContactEntry]), (status = 401, body = Detail)))]
+    responses((status = 200, body = [ContactEntry]), (status = 401, body = Detail),
+              (status = 422, description = "`skip` or `limit` is not a whole number from 0 to 2³²−1")))]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -101,8 +144,9 @@ async fn pending(
 
 /// Accept that user's request: both sides become accepted.
 #[utoipa::path(put, path = "/me/contacts/{user_id}", tag = "contacts", security(("bearer" = [])),
-    params(("user_id" = i64, Path, description = "The requester's id")),
-    responses((status = 200, body = ContactEntry), (status = 404, body = Detail), (status = 401, body = Detail)))]
+    params(("user_id" = i64, Path, example = 2, description = "The requester's id")),
+    responses((status = 200, body = ContactEntry), (status = 404, body = Detail), (status = 401, body = Detail),
+              (status = 422, description = "`user_id` is not an integer")))]
 async fn accept(
     State(state): State<AppState>,
     user: AuthUser,
@@ -114,8 +158,9 @@ async fn accept(
 
 /// Remove a contact, or reject or cancel a request, on both sides.
 #[utoipa::path(delete, path = "/me/contacts/{user_id}", tag = "contacts", security(("bearer" = [])),
-    params(("user_id" = i64, Path, description = "The other user's id")),
-    responses((status = 204), (status = 404, body = Detail), (status = 401, body = Detail)))]
+    params(("user_id" = i64, Path, example = 2, description = "The other user's id")),
+    responses((status = 204), (status = 404, body = Detail), (status = 401, body = Detail),
+              (status = 422, description = "`user_id` is not an integer")))]
 async fn remove(
     State(state): State<AppState>,
     user: AuthUser,

@@ -13,8 +13,11 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct SendRequest {
+    #[schema(example = "bob")]
     recipient_username: String,
-    /// Opaque text (base64 by convention); never decoded by the server.
+    /// Opaque text (base64 by convention), 1 byte up to `MAX_MESSAGE_BYTES`
+    /// (64 KiB) without NUL; never decoded by the server.
+    #[schema(min_length = 1, pattern = "^[^\\u0000]*$")]
     encrypted_content: String,
 }
 
@@ -22,7 +25,9 @@ pub struct SendRequest {
 #[utoipa::path(post, path = "/messages/", tag = "messages", security(("bearer" = [])),
     request_body = SendRequest,
     responses((status = 200, body = MessageOut), (status = 404, body = Detail), (status = 401, body = Detail),
-              (status = 413, body = Detail), (status = 422)))]
+              (status = 409, body = Detail, description = "The recipient's mailbox is full"),
+              (status = 413, body = Detail), (status = 422),
+              (status = 429, body = Detail, description = "Too many offline messages from this sender; wait `Retry-After` seconds")))]
 async fn send(
     State(state): State<AppState>,
     user: AuthUser,

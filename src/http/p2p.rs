@@ -12,7 +12,7 @@ pub fn router() -> Router<AppState> {
 /// A user's public key, IP and P2P port. Unknown, offline and not visible to the
 /// caller all give the same 404, so strangers cannot probe.
 #[utoipa::path(get, path = "/users/{username}/connection-info", tag = "p2p", security(("bearer" = [])),
-    params(("username" = String, Path)),
+    params(("username" = String, Path, example = "bob")),
     responses((status = 200, body = ConnectionInfo), (status = 404, body = Detail), (status = 401, body = Detail)))]
 async fn connection_info(
     State(state): State<AppState>,
