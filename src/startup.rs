@@ -82,6 +82,14 @@ impl App {
         self.local_addr().port()
     }
 
+    /// Every route as one service, for driving the application in process
+    /// (the fuzz targets): what [`App::run_until_stopped`] serves, without
+    /// the listener and its connection limits. Requests must carry the
+    /// client's address as `ConnectInfo<SocketAddr>`.
+    pub fn handler(&self) -> NormalizePath<Router> {
+        application(self.state.clone())
+    }
+
     /// Serves until `signal` completes, then drains: stops accepting, closes
     /// WebSockets with 1001, finishes in-flight requests, stores what could not be
     /// delivered, and returns.

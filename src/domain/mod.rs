@@ -11,6 +11,7 @@
 
 mod disconnect;
 mod endpoint;
+mod frame;
 mod message;
 mod rate;
 pub mod time;
@@ -18,6 +19,7 @@ mod user;
 
 pub use disconnect::Disconnect;
 pub use endpoint::{Endpoint, client_key};
+pub use frame::ClientFrame;
 pub use message::DirectMessage;
 pub use rate::Rate;
 pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username};

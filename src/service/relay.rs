@@ -3,19 +3,18 @@
 //! connections opening and closing with their presence notices, and the inbox
 //! of offline messages.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use super::{AuthUser, Error, Result, Services, hub::Outbox};
 use crate::{
     bus::{Audience, Event},
     config::{NoticeAudience, Switch},
-    domain::{DirectMessage, Endpoint, MessageContent},
+    domain::{ClientFrame, DirectMessage, Endpoint, MessageContent},
     metrics::{self, StoredVia, messages_stored},
     ratelimit::{Grant, Limit, LocalBudget},
     store::{Admission, InboxMessage, MailboxQuota, Message, NewMessage},
 };
 use chrono::Utc;
-use serde::Deserialize;
 use serde_json::json;
 
 const TOO_MANY: Error = Error::Limited("Too many connections", Duration::from_secs(1));
@@ -23,16 +22,6 @@ const TOO_MANY: Error = Error::Limited("Too many connections", Duration::from_se
 /// `{"error": "..."}`, the frame that answers a client's mistake.
 pub fn error_frame(message: &str) -> String {
     json!({ "error": message }).to_string()
-}
-
-/// A JSON-object frame: must be a directed message. Borrowed from the frame's
-/// text where it has no escapes.
-#[derive(Deserialize)]
-struct DirectFrame<'a> {
-    #[serde(borrow)]
-    recipient_username: Cow<'a, str>,
-    #[serde(borrow)]
-    content: Cow<'a, str>,
 }
 
 /// The frame budgets of one connection: its own, kept here, and its user's,
@@ -91,25 +80,25 @@ impl Services {
     /// Handles one text frame of `sender`'s; returns the reply for the sender,
     /// if any.
     pub async fn on_text(&self, sender: &AuthUser, text: &str) -> Option<String> {
-        // Only a JSON object is a directed message; any other text is broadcast.
-        if !text.trim_start().starts_with('{') {
-            self.broadcast(sender, text).await;
-            return None;
-        }
-        let frame = match serde_json::from_str::<DirectFrame>(text) {
-            Ok(frame) => frame,
-            // Some other JSON object: a client mistake, answered.
-            Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+        let (recipient_username, content) = match ClientFrame::parse(text) {
+            ClientFrame::Broadcast(text) => {
+                self.broadcast(sender, text).await;
+                return None;
+            }
+            ClientFrame::Malformed => {
                 return Some(error_frame(
                     "a JSON frame needs string fields \"recipient_username\" and \"content\"",
                 ));
             }
-            Err(_) => {
-                self.broadcast(sender, text).await;
-                return None;
-            }
+            ClientFrame::Direct {
+                recipient_username,
+                content,
+            } => (recipient_username, content),
         };
-        match self.send_direct(sender, frame).await {
+        match self
+            .send_direct(sender, &recipient_username, content.into_owned())
+            .await
+        {
             Ok(reply) => reply,
             Err(err) => {
                 tracing::warn!(error = format!("{err:#}"), "directed message failed");
@@ -123,19 +112,19 @@ impl Services {
     async fn send_direct(
         &self,
         sender: &AuthUser,
-        frame: DirectFrame<'_>,
+        recipient_username: &str,
+        content: String,
     ) -> Result<Option<String>> {
-        let content = match MessageContent::parse(
-            frame.content.into_owned(),
-            self.settings.max_message_bytes,
-            "content",
-        ) {
-            Ok(content) => content.into_inner(),
-            Err(invalid) => return Ok(Some(error_frame(&format!("content {}", invalid.message)))),
-        };
+        let content =
+            match MessageContent::parse(content, self.settings.max_message_bytes, "content") {
+                Ok(content) => content.into_inner(),
+                Err(invalid) => {
+                    return Ok(Some(error_frame(&format!("content {}", invalid.message))));
+                }
+            };
         let recipient = self
             .names
-            .resolve(self.store.as_ref(), &frame.recipient_username)
+            .resolve(self.store.as_ref(), recipient_username)
             .await?;
         // The client's input is not echoed back: a reply stays small whatever
         // the frame held.

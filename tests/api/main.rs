@@ -5,6 +5,7 @@ mod bad_input;
 mod cluster;
 mod contacts;
 mod flows;
+mod fuzz;
 mod helpers;
 mod limits;
 mod load_balancer;

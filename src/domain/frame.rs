@@ -1,0 +1,148 @@
+//! What a client's WebSocket text frame asks for.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame<'a> {
+    /// Any text that is not a JSON object: relayed to everyone else as
+    /// `{sender}: {text}`, as the seed does.
+    Broadcast(&'a str),
+    /// A JSON object with string fields `recipient_username` and `content`
+    /// (others are ignored). Borrowed from the frame where it has no escapes.
+    Direct {
+        recipient_username: Cow<'a, str>,
+        content: Cow<'a, str>,
+    },
+    /// Some other JSON object: a client mistake, answered with an error.
+    Malformed,
+}
+
+#[derive(Deserialize)]
+struct DirectFields<'a> {
+    #[serde(borrow)]
+    recipient_username: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+}
+
+impl<'a> ClientFrame<'a> {
+    pub fn parse(text: &'a str) -> Self {
+        if !text.trim_start().starts_with('{') {
+            return Self::Broadcast(text);
+        }
+        match serde_json::from_str::<DirectFields>(text) {
+            Ok(f) => Self::Direct {
+                recipient_username: f.recipient_username,
+                content: f.content,
+            },
+            Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                Self::Malformed
+            }
+            // Text that merely starts like JSON is still a broadcast.
+            Err(_) => Self::Broadcast(text),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn the_three_kinds() {
+        assert_eq!(ClientFrame::parse("hi"), ClientFrame::Broadcast("hi"));
+        assert_eq!(ClientFrame::parse("{oops"), ClientFrame::Broadcast("{oops"));
+        assert_eq!(ClientFrame::parse(r#"{"a": 1}"#), ClientFrame::Malformed);
+        assert_eq!(
+            ClientFrame::parse(r#" {"recipient_username": "bob", "content": "x\n", "extra": []}"#),
+            ClientFrame::Direct {
+                recipient_username: "bob".into(),
+                content: "x\n".into()
+            }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"recipient_username": 7, "content": "x"}"#),
+            ClientFrame::Malformed
+        );
+    }
+
+    /// Any JSON value, a few levels deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".*".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::hash_map(".*", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever arrives, parsing answers and never panics; only text that
+        /// is no JSON object is broadcast, and then verbatim.
+        #[test]
+        fn any_text_is_classified(text in any::<String>()) {
+            match ClientFrame::parse(&text) {
+                ClientFrame::Broadcast(relayed) => {
+                    prop_assert_eq!(relayed, text.as_str());
+                    let object = serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object());
+                    prop_assert!(!object);
+                }
+                ClientFrame::Direct { .. } | ClientFrame::Malformed => {
+                    prop_assert!(serde_json::from_str::<Value>(&text).unwrap().is_object());
+                }
+            }
+        }
+
+        /// A directed message survives any other fields and any escaping.
+        #[test]
+        fn directed_messages_keep_their_fields(
+            recipient in ".*",
+            content in ".*",
+            extra in prop::collection::hash_map("[a-z_]{1,12}", json_value(), 0..4),
+        ) {
+            let mut object = json!({"recipient_username": recipient, "content": content});
+            for (k, v) in extra {
+                if k != "recipient_username" && k != "content" {
+                    object[k] = v;
+                }
+            }
+            let text = object.to_string();
+            prop_assert_eq!(
+                ClientFrame::parse(&text),
+                ClientFrame::Direct { recipient_username: recipient.as_str().into(), content: content.as_str().into() }
+            );
+        }
+
+        /// Any other JSON object is a mistake, answered, never broadcast.
+        #[test]
+        fn other_objects_are_malformed(value in json_value()) {
+            let directed = value.get("recipient_username").is_some_and(Value::is_string)
+                && value.get("content").is_some_and(Value::is_string);
+            let text = value.to_string();
+            let parsed = ClientFrame::parse(&text);
+            match value {
+                Value::Object(_) if directed => {
+                    let is_direct = matches!(parsed, ClientFrame::Direct { .. });
+                    prop_assert!(is_direct, "{:?}", parsed);
+                }
+                Value::Object(_) => prop_assert_eq!(parsed, ClientFrame::Malformed),
+                _ => prop_assert_eq!(parsed, ClientFrame::Broadcast(text.as_str())),
+            }
+        }
+    }
+}
