@@ -9,6 +9,7 @@
 mod api;
 mod http;
 mod measure;
+mod soak;
 mod ws;
 
 use std::time::Duration;
@@ -77,6 +78,10 @@ enum Scenario {
     HttpOffline(http::OfflineArgs),
     /// Logins at full speed while a probe measures `GET /me/contacts/online`.
     LoginStorm(http::StormArgs),
+    /// Clients connecting, sending and leaving at random, some abusive; fails
+    /// unless every accepted message arrived exactly once, every abuse was
+    /// refused, and the server's memory came back near its baseline.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::HttpOnline(args) => http::online(&common, args).await?,
         Scenario::HttpOffline(args) => http::offline(&common, args).await?,
         Scenario::LoginStorm(args) => http::storm(&common, args).await?,
+        Scenario::Soak(args) => soak::soak(&common, args).await?,
     };
     println!("{result}");
     Ok(())

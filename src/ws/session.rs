@@ -140,12 +140,15 @@ impl Session {
             teardown.run().await;
         }
         // The writer bounds its own closing; this only guards against a bug.
-        if tokio::time::timeout(2 * CLOSE_GRACE, &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
-        }
+        let writer_done = async {
+            if tokio::time::timeout(2 * CLOSE_GRACE, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+        };
+        tokio::join!(writer_done, drain_until_closed(&mut stream));
         tracing::info!(code = closer.reason().code(), "websocket closed");
     }
 }
@@ -284,6 +287,19 @@ async fn read_loop(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Reads, and drops, what a client still sends until it answers the close
+/// frame (or [`CLOSE_GRACE`] passes): a socket closed with unread data is
+/// reset, and the reset can destroy the close frame before the client reads
+/// it, so a client that kept sending would never learn why it was closed.
+async fn drain_until_closed(stream: &mut SplitStream<WebSocket>) {
+    let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        if matches!(frame, Message::Close(_)) {
+            return;
         }
     }
 }

@@ -1,0 +1,689 @@
+//! The soak: clients connecting, sending, disconnecting and reconnecting at
+//! random for a while, some of them abusive, each from an address of its own
+//! (the server must trust 127.0.0.1 as a proxy: `TRUSTED_PROXIES`). At the end
+//! every message the server accepted must have been delivered or stored
+//! exactly once, every abuse must have met its refusal, and the server's
+//! memory must be back near where it started. It exits non-zero otherwise.
+//!
+//! Roles, by client number modulo 10:
+//! - 0 flooder: directed frames as fast as it can, until closed with 1008;
+//! - 1 giant: a frame over the size limit, closed with 1009;
+//! - 2 sleeper: connects and never reads, while pesters write to it;
+//! - 3 guesser: wrong passwords for its own account until locked out (429);
+//! - 4 pester: large directed messages to sleepers, within its limits;
+//! - 5–9 regular: directed messages (and now and then `POST /messages/`) to
+//!   other regulars within the limits, reconnecting every few seconds.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt, stream};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
+};
+
+use crate::{
+    Common,
+    api::{self, PASSWORD},
+    measure,
+};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Args)]
+pub struct SoakArgs {
+    /// Clients, each a user at an address of its own (at most 768).
+    #[arg(long, default_value_t = 300)]
+    clients: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Flooder,
+    Giant,
+    Sleeper,
+    Guesser,
+    Pester,
+    Regular,
+}
+
+fn role(i: usize) -> Role {
+    match i % 10 {
+        0 => Role::Flooder,
+        1 => Role::Giant,
+        2 => Role::Sleeper,
+        3 => Role::Guesser,
+        4 => Role::Pester,
+        _ => Role::Regular,
+    }
+}
+
+/// Client `i`'s address: documentation ranges, 256 addresses each.
+fn address(i: usize) -> String {
+    let range = ["198.51.100", "203.0.113", "192.0.2"][i / 256 % 3];
+    format!("{range}.{}", i % 256)
+}
+
+/// A small deterministic generator per client, so that runs repeat.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from))
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    // Between regulars: what was sent, refused, and received (by content id).
+    sent: AtomicU64,
+    refused_ws: AtomicU64,
+    refused_http: AtomicU64,
+    stored_replies: AtomicU64,
+    received: Mutex<HashMap<String, u32>>,
+    unexpected_closes: AtomicU64,
+    // To sleepers: at most once.
+    sent_to_sleepers: AtomicU64,
+    refused_to_sleepers: AtomicU64,
+    sleeper_received: Mutex<HashMap<String, u32>>,
+    sleepers_cut_off: AtomicU64,
+    // Abuse and its refusals.
+    flood_sessions: AtomicU64,
+    flood_closed_1008: AtomicU64,
+    flood_error_frames: AtomicU64,
+    giant_sessions: AtomicU64,
+    giant_closed_1009: AtomicU64,
+    guesses: AtomicU64,
+    guesses_refused_429: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn error(&self, what: String) {
+        let mut errors = self.errors.lock().unwrap();
+        if errors.len() < 20 {
+            errors.push(what);
+        }
+    }
+}
+
+struct Ctx {
+    http: Client,
+    url: String,
+    names: Vec<String>,
+    deadline: Instant,
+    /// Which round this is: part of every message id.
+    round: usize,
+    tally: Arc<Tally>,
+}
+
+impl Ctx {
+    async fn login(&self, i: usize, password: &str) -> anyhow::Result<(StatusCode, Value)> {
+        let response = self
+            .http
+            .post(format!("{}/token", self.url))
+            .header("X-Forwarded-For", address(i))
+            .form(&[("username", self.names[i].as_str()), ("password", password)])
+            .send()
+            .await?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let mut body: Value = response.json().await.unwrap_or_default();
+        if let Some(wait) = retry_after {
+            body["retry_after"] = wait.into();
+        }
+        Ok((status, body))
+    }
+
+    /// A token for client `i`, waiting out any rate limit.
+    async fn token(&self, i: usize) -> anyhow::Result<String> {
+        loop {
+            let (status, body) = self.login(i, PASSWORD).await?;
+            if status == StatusCode::OK {
+                return Ok(body["access_token"].as_str().context("a token")?.to_owned());
+            }
+            // Over a limit, or the server's password hashing is busy: as a
+            // client should, wait as long as it says.
+            if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE
+            {
+                bail!("login of {} answered {status}: {body}", self.names[i]);
+            }
+            let wait = body["retry_after"].as_u64().unwrap_or(1);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+    }
+
+    /// A WebSocket of client `i`'s, and the token it was opened with.
+    async fn connect(&self, i: usize) -> anyhow::Result<(Socket, String)> {
+        let token = self.token(i).await?;
+        let url = format!("{}/ws?token={token}", self.url.replacen("http", "ws", 1));
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("X-Forwarded-For", address(i).parse()?);
+        Ok((connect_async(request).await?.0, token))
+    }
+
+    fn running(&self) -> bool {
+        Instant::now() < self.deadline
+    }
+}
+
+fn content_id(frame: &Value) -> Option<&str> {
+    frame["content"].as_str().filter(|c| c.starts_with("soak:"))
+}
+
+fn record(map: &Mutex<HashMap<String, u32>>, id: &str) {
+    *map.lock()
+        .unwrap()
+        .entry(id.split('|').next().unwrap_or(id).to_owned())
+        .or_default() += 1;
+}
+
+/// Reads what a regular client receives: messages, and answers to its frames.
+fn on_regular_frame(tally: &Tally, text: &str) {
+    let Ok(frame) = serde_json::from_str::<Value>(text) else {
+        return; // a notice or a broadcast
+    };
+    if let Some(id) = content_id(&frame) {
+        record(&tally.received, id);
+    } else if frame.get("error").is_some() {
+        tally.refused_ws.fetch_add(1, Relaxed);
+    } else if frame.get("status").is_some() {
+        tally.stored_replies.fetch_add(1, Relaxed);
+    }
+}
+
+async fn regular(ctx: Arc<Ctx>, me: usize, regulars: Arc<Vec<usize>>) -> anyhow::Result<()> {
+    let mut rng = Rng(me as u64 * 7919 + 1);
+    let mut seq = 0u64;
+    while ctx.running() {
+        let (mut ws, token) = ctx.connect(me).await?;
+        let session_end = (Instant::now() + rng.millis(1000, 5000)).min(ctx.deadline);
+        let mut next_send = tokio::time::Instant::now();
+        let mut closed_by_server = false;
+        loop {
+            tokio::select! {
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => on_regular_frame(&ctx.tally, &text),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => { closed_by_server = true; break; }
+                },
+                _ = tokio::time::sleep_until(next_send) => {
+                    if Instant::now() >= session_end {
+                        break;
+                    }
+                    let to = regulars[rng.below(regulars.len() as u64) as usize];
+                    seq += 1;
+                    let id = format!("soak:{}:{me}:{seq}", ctx.round);
+                    if rng.below(5) == 0 {
+                        // The HTTP path for offline messages.
+                        let answer = ctx.http
+                            .post(format!("{}/messages/", ctx.url))
+                            .header("X-Forwarded-For", address(me))
+                            .bearer_auth(&token)
+                            .json(&json!({"recipient_username": ctx.names[to], "encrypted_content": id}))
+                            .send()
+                            .await;
+                        ctx.tally.sent.fetch_add(1, Relaxed);
+                        match answer.map(|r| r.status()) {
+                            Ok(s) if s.is_success() => {}
+                            Ok(s) if s == StatusCode::CONFLICT || s == StatusCode::TOO_MANY_REQUESTS => {
+                                ctx.tally.refused_http.fetch_add(1, Relaxed);
+                            }
+                            other => {
+                                ctx.tally.refused_http.fetch_add(1, Relaxed);
+                                ctx.tally.error(format!("POST /messages/: {other:?}"));
+                            }
+                        }
+                    } else {
+                        let frame = json!({"recipient_username": ctx.names[to], "content": id});
+                        if ws.send(Message::text(frame.to_string())).await.is_err() {
+                            closed_by_server = true;
+                            break;
+                        }
+                        ctx.tally.sent.fetch_add(1, Relaxed);
+                    }
+                    next_send += rng.millis(150, 350);
+                }
+            }
+        }
+        if closed_by_server {
+            ctx.tally.unexpected_closes.fetch_add(1, Relaxed);
+            ctx.tally
+                .error(format!("{} was disconnected by the server", ctx.names[me]));
+        } else {
+            // A graceful close: whatever the server wrote before its close
+            // frame is read, so nothing in flight is lost.
+            let _ = ws.close(None).await;
+            while let Ok(Some(Ok(frame))) =
+                tokio::time::timeout(Duration::from_secs(15), ws.next()).await
+            {
+                if let Message::Text(text) = frame {
+                    on_regular_frame(&ctx.tally, &text);
+                }
+            }
+        }
+        tokio::time::sleep(rng.millis(0, 1000)).await;
+    }
+    Ok(())
+}
+
+async fn flooder(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
+    let mut rng = Rng(me as u64 + 11);
+    while ctx.running() {
+        let (ws, _) = ctx.connect(me).await?;
+        ctx.tally.flood_sessions.fetch_add(1, Relaxed);
+        let (mut tx, mut rx) = ws.split();
+        let frame = json!({"recipient_username": "nobody-at-all", "content": "flood"}).to_string();
+        // Sends until the server closes the connection; the reader decides.
+        let sender = tokio::spawn(async move {
+            while tx.send(Message::text(frame.clone())).await.is_ok() {
+                tokio::task::yield_now().await;
+            }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            match tokio::time::timeout_at(deadline, rx.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    if text.contains("too many") {
+                        ctx.tally.flood_error_frames.fetch_add(1, Relaxed);
+                    }
+                }
+                Ok(Some(Ok(Message::Close(close)))) => break close.map(|c| c.code),
+                Ok(Some(Ok(_))) => {}
+                _ => break None,
+            }
+        };
+        sender.abort();
+        if code == Some(CloseCode::Policy) {
+            ctx.tally.flood_closed_1008.fetch_add(1, Relaxed);
+        } else {
+            ctx.tally.error(format!("a flood ended with {code:?}"));
+        }
+        tokio::time::sleep(rng.millis(1000, 3000)).await;
+    }
+    Ok(())
+}
+
+async fn giant(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
+    let mut rng = Rng(me as u64 + 13);
+    while ctx.running() {
+        let (mut ws, _) = ctx.connect(me).await?;
+        ctx.tally.giant_sessions.fetch_add(1, Relaxed);
+        let _ = ws.send(Message::text("g".repeat(70 * 1024))).await;
+        let mut code = None;
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_secs(15), ws.next()).await
+        {
+            if let Message::Close(close) = frame {
+                code = close.map(|c| c.code);
+                break;
+            }
+        }
+        if code == Some(CloseCode::Size) {
+            ctx.tally.giant_closed_1009.fetch_add(1, Relaxed);
+        } else {
+            ctx.tally
+                .error(format!("a giant frame ended with {code:?}"));
+        }
+        tokio::time::sleep(rng.millis(1000, 4000)).await;
+    }
+    Ok(())
+}
+
+async fn sleeper(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
+    let (mut ws, _) = ctx.connect(me).await?;
+    tokio::time::sleep_until(ctx.deadline.into()).await;
+    // Now it reads: what got through, and whether the server let it go.
+    let mut cut_off = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                if let Some(id) = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .as_ref()
+                    .and_then(content_id)
+                {
+                    record(&ctx.tally.sleeper_received, id);
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => {
+                cut_off = true;
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            Err(_) => break, // still open
+        }
+    }
+    if cut_off {
+        ctx.tally.sleepers_cut_off.fetch_add(1, Relaxed);
+    }
+    Ok(())
+}
+
+async fn guesser(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
+    while ctx.running() {
+        let (status, body) = ctx.login(me, "not the password").await?;
+        ctx.tally.guesses.fetch_add(1, Relaxed);
+        match status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                ctx.tally.guesses_refused_429.fetch_add(1, Relaxed);
+                let wait = body["retry_after"].as_u64().unwrap_or(1).min(5);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            other => ctx
+                .tally
+                .error(format!("a wrong password answered {other}")),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn pester(ctx: Arc<Ctx>, me: usize, sleepers: Arc<Vec<usize>>) -> anyhow::Result<()> {
+    let mut rng = Rng(me as u64 + 17);
+    let padding = "p".repeat(30 * 1024);
+    let (mut ws, _) = ctx.connect(me).await?;
+    let mut seq = 0u64;
+    let mut next_send = tokio::time::Instant::now();
+    while ctx.running() {
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    if text.contains("\"error\"") {
+                        ctx.tally.refused_to_sleepers.fetch_add(1, Relaxed);
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => {
+                    ctx.tally.error(format!("pester {} was disconnected", ctx.names[me]));
+                    return Ok(());
+                }
+            },
+            _ = tokio::time::sleep_until(next_send) => {
+                let to = sleepers[rng.below(sleepers.len() as u64) as usize];
+                seq += 1;
+                let content = format!("soak:{}:{me}:{seq}|{padding}", ctx.round);
+                let frame = json!({"recipient_username": ctx.names[to], "content": content});
+                ws.send(Message::text(frame.to_string())).await?;
+                ctx.tally.sent_to_sleepers.fetch_add(1, Relaxed);
+                next_send += rng.millis(100, 200);
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+        if matches!(&frame, Message::Text(t) if t.contains("\"error\"")) {
+            ctx.tally.refused_to_sleepers.fetch_add(1, Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Waits (up to a minute) until the server reports no open WebSocket.
+async fn wait_for_no_connections(ctx: &Ctx) -> bool {
+    for _ in 0..120 {
+        let metrics = ctx
+            .http
+            .get(format!("{}/metrics", ctx.url))
+            .send()
+            .await
+            .ok();
+        let text = match metrics {
+            Some(response) => response.text().await.unwrap_or_default(),
+            None => String::new(),
+        };
+        let open = text
+            .lines()
+            .find_map(|l| l.strip_prefix("secchat_ws_connections "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if open == Some(0.0) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+/// Takes client `i`'s stored messages until none are left.
+async fn drain(ctx: &Ctx, i: usize, into: &Mutex<HashMap<String, u32>>) -> anyhow::Result<()> {
+    let token = ctx.token(i).await?;
+    loop {
+        let batch: Vec<Value> = ctx
+            .http
+            .get(format!("{}/messages/", ctx.url))
+            .header("X-Forwarded-For", address(i))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for m in &batch {
+            if let Some(id) = m["encrypted_content"]
+                .as_str()
+                .filter(|c| c.starts_with("soak:"))
+            {
+                record(into, id);
+            }
+        }
+    }
+}
+
+pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
+    let n = args.clients.clamp(10, 768);
+    let http = api::client();
+    let url = common.url(0).to_owned();
+    let prefix = common.prefix();
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}s{i}")).collect();
+    let setup = Instant::now();
+    let jobs = names.iter().enumerate().map(|(i, name)| {
+        let (http, url) = (&http, &url);
+        async move {
+            let body = json!({"username": name, "email": format!("{name}@soak.test"), "password": PASSWORD, "public_key": "pk"});
+            let response = http
+                .post(format!("{url}/users/"))
+                .header("X-Forwarded-For", address(i))
+                .json(&body)
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                bail!("registering {name}: {}", response.text().await?);
+            }
+            anyhow::Ok(())
+        }
+    });
+    stream::iter(jobs)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<()>>()?;
+    let setup_s = setup.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = measure::rss_bytes(&common.server_pids);
+
+    // Two rounds of half the window each: the first warms the server up
+    // (caches, pools, the allocator's reserves); after the second, its memory
+    // must be back near where the first left it.
+    let tally = Arc::new(Tally::default());
+    let of = |r: Role| Arc::new((0..n).filter(|&i| role(i) == r).collect::<Vec<_>>());
+    let (regulars, sleepers) = (of(Role::Regular), of(Role::Sleeper));
+    let mut rss_between_rounds = Vec::new();
+    let mut connections_closed = true;
+    for round in 0..2 {
+        let ctx = Arc::new(Ctx {
+            round,
+            http: http.clone(),
+            url: url.clone(),
+            names: names.clone(),
+            deadline: Instant::now() + common.window() / 2,
+            tally: tally.clone(),
+        });
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let ctx = ctx.clone();
+                let (regulars, sleepers) = (regulars.clone(), sleepers.clone());
+                tokio::spawn(async move {
+                    let result = match role(i) {
+                        Role::Flooder => flooder(ctx.clone(), i).await,
+                        Role::Giant => giant(ctx.clone(), i).await,
+                        Role::Sleeper => sleeper(ctx.clone(), i).await,
+                        Role::Guesser => guesser(ctx.clone(), i).await,
+                        Role::Pester => pester(ctx.clone(), i, sleepers).await,
+                        Role::Regular => regular(ctx.clone(), i, regulars).await,
+                    };
+                    if let Err(err) = result {
+                        ctx.tally
+                            .error(format!("client {i} ({:?}): {err:#}", role(i)));
+                    }
+                })
+            })
+            .collect();
+        futures_util::future::join_all(tasks).await;
+        // Messages handed back by connections that closed are stored in the
+        // background, and a cut-off client's socket gets a grace period to
+        // take its close frame: wait for both, then take every mailbox.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        connections_closed &= wait_for_no_connections(&ctx).await;
+        for &i in regulars.iter() {
+            drain(&ctx, i, &ctx.tally.received).await?;
+        }
+        for &i in sleepers.iter() {
+            drain(&ctx, i, &ctx.tally.sleeper_received).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss_between_rounds.push(measure::rss_bytes(&common.server_pids));
+    }
+    let (rss_warm, rss_after) = (rss_between_rounds[0], rss_between_rounds[1]);
+    let ctx = Ctx {
+        http,
+        url,
+        names,
+        deadline: Instant::now(),
+        round: 2,
+        tally,
+    };
+    let t = &ctx.tally;
+    let load = |a: &AtomicU64| a.load(Relaxed);
+    let received = t.received.lock().unwrap();
+    let delivered = received.len() as u64;
+    let duplicates: u64 = received
+        .values()
+        .map(|&c| u64::from(c.saturating_sub(1)))
+        .sum();
+    let sleeper_received = t.sleeper_received.lock().unwrap();
+    let sleeper_duplicates: u64 = sleeper_received
+        .values()
+        .map(|&c| u64::from(c.saturating_sub(1)))
+        .sum();
+    let refused = load(&t.refused_ws) + load(&t.refused_http);
+    let accepted = load(&t.sent) - refused;
+    let errors = t.errors.lock().unwrap().clone();
+    let mut failures = Vec::new();
+    if duplicates > 0 || sleeper_duplicates > 0 {
+        failures.push("a message arrived twice".to_owned());
+    }
+    if accepted != delivered {
+        failures.push(format!(
+            "{accepted} messages accepted, {delivered} delivered or stored"
+        ));
+    }
+    if load(&t.flood_closed_1008) != load(&t.flood_sessions) {
+        failures.push("a flood was not closed with 1008".into());
+    }
+    if load(&t.giant_closed_1009) != load(&t.giant_sessions) {
+        failures.push("a giant frame was not closed with 1009".into());
+    }
+    if load(&t.guesses_refused_429) == 0 {
+        failures.push("no guesser was locked out".into());
+    }
+    if !connections_closed {
+        failures.push("WebSockets were still open 60 s after the end".into());
+    }
+    if load(&t.unexpected_closes) > 0 {
+        failures.push("a well-behaved client was disconnected".into());
+    }
+    // Memory back near its warm baseline: within a quarter more, or 32 MiB.
+    let allowance = (rss_warm / 4).max(32 << 20);
+    if !common.server_pids.is_empty() && rss_after > rss_warm + allowance {
+        failures.push(format!(
+            "server memory grew from {rss_warm} to {rss_after} bytes over the second round"
+        ));
+    }
+    if !errors.is_empty() {
+        failures.push(format!("client errors: {errors:?}"));
+    }
+    let result = json!({
+        "scenario": "soak",
+        "clients": n,
+        "window_s": common.duration,
+        "setup_s": (setup_s * 10.0).round() / 10.0,
+        "regular": {
+            "sent": load(&t.sent),
+            "refused": refused,
+            "stored_replies": load(&t.stored_replies),
+            "delivered_or_stored": delivered,
+            "duplicates": duplicates,
+            "unexpected_closes": load(&t.unexpected_closes),
+        },
+        "to_sleepers": {
+            "sent": load(&t.sent_to_sleepers),
+            "refused": load(&t.refused_to_sleepers),
+            "received_or_stored": sleeper_received.len(),
+            "duplicates": sleeper_duplicates,
+            "sleepers_cut_off": load(&t.sleepers_cut_off),
+            "sleepers": sleepers.len(),
+        },
+        "abuse": {
+            "flood_sessions": load(&t.flood_sessions),
+            "flood_closed_1008": load(&t.flood_closed_1008),
+            "flood_error_frames": load(&t.flood_error_frames),
+            "giant_sessions": load(&t.giant_sessions),
+            "giant_closed_1009": load(&t.giant_closed_1009),
+            "guesses": load(&t.guesses),
+            "guesses_refused_429": load(&t.guesses_refused_429),
+        },
+        "server_rss_mb": {
+            "cold": rss_before as f64 / 1048576.0,
+            "after_first_round": rss_warm as f64 / 1048576.0,
+            "after_second_round": rss_after as f64 / 1048576.0,
+        },
+        "failures": failures,
+    });
+    if !failures.is_empty() {
+        println!("{result}");
+        bail!("the soak failed: {failures:?}");
+    }
+    Ok(result)
+}
