@@ -133,6 +133,13 @@ pub trait Limiter: Send + Sync + 'static {
     /// budget holds, the rest refused (and not spent).
     async fn take(&self, limit: Limit, key: &str, n: u32) -> Result<Grant, LimiterError>;
 
+    /// [`Limiter::take`] without waiting, for a limiter that answers from
+    /// this process: `None` means "ask `take`". Per-frame checks use it, so
+    /// that the embedded relay pays no boxed future for them.
+    fn take_now(&self, _limit: Limit, _key: &str, _n: u32) -> Option<Grant> {
+        None
+    }
+
     /// How long logins to `account` are still refused.
     async fn locked_for(&self, account: &str) -> Result<Option<Duration>, LimiterError>;
 
@@ -150,6 +157,9 @@ pub struct Unlimited;
 impl Limiter for Unlimited {
     async fn take(&self, _: Limit, _: &str, n: u32) -> Result<Grant, LimiterError> {
         Ok(Grant::all(n))
+    }
+    fn take_now(&self, _: Limit, _: &str, n: u32) -> Option<Grant> {
+        Some(Grant::all(n))
     }
     async fn locked_for(&self, _: &str) -> Result<Option<Duration>, LimiterError> {
         Ok(None)

@@ -11,7 +11,7 @@ use crate::{
     config::{NoticeAudience, Switch},
     domain::{ClientFrame, DirectMessage, Endpoint, MessageContent},
     metrics::{self, StoredVia, messages_stored},
-    ratelimit::{Grant, Limit, LocalBudget},
+    ratelimit::{Limit, LocalBudget},
     store::{Admission, InboxMessage, MailboxQuota, Message, NewMessage},
 };
 use chrono::Utc;
@@ -25,10 +25,21 @@ pub fn error_frame(message: &str) -> String {
 }
 
 /// The frame budgets of one connection: its own, kept here, and its user's,
-/// shared by all of the user's connections on every replica.
+/// shared by all of the user's connections on every replica. Frames are
+/// taken from the user's budget a few at a time (a lease, spent by this
+/// connection only): one shared check, a Redis round trip in a cluster, serves
+/// several frames. Credits not spent within a period lapse, so that no
+/// connection can save up a burst; a lease never lets the user exceed its
+/// budget, and at most makes it a little stricter.
 pub struct FrameBudget {
     connection: Option<LocalBudget>,
     user_key: String,
+    /// Frames taken from the user's budget at once: 1/16 of its count, 1 to 64.
+    lease: u32,
+    /// How long leased credits last.
+    period: Duration,
+    credits: u32,
+    credits_until: std::time::Instant,
 }
 
 impl Services {
@@ -36,45 +47,52 @@ impl Services {
     pub fn frame_budget(&self, user: &AuthUser) -> FrameBudget {
         let connection = (self.settings.rate_limits == Switch::On)
             .then(|| LocalBudget::new(self.settings.ws_frame_rate_per_connection));
+        let per_user = self.settings.ws_frame_rate_per_user;
         FrameBudget {
             connection,
             user_key: user.id.to_string(),
+            lease: (per_user.count.get() / 16).clamp(1, 64),
+            period: per_user.period,
+            credits: 0,
+            credits_until: std::time::Instant::now(),
         }
     }
 
-    /// Admits up to `n` relay frames under both budgets: one check of each for
-    /// a burst of frames. Those beyond the grant are to be refused.
-    pub async fn admit_frames(&self, budget: &FrameBudget, n: u32) -> Grant {
-        let local = budget
-            .connection
-            .as_ref()
-            .map_or(Grant::all(n), |b| b.take(n));
-        if local.granted < n {
-            metrics::rate_limited("ws_frames_per_connection", n - local.granted);
-        }
-        if local.granted == 0 {
-            return local;
-        }
-        let shared = match self
-            .limiter
-            .take(Limit::FramesPerUser, &budget.user_key, local.granted)
-            .await
-        {
-            Ok(grant) => grant,
-            // The relay keeps working while the shared counters are away; the
-            // connection's own budget still holds.
-            Err(err) => {
-                tracing::warn!(error = %err, "frame limiter unavailable");
-                Grant::all(local.granted)
+    /// Admits one relay frame under both budgets, or says how long until
+    /// they allow one.
+    pub async fn admit_frame(&self, budget: &mut FrameBudget) -> std::result::Result<(), Duration> {
+        if let Some(local) = &budget.connection {
+            let grant = local.take(1);
+            if grant.granted == 0 {
+                metrics::rate_limited("ws_frames_per_connection", 1);
+                return Err(grant.retry_after);
             }
-        };
-        if shared.granted < local.granted {
-            metrics::rate_limited(Limit::FramesPerUser.name(), local.granted - shared.granted);
         }
-        Grant {
-            granted: shared.granted,
-            retry_after: local.retry_after.max(shared.retry_after),
+        let now = std::time::Instant::now();
+        if budget.credits == 0 || now >= budget.credits_until {
+            let (limit, key, lease) =
+                (Limit::FramesPerUser, budget.user_key.as_str(), budget.lease);
+            let grant = match self.limiter.take_now(limit, key, lease) {
+                Some(grant) => Ok(grant),
+                None => self.limiter.take(limit, key, lease).await,
+            };
+            budget.credits = match grant {
+                Ok(grant) if grant.granted == 0 => {
+                    metrics::rate_limited(limit.name(), 1);
+                    return Err(grant.retry_after);
+                }
+                Ok(grant) => grant.granted,
+                // The relay keeps working while the shared counters are away;
+                // the connection's own budget still holds.
+                Err(err) => {
+                    tracing::warn!(error = %err, "frame limiter unavailable");
+                    lease
+                }
+            };
+            budget.credits_until = now + budget.period;
         }
+        budget.credits -= 1;
+        Ok(())
     }
 
     /// Handles one text frame of `sender`'s; returns the reply for the sender,

@@ -11,7 +11,7 @@ use std::{
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{
-    FutureExt, SinkExt, StreamExt,
+    SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
 use tokio_util::sync::WaitForCancellationFuture;
@@ -201,10 +201,6 @@ async fn push_offline(
     result
 }
 
-/// Frames already received that one pass takes together, so that one check
-/// of the rate limits covers a burst.
-const READ_BATCH: usize = 32;
-
 async fn read_loop(
     state: &AppState,
     user: &AuthUser,
@@ -213,46 +209,31 @@ async fn read_loop(
     closer: &Closer,
     heard: &AtomicBool,
 ) {
-    let budget = state.services.frame_budget(user);
+    let mut budget = state.services.frame_budget(user);
     let mut refused_in_a_row = 0;
-    let mut frames = Vec::with_capacity(READ_BATCH);
     // Registered once: a fresh `cancelled()` per frame would lock the token each time.
     let cancelled = closer.token().cancelled();
     tokio::pin!(cancelled);
     loop {
-        let first = tokio::select! {
+        let frame = tokio::select! {
             _ = &mut cancelled => return,
             frame = stream.next() => frame,
         };
         heard.store(true, Ordering::Relaxed);
-        frames.push(first);
-        while frames.len() < READ_BATCH
-            && matches!(frames.last(), Some(Some(Ok(_))))
-            && let Some(next) = stream.next().now_or_never()
-        {
-            frames.push(next);
-        }
-        let relayed = frames
-            .iter()
-            .filter(|f| matches!(f, Some(Ok(Message::Text(_)))))
-            .count() as u32;
-        let grant = state.services.admit_frames(&budget, relayed).await;
-        let mut admitted = grant.granted;
-        for frame in frames.drain(..) {
-            let reply = match frame {
-                None | Some(Ok(Message::Close(_))) => return,
-                Some(Err(err)) => {
-                    if is_too_big(err) {
-                        closer.close(Disconnect::TooBig);
-                    }
-                    return;
+        let reply = match frame {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Err(err)) => {
+                if is_too_big(err) {
+                    closer.close(Disconnect::TooBig);
                 }
-                Some(Ok(Message::Text(text))) if admitted > 0 => {
-                    admitted -= 1;
+                return;
+            }
+            Some(Ok(Message::Text(text))) => match state.services.admit_frame(&mut budget).await {
+                Ok(()) => {
                     refused_in_a_row = 0;
                     state.services.on_text(user, text.as_str()).await
                 }
-                Some(Ok(Message::Text(_))) => {
+                Err(wait) => {
                     refused_in_a_row += 1;
                     if refused_in_a_row > state.settings.ws_refusals_before_close {
                         closer.close(Disconnect::RateLimited);
@@ -260,31 +241,31 @@ async fn read_loop(
                     }
                     Some(service::error_frame(&format!(
                         "too many messages: not relayed; slow down and retry in {} s",
-                        grant.retry_after.as_secs_f64().ceil().max(1.0)
+                        wait.as_secs_f64().ceil().max(1.0)
                     )))
                 }
-                Some(Ok(Message::Binary(_))) => Some(service::error_frame(
-                    "binary frames are not supported; send text",
-                )),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+            },
+            Some(Ok(Message::Binary(_))) => Some(service::error_frame(
+                "binary frames are not supported; send text",
+            )),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+        };
+        // A client that sends faster than its replies are written waits; one
+        // that reads none of them for a whole deadline is let go.
+        if let Some(reply) = reply {
+            let queued = tokio::select! {
+                _ = &mut cancelled => return,
+                queued = tokio::time::timeout(
+                    WRITE_DEADLINE,
+                    outbox.send(Outgoing::Text(Utf8Bytes::from(reply))),
+                ) => queued,
             };
-            // A client that sends faster than its replies are written waits; one
-            // that reads none of them for a whole deadline is let go.
-            if let Some(reply) = reply {
-                let queued = tokio::select! {
-                    _ = &mut cancelled => return,
-                    queued = tokio::time::timeout(
-                        WRITE_DEADLINE,
-                        outbox.send(Outgoing::Text(Utf8Bytes::from(reply))),
-                    ) => queued,
-                };
-                match queued {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(_) => {
-                        closer.close(Disconnect::TooSlow);
-                        return;
-                    }
+            match queued {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => {
+                    closer.close(Disconnect::TooSlow);
+                    return;
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! `governor`'s keyed GCRA limiters and a bounded cache of failure runs.
 
 use std::{
+    hash::BuildHasher,
     sync::{Arc, Weak},
     time::{Duration, Instant},
 };
@@ -20,7 +21,12 @@ const LOCKOUT_CAPACITY: u64 = 100_000;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 pub struct MemoryLimiter {
-    budgets: Vec<DefaultKeyedRateLimiter<String>>,
+    /// Keyed by a hash of the key, so that a check allocates nothing; the
+    /// hasher is keyed at random per process, so no client can pick keys
+    /// that collide with another's (and 64 bits leave chance collisions
+    /// negligible).
+    budgets: Vec<DefaultKeyedRateLimiter<u64>>,
+    hasher: std::collections::hash_map::RandomState,
     failures: moka::sync::Cache<String, FailureRun>,
     policy: LockoutPolicy,
 }
@@ -40,6 +46,7 @@ impl MemoryLimiter {
                 .iter()
                 .map(|&limit| governor::RateLimiter::keyed(quota(rates.of(limit))))
                 .collect(),
+            hasher: Default::default(),
             failures: moka::sync::Cache::builder()
                 .max_capacity(LOCKOUT_CAPACITY)
                 .time_to_idle(policy.memory())
@@ -48,6 +55,22 @@ impl MemoryLimiter {
         });
         tokio::spawn(sweep(Arc::downgrade(&limiter)));
         limiter
+    }
+}
+
+impl MemoryLimiter {
+    fn take_here(&self, limit: Limit, key: &str, n: u32) -> Grant {
+        let budget = &self.budgets[limit as usize];
+        let key = self.hasher.hash_one(key);
+        take_some(
+            n,
+            |n| matches!(budget.check_key_n(&key, n), Ok(Ok(()))),
+            || {
+                budget
+                    .check_key(&key)
+                    .map_err(|not_until| not_until.wait_time_from(budget.clock().now()))
+            },
+        )
     }
 }
 
@@ -69,17 +92,11 @@ async fn sweep(limiter: Weak<MemoryLimiter>) {
 #[async_trait]
 impl Limiter for MemoryLimiter {
     async fn take(&self, limit: Limit, key: &str, n: u32) -> Result<Grant, LimiterError> {
-        let budget = &self.budgets[limit as usize];
-        let key = key.to_owned();
-        Ok(take_some(
-            n,
-            |n| matches!(budget.check_key_n(&key, n), Ok(Ok(()))),
-            || {
-                budget
-                    .check_key(&key)
-                    .map_err(|not_until| not_until.wait_time_from(budget.clock().now()))
-            },
-        ))
+        Ok(self.take_here(limit, key, n))
+    }
+
+    fn take_now(&self, limit: Limit, key: &str, n: u32) -> Option<Grant> {
+        Some(self.take_here(limit, key, n))
     }
 
     async fn locked_for(&self, account: &str) -> Result<Option<Duration>, LimiterError> {
