@@ -277,6 +277,12 @@ impl TestApp {
         (status, value)
     }
 
+    /// The body of `GET path`, unauthenticated, as text (pages, `/metrics`).
+    pub async fn text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Some(token), None).await
     }

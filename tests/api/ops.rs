@@ -60,15 +60,7 @@ async fn docs_and_openapi_are_served_from_the_binary() {
         let response = app.http.get(app.url(asset)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{asset}");
     }
-    let initializer = app
-        .http
-        .get(app.url("/docs/swagger-initializer.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let initializer = app.text("/docs/swagger-initializer.js").await;
     assert!(initializer.contains("/openapi.json"));
     let (status, spec) = app.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
@@ -121,15 +113,7 @@ async fn metrics_move_with_traffic_and_keep_labels_bounded() {
         .send()
         .await
         .unwrap();
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.text("/metrics").await;
     for needle in [
         r#"secchat_http_requests_total{route="/users/{username}/connection-info",method="GET",status="200"}"#,
         r#"secchat_logins_total{result="success"}"#,
@@ -272,10 +256,7 @@ async fn relay_metrics_move_with_websocket_traffic() {
     // The online-users gauge is refreshed with each presence renewal (lease /
     // 3). The recorder is the process's, and the other tests' servers set the
     // same gauge to their own counts, so wait for a reading of this server's.
-    let scrape = || async {
-        let response = app.http.get(app.url("/metrics")).send().await.unwrap();
-        response.text().await.unwrap()
-    };
+    let scrape = || app.text("/metrics");
     let gauge = |text: &str, needle: &str| -> Option<f64> {
         text.lines()
             .find(|l| l.starts_with(needle))

@@ -110,15 +110,7 @@ fn refused(answer: &Answer) -> Duration {
 
 /// The server's count of refusals by `limit`.
 async fn refusals(app: &TestApp, limit: &str) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.text("/metrics").await;
     let prefix = format!("secchat_rate_limited_total{{limit=\"{limit}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
