@@ -104,6 +104,18 @@ pub async fn befriend(http: &Client, owner: &User, others: &[User]) -> anyhow::R
         .collect()
 }
 
+/// One `GET /messages/`: the caller's unread messages, now read.
+pub async fn fetch_inbox(http: &Client, url: &str, token: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(http
+        .get(format!("{url}/messages/"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 pub async fn logout(http: &Client, user: &User) -> anyhow::Result<()> {
     http.post(format!("{}/logout", user.url))
         .bearer_auth(&user.token)

@@ -200,14 +200,7 @@ pub async fn offline(common: &Common, args: OfflineArgs) -> anyhow::Result<Value
             async move {
                 let mut ids = Vec::new();
                 loop {
-                    let batch: Vec<Value> = http
-                        .get(format!("{url}/messages/"))
-                        .bearer_auth(&token)
-                        .send()
-                        .await?
-                        .error_for_status()?
-                        .json()
-                        .await?;
+                    let batch = api::fetch_inbox(&http, &url, &token).await?;
                     if batch.is_empty() {
                         return anyhow::Ok(ids);
                     }

@@ -476,16 +476,7 @@ async fn wait_for_no_connections(ctx: &Ctx) -> bool {
 async fn drain(ctx: &Ctx, i: usize, into: &Mutex<HashMap<String, u32>>) -> anyhow::Result<()> {
     let token = ctx.token(i).await?;
     loop {
-        let batch: Vec<Value> = ctx
-            .http
-            .get(format!("{}/messages/", ctx.url))
-            .header("X-Forwarded-For", address(i))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let batch = api::fetch_inbox(&ctx.http, &ctx.url, &token).await?;
         if batch.is_empty() {
             return Ok(());
         }

@@ -4,14 +4,7 @@
 //! - `redis`: presence, fan-out, revoked tokens and rate limits shared by replicas;
 //! - `sql`: the store (and, without Redis, revoked tokens) in SQLite or Postgres.
 
-use std::{
-    fs,
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-    str::FromStr,
-    sync::Arc,
-};
+use std::{fs, io::Write, os::unix::fs::OpenOptionsExt, path::PathBuf, str::FromStr, sync::Arc};
 
 use anyhow::{Context, bail};
 use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -155,7 +148,7 @@ async fn connect_store(
 fn sqlite_secret(database_url: &str) -> anyhow::Result<SecretString> {
     let options = SqliteConnectOptions::from_str(database_url)?;
     let db = options.get_filename();
-    if db.as_os_str().is_empty() || db == Path::new(":memory:") {
+    if is_in_memory(database_url) || db.as_os_str().is_empty() {
         return Ok(random_secret()); // an in-memory database dies with the process anyway
     }
     let mut path = PathBuf::from(db);
@@ -191,4 +184,37 @@ fn random_secret() -> SecretString {
     let mut bytes = [0u8; 48];
     OsRng.fill_bytes(&mut bytes);
     SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Whether a SQLite URL names an in-memory database (`sqlite::memory:`,
+/// `sqlite://:memory:`, `?mode=memory`). sqlx gives such a database an
+/// invented file name, which must not become the secret's path.
+fn is_in_memory(database_url: &str) -> bool {
+    let rest = database_url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//");
+    rest.starts_with(":memory:") || rest.contains("mode=memory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_databases_are_told_from_files() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://x.db?mode=memory",
+        ] {
+            assert!(is_in_memory(url), "{url}");
+        }
+        for url in [
+            "sqlite://secchat.db",
+            "sqlite:///var/lib/memory.db",
+            "sqlite://memory.db",
+        ] {
+            assert!(!is_in_memory(url), "{url}");
+        }
+    }
 }

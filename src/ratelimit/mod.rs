@@ -68,7 +68,8 @@ impl Rates {
         self.0[limit as usize]
     }
 
-    /// Every limit at `rate` (tests).
+    /// Every limit at `rate` (the contract tests).
+    #[cfg(test)]
     pub fn all(rate: Rate) -> Self {
         Self([rate; Limit::ALL.len()])
     }

@@ -277,6 +277,19 @@ impl TestApp {
         (status, value)
     }
 
+    /// The contents of the unread messages `GET /messages/` hands `token`'s
+    /// user (and so marks read), oldest first.
+    pub async fn inbox(&self, token: &str) -> Vec<String> {
+        let (status, inbox) = self.get("/messages/", token).await;
+        assert_eq!(status, StatusCode::OK, "{inbox}");
+        inbox
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|m| m["encrypted_content"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// The body of `GET path`, unauthenticated, as text (pages, `/metrics`).
     pub async fn text(&self, path: &str) -> String {
         let response = self.http.get(self.url(path)).send().await.unwrap();
@@ -438,6 +451,15 @@ impl WsClient {
     pub async fn json(&mut self) -> Value {
         let text = self.text().await;
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    }
+
+    /// The next frame, which must be an `{"error"}` frame; returns its text.
+    pub async fn error(&mut self) -> String {
+        let frame = self.json().await;
+        frame["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an error frame, got {frame}"))
+            .to_owned()
     }
 
     /// Asserts that no text frame arrives within `wait`.

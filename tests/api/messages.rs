@@ -26,15 +26,7 @@ async fn offline_messages_are_stored_and_fetched_once_oldest_first() {
         assert_eq!(m["encrypted_content"], format!("c{i}"));
         assert!(m["id"].is_i64() && m["sent_at"].as_str().unwrap().ends_with('Z'));
     }
-    let (status, inbox) = app.get("/messages/", &bob.token).await;
-    assert_eq!(status, StatusCode::OK);
-    let contents: Vec<_> = inbox
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["encrypted_content"].as_str().unwrap())
-        .collect();
-    assert_eq!(contents, ["c0", "c1", "c2"]);
+    assert_eq!(app.inbox(&bob.token).await, ["c0", "c1", "c2"]);
     assert_eq!(app.get("/messages", &bob.token).await.1, json!([]));
     assert_eq!(app.get("/messages/", &alice.token).await.1, json!([]));
 }
@@ -249,11 +241,8 @@ async fn mailbox_quotas_hold_on_both_paths_and_free_up_when_read() {
     let mut ws = app.ws(&stranger.token).await;
     ws.send_json(json!({"recipient_username": "bob", "content": "s3"}))
         .await;
-    let frame = ws.json().await;
-    assert!(
-        frame["error"].as_str().unwrap().contains("mailbox is full"),
-        "{frame}"
-    );
+    let error = ws.error().await;
+    assert!(error.contains("mailbox is full"), "{error}");
     assert_eq!(send(friend.token.clone(), "f1").await.0, StatusCode::OK);
     assert_eq!(send(friend.token.clone(), "f2").await.0, StatusCode::OK);
     // Three unread: full, for contacts too.
@@ -261,14 +250,7 @@ async fn mailbox_quotas_hold_on_both_paths_and_free_up_when_read() {
         send(friend.token.clone(), "f3").await.0,
         StatusCode::CONFLICT
     );
-    let inbox = app.get("/messages/", &bob.token).await.1;
-    let contents: Vec<&str> = inbox
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["encrypted_content"].as_str().unwrap())
-        .collect();
-    assert_eq!(contents, ["s1", "f1", "f2"]);
+    assert_eq!(app.inbox(&bob.token).await, ["s1", "f1", "f2"]);
     // Read (and so deleted), they no longer count.
     ws.send_json(json!({"recipient_username": "bob", "content": "s4"}))
         .await;

@@ -248,6 +248,7 @@ async fn searches_are_limited_per_user_and_need_three_characters() {
     let app = spawn_with(only(|s| s.search_rate_per_user = rate("2/10s"))).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
+    let before = refusals(&app, "search_per_user").await;
     // Too short: refused before it costs anything.
     let (status, _, body) = get(&app, "/users/search/bo", &alice.token).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -275,11 +276,16 @@ async fn searches_are_limited_per_user_and_need_three_characters() {
         get(&app, "/users/search/bob", &alice.token).await.0,
         StatusCode::OK
     );
+    assert!(
+        refusals(&app, "search_per_user").await >= before + 2,
+        "counted"
+    );
 }
 
 #[tokio::test]
 async fn offline_messages_are_limited_per_sender_on_both_paths() {
     let app = spawn_with(only(|s| s.offline_rate_per_sender = rate("2/10s"))).await;
+    let before = refusals(&app, "offline_per_sender").await;
     let alice = app.user("alice").await;
     let carol = app.user("carol").await;
     app.register("bob").await;
@@ -296,11 +302,8 @@ async fn offline_messages_are_limited_per_sender_on_both_paths() {
     let mut ws = app.ws(&alice.token).await;
     ws.send_json(json!({"recipient_username": "bob", "content": "m3"}))
         .await;
-    let frame = ws.json().await;
-    assert!(
-        frame["error"].as_str().unwrap().contains("not stored"),
-        "{frame}"
-    );
+    let error = ws.error().await;
+    assert!(error.contains("not stored"), "{error}");
     assert_eq!(
         post(&app, "/messages/", &carol.token, message(4)).await.0,
         StatusCode::OK,
@@ -311,17 +314,14 @@ async fn offline_messages_are_limited_per_sender_on_both_paths() {
         .await;
     assert!(ws.json().await["status"].is_string(), "stored");
     let bob = app.login("bob", None).await;
-    let (_, _, inbox) = get(&app, "/messages/", &bob).await;
-    let contents: Vec<&str> = inbox
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["encrypted_content"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        contents,
+        app.inbox(&bob).await,
         ["m0", "m1", "m4", "m5"],
         "refused ones not stored"
+    );
+    assert!(
+        refusals(&app, "offline_per_sender").await >= before + 2,
+        "counted on both paths"
     );
 }
 
@@ -351,11 +351,8 @@ async fn a_connection_over_its_frame_rate_is_told_then_closed_with_1008() {
     }
     broadcast(&mut fast, 2, "over").await;
     for _ in 0..2 {
-        let frame = fast.json().await;
-        assert!(
-            frame["error"].as_str().unwrap().contains("too many"),
-            "{frame}"
-        );
+        let error = fast.error().await;
+        assert!(error.contains("too many"), "{error}");
     }
     // Another connection of the same user has a budget of its own.
     let mut second = app.ws(&bob.token).await;
@@ -376,6 +373,7 @@ async fn a_users_connections_share_one_frame_budget() {
     let app = spawn_with(only(|s| s.ws_frame_rate_per_user = rate("3/hour"))).await;
     let bob = app.user("bob").await;
     let carol = app.user("carol").await;
+    let before = refusals(&app, "ws_frames_per_user").await;
     let mut watcher = app.ws(&carol.token).await;
     let mut one = app.ws(&bob.token).await;
     let mut two = app.ws(&bob.token).await;
@@ -390,14 +388,16 @@ async fn a_users_connections_share_one_frame_budget() {
     assert_eq!(seen, ["bob: one 0", "bob: one 1", "bob: two 0"]);
     two.send_json(json!({"recipient_username": "carol", "content": "x"}))
         .await;
-    assert!(
-        two.json().await["error"].is_string(),
-        "directed frames count too"
-    );
+    let error = two.error().await; // directed frames count too
+    assert!(error.contains("too many"), "{error}");
     watcher.silent_for(Duration::from_millis(300)).await;
     // Carol's budget is her own.
     watcher.send_text("carol here").await;
     assert_eq!(one.text().await, "carol: carol here");
+    assert!(
+        refusals(&app, "ws_frames_per_user").await > before,
+        "counted"
+    );
 }
 
 #[tokio::test]
@@ -476,8 +476,8 @@ async fn replicas_share_one_budget_and_one_lock_out() {
     seen.sort();
     assert_eq!(seen, ["bob: a 0", "bob: a 1", "bob: b 0"]);
     on_b.send_text("over").await;
-    assert!(on_b.json().await["error"].is_string());
+    assert!(on_b.error().await.contains("too many"));
     on_a.send_text("over").await;
-    assert!(on_a.json().await["error"].is_string());
+    assert!(on_a.error().await.contains("too many"));
     watcher.silent_for(Duration::from_millis(300)).await;
 }

@@ -131,6 +131,19 @@ pub fn like_pattern(needle: &str) -> String {
     pattern
 }
 
+/// Appends `($1, $2, …)`, each id bound: the list of an `IN`.
+pub fn push_id_list<'a, DB: sqlx::Database>(query: &mut sqlx::QueryBuilder<'a, DB>, ids: &'a [i64])
+where
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    query.push("(");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(")");
+}
+
 /// A mailbox row's counts (never negative in a consistent store).
 pub fn usage(messages: i64, bytes: i64, from_strangers: i64) -> MailboxUsage {
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
@@ -531,29 +544,19 @@ macro_rules! store_methods {
                 ensure.push(" ON CONFLICT (user_id) DO NOTHING");
                 ensure.build().execute(&mut *tx).await?;
                 let mut select = sqlx::QueryBuilder::new(
-                    "SELECT user_id, messages, bytes, from_strangers FROM mailboxes WHERE user_id IN (",
+                    "SELECT user_id, messages, bytes, from_strangers FROM mailboxes WHERE user_id IN ",
                 );
-                let mut list = select.separated(", ");
-                for id in &recipients {
-                    list.push_bind(*id);
-                }
-                select.push(") ORDER BY user_id");
+                $crate::backends::sql::push_id_list(&mut select, &recipients);
+                select.push(" ORDER BY user_id");
                 select.push($lock_rows);
                 let usage: Vec<(i64, i64, i64, i64)> =
                     select.build_query_as().fetch_all(&mut *tx).await?;
                 let mut select = sqlx::QueryBuilder::new(
-                    "SELECT user_id, friend_id FROM contacts WHERE status = 'accepted' AND user_id IN (",
+                    "SELECT user_id, friend_id FROM contacts WHERE status = 'accepted' AND user_id IN ",
                 );
-                let mut list = select.separated(", ");
-                for id in &recipients {
-                    list.push_bind(*id);
-                }
-                select.push(") AND friend_id IN (");
-                let mut list = select.separated(", ");
-                for id in &senders {
-                    list.push_bind(*id);
-                }
-                select.push(")");
+                $crate::backends::sql::push_id_list(&mut select, &recipients);
+                select.push(" AND friend_id IN ");
+                $crate::backends::sql::push_id_list(&mut select, &senders);
                 let accepted: Vec<(i64, i64)> = select.build_query_as().fetch_all(&mut *tx).await?;
                 let verdicts = $crate::backends::sql::admit(messages, &usage, &accepted, quota);
                 let admitted: Vec<(&$crate::store::NewMessage, bool)> = messages
@@ -642,12 +645,8 @@ macro_rules! store_methods {
                 }
                 let mut delete = sqlx::QueryBuilder::new("DELETE FROM messages WHERE receiver_id = ");
                 delete.push_bind(recipient);
-                delete.push(" AND id IN (");
-                let mut list = delete.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                delete.push(")");
+                delete.push(" AND id IN ");
+                $crate::backends::sql::push_id_list(&mut delete, ids);
                 delete.build().execute(&self.pool).await?;
                 Ok(())
             })
