@@ -37,6 +37,12 @@ impl Limit {
         Limit::FramesPerUser,
     ];
 
+    /// Whether events pass while the counters cannot be reached: messages do
+    /// (other bounds hold them), logins, registrations and searches do not.
+    pub fn fails_open(self) -> bool {
+        matches!(self, Limit::OfflinePerSender | Limit::FramesPerUser)
+    }
+
     /// The metric label and key segment.
     pub fn name(self) -> &'static str {
         match self {

@@ -207,9 +207,20 @@ impl Services {
     }
 
     /// Spends one event of `key`'s budget under `limit`, or refuses with the
-    /// time until the budget allows one.
+    /// time until the budget allows one. Without its counters (Redis away), a
+    /// limit on messages lets them through (they are still bounded by the
+    /// connection's own frame budget and the mailbox quota, and an offline
+    /// message is what keeps a message when fan-out is down); the others
+    /// refuse with 503.
     pub(super) async fn spend(&self, limit: Limit, key: &str) -> Result<()> {
-        let grant = self.limiter.take(limit, key, 1).await?;
+        let grant = match self.limiter.take(limit, key, 1).await {
+            Ok(grant) => grant,
+            Err(err) if limit.fails_open() => {
+                tracing::warn!(error = %err, limit = limit.name(), "rate limiter unavailable");
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        };
         if grant.granted == 1 {
             return Ok(());
         }

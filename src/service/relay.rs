@@ -82,8 +82,8 @@ impl Services {
                     return Err(grant.retry_after);
                 }
                 Ok(grant) => grant.granted,
-                // The relay keeps working while the shared counters are away;
-                // the connection's own budget still holds.
+                // The relay keeps working while the shared counters are away
+                // (`Limit::fails_open`); the connection's own budget holds.
                 Err(err) => {
                     tracing::warn!(error = %err, "frame limiter unavailable");
                     lease

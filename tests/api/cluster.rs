@@ -312,6 +312,22 @@ async fn fan_out_resumes_after_redis_restarts() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Logins cannot be counted, so they are refused rather than let through
+    // unlimited; a directed message is still kept offline (fan-out is down,
+    // and its limits let it pass).
+    let login = r[0]
+        .http
+        .post(r[0].url("/token"))
+        .form(&[("username", "alice"), ("password", "whatever")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(login.headers().contains_key("retry-after"));
+    a.send_json(json!({"recipient_username": "bob", "content": "while Redis is away"}))
+        .await;
+    let stored = a.json().await;
+    assert!(stored["status"].is_string(), "stored: {stored}");
 
     let _redis = PrivateRedis::start(redis.port).await;
     for app in &r {
