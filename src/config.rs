@@ -50,13 +50,25 @@ pub struct Settings {
     #[arg(long, env = "PRESENCE_LEASE_SECS", default_value_t = 120)]
     pub presence_lease_secs: u64,
 
-    /// Who may read a user's IP address and port.
+    /// Who learns a user's presence: its IP address and port, whether it is
+    /// online, when it was last seen, and its online/offline notices.
     #[arg(long, env = "ADDRESS_VISIBILITY", value_enum, default_value_t = Visibility::Contacts)]
     pub address_visibility: Visibility,
 
-    /// Who receives the "online"/"offline" WebSocket notices about a user.
-    #[arg(long, env = "PRESENCE_NOTICES", value_enum, default_value_t = NoticeAudience::All)]
-    pub presence_notices: NoticeAudience,
+    /// How long a WebSocket stays open after the token it was opened (or last
+    /// renewed in-band) with expires. Clients that never renew, such as the
+    /// seed's, keep their connection this long.
+    #[arg(long, env = "WS_TOKEN_GRACE_SECS", default_value_t = 24 * 60 * 60)]
+    pub ws_token_grace_secs: u64,
+
+    /// How long the name of a deleted account stays unavailable to others.
+    #[arg(long, env = "DELETED_NAME_RETENTION_SECS", default_value_t = 30 * 24 * 60 * 60)]
+    pub deleted_name_retention_secs: u64,
+
+    /// Serve `/metrics` on this address (an internal port, such as
+    /// `0.0.0.0:9100`) and not on the API's; unset, the API port serves it.
+    #[arg(long, env = "METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
 
     /// Unread offline messages are deleted this long after they were sent.
     #[arg(long, env = "MESSAGE_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
@@ -217,15 +229,7 @@ pub struct Settings {
 pub enum Visibility {
     /// Any signed-in user, as the original server did.
     Open,
-    /// Only users the target has accepted as contacts.
-    Contacts,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NoticeAudience {
-    /// Every connected user, as the original server did.
-    All,
-    /// Only users who have the subject as an accepted contact.
+    /// Only users the subject has accepted as contacts on its side.
     Contacts,
 }
 
@@ -321,6 +325,14 @@ impl Settings {
             };
             soft.saturating_sub(FD_RESERVE).max(64)
         })
+    }
+
+    pub fn ws_token_grace(&self) -> Duration {
+        Duration::from_secs(self.ws_token_grace_secs)
+    }
+
+    pub fn deleted_name_retention(&self) -> Duration {
+        Duration::from_secs(self.deleted_name_retention_secs)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -31,6 +31,8 @@ use crate::{
 
 pub struct App {
     listener: TcpListener,
+    /// `/metrics` alone, when `METRICS_BIND` gives it a listener of its own.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     undelivered: mpsc::UnboundedReceiver<Arc<DirectMessage>>,
 }
@@ -55,9 +57,21 @@ impl App {
             hub,
             Tokens::new(&backends.jwt_secret, settings.token_ttl()),
         )?;
+        services
+            .key_earlier_usernames()
+            .await
+            .context("giving earlier users their name skeletons")?;
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("binding {}", settings.bind))?;
+        let metrics_listener = match settings.metrics_bind {
+            Some(at) => Some(
+                TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("binding METRICS_BIND {at}"))?,
+            ),
+            None => None,
+        };
         let state = AppState {
             services: Arc::new(services),
             metrics: crate::metrics::install(),
@@ -67,6 +81,7 @@ impl App {
         };
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             undelivered,
         })
@@ -76,6 +91,13 @@ impl App {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served when it has a listener of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn port(&self) -> u16 {
@@ -99,10 +121,12 @@ impl App {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             state,
             undelivered,
         } = self;
         tracing::info!(address = %listener.local_addr()?, "listening");
+        let metrics = metrics_listener.map(|listener| serve_metrics(listener, &state));
         let background = spawn_background(&state, undelivered);
         let expiry = spawn_expiry(&state);
         let app = application(state.clone());
@@ -128,13 +152,34 @@ impl App {
             tracing::warn!("WebSocket sessions still open after the grace period");
         }
         let _ = tokio::join!(background, expiry);
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         Ok(())
     }
 }
 
+/// Serves `/metrics` alone on its internal listener until shutdown.
+fn serve_metrics(listener: TcpListener, state: &AppState) -> JoinHandle<()> {
+    if let Ok(at) = listener.local_addr() {
+        tracing::info!(address = %at, "serving /metrics");
+    }
+    let app = crate::http::finish(crate::http::metrics_router(), state.clone());
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(err) = served {
+            tracing::error!(error = %err, "the metrics listener failed");
+        }
+    })
+}
+
 /// Every route, HTTP and WebSocket, inside the layers all requests pass.
 fn application(state: AppState) -> NormalizePath<Router> {
-    let routes = crate::http::router().merge(crate::ws::router());
+    let with_metrics = state.settings.metrics_bind.is_none();
+    let routes = crate::http::router(with_metrics).merge(crate::ws::router());
     let router = crate::http::finish(routes, state.clone()).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

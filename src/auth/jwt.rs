@@ -47,7 +47,8 @@ impl Tokens {
         }
     }
 
-    pub fn issue(&self, uid: UserId, username: &str) -> anyhow::Result<String> {
+    /// A new token for the user, and its claims.
+    pub fn issue(&self, uid: UserId, username: &str) -> anyhow::Result<(String, Claims)> {
         let now = Utc::now().timestamp();
         let claims = Claims {
             sub: username.to_owned(),
@@ -56,11 +57,8 @@ impl Tokens {
             exp: now + self.ttl.as_secs() as i64,
             jti: uuid::Uuid::new_v4().simple().to_string(),
         };
-        Ok(encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.encoding,
-        )?)
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        Ok((token, claims))
     }
 
     /// The claims of a well-signed, unexpired token; revocation is checked elsewhere.
@@ -85,7 +83,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let t = tokens(60);
-        let claims = t.verify(&t.issue(7, "alice").unwrap()).unwrap();
+        let claims = t.verify(&t.issue(7, "alice").unwrap().0).unwrap();
         assert_eq!((claims.uid, claims.sub.as_str()), (7, "alice"));
         assert_eq!(claims.jti.len(), 32);
     }
@@ -93,7 +91,7 @@ mod tests {
     #[test]
     fn refuses_other_keys_and_garbage() {
         let other = Tokens::new(&SecretString::from("x".repeat(32)), Duration::from_secs(60));
-        assert!(tokens(60).verify(&other.issue(1, "a").unwrap()).is_none());
+        assert!(tokens(60).verify(&other.issue(1, "a").unwrap().0).is_none());
         assert!(tokens(60).verify("not.a.token").is_none());
     }
 }

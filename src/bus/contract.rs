@@ -10,7 +10,7 @@ use std::{
 
 use chrono::Utc;
 
-use super::{Audience, Bus, Event, EventSink};
+use super::{Audience, Bus, Event, EventSink, Sessions};
 use crate::domain::{DirectMessage, UserId};
 
 /// A hub stand-in: holds connections of the users it is told to, and records
@@ -114,12 +114,11 @@ pub async fn text_and_closes_reach_the_replica(bus: &dyn Bus, sink: &Recorder) {
     };
     bus.publish(notice.clone()).await.unwrap();
     sink.arrives(&notice).await;
-    let close = Event::CloseSessions {
-        user: 2,
-        jti: "t".into(),
-    };
-    bus.publish(close.clone()).await.unwrap();
-    sink.arrives(&close).await;
+    for sessions in [Sessions::Of("t".into()), Sessions::AllBut(Some("t".into()))] {
+        let close = Event::CloseSessions { user: 2, sessions };
+        bus.publish(close.clone()).await.unwrap();
+        sink.arrives(&close).await;
+    }
 }
 
 /// Once the replica lets a user go, directed messages to it are refused.

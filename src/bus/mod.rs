@@ -32,8 +32,26 @@ pub enum Event {
     Direct(Arc<DirectMessage>),
     /// A text frame (a broadcast or a presence notice), written as is.
     Text { text: String, audience: Audience },
-    /// Close the user's WebSockets opened with token `jti` (it was revoked).
-    CloseSessions { user: UserId, jti: String },
+    /// Close some of the user's WebSockets: their tokens were revoked.
+    CloseSessions { user: UserId, sessions: Sessions },
+}
+
+/// Which of a user's WebSockets, by the token each was authenticated with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sessions {
+    /// Those of this token (logout).
+    Of(String),
+    /// All but those of this token (password change), or all of them.
+    AllBut(Option<String>),
+}
+
+impl Sessions {
+    pub fn include(&self, jti: &str) -> bool {
+        match self {
+            Self::Of(of) => of == jti,
+            Self::AllBut(kept) => kept.as_deref() != Some(jti),
+        }
+    }
 }
 
 impl Event {

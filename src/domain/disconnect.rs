@@ -14,6 +14,9 @@ pub enum Disconnect {
     InvalidToken,
     /// The token was revoked (logout) while the connection was open.
     TokenRevoked,
+    /// The token expired (and the grace after it ran out) without being
+    /// renewed in-band.
+    TokenExpired,
     /// A frame exceeded the size limit.
     TooBig,
     /// The client read too slowly and its outgoing queue filled up.
@@ -31,7 +34,9 @@ impl Disconnect {
         match self {
             Self::Normal => 1000,
             Self::ShuttingDown | Self::PingTimeout | Self::WriteFailed => 1001,
-            Self::InvalidToken | Self::TokenRevoked | Self::RateLimited => 1008,
+            Self::InvalidToken | Self::TokenRevoked | Self::TokenExpired | Self::RateLimited => {
+                1008
+            }
             Self::TooBig => 1009,
             Self::Unavailable => 1011,
             Self::TooSlow | Self::TooManyConnections => 1013,
@@ -46,6 +51,7 @@ impl Disconnect {
             Self::WriteFailed => "write failed",
             Self::InvalidToken => "invalid or expired token",
             Self::TokenRevoked => "token revoked",
+            Self::TokenExpired => "token expired; renew it with an auth frame",
             Self::TooBig => "message too big",
             Self::TooSlow => "too slow: outgoing queue full",
             Self::TooManyConnections => "too many connections",

@@ -15,8 +15,19 @@ pub enum ClientFrame<'a> {
         recipient_username: Cow<'a, str>,
         content: Cow<'a, str>,
     },
+    /// `{"type": "auth", "token": "..."}`: the client renews the connection's
+    /// authentication with a newer token.
+    Auth { token: Cow<'a, str> },
     /// Some other JSON object: a client mistake, answered with an error.
     Malformed,
+}
+
+#[derive(Deserialize)]
+struct AuthFields<'a> {
+    #[serde(borrow)]
+    r#type: Cow<'a, str>,
+    #[serde(borrow)]
+    token: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -37,11 +48,12 @@ impl<'a> ClientFrame<'a> {
                 recipient_username: f.recipient_username,
                 content: f.content,
             },
-            Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
-                Self::Malformed
-            }
-            // Text that merely starts like JSON is still a broadcast.
-            Err(_) => Self::Broadcast(text),
+            Err(_) => match serde_json::from_str::<AuthFields>(text) {
+                Ok(f) if f.r#type == "auth" => Self::Auth { token: f.token },
+                _ if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => Self::Malformed,
+                // Text that merely starts like JSON is still a broadcast.
+                _ => Self::Broadcast(text),
+            },
         }
     }
 }
@@ -67,6 +79,16 @@ mod tests {
         );
         assert_eq!(
             ClientFrame::parse(r#"{"recipient_username": 7, "content": "x"}"#),
+            ClientFrame::Malformed
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type": "auth", "token": "a.b.c"}"#),
+            ClientFrame::Auth {
+                token: "a.b.c".into()
+            }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type": "auth", "token": 1}"#),
             ClientFrame::Malformed
         );
     }
@@ -102,7 +124,7 @@ mod tests {
                     let object = serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object());
                     prop_assert!(!object);
                 }
-                ClientFrame::Direct { .. } | ClientFrame::Malformed => {
+                ClientFrame::Direct { .. } | ClientFrame::Auth { .. } | ClientFrame::Malformed => {
                     prop_assert!(serde_json::from_str::<Value>(&text).unwrap().is_object());
                 }
             }
@@ -133,12 +155,18 @@ mod tests {
         fn other_objects_are_malformed(value in json_value()) {
             let directed = value.get("recipient_username").is_some_and(Value::is_string)
                 && value.get("content").is_some_and(Value::is_string);
+            let auth = value.get("type").is_some_and(|t| t == "auth")
+                && value.get("token").is_some_and(Value::is_string);
             let text = value.to_string();
             let parsed = ClientFrame::parse(&text);
             match value {
                 Value::Object(_) if directed => {
                     let is_direct = matches!(parsed, ClientFrame::Direct { .. });
                     prop_assert!(is_direct, "{:?}", parsed);
+                }
+                Value::Object(_) if auth => {
+                    let is_auth = matches!(parsed, ClientFrame::Auth { .. });
+                    prop_assert!(is_auth, "{:?}", parsed);
                 }
                 Value::Object(_) => prop_assert_eq!(parsed, ClientFrame::Malformed),
                 _ => prop_assert_eq!(parsed, ClientFrame::Broadcast(text.as_str())),

@@ -24,14 +24,20 @@ pub fn router() -> Router<AppState> {
         .route("/users", post(register))
         .route("/token", post(login))
         .route("/logout", post(logout))
-        .route("/users/me", get(me))
+        .route("/logout/all", post(logout_everywhere))
+        .route("/users/me", get(me).delete(delete_account))
+        .route("/users/me/password", put(change_password))
+        .route("/users/me/public-key", put(change_public_key))
         .route("/users/search/{query}", get(search))
         .route("/me/connection-info", put(heartbeat))
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    /// 1–32 letters (of any script), digits, `_`, `-`, `.`; unique regardless of case.
+    /// 1–32 letters (of any script, but no invisible, fullwidth or styled
+    /// characters), digits, `_`, `-`, `.`; unique regardless of case and of
+    /// lookalike characters (`аlice` in Cyrillic is `alice`); reserved names
+    /// (`系统消息`, `system`, `admin`, …) and their lookalikes are refused.
     #[schema(min_length = 1, max_length = 32, pattern = "^[\\w.-]+$")]
     username: String,
     /// A valid address, at most 254 bytes; unique regardless of case.
@@ -40,8 +46,9 @@ pub struct RegisterRequest {
     /// 1–128 characters.
     #[schema(min_length = 1, max_length = 128)]
     password: String,
-    /// The user's public encryption key: 1 to 16,384 bytes of text without NUL.
-    #[schema(min_length = 1, max_length = 16384, pattern = "^[^\\u0000]*$")]
+    /// The user's public encryption key, 1 to 16,384 bytes: base64 text, or
+    /// a PEM block (which may also hold spaces and line breaks).
+    #[schema(min_length = 1, max_length = 16384, pattern = "^[A-Za-z0-9+/=_-]+$")]
     public_key: String,
 }
 
@@ -204,6 +211,95 @@ async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<Json<De
     Ok(Json(Detail {
         detail: "Logged out successfully",
     }))
+}
+
+/// Log out everywhere: every token of the caller's, this one included, stops
+/// working, and every WebSocket of the caller closes.
+#[utoipa::path(post, path = "/logout/all", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = Detail), (status = 401, body = Detail)))]
+async fn logout_everywhere(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Detail>, ApiError> {
+    state.services.logout_everywhere(&user).await?;
+    Ok(Json(Detail {
+        detail: "Logged out everywhere",
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct PasswordChange {
+    old_password: String,
+    /// 1–128 characters.
+    #[schema(min_length = 1, max_length = 128)]
+    new_password: String,
+}
+
+/// Change the password: every other token of the caller's stops working and
+/// their WebSockets close, on every replica; the token used stays valid.
+#[utoipa::path(put, path = "/users/me/password", tag = "accounts", security(("bearer" = [])),
+    request_body = PasswordChange,
+    responses((status = 200, body = Detail), (status = 401, body = Detail, description = "Wrong old password (counted like a failed login), or no valid token"),
+              (status = 422, description = "Invalid new password"),
+              (status = 429, body = Detail, description = "Locked out after failed attempts; wait `Retry-After` seconds")))]
+async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<PasswordChange>,
+) -> Result<Json<Detail>, ApiError> {
+    state
+        .services
+        .change_password(&user, body.old_password, body.new_password)
+        .await?;
+    Ok(Json(Detail {
+        detail: "Password changed; other sessions were logged out",
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct PublicKeyChange {
+    /// Base64 text, or a PEM block; at most 16,384 bytes.
+    #[schema(min_length = 1, max_length = 16384, pattern = "^[A-Za-z0-9+/=_-]+$")]
+    public_key: String,
+}
+
+/// Publish a new public key. Contacts online receive `{"type": "key_changed",
+/// "username", "public_key"}`; contact entries carry `key_changed_at`.
+#[utoipa::path(put, path = "/users/me/public-key", tag = "accounts", security(("bearer" = [])),
+    request_body = PublicKeyChange,
+    responses((status = 200, body = UserOut), (status = 401, body = Detail), (status = 422)))]
+async fn change_public_key(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<PublicKeyChange>,
+) -> Result<Json<UserOut>, ApiError> {
+    let changed = state
+        .services
+        .change_public_key(&user, body.public_key)
+        .await?;
+    let (_, online) = state.services.me(&user).await?;
+    Ok(Json(UserOut::new(changed, online)))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct AccountDeletion {
+    password: String,
+}
+
+/// Delete the caller's account: its contacts, requests and stored messages
+/// are removed, every token stops working, its WebSockets close, and its name
+/// stays unavailable for `DELETED_NAME_RETENTION_SECS`.
+#[utoipa::path(delete, path = "/users/me", tag = "accounts", security(("bearer" = [])),
+    request_body = AccountDeletion,
+    responses((status = 204, description = "Deleted"), (status = 401, body = Detail, description = "Wrong password, or no valid token"),
+              (status = 422), (status = 429, body = Detail, description = "Locked out after failed attempts; wait `Retry-After` seconds")))]
+async fn delete_account(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<AccountDeletion>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    state.services.delete_account(&user, body.password).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// The caller's own user object.

@@ -29,7 +29,9 @@ mod views;
         a WebSocket relay at `/ws?token=<jwt>`, and offline messages. Every route also answers without (or with) \
         its trailing slash."),
     paths(
-        accounts::register, accounts::login, accounts::logout, accounts::me, accounts::search, accounts::heartbeat,
+        accounts::register, accounts::login, accounts::logout, accounts::logout_everywhere, accounts::me,
+        accounts::change_password, accounts::change_public_key, accounts::delete_account,
+        accounts::search, accounts::heartbeat,
         contacts::add, contacts::list, contacts::pending, contacts::accept, contacts::remove, contacts::online,
         p2p::connection_info, messages::send, messages::fetch,
         ops::healthz, ops::readyz, ops::metrics,
@@ -56,16 +58,23 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every HTTP route of the API, with the body limit and request metrics; the
-/// WebSocket route is merged beside it by `startup`.
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// Every HTTP route of the API, `/metrics` too unless it has a listener of
+/// its own; the WebSocket route is merged beside it by `startup`.
+pub fn router(with_metrics: bool) -> Router<AppState> {
+    let routes = Router::new()
         .merge(accounts::router())
         .merge(contacts::router())
         .merge(p2p::router())
         .merge(messages::router())
-        .merge(ops::router())
+        .merge(ops::router());
+    if with_metrics {
+        routes.merge(ops::metrics_router())
+    } else {
+        routes
+    }
 }
+
+pub use ops::metrics_router;
 
 /// What every route shares: the 404 and 405 answers, the body limit, and
 /// request metrics.

@@ -1,4 +1,5 @@
-//! Health, readiness, metrics, and the API documentation.
+//! Health, readiness, metrics, and the API documentation. `/metrics` is served
+//! beside the API, or alone on an internal listener (`METRICS_BIND`).
 
 use std::sync::Arc;
 
@@ -22,7 +23,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/docs", get(move || docs_index(index.clone())))
         .route(
@@ -58,6 +58,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// `/metrics` alone.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// Prometheus text exposition.

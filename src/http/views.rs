@@ -60,6 +60,10 @@ pub struct Friend {
     #[serde(serialize_with = "iso8601_opt")]
     #[schema(value_type = Option<String>)]
     pub last_seen: Option<DateTime<Utc>>,
+    /// When the user last published a new public key; `null`: not since it registered.
+    #[serde(serialize_with = "iso8601_opt")]
+    #[schema(value_type = Option<String>)]
+    pub key_changed_at: Option<DateTime<Utc>>,
 }
 
 /// A contact entry: the seed's user object and the revision's contact row at once.
@@ -82,6 +86,10 @@ pub struct ContactEntry {
     #[serde(serialize_with = "iso8601")]
     #[schema(value_type = String)]
     pub created_at: DateTime<Utc>,
+    /// When the other user last published a new public key; `null`: not since it registered.
+    #[serde(serialize_with = "iso8601_opt")]
+    #[schema(value_type = Option<String>)]
+    pub key_changed_at: Option<DateTime<Utc>>,
     pub friend: Friend,
 }
 
@@ -98,12 +106,14 @@ impl ContactEntry {
             friend_id: other.id,
             status: contact.status.as_str(),
             created_at: contact.created_at,
+            key_changed_at: other.key_changed_at,
             friend: Friend {
                 id: other.id,
                 username: other.username,
                 public_key: other.public_key,
                 is_online,
                 last_seen: other.last_seen,
+                key_changed_at: other.key_changed_at,
             },
         }
     }

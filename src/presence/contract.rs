@@ -69,14 +69,19 @@ pub async fn sign_off_respects_other_devices(p: &dyn Presence) {
     p.connection_opened(1, "phone", at(1), t(0)).await.unwrap();
     p.connection_opened(1, "laptop", at(1), t(0)).await.unwrap();
     assert!(
-        p.sign_off(1, "laptop", t(1)).await.unwrap(),
+        p.sign_off(1, Some("laptop"), t(1)).await.unwrap(),
         "phone still connected"
     );
     assert_eq!(seen(p, 1).await, Some(t(1)));
     p.connection_closed(1, "phone", t(2)).await.unwrap();
-    assert!(!p.sign_off(1, "laptop", t(3)).await.unwrap());
+    assert!(!p.sign_off(1, Some("laptop"), t(3)).await.unwrap());
     assert_eq!(places(p, &[1]).await, vec![None]);
     assert_eq!(p.count_online().await.unwrap(), 0);
+    // Everywhere: offline at once, whatever is still connected.
+    p.announce(1, at(1), t(4)).await.unwrap();
+    p.connection_opened(1, "phone", at(1), t(4)).await.unwrap();
+    assert!(!p.sign_off(1, None, t(5)).await.unwrap());
+    assert_eq!(places(p, &[1]).await, vec![None]);
 }
 
 /// `p` must have been built with a one-second lease.

@@ -77,7 +77,14 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Logout of token `jti`: the user goes offline unless a WebSocket opened with
     /// another token is still open. Returns whether the user is still online.
-    async fn sign_off(&self, user: UserId, jti: &str, seen: DateTime<Utc>) -> PresenceResult<bool>;
+    /// `None`: logout of every token; the user goes offline at once (its
+    /// WebSockets are closing).
+    async fn sign_off(
+        &self,
+        user: UserId,
+        jti: Option<&str>,
+        seen: DateTime<Utc>,
+    ) -> PresenceResult<bool>;
 
     /// How many users are online, for the gauge.
     async fn count_online(&self) -> PresenceResult<u64>;

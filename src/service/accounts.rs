@@ -1,11 +1,16 @@
 //! Accounts: registration, logging in and out, who a token names, "seen now",
-//! the caller's profile and user search.
+//! the caller's profile, user search, and the account controls (password,
+//! logging out everywhere, the public key, deletion).
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use serde_json::json;
 
 use super::{Error, Result, Services};
 use crate::{
-    bus::Event,
+    bus::{Audience, Event, Sessions},
+    config::Visibility,
     domain::{Email, Endpoint, Password, Port, PublicKey, UserId, Username, client_key},
     metrics,
     ratelimit::Limit,
@@ -63,6 +68,7 @@ impl Services {
         self.store
             .create_user(NewUser {
                 username_key: username.key(),
+                username_skeleton: username.skeleton(),
                 username: username.as_str().to_owned(),
                 email_key: email.key(),
                 email: email.as_str().to_owned(),
@@ -71,10 +77,36 @@ impl Services {
             })
             .await
             .map_err(|e| match e {
-                // One answer for both, to say no more than the contract requires.
+                // One answer for a name, a lookalike of one, a retired one and
+                // an email, to say no more than the contract requires.
                 StoreError::Duplicate => Error::Refused("Username or email already registered"),
                 other => other.into(),
             })
+    }
+
+    /// Gives users registered before names had skeletons their look-up key
+    /// and skeleton (computing them takes Unicode tables SQL does not have).
+    /// Two earlier users whose names turn out to look alike keep what they
+    /// had, and the first keeps every new lookalike out.
+    pub async fn key_earlier_usernames(&self) -> Result<()> {
+        let mut after = 0;
+        loop {
+            let batch = self.store.unkeyed_users(after, 500).await?;
+            let Some(&(last, _)) = batch.last() else {
+                return Ok(());
+            };
+            after = last;
+            for (id, name) in batch {
+                let name = Username::registered(&name);
+                let (key, skeleton) = (name.key(), name.skeleton());
+                if !self.store.set_username_keys(id, &key, &skeleton).await? {
+                    tracing::warn!(
+                        user_id = id,
+                        "an earlier user's name looks like another's; it keeps its old key"
+                    );
+                }
+            }
+        }
     }
 
     /// Checks the password (at the same cost whether or not the user exists),
@@ -84,7 +116,35 @@ impl Services {
     /// name nobody holds, so that the limiter tells nothing either.
     pub async fn login(&self, login: Login, peer: Endpoint) -> Result<String> {
         self.spend(Limit::LoginPerIp, &client_key(peer.ip)).await?;
-        let key = Username::lookup_key(&login.username);
+        let Some((id, username)) = self.check_password(&login.username, login.password).await?
+        else {
+            metrics::login(false);
+            return Err(Error::BAD_CREDENTIALS);
+        };
+        let token = self.issue_token(id, &username).await?;
+        // Its first request then costs no store read to authenticate.
+        self.names.remember(id, &username);
+        let at = Endpoint {
+            port: login.port.map_or(peer.port, |p| p.0),
+            ..peer
+        };
+        self.seen_at(id, at).await?;
+        metrics::login(true);
+        tracing::info!(user_id = id, "login");
+        Ok(token)
+    }
+
+    /// The user `name` names if `password` is its password: checked at the
+    /// same cost whether or not the user exists. Failures in a row lock the
+    /// account out for longer and longer, the same for a name nobody holds, so
+    /// that the limiter tells nothing either; a locked-out account is refused
+    /// without checking.
+    async fn check_password(
+        &self,
+        name: &str,
+        password: Password,
+    ) -> Result<Option<(UserId, String)>> {
+        let key = Username::lookup_key(name);
         let account = key.as_deref().unwrap_or(UNREGISTRABLE);
         if let Some(wait) = self.limiter.locked_for(account).await? {
             metrics::rate_limited(metrics::LOGIN_LOCKOUT, 1);
@@ -101,23 +161,33 @@ impl Services {
             Some(c) => (Some(c.password_hash), Some((c.id, c.username))),
             None => (None, None),
         };
-        let matches = self.passwords.verify(login.password, stored_hash).await?;
-        let Some((id, username)) = user.filter(|_| matches) else {
-            metrics::login(false);
+        let matches = self.passwords.verify(password, stored_hash).await?;
+        let Some(user) = user.filter(|_| matches) else {
             self.limiter.login_failed(account).await?;
-            return Err(Error::BAD_CREDENTIALS);
+            return Ok(None);
         };
         self.limiter.login_succeeded(account).await?;
-        let token = self.tokens.issue(id, &username).map_err(Error::Internal)?;
-        // Its first request then costs no store read to authenticate.
-        self.names.remember(id, &username);
-        let at = Endpoint {
-            port: login.port.map_or(peer.port, |p| p.0),
-            ..peer
-        };
-        self.seen_at(id, at).await?;
-        metrics::login(true);
-        tracing::info!(user_id = id, "login");
+        Ok(Some(user))
+    }
+
+    /// The caller's password, confirmed before an account control.
+    async fn confirm_password(&self, user: &AuthUser, password: String) -> Result<()> {
+        match self
+            .check_password(&user.username, Password::to_verify(password))
+            .await?
+        {
+            Some((id, _)) if id == user.id => Ok(()),
+            _ => Err(Error::Unauthenticated("Incorrect password")),
+        }
+    }
+
+    /// A new token for the user, recorded so that it can be revoked with all
+    /// the user's others.
+    async fn issue_token(&self, id: UserId, username: &str) -> Result<String> {
+        let (token, claims) = self.tokens.issue(id, username).map_err(Error::Internal)?;
+        self.revocations
+            .issued(id, &claims.jti, claims.expires_at())
+            .await?;
         Ok(token)
     }
 
@@ -146,15 +216,113 @@ impl Services {
     /// still holds a connection.
     pub async fn logout(&self, user: &AuthUser) -> Result<()> {
         self.revocations.revoke(&user.jti, user.expires_at).await?;
-        self.bus
-            .publish(Event::CloseSessions {
-                user: user.id,
-                jti: user.jti.clone(),
-            })
+        self.close_sessions(user.id, Sessions::Of(user.jti.clone()))
             .await?;
         let now = Utc::now();
-        self.presence.sign_off(user.id, &user.jti, now).await?;
+        self.presence
+            .sign_off(user.id, Some(&user.jti), now)
+            .await?;
         Ok(self.store.touch_last_seen(user.id, now).await?)
+    }
+
+    /// Logs out every token of the user, the caller's included: all stop
+    /// working, every WebSocket of the user closes, and it is offline.
+    pub async fn logout_everywhere(&self, user: &AuthUser) -> Result<()> {
+        self.revocations.revoke_all(user.id, None).await?;
+        self.close_sessions(user.id, Sessions::AllBut(None)).await?;
+        let now = Utc::now();
+        self.presence.sign_off(user.id, None, now).await?;
+        tracing::info!(user_id = user.id, "logged out everywhere");
+        Ok(self.store.touch_last_seen(user.id, now).await?)
+    }
+
+    /// Changes the caller's password once the old one is confirmed: every
+    /// other token of the user stops working and its WebSockets close, on
+    /// every replica.
+    pub async fn change_password(
+        &self,
+        user: &AuthUser,
+        old_password: String,
+        new_password: String,
+    ) -> Result<()> {
+        let new_password = Password::parse(new_password).map_err(|mut invalid| {
+            invalid.field = "new_password";
+            Error::from(invalid)
+        })?;
+        self.confirm_password(user, old_password).await?;
+        let hash = self.passwords.hash(new_password).await?;
+        self.store.set_password_hash(user.id, &hash).await?;
+        let others = Sessions::AllBut(Some(user.jti.clone()));
+        self.revocations
+            .revoke_all(user.id, Some(&user.jti))
+            .await?;
+        self.close_sessions(user.id, others).await?;
+        tracing::info!(user_id = user.id, "password changed");
+        Ok(())
+    }
+
+    /// Publishes a new public key for the caller. Users who have it as a
+    /// contact and are connected receive a `key_changed` frame; the others
+    /// see `key_changed_at` in their contact list.
+    pub async fn change_public_key(&self, user: &AuthUser, public_key: String) -> Result<User> {
+        let key = PublicKey::parse(public_key)?;
+        let changed = self
+            .store
+            .set_public_key(user.id, key.as_str(), Utc::now())
+            .await?
+            .ok_or(Error::BAD_TOKEN)?;
+        let watchers = self.store.watchers(user.id).await?;
+        // Their online panels show the key: read again, on every replica.
+        self.presence.contacts_changed(&watchers).await?;
+        let frame = json!({
+            "type": "key_changed",
+            "username": changed.username,
+            "public_key": changed.public_key,
+        });
+        if !watchers.is_empty()
+            && let Err(err) = self
+                .bus
+                .publish(Event::Text {
+                    text: frame.to_string(),
+                    audience: Audience::Users(watchers),
+                })
+                .await
+        {
+            // Stored already; contacts see the new key in their lists.
+            tracing::warn!(error = %err, "key change notice failed");
+        }
+        tracing::info!(user_id = user.id, "public key changed");
+        Ok(changed)
+    }
+
+    /// Deletes the caller's account once its password is confirmed: its
+    /// contacts, requests and stored messages go, every token stops working,
+    /// every WebSocket closes, and its name stays unavailable for the
+    /// configured time.
+    pub async fn delete_account(&self, user: &AuthUser, password: String) -> Result<()> {
+        self.confirm_password(user, password).await?;
+        self.revocations.revoke_all(user.id, None).await?;
+        let retired_until = Utc::now()
+            + chrono::TimeDelta::from_std(self.settings.deleted_name_retention())
+                .unwrap_or(chrono::TimeDelta::MAX);
+        let Some(mut related) = self.store.delete_user(user.id, retired_until).await? else {
+            return Err(Error::BAD_TOKEN);
+        };
+        self.names.forget(&user.username);
+        self.close_sessions(user.id, Sessions::AllBut(None)).await?;
+        self.presence.sign_off(user.id, None, Utc::now()).await?;
+        related.push(user.id);
+        self.presence.contacts_changed(&related).await?;
+        tracing::info!(user_id = user.id, "account deleted");
+        Ok(())
+    }
+
+    /// Closes some of the user's WebSockets, on every replica.
+    async fn close_sessions(&self, user: UserId, sessions: Sessions) -> Result<()> {
+        self.bus
+            .publish(Event::CloseSessions { user, sessions })
+            .await?;
+        Ok(())
     }
 
     /// The caller a token names: well signed (HS256), unexpired, not revoked,
@@ -203,7 +371,7 @@ impl Services {
             .store
             .search_users(&needle, user.id, i64::from(limit))
             .await?;
-        self.with_presence(users, |u| u.id).await
+        self.with_presence(user.id, users, |u| u).await
     }
 
     /// Spends one event of `key`'s budget under `limit`, or refuses with the
@@ -228,19 +396,42 @@ impl Services {
         Err(Error::Limited(refusal(limit), grant.retry_after))
     }
 
-    /// Pairs each item with whether the user it names is online: one presence
-    /// round trip for all of them.
+    /// Pairs each item with whether the user it names is online, as `viewer`
+    /// may see it: under `contacts` visibility, a user that has not accepted
+    /// the viewer shows as offline and never seen (its `last_seen` is
+    /// cleared). One presence round trip and, under `contacts`, one store
+    /// query, whatever the number of items.
     pub(super) async fn with_presence<T>(
         &self,
-        items: Vec<T>,
-        user_of: impl Fn(&T) -> UserId,
+        viewer: UserId,
+        mut items: Vec<T>,
+        user_of: impl Fn(&mut T) -> &mut User,
     ) -> Result<Vec<(T, bool)>> {
-        let ids: Vec<UserId> = items.iter().map(&user_of).collect();
-        let online = self.presence.locate(&ids).await?;
+        let ids: Vec<UserId> = items.iter_mut().map(|item| user_of(item).id).collect();
+        let consenting = async {
+            match self.settings.address_visibility {
+                Visibility::Open => Ok(None),
+                Visibility::Contacts if ids.is_empty() => Ok(Some(HashSet::new())),
+                Visibility::Contacts => self
+                    .store
+                    .consenting(viewer, &ids)
+                    .await
+                    .map(|ids| Some(ids.into_iter().collect::<HashSet<_>>())),
+            }
+        };
+        let (online, consenting) = tokio::join!(self.presence.locate(&ids), consenting);
+        let (online, consenting) = (online?, consenting?);
         Ok(items
             .into_iter()
             .zip(online)
-            .map(|(item, at)| (item, at.is_some()))
+            .map(|(mut item, at)| {
+                let user = user_of(&mut item);
+                let shown = consenting.as_ref().is_none_or(|c| c.contains(&user.id));
+                if !shown {
+                    user.last_seen = None;
+                }
+                (item, shown && at.is_some())
+            })
             .collect())
     }
 }

@@ -41,7 +41,7 @@ impl Services {
                 other => other.into(),
             })?;
         self.contacts_changed(user.id, friend).await?;
-        self.with_presence(vec![contact], |c| c.other.id)
+        self.with_presence(user.id, vec![contact], |c| &mut c.other)
             .await
             .map(|mut one| one.remove(0))
     }
@@ -57,13 +57,15 @@ impl Services {
             .store
             .contacts(user.id, i64::from(skip), i64::from(limit))
             .await?;
-        self.with_presence(contacts, |c| c.other.id).await
+        self.with_presence(user.id, contacts, |c| &mut c.other)
+            .await
     }
 
     /// Requests others sent the caller that it has not answered, oldest first.
     pub async fn pending_requests(&self, user: &super::AuthUser) -> Result<Vec<(Contact, bool)>> {
         let requests = self.store.pending_requests(user.id).await?;
-        self.with_presence(requests, |c| c.other.id).await
+        self.with_presence(user.id, requests, |c| &mut c.other)
+            .await
     }
 
     /// Accepts `requester`'s request: both sides become accepted.
@@ -78,7 +80,7 @@ impl Services {
             .await?
             .ok_or(Error::NotFound("Friend request not found"))?;
         self.contacts_changed(user.id, requester).await?;
-        self.with_presence(vec![contact], |c| c.other.id)
+        self.with_presence(user.id, vec![contact], |c| &mut c.other)
             .await
             .map(|mut one| one.remove(0))
     }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bus::{Audience, Event, EventSink},
+    bus::{Audience, Event, EventSink, Sessions},
     domain::{DirectMessage, Disconnect, Endpoint, UserId, time::iso},
     presence,
 };
@@ -76,10 +76,14 @@ impl Closer {
     }
 
     /// Closes for this reason, unless a reason was given already; true when
-    /// this was the first.
+    /// this was the first. A connection closed as too slow is counted here,
+    /// once, whichever path found it slow.
     pub fn close(&self, why: Disconnect) -> bool {
         let first = self.reason.set(why).is_ok();
         self.token.cancel();
+        if first && why == Disconnect::TooSlow {
+            crate::metrics::slow_consumer_closed();
+        }
         first
     }
 
@@ -198,10 +202,7 @@ impl Outbox {
     }
 
     fn too_slow(&self) {
-        // Counted once per connection, however many frames it then refuses.
-        if self.closer.close(Disconnect::TooSlow) {
-            crate::metrics::slow_consumer_closed();
-        }
+        self.closer.close(Disconnect::TooSlow);
     }
 
     pub fn closer(&self) -> &Closer {
@@ -421,14 +422,34 @@ impl Hub {
         crate::metrics::relayed(crate::metrics::Relay::Broadcast, delivered);
     }
 
-    fn close_sessions(&self, user: UserId, jti: &str) {
+    /// Where a connection held here connected from.
+    pub fn endpoint(&self, user: UserId, id: u64) -> Option<Endpoint> {
+        let held = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let list = held.by_user.get(&user)?;
+        list.iter().find(|c| c.id == id).map(|c| c.at)
+    }
+
+    /// The connection now stands on token `jti` (renewed in-band): closing
+    /// that token's sessions closes it.
+    pub fn rebind(&self, user: UserId, id: u64, jti: &str) {
+        let mut held = self.connections.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(conn) = held
+            .by_user
+            .get_mut(&user)
+            .and_then(|list| list.iter_mut().find(|c| c.id == id))
+        {
+            conn.jti = jti.into();
+        }
+    }
+
+    fn close_sessions(&self, user: UserId, sessions: &Sessions) {
         let held = self.connections.read().unwrap_or_else(|p| p.into_inner());
         let map = &held.by_user;
         for conn in map
             .get(&user)
             .into_iter()
             .flatten()
-            .filter(|c| &*c.jti == jti)
+            .filter(|c| sessions.include(&c.jti))
         {
             conn.outbox.closer().close(Disconnect::TokenRevoked);
         }
@@ -465,8 +486,8 @@ impl EventSink for Hub {
                 self.deliver_text(text, audience);
                 true
             }
-            Event::CloseSessions { user, jti } => {
-                self.close_sessions(user, &jti);
+            Event::CloseSessions { user, sessions } => {
+                self.close_sessions(user, &sessions);
                 true
             }
         }
@@ -589,6 +610,27 @@ mod tests {
         assert_eq!(closer.reason(), Disconnect::TooSlow);
     }
 
+    /// The slow-consumer metric counts connections: one connection that drops
+    /// many frames, and is found slow again by the writer, counts once.
+    #[test]
+    fn a_slow_connection_counts_once_however_many_frames_it_drops() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let (outbox, _inbox) = queue(1);
+            for _ in 0..5 {
+                outbox.offer(Outgoing::Text(Utf8Bytes::from("x")));
+            }
+            outbox.closer().close(Disconnect::TooSlow);
+            queue(1).0.closer().close(Disconnect::TooSlow);
+        });
+        let rendered = handle.render();
+        let count = rendered
+            .lines()
+            .find_map(|l| l.strip_prefix("secchat_ws_slow_consumers_closed_total "));
+        assert_eq!(count, Some("2"), "{rendered}");
+    }
+
     #[test]
     fn an_address_holds_at_most_its_share() {
         let (hub, _undelivered) = Hub::new();
@@ -623,9 +665,31 @@ mod tests {
         hub.register(2, "b", here(), b, usize::MAX);
         hub.deliver(Event::CloseSessions {
             user: 2,
-            jti: "a".into(),
+            sessions: Sessions::Of("a".into()),
         });
         assert_eq!(a_closer.reason(), Disconnect::TokenRevoked);
         assert!(!b_closer.token().is_cancelled());
+    }
+
+    #[test]
+    fn closing_all_but_one_token_keeps_that_one_and_follows_renewals() {
+        let (hub, _undelivered) = Hub::new();
+        let ((a, _), (b, _), (c, _)) = (queue(1), queue(1), queue(1));
+        let closers = [a.closer().clone(), b.closer().clone(), c.closer().clone()];
+        hub.register(2, "a", here(), a, usize::MAX);
+        let renewed = hub.register(2, "b", here(), b, usize::MAX).unwrap();
+        hub.register(2, "c", here(), c, usize::MAX);
+        hub.rebind(2, renewed.id, "c");
+        hub.deliver(Event::CloseSessions {
+            user: 2,
+            sessions: Sessions::AllBut(Some("c".into())),
+        });
+        let closed = closers.each_ref().map(|c| c.token().is_cancelled());
+        assert_eq!(closed, [true, false, false]);
+        hub.deliver(Event::CloseSessions {
+            user: 2,
+            sessions: Sessions::AllBut(None),
+        });
+        assert!(closers.iter().all(|c| c.token().is_cancelled()));
     }
 }

@@ -102,6 +102,7 @@ impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Unavailable(e) => Self::Unavailable(e),
+            StoreError::NoSuchUser => Self::NotFound("User not found"),
             other => Self::Internal(other.into()),
         }
     }
@@ -185,6 +186,11 @@ impl Services {
             bus,
             limiter,
         } = engines;
+        anyhow::ensure!(
+            settings.deleted_name_retention() >= names::TIME_TO_LIVE,
+            "DELETED_NAME_RETENTION_SECS must be at least {} s: replicas may remember a name that long",
+            names::TIME_TO_LIVE.as_secs()
+        );
         Ok(Self {
             passwords: PasswordHasher::new(
                 settings.hash_concurrency(),

@@ -1,11 +1,15 @@
 //! Who a username names, remembered in process.
 //!
-//! Usernames never change and users are never deleted, so a name once resolved
-//! stays right for the life of the process; names not found are not remembered
-//! (they may be registered a moment later). This takes the store off the path
-//! of every directed message and every token check.
+//! Usernames never change, so a name once resolved stays right until its
+//! account is deleted. This replica forgets a deleted account's name at once;
+//! others hold it at most [`TIME_TO_LIVE`], well within the time a deleted
+//! name stays unavailable, so that a name is never resolved to an account
+//! that is gone once someone else may hold it (meanwhile, what is sent to the
+//! old id finds no user and is refused like any unknown recipient). Names not
+//! found are not remembered (they may be registered a moment later). This
+//! takes the store off the path of every directed message and token check.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use moka::sync::Cache;
 
@@ -16,6 +20,10 @@ use crate::{
 
 /// Names remembered at most; the least used go first.
 const CAPACITY: u64 = 100_000;
+
+/// How long a name is remembered; the shortest time a deleted account's name
+/// may be kept from others is longer.
+pub const TIME_TO_LIVE: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, Clone)]
 pub struct Named {
@@ -31,7 +39,10 @@ pub struct NameCache {
 impl Default for NameCache {
     fn default() -> Self {
         Self {
-            names: Cache::new(CAPACITY),
+            names: Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(TIME_TO_LIVE)
+                .build(),
         }
     }
 }
@@ -57,7 +68,16 @@ impl NameCache {
             id,
             username: username.into(),
         };
-        self.names.insert(username.to_lowercase(), named.clone());
+        if let Some(key) = Username::lookup_key(username) {
+            self.names.insert(key, named.clone());
+        }
         named
+    }
+
+    /// The account of `username` was deleted.
+    pub fn forget(&self, username: &str) {
+        if let Some(key) = Username::lookup_key(username) {
+            self.names.invalidate(&key);
+        }
     }
 }

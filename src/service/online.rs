@@ -1,8 +1,9 @@
 //! The online-contacts panel: which of a user's contacts are online, and where.
 //!
 //! Clients poll it, so it must not read the store every time. Each viewer's
-//! visible contacts (id, name and key, none of which ever change) are kept in
-//! process with the version of the viewer's contact list they were read under.
+//! visible contacts (id, name and key) are kept in process with the version of
+//! the viewer's contact list they were read under; a contact that publishes a
+//! new key or deletes its account changes the version of every list it is on.
 //! The presence backend answers the current version in the same round trip that
 //! locates the contacts, so a list changed through any replica is read again at
 //! once; and presence records `last_seen` at the instant the store does, so an

@@ -8,8 +8,8 @@ use std::{sync::Arc, time::Duration};
 use super::{AuthUser, Error, Result, Services, hub::Outbox};
 use crate::{
     bus::{Audience, Event},
-    config::{NoticeAudience, Switch},
-    domain::{ClientFrame, DirectMessage, Endpoint, MessageContent},
+    config::{Switch, Visibility},
+    domain::{ClientFrame, DirectMessage, Endpoint, MessageContent, time::iso},
     metrics::{self, StoredVia, messages_stored},
     ratelimit::{Limit, LocalBudget},
     store::{Admission, InboxMessage, MailboxQuota, Message, NewMessage},
@@ -18,6 +18,14 @@ use chrono::Utc;
 use serde_json::json;
 
 const TOO_MANY: Error = Error::Limited("Too many connections", Duration::from_secs(1));
+
+/// CR, LF, and the other characters that end a line on some screen.
+fn is_line_break(c: char) -> bool {
+    matches!(
+        c,
+        '\n' | '\r' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+    )
+}
 
 /// `{"error": "..."}`, the frame that answers a client's mistake.
 pub fn error_frame(message: &str) -> String {
@@ -95,10 +103,41 @@ impl Services {
         Ok(())
     }
 
-    /// Handles one text frame of `sender`'s; returns the reply for the sender,
-    /// if any.
-    pub async fn on_text(&self, sender: &AuthUser, text: &str) -> Option<String> {
+    /// Handles one text frame of `sender`'s, on its connection `connection`;
+    /// returns the reply for the sender, if any. An `auth` frame renews
+    /// `sender` in place.
+    pub async fn on_text(
+        &self,
+        sender: &mut AuthUser,
+        connection: u64,
+        text: &str,
+    ) -> Option<String> {
         let (recipient_username, content) = match ClientFrame::parse(text) {
+            ClientFrame::Auth { token } => {
+                return Some(
+                    match self.renew_connection(sender, connection, &token).await {
+                        Ok(renewed) => {
+                            *sender = renewed;
+                            json!({"type": "authenticated", "expires_at": iso(sender.expires_at)})
+                                .to_string()
+                        }
+                        Err(Error::Unauthenticated(why)) => {
+                            error_frame(&format!("{why}; the connection keeps its current token"))
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = format!("{err:#}"), "renewal failed");
+                            error_frame("the token could not be checked; try again")
+                        }
+                    },
+                );
+            }
+            // One line per sender: a line break would let it write a line that
+            // looks like someone else's, or like the server's own notices.
+            ClientFrame::Broadcast(text) if text.contains(is_line_break) => {
+                return Some(error_frame(
+                    "a broadcast must be one line: line breaks are not relayed",
+                ));
+            }
             ClientFrame::Broadcast(text) => {
                 self.broadcast(sender, text).await;
                 return None;
@@ -182,10 +221,14 @@ impl Services {
         }
         // Batched with the other offline messages being stored, like `POST
         // /messages/`.
-        if let Admission::MailboxFull = self.writer.store(NewMessage::from(&*message)).await? {
-            return Ok(Some(error_frame(
-                "recipient's mailbox is full; the message was not stored",
-            )));
+        match self.writer.store(NewMessage::from(&*message)).await? {
+            Admission::Stored(_) => {}
+            Admission::MailboxFull => {
+                return Ok(Some(error_frame(
+                    "recipient's mailbox is full; the message was not stored",
+                )));
+            }
+            Admission::NoRecipient => return Ok(Some(error_frame("recipient not found"))),
         }
         messages_stored(StoredVia::Offline, 1);
         Ok(Some(
@@ -265,6 +308,37 @@ impl Services {
         Ok(connections)
     }
 
+    /// Renews a connection's authentication in-band with `token`, which must
+    /// name the same user: the connection now lasts as long as that token (and
+    /// the grace after it), and closes when it is revoked. The connection is
+    /// counted under the new token before it leaves the old one, so the user
+    /// never appears to go offline.
+    pub async fn renew_connection(
+        &self,
+        user: &AuthUser,
+        connection: u64,
+        token: &str,
+    ) -> Result<AuthUser> {
+        let renewed = self.authenticate(token).await?;
+        if renewed.id != user.id {
+            return Err(Error::Unauthenticated("The token names another user"));
+        }
+        if renewed.jti == user.jti {
+            return Ok(renewed);
+        }
+        let (now, peer) = (Utc::now(), self.hub.endpoint(user.id, connection));
+        if let Some(peer) = peer {
+            self.presence
+                .connection_opened(user.id, &renewed.jti, peer, now)
+                .await?;
+            self.hub.rebind(user.id, connection, &renewed.jti);
+            self.presence
+                .connection_closed(user.id, &user.jti, now)
+                .await?;
+        }
+        Ok(renewed)
+    }
+
     /// The reverse of [`Services::open_connection`]: lets the connection go,
     /// and tells others if it was the user's last anywhere.
     pub async fn close_connection(&self, user: &AuthUser, connection: u64) {
@@ -294,11 +368,13 @@ impl Services {
         }
     }
 
-    /// `系统消息: 用户 {username} 已上线。` (or 已下线) to the configured audience.
+    /// `系统消息: 用户 {username} 已上线。` (or 已下线) to those who may see the
+    /// user's presence: everyone under `open` visibility, the users it has
+    /// accepted under `contacts`.
     async fn notify(&self, user: &AuthUser, what: &str) {
-        let audience = match self.settings.presence_notices {
-            NoticeAudience::All => Ok(Audience::AllExcept(user.id)),
-            NoticeAudience::Contacts => self.store.watchers(user.id).await.map(Audience::Users),
+        let audience = match self.settings.address_visibility {
+            Visibility::Open => Ok(Audience::AllExcept(user.id)),
+            Visibility::Contacts => self.store.consented(user.id).await.map(Audience::Users),
         };
         let text = format!("系统消息: 用户 {} {what}。", user.username);
         let result = match audience {
@@ -367,8 +443,10 @@ impl Services {
                 sent_at: Utc::now(),
             })
             .await?;
-        let Admission::Stored(stored) = admission else {
-            return Err(Error::MAILBOX_FULL);
+        let stored = match admission {
+            Admission::Stored(stored) => stored,
+            Admission::MailboxFull => return Err(Error::MAILBOX_FULL),
+            Admission::NoRecipient => return Err(Error::NotFound("Recipient not found")),
         };
         messages_stored(StoredVia::Http, 1);
         Ok(stored)

@@ -10,6 +10,7 @@ fn new_user(name: &str, email: &str) -> NewUser {
     NewUser {
         username: name.into(),
         username_key: name.to_lowercase(),
+        username_skeleton: format!("skeleton-of-{}", name.to_lowercase()),
         email: email.into(),
         email_key: email.to_lowercase(),
         password_hash: format!("hash-of-{name}"),
@@ -200,7 +201,7 @@ async fn store_all(s: &dyn Store, messages: &[NewMessage]) -> Vec<Message> {
         .into_iter()
         .map(|a| match a {
             Admission::Stored(m) => m,
-            Admission::MailboxFull => panic!("refused without a quota"),
+            refused => panic!("refused without a quota: {refused:?}"),
         })
         .collect()
 }
@@ -296,6 +297,7 @@ pub async fn mailboxes_hold_what_their_quota_allows(s: &dyn Store) {
             .map(|a| match a {
                 Admission::Stored(m) => Some(m.content),
                 Admission::MailboxFull => None,
+                Admission::NoRecipient => panic!("the recipient exists"),
             })
             .collect()
     };
@@ -368,4 +370,139 @@ pub async fn mailboxes_hold_what_their_quota_allows(s: &dyn Store) {
         s.mailbox_usage(friend.id).await.unwrap(),
         MailboxUsage::default()
     );
+}
+
+pub async fn lookalike_names_are_duplicates(s: &dyn Store) {
+    user(s, "alice").await;
+    let mut lookalike = new_user("аlice", "other@example.com");
+    lookalike.username_skeleton = "skeleton-of-alice".into();
+    assert!(matches!(
+        s.create_user(lookalike).await,
+        Err(StoreError::Duplicate)
+    ));
+    // Users from before skeletons get theirs, unless another holds it.
+    let (bob, carol) = (user(s, "bob").await, user(s, "carol").await);
+    for id in [bob.id, carol.id] {
+        assert!(s.set_username_keys(id, "x", "y").await.is_ok());
+    }
+    assert!(
+        !s.set_username_keys(carol.id, "x2", "skeleton-of-alice")
+            .await
+            .unwrap()
+    );
+    assert!(s.unkeyed_users(0, 10).await.unwrap().is_empty());
+}
+
+pub async fn presence_consent_is_one_sided(s: &dyn Store) {
+    let (a, b, c) = (user(s, "a").await, user(s, "b").await, user(s, "c").await);
+    // a added b (b only has a request); b and c are contacts both ways.
+    s.add_contact(a.id, b.id).await.unwrap();
+    s.add_contact(b.id, c.id).await.unwrap();
+    s.accept_request(c.id, b.id).await.unwrap().unwrap();
+    let sorted = |mut ids: Vec<UserId>| {
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(s.consented(a.id).await.unwrap(), vec![b.id]);
+    assert_eq!(s.consented(b.id).await.unwrap(), vec![c.id], "not a");
+    assert_eq!(sorted(s.watchers(b.id).await.unwrap()), vec![a.id, c.id]);
+    let everyone = [a.id, b.id, c.id];
+    assert_eq!(
+        s.consenting(a.id, &everyone).await.unwrap(),
+        Vec::<UserId>::new()
+    );
+    assert_eq!(
+        sorted(s.consenting(b.id, &everyone).await.unwrap()),
+        vec![a.id, c.id]
+    );
+    assert_eq!(s.consenting(c.id, &everyone).await.unwrap(), vec![b.id]);
+    assert_eq!(s.consenting(c.id, &[]).await.unwrap(), Vec::<UserId>::new());
+}
+
+pub async fn accounts_change_and_go(s: &dyn Store) {
+    let (a, b, c) = (user(s, "a").await, user(s, "b").await, user(s, "c").await);
+    s.set_password_hash(a.id, "new-hash").await.unwrap();
+    assert_eq!(
+        s.credentials("a").await.unwrap().unwrap().password_hash,
+        "new-hash"
+    );
+    let changed = s
+        .set_public_key(a.id, "new-key", t(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (changed.public_key.as_str(), changed.key_changed_at),
+        ("new-key", Some(t(5)))
+    );
+    assert_eq!(
+        s.user_by_id(b.id).await.unwrap().unwrap().key_changed_at,
+        None
+    );
+    s.add_contact(a.id, b.id).await.unwrap();
+    s.accept_request(b.id, a.id).await.unwrap().unwrap();
+    s.add_contact(c.id, a.id).await.unwrap();
+    store_all(
+        s,
+        &[
+            message(&a, &b, "from a"),
+            message(&b, &a, "to a"),
+            message(&c, &b, "from c"),
+        ],
+    )
+    .await;
+    let mut related = s
+        .delete_user(a.id, Utc::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap()
+        .unwrap();
+    related.sort_unstable();
+    assert_eq!(related, vec![b.id, c.id]);
+    assert!(s.user_by_id(a.id).await.unwrap().is_none());
+    assert!(s.contacts(b.id, 0, 10).await.unwrap().is_empty());
+    assert!(
+        s.pending_requests(c.id).await.unwrap().is_empty()
+            && s.contacts(c.id, 0, 10).await.unwrap().is_empty()
+    );
+    let left: Vec<String> = s
+        .take_unread(b.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(left, ["from c"], "a's messages went with it");
+    assert_eq!(
+        s.mailbox_usage(b.id).await.unwrap(),
+        MailboxUsage::default()
+    );
+    assert!(s.delete_user(a.id, Utc::now()).await.unwrap().is_none());
+    // What is sent to it now finds nobody; its name is kept from others.
+    let sent = s
+        .store_messages(
+            &[message(&b, &a, "late"), message(&c, &b, "ok")],
+            MailboxQuota::NONE,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(sent[..], [Admission::NoRecipient, Admission::Stored(_)]),
+        "{sent:?}"
+    );
+    assert!(matches!(
+        s.add_contact(b.id, a.id).await,
+        Err(StoreError::NoSuchUser)
+    ));
+    assert!(matches!(
+        s.create_user(new_user("A", "fresh@example.com")).await,
+        Err(StoreError::Duplicate)
+    ));
+    // Once the name's time is over, it may be registered again.
+    s.delete_user(c.id, Utc::now() - chrono::Duration::seconds(1))
+        .await
+        .unwrap()
+        .unwrap();
+    s.create_user(new_user("c", "c2@example.com"))
+        .await
+        .unwrap();
 }

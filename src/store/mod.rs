@@ -24,6 +24,8 @@ pub struct User {
     pub public_key: String,
     pub created_at: DateTime<Utc>,
     pub last_seen: Option<DateTime<Utc>>,
+    /// When the user last published a new public key (`None`: not since registering).
+    pub key_changed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -37,6 +39,8 @@ pub struct Credentials {
 pub struct NewUser {
     pub username: String,
     pub username_key: String,
+    /// Unique: no two users' names look alike.
+    pub username_skeleton: String,
     pub email: String,
     pub email_key: String,
     pub password_hash: String,
@@ -158,6 +162,8 @@ pub enum Admission {
     Stored(Message),
     /// The recipient's mailbox had no room for it under the quota.
     MailboxFull,
+    /// The recipient no longer exists (its account was deleted).
+    NoRecipient,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +172,9 @@ pub enum StoreError {
     Duplicate,
     #[error("already a contact")]
     AlreadyContact,
+    /// A user named by id does not exist (any more).
+    #[error("no such user")]
+    NoSuchUser,
     #[error("the store is unreachable")]
     Unavailable(#[source] anyhow::Error),
     #[error(transparent)]
@@ -196,6 +205,35 @@ pub trait Store: Send + Sync + 'static {
     ) -> Pending<'a, Vec<User>>;
     fn touch_last_seen(&self, id: UserId, at: DateTime<Utc>) -> Pending<'_, ()>;
 
+    /// Users whose name has no skeleton yet (registered before skeletons
+    /// existed), with ids above `after`, by id: `(id, username)`.
+    fn unkeyed_users(&self, after: UserId, limit: i64) -> Pending<'_, Vec<(UserId, String)>>;
+    /// Sets a user's look-up key and skeleton; false (and nothing changed) when
+    /// another user holds either.
+    fn set_username_keys<'a>(
+        &'a self,
+        id: UserId,
+        key: &'a str,
+        skeleton: &'a str,
+    ) -> Pending<'a, bool>;
+    fn set_password_hash<'a>(&'a self, id: UserId, hash: &'a str) -> Pending<'a, ()>;
+    /// Replaces the user's public key and records when; `None` when the user is gone.
+    fn set_public_key<'a>(
+        &'a self,
+        id: UserId,
+        public_key: &'a str,
+        at: DateTime<Utc>,
+    ) -> Pending<'a, Option<User>>;
+    /// Deletes the user with its contacts, requests and messages (sent and
+    /// received), and keeps its name from being registered before
+    /// `name_retired_until`. Returns the users it had a contact row with
+    /// (either side), or `None` when there was no such user.
+    fn delete_user(
+        &self,
+        id: UserId,
+        name_retired_until: DateTime<Utc>,
+    ) -> Pending<'_, Option<Vec<UserId>>>;
+
     /// `owner` accepts `other` on its side; `other` gets a pending request unless it
     /// already has a row. [`StoreError::AlreadyContact`] when `owner` had accepted already.
     fn add_contact(&self, owner: UserId, other: UserId) -> Pending<'_, Contact>;
@@ -216,11 +254,18 @@ pub trait Store: Send + Sync + 'static {
         username_key: &'a str,
         visibility: Visibility,
     ) -> Pending<'a, Option<User>>;
-    /// Users that have `subject` as an accepted contact.
+    /// Users that have `subject` as an accepted contact on their side.
     fn watchers(&self, subject: UserId) -> Pending<'_, Vec<UserId>>;
+    /// The users `subject` has accepted as contacts on its own side: those it
+    /// consents to show its presence to.
+    fn consented(&self, subject: UserId) -> Pending<'_, Vec<UserId>>;
+    /// Which of `subjects` have accepted `viewer` on their side (consent to
+    /// show it their presence), in no particular order.
+    fn consenting<'a>(&'a self, viewer: UserId, subjects: &'a [UserId])
+    -> Pending<'a, Vec<UserId>>;
 
     /// Stores the messages that fit their recipients' mailboxes under
-    /// `quota`, in order, in one transaction of a few round trips whatever
+    /// `quota` (a message to a user that no longer exists is not stored), in order, in one transaction of a few round trips whatever
     /// their number; answers for each in input order.
     fn store_messages<'a>(
         &'a self,

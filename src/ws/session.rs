@@ -132,11 +132,24 @@ impl Session {
             heard.clone(),
             ping_every,
         ));
-        read_loop(state, user, &mut stream, &self.outbox, closer, &heard).await;
+        let mut user = user.clone();
+        let connection = self.connection;
+        read_loop(
+            state,
+            &mut user,
+            connection,
+            &mut stream,
+            &self.outbox,
+            closer,
+            &heard,
+        )
+        .await;
         closer.finish();
         // The user leaves the hub and presence now, not once the writer is
         // done: a client that stopped reading may keep it for a while.
-        if let Some(teardown) = self.teardown.take() {
+        if let Some(mut teardown) = self.teardown.take() {
+            // Under the token it last renewed with.
+            teardown.user = user;
             teardown.run().await;
         }
         // The writer bounds its own closing; this only guards against a bug.
@@ -201,9 +214,19 @@ async fn push_offline(
     result
 }
 
+/// When a connection authenticated by `user`'s token must end: the grace
+/// after the token expires.
+fn session_deadline(user: &AuthUser, grace: Duration) -> tokio::time::Instant {
+    let left = (user.expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::Instant::now() + left.saturating_add(grace)
+}
+
 async fn read_loop(
     state: &AppState,
-    user: &AuthUser,
+    user: &mut AuthUser,
+    connection: u64,
     stream: &mut SplitStream<WebSocket>,
     outbox: &Outbox,
     closer: &Closer,
@@ -214,9 +237,16 @@ async fn read_loop(
     // Registered once: a fresh `cancelled()` per frame would lock the token each time.
     let cancelled = closer.token().cancelled();
     tokio::pin!(cancelled);
+    let grace = state.settings.ws_token_grace();
+    let expiry = tokio::time::sleep_until(session_deadline(user, grace));
+    tokio::pin!(expiry);
     loop {
         let frame = tokio::select! {
             _ = &mut cancelled => return,
+            _ = &mut expiry => {
+                closer.close(Disconnect::TokenExpired);
+                return;
+            }
             frame = stream.next() => frame,
         };
         heard.store(true, Ordering::Relaxed);
@@ -231,7 +261,15 @@ async fn read_loop(
             Some(Ok(Message::Text(text))) => match state.services.admit_frame(&mut budget).await {
                 Ok(()) => {
                     refused_in_a_row = 0;
-                    state.services.on_text(user, text.as_str()).await
+                    let jti = user.jti.clone();
+                    let reply = state
+                        .services
+                        .on_text(user, connection, text.as_str())
+                        .await;
+                    if user.jti != jti {
+                        expiry.as_mut().reset(session_deadline(user, grace));
+                    }
+                    reply
                 }
                 Err(wait) => {
                     refused_in_a_row += 1;

@@ -21,18 +21,26 @@ async fn adding_by_name_makes_a_request_the_other_side_accepts() {
     assert_eq!(entry["id"], bob.id);
     assert_eq!(entry["username"], "bob");
     assert_eq!(entry["public_key"], "pk-bob");
-    assert_eq!(entry["is_online"], true);
+    // Bob has not accepted alice: his presence is not hers to see.
+    assert_eq!(entry["is_online"], false);
     assert_eq!(entry["user_id"], alice.id);
     assert_eq!(entry["friend_id"], bob.id);
     assert_eq!(entry["status"], "accepted");
-    assert!(entry["created_at"].is_string() && entry["last_seen"].is_string());
+    assert!(entry["created_at"].is_string() && entry["last_seen"].is_null());
+    assert!(entry["key_changed_at"].is_null());
     assert_eq!(entry["friend"]["id"], bob.id);
     assert_eq!(entry["friend"]["username"], "bob");
 
-    // Alice lists bob; bob has a request from alice.
+    // Alice lists bob (still without his presence); bob has a request from
+    // alice, who consented by asking.
     let (_, list) = app.get("/me/contacts/", &alice.token).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["username"], "bob");
+    assert_eq!(
+        (&list[0]["is_online"], &list[0]["last_seen"]),
+        (&json!(false), &json!(null))
+    );
+    assert_eq!(list[0]["friend"]["last_seen"], json!(null));
     assert_eq!(app.get("/me/contacts", &bob.token).await.1, json!([]));
     let (status, pending) = app.get("/me/contacts/pending", &bob.token).await;
     assert_eq!(status, StatusCode::OK);
@@ -64,10 +72,15 @@ async fn adding_by_name_makes_a_request_the_other_side_accepts() {
         (Some(alice.id), Some("accepted"))
     );
     assert_eq!(accepted["user_id"], bob.id);
+    assert_eq!(accepted["is_online"], true, "alice consented");
     assert_eq!(
         app.get("/me/contacts/", &bob.token).await.1[0]["username"],
         "alice"
     );
+    // Now bob consents too.
+    let (_, list) = app.get("/me/contacts/", &alice.token).await;
+    assert_eq!(list[0]["is_online"], true);
+    assert!(list[0]["last_seen"].is_string() && list[0]["friend"]["last_seen"].is_string());
     assert_eq!(
         app.get("/me/contacts/pending", &bob.token).await.1,
         json!([])

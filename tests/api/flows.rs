@@ -99,10 +99,11 @@ async fn a_revision_client_works_unchanged() {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
 
+    // Bob is online, but has not accepted alice: she does not see it.
     let (_, found) = app.get("/users/search/bob", &alice.token).await;
     assert_eq!(
         found,
-        json!([{"id": bob.id, "username": "bob", "is_online": true}])
+        json!([{"id": bob.id, "username": "bob", "is_online": false}])
     );
     let (status, _) = app
         .post(

@@ -22,6 +22,8 @@ pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when `METRICS_BIND` gave it its own listener.
+    pub metrics_addr: Option<SocketAddr>,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -161,6 +163,12 @@ pub async fn spawn() -> TestApp {
     spawn_with(|_| {}).await
 }
 
+/// A server that shows every user's presence to everyone, as the seed's did
+/// (`ADDRESS_VISIBILITY=open`): online/offline notices reach every connected user.
+pub async fn spawn_open() -> TestApp {
+    spawn_with(|s| s.address_visibility = secchat::config::Visibility::Open).await
+}
+
 /// A server with some settings changed, e.g. `|s| s.presence_lease_secs = 1`.
 /// The backend's data lives as long as the returned app.
 pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
@@ -179,6 +187,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The public key `register` gives a user: `pk-{name}`, with each character
+/// that base64 text cannot hold as `_`.
+pub fn public_key_of(name: &str) -> String {
+    let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '_');
+    let key: String = name
+        .chars()
+        .map(|c| if base64(c) { c } else { '_' })
+        .collect();
+    format!("pk-{key}")
+}
+
 pub fn password_of(name: &str) -> String {
     format!("pw-{name}-secret")
 }
@@ -188,6 +207,7 @@ impl TestApp {
     pub fn at(addr: SocketAddr) -> TestApp {
         TestApp {
             addr,
+            metrics_addr: None,
             http: reqwest::Client::new(),
             stop: None,
             server: None,
@@ -200,12 +220,14 @@ impl TestApp {
         logs_if_asked();
         let app = App::build(settings).await.expect("app builds");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
         TestApp {
             addr,
+            metrics_addr,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -322,7 +344,7 @@ impl TestApp {
                     "username": name,
                     "email": format!("{name}@example.com"),
                     "password": password_of(name),
-                    "public_key": format!("pk-{name}"),
+                    "public_key": public_key_of(name),
                 })),
             )
             .await;
@@ -432,10 +454,12 @@ impl WsClient {
         self.send_text(&value.to_string()).await;
     }
 
-    /// The next text frame; pings and pongs are skipped.
+    /// The next text frame; pings and pongs are skipped (but do not extend
+    /// the wait).
     pub async fn text(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let frame = tokio::time::timeout(PATIENCE, self.stream.next())
+            let frame = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("a frame in time")
                 .expect("the stream is open")

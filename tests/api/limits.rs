@@ -6,7 +6,7 @@ use std::{process::Stdio, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
-use secchat::config::Switch;
+use secchat::config::{Switch, Visibility};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -88,6 +88,7 @@ async fn connections_over_the_cap_get_503_at_once() {
 #[tokio::test]
 async fn a_client_that_never_reads_its_replies_is_let_go_at_logout() {
     let app = spawn_with(|s| {
+        s.address_visibility = Visibility::Open;
         s.ws_queue_len = 8;
         s.rate_limits = Switch::Off; // it sends as fast as it can
     })

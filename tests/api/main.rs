@@ -1,5 +1,6 @@
 //! The black-box suite: every route of the contract, driven over real sockets.
 
+mod account_security;
 mod accounts;
 mod bad_input;
 mod cluster;
@@ -12,5 +13,6 @@ mod load_balancer;
 mod messages;
 mod ops;
 mod p2p;
+mod privacy;
 mod ratelimits;
 mod ws;

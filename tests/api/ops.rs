@@ -237,7 +237,11 @@ async fn short_secrets_are_refused() {
 
 #[tokio::test]
 async fn relay_metrics_move_with_websocket_traffic() {
-    let app = crate::helpers::spawn_with(|s| s.presence_lease_secs = 3).await;
+    let app = crate::helpers::spawn_with(|s| {
+        s.presence_lease_secs = 3;
+        s.address_visibility = secchat::config::Visibility::Open;
+    })
+    .await;
     let alice = app.user("ws-alice").await;
     let bob = app.user("ws-bob").await;
     let mut a = app.ws(&alice.token).await;
@@ -450,4 +454,30 @@ async fn cors_allows_only_the_configured_origins() {
     );
     let other = preflight("https://evil.example.net").await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+/// With `METRICS_BIND`, `/metrics` is served on that internal listener only.
+#[tokio::test]
+async fn metrics_can_move_to_an_internal_listener() {
+    let app =
+        crate::helpers::spawn_with(|s| s.metrics_bind = Some("127.0.0.1:0".parse().unwrap())).await;
+    let (status, _) = app.call(reqwest::Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let internal = app.metrics_addr.expect("a metrics listener");
+    let response = app
+        .http
+        .get(format!("http://{internal}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains("secchat_"));
+    // Nothing else is served there.
+    let other = app
+        .http
+        .get(format!("http://{internal}/users/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
 }

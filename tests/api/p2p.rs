@@ -129,3 +129,38 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         drop(bob);
     }
 }
+
+/// Behind trusted proxies, the client is the right-most hop that is not a
+/// proxy; when every hop is trusted, only the right-most one is believed (the
+/// others may be the client's own words), and the port is the one the proxy
+/// passed on with it, never the proxy's own source port.
+#[tokio::test]
+async fn forwarded_for_believes_only_what_a_trusted_proxy_wrote() {
+    let app = spawn_with(|s| s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    for (xff, ip, port) in [
+        ("127.9.9.9, 127.0.0.55:6100", "127.0.0.55", 6100),
+        ("198.51.100.4:5000, 203.0.113.7:4242", "203.0.113.7", 4242),
+        ("203.0.113.7", "203.0.113.7", 0),
+    ] {
+        let response = app
+            .http
+            .post(app.url("/token"))
+            .header("x-forwarded-for", xff)
+            .form(&[
+                ("username", "bob"),
+                ("password", &crate::helpers::password_of("bob")),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let info = app.get("/users/bob/connection-info", &alice.token).await.1;
+        assert_eq!(
+            (info["ip_address"].as_str(), info["port"].as_u64()),
+            (Some(ip), Some(port)),
+            "{xff}"
+        );
+    }
+    drop(bob);
+}

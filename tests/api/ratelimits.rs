@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use reqwest::{StatusCode, header::RETRY_AFTER};
-use secchat::config::{Settings, Switch};
+use secchat::config::{Settings, Switch, Visibility};
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, WsClient, password_of, spawn_with};
@@ -28,6 +28,8 @@ fn only(configure: impl FnOnce(&mut Settings)) -> impl FnOnce(&mut Settings) {
         s.offline_rate_per_sender = plenty;
         s.ws_frame_rate_per_connection = plenty;
         s.ws_frame_rate_per_user = plenty;
+        // Presence notices to everyone: tests wait for them.
+        s.address_visibility = Visibility::Open;
         configure(s);
     }
 }

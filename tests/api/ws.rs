@@ -3,11 +3,11 @@ use std::{collections::HashSet, time::Duration};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
-use secchat::config::{NoticeAudience, Switch};
+use secchat::config::{Switch, Visibility};
 use serde_json::{Value, json};
 use tokio_tungstenite::{connect_async, tungstenite::Message};
 
-use crate::helpers::{JWT_SECRET, TestApp, eventually, spawn, spawn_with};
+use crate::helpers::{JWT_SECRET, TestApp, eventually, spawn, spawn_open, spawn_with};
 
 fn forge(alg: Algorithm, secret: &str, claims: Value) -> String {
     encode(
@@ -147,7 +147,7 @@ async fn logout_closes_that_tokens_sockets_and_refuses_it_afterwards() {
 
 #[tokio::test]
 async fn join_and_leave_notices_are_per_user() {
-    let app = spawn().await;
+    let app = spawn_open().await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut watcher = app.ws(&alice.token).await;
@@ -161,21 +161,36 @@ async fn join_and_leave_notices_are_per_user() {
     assert_eq!(watcher.text().await, offline_notice("bob"));
 }
 
+/// By default (`contacts` visibility) a user's notices reach only the users
+/// it accepted: not one who merely added it, nor a stranger.
 #[tokio::test]
-async fn contacts_only_notices_reach_only_watchers() {
-    let app = spawn_with(|s| s.presence_notices = NoticeAudience::Contacts).await;
+async fn notices_reach_only_users_the_subject_accepted() {
+    let app = spawn().await;
     let (alice, bob) = app.friends("alice", "bob").await;
-    let carol = app.user("carol").await;
+    let (carol, dave) = (app.user("carol").await, app.user("dave").await);
+    // carol added bob; bob has only a request from her.
+    let (status, _) = app
+        .post(
+            "/me/contacts/",
+            &carol.token,
+            json!({"friend_username": "bob"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     let mut alice_ws = app.ws(&alice.token).await;
     let mut carol_ws = app.ws(&carol.token).await;
-    let _bob_ws = app.ws(&bob.token).await;
+    let mut dave_ws = app.ws(&dave.token).await;
+    let bob_ws = app.ws(&bob.token).await;
     assert_eq!(alice_ws.text().await, online_notice("bob"));
+    drop(bob_ws);
+    assert_eq!(alice_ws.text().await, offline_notice("bob"));
     carol_ws.silent_for(Duration::from_millis(300)).await;
+    dave_ws.silent_for(Duration::from_millis(10)).await;
 }
 
 #[tokio::test]
 async fn text_frames_are_broadcast_to_every_other_user() {
-    let app = spawn().await;
+    let app = spawn_open().await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let carol = app.user("carol").await;
@@ -200,7 +215,7 @@ async fn text_frames_are_broadcast_to_every_other_user() {
 
 #[tokio::test]
 async fn directed_messages_reach_every_device_of_the_recipient_only() {
-    let app = spawn().await;
+    let app = spawn_open().await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let carol = app.user("carol").await;
@@ -299,7 +314,11 @@ async fn bad_frames_get_an_error_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn oversized_frames_are_never_relayed() {
-    let app = spawn_with(|s| s.max_message_bytes = 1024).await;
+    let app = spawn_with(|s| {
+        s.max_message_bytes = 1024;
+        s.address_visibility = Visibility::Open;
+    })
+    .await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut b = app.ws(&bob.token).await;
@@ -316,7 +335,11 @@ async fn oversized_frames_are_never_relayed() {
 
 #[tokio::test]
 async fn the_server_pings_and_drops_silent_clients() {
-    let app = spawn_with(|s| s.ws_ping_secs = 1).await;
+    let app = spawn_with(|s| {
+        s.ws_ping_secs = 1;
+        s.address_visibility = Visibility::Open;
+    })
+    .await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut watcher = app.ws(&alice.token).await;
@@ -460,7 +483,11 @@ async fn shutdown_closes_websockets_with_1001() {
 
 #[tokio::test]
 async fn a_client_that_stopped_reading_is_let_go_without_its_help() {
-    let app = spawn_with(|s| s.ws_queue_len = 8).await;
+    let app = spawn_with(|s| {
+        s.ws_queue_len = 8;
+        s.address_visibility = Visibility::Open;
+    })
+    .await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let carol = app.user("carol").await;

@@ -159,7 +159,12 @@ impl Presence for MemoryPresence {
         Ok(())
     }
 
-    async fn sign_off(&self, user: UserId, jti: &str, seen: DateTime<Utc>) -> PresenceResult<bool> {
+    async fn sign_off(
+        &self,
+        user: UserId,
+        jti: Option<&str>,
+        seen: DateTime<Utc>,
+    ) -> PresenceResult<bool> {
         Ok(self.with(|state, _| {
             let Some(entry) = state.entries.get_mut(&user) else {
                 return false;
@@ -167,7 +172,7 @@ impl Presence for MemoryPresence {
             let others_connected = entry
                 .connections
                 .iter()
-                .any(|(token, n)| token != jti && *n > 0);
+                .any(|(token, n)| jti.is_some_and(|jti| token != jti) && *n > 0);
             if others_connected {
                 entry.seen(seen);
             } else {

@@ -52,7 +52,17 @@ impl Keyspace {
     }
 
     pub fn revoked(&self, jti: &str) -> String {
-        format!("{}:revoked:{jti}", self.prefix)
+        format!("{}{jti}", self.revoked_prefix())
+    }
+
+    /// What every revoked-token key starts with.
+    pub fn revoked_prefix(&self) -> String {
+        format!("{}:revoked:", self.prefix)
+    }
+
+    /// The unexpired tokens issued to one user, by expiry.
+    pub fn tokens(&self, user: UserId) -> String {
+        format!("{}:tokens:{user}", self.prefix)
     }
 
     /// Events for one user's connections: directed messages, session closes.

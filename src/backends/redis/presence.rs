@@ -207,13 +207,18 @@ impl Presence for RedisPresence {
             .await
     }
 
-    async fn sign_off(&self, user: UserId, jti: &str, seen: DateTime<Utc>) -> PresenceResult<bool> {
+    async fn sign_off(
+        &self,
+        user: UserId,
+        jti: Option<&str>,
+        seen: DateTime<Utc>,
+    ) -> PresenceResult<bool> {
         let mut call = SIGN_OFF.prepare_invoke();
         call.key(self.keys.sightings())
             .key(self.keys.connections(user))
             .key(self.keys.replicas())
             .key(self.keys.online())
-            .arg(jti)
+            .arg(jti.unwrap_or_default())
             .arg(user)
             .arg(seen.timestamp_millis());
         let others: i64 = self
@@ -341,7 +346,7 @@ mod tests {
             1,
             "r1's count is gone"
         );
-        assert!(!alive.sign_off(1, "u", Utc::now()).await.unwrap());
+        assert!(!alive.sign_off(1, Some("u"), Utc::now()).await.unwrap());
     }
 
     #[tokio::test]

@@ -1,12 +1,22 @@
-//! Revoked tokens in Redis: one key per token, expiring shortly after the token.
+//! Revoked tokens in Redis: one key per token, expiring shortly after the
+//! token; and each user's issued tokens, a sorted set by expiry.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use redis::Script;
+
 use super::{Keyspace, RedisCommands, now_ms, with_redis};
-use crate::revocation::{RevocationError, Revocations};
+use crate::{
+    domain::UserId,
+    revocation::{RevocationError, Revocations},
+};
+
+static ISSUED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/issued.lua")));
+static REVOKE_ALL: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/revoke_all.lua")));
 
 pub struct RedisRevocations {
     redis: Arc<RedisCommands>,
@@ -49,6 +59,37 @@ impl Revocations for RedisRevocations {
         .await
         .map_err(RevocationError)
     }
+
+    async fn issued(
+        &self,
+        user: UserId,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), RevocationError> {
+        let mut call = ISSUED.prepare_invoke();
+        call.key(self.keys.tokens(user))
+            .arg(jti)
+            .arg(expires_at.timestamp_millis())
+            .arg(now_ms());
+        with_redis(&self.redis, |mut c| async move {
+            call.invoke_async::<()>(&mut c).await
+        })
+        .await
+        .map_err(RevocationError)
+    }
+
+    async fn revoke_all(&self, user: UserId, keep: Option<&str>) -> Result<(), RevocationError> {
+        let mut call = REVOKE_ALL.prepare_invoke();
+        call.key(self.keys.tokens(user))
+            .arg(now_ms())
+            .arg(keep.unwrap_or_default())
+            .arg(self.keys.revoked_prefix());
+        with_redis(&self.redis, |mut c| async move {
+            call.invoke_async::<()>(&mut c).await
+        })
+        .await
+        .map_err(RevocationError)
+    }
 }
 
 #[cfg(test)]
@@ -60,6 +101,8 @@ mod tests {
     #[ignore = "needs Redis: run with --include-ignored (CI does)"]
     async fn contract_holds() {
         let (redis, keys) = testing::commands();
-        contract::revoked_until_expiry(&RedisRevocations::new(redis, keys)).await;
+        let revocations = RedisRevocations::new(redis, keys);
+        contract::revoked_until_expiry(&revocations).await;
+        contract::all_of_a_users_tokens_can_be_revoked(&revocations).await;
     }
 }

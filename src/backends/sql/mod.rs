@@ -18,8 +18,8 @@ use crate::{
     metrics,
     revocation::RevocationError,
     store::{
-        Contact, ContactStatus, MailboxQuota, MailboxUsage, NewMessage, StoreError, StoreResult,
-        User,
+        Admission, Contact, ContactStatus, MailboxQuota, MailboxUsage, NewMessage, StoreError,
+        StoreResult, User,
     },
 };
 
@@ -35,6 +35,8 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => Self::Unavailable(err.into()),
+            // A row refers to a user that is gone: its account was deleted meanwhile.
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => Self::NoSuchUser,
             other => Self::Other(other.into()),
         }
     }
@@ -88,10 +90,80 @@ where
     Ok(())
 }
 
+/// Records an issued token, dropping the records of expired ones.
+async fn insert_issued<'e, E>(
+    db: E,
+    user: UserId,
+    jti: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<(), RevocationError>
+where
+    E: sqlx::Executor<'e> + Copy,
+    for<'q> <E::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, E::Database>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, E::Database> + sqlx::Type<E::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, E::Database> + sqlx::Type<E::Database>,
+    for<'q> i64: sqlx::Encode<'q, E::Database> + sqlx::Type<E::Database>,
+{
+    sqlx::query("DELETE FROM issued_tokens WHERE expires_at < $1")
+        .bind(Utc::now())
+        .execute(db)
+        .await
+        .map_err(revocation_failed)?;
+    sqlx::query("INSERT INTO issued_tokens (jti, user_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(jti)
+        .bind(user)
+        .bind(expires_at)
+        .execute(db)
+        .await
+        .map_err(revocation_failed)?;
+    Ok(())
+}
+
+/// Moves every unexpired token of `user` but `keep` from the issued to the
+/// revoked ones, in one transaction; returns them with their expiry.
+async fn revoke_issued<DB>(
+    pool: &sqlx::Pool<DB>,
+    user: UserId,
+    keep: Option<&str>,
+) -> Result<Vec<(String, DateTime<Utc>)>, RevocationError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    (String, DateTime<Utc>): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let mut tx = pool.begin().await.map_err(revocation_failed)?;
+    let revoked: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "DELETE FROM issued_tokens WHERE user_id = $1 AND jti <> $2 AND expires_at >= $3
+         RETURNING jti, expires_at",
+    )
+    .bind(user)
+    .bind(keep.unwrap_or_default().to_owned())
+    .bind(Utc::now())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(revocation_failed)?;
+    for (jti, expires_at) in &revoked {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti.clone())
+        .bind(*expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(revocation_failed)?;
+    }
+    tx.commit().await.map_err(revocation_failed)?;
+    Ok(revoked)
+}
+
 /// The columns of a user (`u`), as `User` reads them.
 macro_rules! user_columns {
     () => {
-        "u.id, u.username, u.email, u.public_key, u.created_at, u.last_seen"
+        "u.id, u.username, u.email, u.public_key, u.created_at, u.last_seen, u.key_changed_at"
     };
 }
 
@@ -99,7 +171,7 @@ macro_rules! user_columns {
 macro_rules! user_json_fields {
     () => {
         "'id', u.id, 'username', u.username, 'email', u.email, 'public_key', u.public_key, \
-         'created_at', u.created_at, 'last_seen', u.last_seen"
+         'created_at', u.created_at, 'last_seen', u.last_seen, 'key_changed_at', u.key_changed_at"
     };
 }
 
@@ -155,15 +227,15 @@ pub fn usage(messages: i64, bytes: i64, from_strangers: i64) -> MailboxUsage {
 }
 
 /// Which of `messages`, in order, fit their recipients' mailboxes (rows of
-/// `(user, messages, bytes, from strangers)`) under `quota`: for each, whether
-/// it is from a stranger (not in `accepted`, rows of `(recipient, sender)`),
-/// or `None` when it does not fit.
+/// `(user, messages, bytes, from strangers)`; a recipient without one no
+/// longer exists) under `quota`: for each, whether it is from a stranger (not
+/// in `accepted`, rows of `(recipient, sender)`), or why it is refused.
 pub fn admit(
     messages: &[NewMessage],
     mailboxes: &[(i64, i64, i64, i64)],
     accepted: &[(i64, i64)],
     quota: MailboxQuota,
-) -> Vec<Option<bool>> {
+) -> Vec<Result<bool, Admission>> {
     let mut usage: HashMap<UserId, MailboxUsage> = mailboxes
         .iter()
         .map(|&(user, m, b, s)| (user, usage(m, b, s)))
@@ -174,11 +246,14 @@ pub fn admit(
         .map(|m| {
             let from_stranger = !accepted.contains(&(m.recipient_id, m.sender_id));
             let bytes = m.content.len() as u64;
-            let mailbox = usage.entry(m.recipient_id).or_default();
-            quota.admits(mailbox, bytes, from_stranger).then(|| {
-                mailbox.add(bytes, from_stranger);
-                from_stranger
-            })
+            let Some(mailbox) = usage.get_mut(&m.recipient_id) else {
+                return Err(Admission::NoRecipient);
+            };
+            if !quota.admits(mailbox, bytes, from_stranger) {
+                return Err(Admission::MailboxFull);
+            }
+            mailbox.add(bytes, from_stranger);
+            Ok(from_stranger)
         })
         .collect()
 }
@@ -205,25 +280,32 @@ macro_rules! store_methods {
             user: $crate::store::NewUser,
         ) -> $crate::store::Pending<'_, $crate::store::User> {
             $crate::backends::sql::run(async move {
+                // A name retired with a deleted account counts as taken until then.
                 let created = sqlx::query_as(
-                    "INSERT INTO users (username, username_key, email, email_key, password_hash, public_key, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
-                     RETURNING id, username, email, public_key, created_at, last_seen",
+                    "INSERT INTO users (username, username_key, username_skeleton, email, email_key,
+                                        password_hash, public_key, created_at)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8
+                     WHERE NOT EXISTS (SELECT 1 FROM retired_usernames
+                                       WHERE username_skeleton = $3 AND until > $8)
+                     RETURNING id, username, email, public_key, created_at, last_seen, key_changed_at",
                 )
                 .bind(&user.username)
                 .bind(&user.username_key)
+                .bind(&user.username_skeleton)
                 .bind(&user.email)
                 .bind(&user.email_key)
                 .bind(&user.password_hash)
                 .bind(&user.public_key)
                 .bind(chrono::Utc::now())
-                .fetch_one(&self.pool)
+                .fetch_optional(&self.pool)
                 .await;
                 match created {
                     Err(e) if $crate::backends::sql::is_unique_violation(&e) => {
                         Err($crate::store::StoreError::Duplicate)
                     }
-                    other => Ok(other?),
+                    Ok(None) => Err($crate::store::StoreError::Duplicate),
+                    Ok(Some(user)) => Ok(user),
+                    Err(other) => Err(other.into()),
                 }
             })
         }
@@ -312,6 +394,116 @@ macro_rules! store_methods {
             })
         }
 
+        fn unkeyed_users(
+            &self,
+            after: $crate::domain::UserId,
+            limit: i64,
+        ) -> $crate::store::Pending<'_, Vec<($crate::domain::UserId, String)>> {
+            $crate::backends::sql::run(async move {
+                Ok(sqlx::query_as(
+                    "SELECT id, username FROM users WHERE username_skeleton IS NULL AND id > $1
+                     ORDER BY id LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            })
+        }
+
+        fn set_username_keys<'a>(
+            &'a self,
+            id: $crate::domain::UserId,
+            key: &'a str,
+            skeleton: &'a str,
+        ) -> $crate::store::Pending<'a, bool> {
+            $crate::backends::sql::run(async move {
+                let set = sqlx::query(
+                    "UPDATE users SET username_key = $1, username_skeleton = $2 WHERE id = $3",
+                )
+                .bind(key)
+                .bind(skeleton)
+                .bind(id)
+                .execute(&self.pool)
+                .await;
+                match set {
+                    Err(e) if $crate::backends::sql::is_unique_violation(&e) => Ok(false),
+                    other => Ok(other?.rows_affected() > 0),
+                }
+            })
+        }
+
+        fn set_password_hash<'a>(
+            &'a self,
+            id: $crate::domain::UserId,
+            hash: &'a str,
+        ) -> $crate::store::Pending<'a, ()> {
+            $crate::backends::sql::run(async move {
+                sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+                    .bind(hash)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            })
+        }
+
+        fn set_public_key<'a>(
+            &'a self,
+            id: $crate::domain::UserId,
+            public_key: &'a str,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> $crate::store::Pending<'a, Option<$crate::store::User>> {
+            $crate::backends::sql::run(async move {
+                Ok(sqlx::query_as(
+                    "UPDATE users SET public_key = $1, key_changed_at = $2 WHERE id = $3
+                     RETURNING id, username, email, public_key, created_at, last_seen, key_changed_at",
+                )
+                .bind(public_key)
+                .bind(at)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            })
+        }
+
+        fn delete_user(
+            &self,
+            id: $crate::domain::UserId,
+            name_retired_until: chrono::DateTime<chrono::Utc>,
+        ) -> $crate::store::Pending<'_, Option<Vec<$crate::domain::UserId>>> {
+            $crate::backends::sql::run(async move {
+                // Written first, so that the transaction holds the write lock from the start.
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO retired_usernames (username_skeleton, until)
+                     SELECT username_skeleton, $2 FROM users WHERE id = $1 AND username_skeleton IS NOT NULL
+                     ON CONFLICT (username_skeleton) DO UPDATE SET until = EXCLUDED.until",
+                )
+                .bind(id)
+                .bind(name_retired_until)
+                .execute(&mut *tx)
+                .await?;
+                let related: Vec<$crate::domain::UserId> = sqlx::query_scalar(
+                    "SELECT friend_id FROM contacts WHERE user_id = $1
+                     UNION SELECT user_id FROM contacts WHERE friend_id = $1",
+                )
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+                // Contacts, requests, messages and the mailbox go with the user (ON DELETE CASCADE).
+                let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if deleted.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                tx.commit().await?;
+                Ok(Some(related))
+            })
+        }
+
         fn add_contact(
             &self,
             owner: $crate::domain::UserId,
@@ -349,7 +541,7 @@ macro_rules! store_methods {
                 .await?;
                 tx.commit().await?;
                 Ok($crate::store::Contact {
-                    other: $crate::backends::sql::existing(self.user_by_id(other).await?, other)?,
+                    other: $crate::backends::sql::existing(self.user_by_id(other).await?)?,
                     status: $crate::store::ContactStatus::Accepted,
                     created_at,
                 })
@@ -432,10 +624,7 @@ macro_rules! store_methods {
                 .await?;
                 tx.commit().await?;
                 Ok(Some($crate::store::Contact {
-                    other: $crate::backends::sql::existing(
-                        self.user_by_id(requester).await?,
-                        requester,
-                    )?,
+                    other: $crate::backends::sql::existing(self.user_by_id(requester).await?)?,
                     status: $crate::store::ContactStatus::Accepted,
                     created_at,
                 }))
@@ -518,6 +707,39 @@ macro_rules! store_methods {
             })
         }
 
+        fn consented(
+            &self,
+            subject: $crate::domain::UserId,
+        ) -> $crate::store::Pending<'_, Vec<$crate::domain::UserId>> {
+            $crate::backends::sql::run(async move {
+                Ok(sqlx::query_scalar(
+                    "SELECT friend_id FROM contacts WHERE user_id = $1 AND status = 'accepted'",
+                )
+                .bind(subject)
+                .fetch_all(&self.pool)
+                .await?)
+            })
+        }
+
+        fn consenting<'a>(
+            &'a self,
+            viewer: $crate::domain::UserId,
+            subjects: &'a [$crate::domain::UserId],
+        ) -> $crate::store::Pending<'a, Vec<$crate::domain::UserId>> {
+            $crate::backends::sql::run(async move {
+                if subjects.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut select = sqlx::QueryBuilder::new(
+                    "SELECT user_id FROM contacts WHERE status = 'accepted' AND friend_id = ",
+                );
+                select.push_bind(viewer);
+                select.push(" AND user_id IN ");
+                $crate::backends::sql::push_id_list(&mut select, subjects);
+                Ok(select.build_query_scalar().fetch_all(&self.pool).await?)
+            })
+        }
+
         fn store_messages<'a>(
             &'a self,
             messages: &'a [$crate::store::NewMessage],
@@ -536,11 +758,11 @@ macro_rules! store_methods {
                 let (recipients, senders) = (ids(|m| m.recipient_id), ids(|m| m.sender_id));
                 let mut tx = self.pool.begin().await?;
                 // Every recipient's mailbox row exists, so that it can be locked:
-                // concurrent batches for one mailbox take turns.
-                let mut ensure = sqlx::QueryBuilder::new("INSERT INTO mailboxes (user_id) ");
-                ensure.push_values(&recipients, |mut row, id| {
-                    row.push_bind(*id);
-                });
+                // concurrent batches for one mailbox take turns. A recipient
+                // deleted meanwhile has none, and gets nothing.
+                let mut ensure =
+                    sqlx::QueryBuilder::new("INSERT INTO mailboxes (user_id) SELECT id FROM users WHERE id IN ");
+                $crate::backends::sql::push_id_list(&mut ensure, &recipients);
                 ensure.push(" ON CONFLICT (user_id) DO NOTHING");
                 ensure.build().execute(&mut *tx).await?;
                 let mut select = sqlx::QueryBuilder::new(
@@ -562,7 +784,7 @@ macro_rules! store_methods {
                 let admitted: Vec<(&$crate::store::NewMessage, bool)> = messages
                     .iter()
                     .zip(&verdicts)
-                    .filter_map(|(m, v)| v.map(|stranger| (m, stranger)))
+                    .filter_map(|(m, v)| v.as_ref().ok().map(|stranger| (m, *stranger)))
                     .collect();
                 let mut stored = Vec::with_capacity(admitted.len());
                 // SQLite binds at most 32766 parameters per statement; five per message.
@@ -587,12 +809,12 @@ macro_rules! store_methods {
                 tx.commit().await?;
                 let mut stored = stored.into_iter();
                 Ok(verdicts
-                    .iter()
+                    .into_iter()
                     .map(|v| match v {
-                        Some(_) => $crate::store::Admission::Stored(
+                        Ok(_) => $crate::store::Admission::Stored(
                             stored.next().expect("one row per admitted message"),
                         ),
-                        None => $crate::store::Admission::MailboxFull,
+                        Err(refused) => refused,
                     })
                     .collect())
             })
@@ -698,10 +920,10 @@ macro_rules! store_methods {
 
 pub(crate) use store_methods;
 
-/// A user a contact row refers to: users are never deleted, so one that is
-/// missing is an inconsistent store, not a client error.
-pub fn existing(user: Option<User>, id: UserId) -> StoreResult<User> {
-    user.ok_or_else(|| StoreError::Other(anyhow::anyhow!("user {id} is referred to but missing")))
+/// A user a contact row just written refers to; missing if its account was
+/// deleted meanwhile.
+pub fn existing(user: Option<User>) -> StoreResult<User> {
+    user.ok_or(StoreError::NoSuchUser)
 }
 
 /// Contact rows (a user's columns, `status`, `contact_created_at`) as contacts.

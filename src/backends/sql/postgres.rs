@@ -70,6 +70,23 @@ impl Revocations for PostgresStore {
             .await
             .map_err(super::revocation_failed)
     }
+
+    async fn issued(
+        &self,
+        user: crate::domain::UserId,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), RevocationError> {
+        super::insert_issued(&self.pool, user, jti, expires_at).await
+    }
+
+    async fn revoke_all(
+        &self,
+        user: crate::domain::UserId,
+        keep: Option<&str>,
+    ) -> Result<(), RevocationError> {
+        super::revoke_issued(&self.pool, user, keep).await.map(drop)
+    }
 }
 
 #[cfg(test)]
@@ -104,11 +121,15 @@ mod tests {
         contract::concurrent_takes_never_share_a_message(&fresh().await).await;
         contract::old_messages_expire(&fresh().await).await;
         contract::mailboxes_hold_what_their_quota_allows(&fresh().await).await;
+        contract::lookalike_names_are_duplicates(&fresh().await).await;
+        contract::presence_consent_is_one_sided(&fresh().await).await;
+        contract::accounts_change_and_go(&fresh().await).await;
     }
 
     #[tokio::test]
     #[ignore = "needs Postgres: run with --include-ignored (CI does)"]
     async fn revocation_contract_holds() {
         revocation::contract::revoked_until_expiry(&fresh().await).await;
+        revocation::contract::all_of_a_users_tokens_can_be_revoked(&fresh().await).await;
     }
 }

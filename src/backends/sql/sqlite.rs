@@ -92,6 +92,26 @@ impl Revocations for SqliteStore {
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(jti))
     }
+
+    async fn issued(
+        &self,
+        user: crate::domain::UserId,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), RevocationError> {
+        super::insert_issued(&self.pool, user, jti, expires_at).await
+    }
+
+    async fn revoke_all(
+        &self,
+        user: crate::domain::UserId,
+        keep: Option<&str>,
+    ) -> Result<(), RevocationError> {
+        let revoked = super::revoke_issued(&self.pool, user, keep).await?;
+        let mut set = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        set.extend(revoked);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -117,11 +137,15 @@ mod tests {
         contract::concurrent_takes_never_share_a_message(&fresh().await.0).await;
         contract::old_messages_expire(&fresh().await.0).await;
         contract::mailboxes_hold_what_their_quota_allows(&fresh().await.0).await;
+        contract::lookalike_names_are_duplicates(&fresh().await.0).await;
+        contract::presence_consent_is_one_sided(&fresh().await.0).await;
+        contract::accounts_change_and_go(&fresh().await.0).await;
     }
 
     #[tokio::test]
     async fn revocation_contract_holds() {
         revocation::contract::revoked_until_expiry(&fresh().await.0).await;
+        revocation::contract::all_of_a_users_tokens_can_be_revoked(&fresh().await.0).await;
     }
 
     #[tokio::test]

@@ -1,0 +1,375 @@
+//! The account controls: changing the password, logging out everywhere,
+//! rotating the public key, deleting the account, and WebSocket sessions
+//! that end with their token unless renewed in-band.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{TestApp, eventually, password_of, spawn, spawn_with};
+
+async fn change_password(app: &TestApp, token: &str, old: &str, new: &str) -> StatusCode {
+    app.put(
+        "/users/me/password",
+        token,
+        Some(json!({"old_password": old, "new_password": new})),
+    )
+    .await
+    .0
+}
+
+async fn login_with(app: &TestApp, name: &str, password: &str) -> StatusCode {
+    app.http
+        .post(app.url("/token"))
+        .form(&[("username", name), ("password", password)])
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_password_change_ends_every_other_session() {
+    let app = spawn().await;
+    let alice = app.user("alice").await;
+    let stolen = app.login("alice", None).await;
+    let mut thief_ws = app.ws(&stolen).await;
+    let mut own_ws = app.ws(&alice.token).await;
+
+    // A wrong old password changes nothing.
+    assert_eq!(
+        change_password(&app, &alice.token, "guess", "new-secret").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.get("/users/me", &stolen).await.0, StatusCode::OK);
+    // An invalid new one neither.
+    assert_eq!(
+        change_password(&app, &alice.token, &password_of("alice"), "").await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let (status, body) = app
+        .put(
+            "/users/me/password/",
+            &alice.token,
+            Some(json!({"old_password": password_of("alice"), "new_password": "new-secret"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["detail"].is_string());
+    assert_eq!(thief_ws.closed().await.0, 1008);
+    assert_eq!(
+        app.get("/users/me", &stolen).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // The token used stays valid, and its WebSocket open.
+    assert_eq!(app.get("/users/me", &alice.token).await.0, StatusCode::OK);
+    own_ws.send_text("still here").await;
+    own_ws.silent_for(Duration::from_millis(200)).await;
+    assert_eq!(
+        login_with(&app, "alice", &password_of("alice")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login_with(&app, "alice", "new-secret").await,
+        StatusCode::OK
+    );
+}
+
+/// Wrong old passwords count as failed logins: after the free ones, the
+/// account is locked out, for the password form and the login form alike.
+#[tokio::test]
+async fn wrong_old_passwords_are_counted_like_failed_logins() {
+    let app = spawn_with(|s| {
+        s.login_free_failures = 2;
+        s.login_lockout_secs = 60;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    for _ in 0..2 {
+        assert_eq!(
+            change_password(&app, &alice.token, "guess", "x").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        change_password(&app, &alice.token, &password_of("alice"), "x").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login_with(&app, "alice", &password_of("alice")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn logging_out_everywhere_ends_every_session_and_presence() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let phone = app.login("alice", Some(7000)).await;
+    let mut sockets = [app.ws(&alice.token).await, app.ws(&phone).await];
+    let (_, online) = app.get("/me/contacts/online", &bob.token).await;
+    assert_eq!(online[0]["username"], "alice");
+
+    let (status, body) = app.post("/logout/all", &phone, json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for socket in &mut sockets {
+        assert_eq!(socket.closed().await.0, 1008);
+    }
+    for token in [&alice.token, &phone] {
+        assert_eq!(
+            app.get("/users/me", token).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        app.get("/me/contacts/online", &bob.token).await.1,
+        json!([])
+    );
+    // Logging in again works, and is a new session.
+    let again = app.login("alice", None).await;
+    assert_eq!(app.get("/users/me", &again).await.0, StatusCode::OK);
+    assert_eq!(
+        app.call(Method::POST, "/logout/all", None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_new_public_key_reaches_contacts_online_and_offline() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let carol = app.user("carol").await;
+    app.post(
+        "/me/contacts/",
+        &carol.token,
+        json!({"friend_username": "alice"}),
+    )
+    .await;
+    let dave = app.user("dave").await;
+    let mut bob_ws = app.ws(&bob.token).await;
+    let mut dave_ws = app.ws(&dave.token).await;
+    // bob sees alice's old key in his online panel (and caches it).
+    app.put(
+        "/me/connection-info",
+        &alice.token,
+        Some(json!({"port": 5000})),
+    )
+    .await;
+    let (_, panel) = app.get("/me/contacts/online", &bob.token).await;
+    assert_eq!(panel[0]["public_key"], "pk-alice");
+
+    let (status, _) = app
+        .put(
+            "/users/me/public-key",
+            &alice.token,
+            Some(json!({"public_key": "bad\u{1b}key"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, me) = app
+        .put(
+            "/users/me/public-key/",
+            &alice.token,
+            Some(json!({"public_key": "bmV3LWtleQ=="})),
+        )
+        .await;
+    assert_eq!(
+        (status, me["public_key"].as_str()),
+        (StatusCode::OK, Some("bmV3LWtleQ=="))
+    );
+    assert_eq!(me["username"], "alice");
+
+    let frame = bob_ws.json().await;
+    assert_eq!(
+        frame,
+        json!({"type": "key_changed", "username": "alice", "public_key": "bmV3LWtleQ=="})
+    );
+    dave_ws.silent_for(Duration::from_millis(200)).await;
+    // Offline or not, contacts see the new key and when it changed.
+    for token in [&bob.token, &carol.token] {
+        let (_, list) = app.get("/me/contacts/", token).await;
+        assert_eq!(list[0]["public_key"], "bmV3LWtleQ==");
+        assert!(list[0]["key_changed_at"].is_string(), "{list}");
+        assert_eq!(
+            list[0]["friend"]["key_changed_at"],
+            list[0]["key_changed_at"]
+        );
+    }
+    let (_, panel) = app.get("/me/contacts/online", &bob.token).await;
+    assert_eq!(panel[0]["public_key"], "bmV3LWtleQ==");
+    let (_, info) = app.get("/users/alice/connection-info", &bob.token).await;
+    assert_eq!(info["public_key"], "bmV3LWtleQ==");
+}
+
+#[tokio::test]
+async fn deleting_an_account_removes_it_and_keeps_its_name() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let carol = app.user("carol").await;
+    app.post(
+        "/me/contacts/",
+        &alice.token,
+        json!({"friend_username": "carol"}),
+    )
+    .await;
+    // Stored both ways: from alice to bob, and from carol to alice.
+    app.post(
+        "/messages/",
+        &alice.token,
+        json!({"recipient_username": "bob", "encrypted_content": "from alice"}),
+    )
+    .await;
+    app.post(
+        "/messages/",
+        &carol.token,
+        json!({"recipient_username": "alice", "encrypted_content": "to alice"}),
+    )
+    .await;
+    let mut alice_ws = app.ws(&alice.token).await;
+
+    let delete = |password: String| {
+        let app = &app;
+        let token = alice.token.clone();
+        async move {
+            app.http
+                .delete(app.url("/users/me"))
+                .bearer_auth(token)
+                .json(&json!({"password": password}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(delete("guess".into()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.get("/users/me", &alice.token).await.0, StatusCode::OK);
+    assert_eq!(delete(password_of("alice")).await, StatusCode::NO_CONTENT);
+
+    assert_eq!(alice_ws.closed().await.0, 1008);
+    assert_eq!(
+        app.get("/users/me", &alice.token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login_with(&app, "alice", &password_of("alice")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.get("/me/contacts/", &bob.token).await.1, json!([]));
+    assert_eq!(
+        app.get("/me/contacts/pending", &carol.token).await.1,
+        json!([])
+    );
+    assert!(
+        app.inbox(&bob.token).await.is_empty(),
+        "its messages are gone"
+    );
+    assert_eq!(app.stored_with_content("to alice").await, 0);
+    assert_eq!(app.get("/users/search/ali", &bob.token).await.1, json!([]));
+    // Nobody reaches it any more, by any path.
+    let (status, _) = app
+        .post(
+            "/messages/",
+            &bob.token,
+            json!({"recipient_username": "alice", "encrypted_content": "late"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let mut bob_ws = app.ws(&bob.token).await;
+    bob_ws
+        .send_json(json!({"recipient_username": "alice", "content": "late"}))
+        .await;
+    assert!(bob_ws.error().await.contains("not found"));
+    let (status, _) = app
+        .post(
+            "/me/contacts/",
+            &bob.token,
+            json!({"friend_username": "alice"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Its name, and names like it, stay unavailable.
+    for name in ["alice", "ALICE", "аlice"] {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/users/",
+                None,
+                Some(json!({"username": name, "email": "new@example.com",
+                            "password": "pw", "public_key": "pk"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+    }
+}
+
+/// A WebSocket ends when its token expires (after the grace), unless the
+/// client renews it in-band with a newer token of the same user.
+#[tokio::test]
+async fn websockets_end_with_their_token_unless_renewed() {
+    // A connection lasts its token's 3 s and 2 s of grace.
+    let app = spawn_with(|s| {
+        s.token_ttl_secs = 3;
+        s.ws_token_grace_secs = 2;
+    })
+    .await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let mut lapsing = app.ws(&alice.token).await;
+    let mut renewing = app.ws(&bob.token).await;
+    assert_eq!(lapsing.text().await, "系统消息: 用户 bob 已上线。");
+
+    // Renewal must name the same user, with a valid token.
+    renewing
+        .send_json(json!({"type": "auth", "token": alice.token}))
+        .await;
+    assert!(renewing.error().await.contains("another user"));
+    renewing
+        .send_json(json!({"type": "auth", "token": "not.a.token"}))
+        .await;
+    assert!(renewing.error().await.contains("keeps its current token"));
+    // Renewed 3 s in, bob's connection lasts until about 8 s, alice's 5 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fresh = app.login("bob", None).await;
+    renewing
+        .send_json(json!({"type": "auth", "token": fresh}))
+        .await;
+    let renewed = renewing.json().await;
+    assert_eq!(renewed["type"], "authenticated", "{renewed}");
+    assert!(renewed["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    // alice never renews: closed once her token and its grace ran out.
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(15), lapsing.closed())
+        .await
+        .expect("closed once the token and its grace ran out");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("expired"), "{reason}");
+    // bob's connection lives on the newer token: logging that one out closes it.
+    assert_eq!(renewing.text().await, "系统消息: 用户 alice 已下线。");
+    renewing
+        .send_json(json!({"recipient_username": "alice", "content": "still relaying"}))
+        .await;
+    assert!(renewing.json().await["status"].is_string());
+    app.post("/logout", &fresh, json!(null)).await;
+    assert_eq!(renewing.closed().await, (1008, "token revoked".into()));
+    eventually("bob is offline", || async {
+        let token = app.login("alice", None).await;
+        app.get("/me/contacts/online", &token).await.1 == json!([])
+    })
+    .await;
+}
+
+/// Seed clients never renew: with the default grace they keep their socket
+/// well past the token's lifetime.
+#[tokio::test]
+async fn the_default_grace_keeps_seed_clients_connected() {
+    let app = spawn_with(|s| s.token_ttl_secs = 1).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let mut a = app.ws(&alice.token).await;
+    let mut b = app.ws(&bob.token).await;
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已上线。");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b.send_json(json!({"recipient_username": "alice", "content": "still here"}))
+        .await;
+    assert_eq!(a.json().await["content"], "still here");
+}

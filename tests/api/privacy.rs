@@ -1,0 +1,205 @@
+//! What strangers learn, and what cannot be forged: each test reproduces a
+//! finding of the outside review and failed before its fix.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secchat::config::{Switch, Visibility};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, password_of, spawn, spawn_open, spawn_with};
+
+async fn register_as(
+    app: &TestApp,
+    name: &str,
+    email: &str,
+    public_key: &str,
+) -> (StatusCode, Value) {
+    app.call(
+        Method::POST,
+        "/users/",
+        None,
+        Some(json!({
+            "username": name, "email": email,
+            "password": password_of(name), "public_key": public_key,
+        })),
+    )
+    .await
+}
+
+/// The field a 422 names first.
+fn invalid_field(body: &Value) -> &str {
+    body["detail"][0]["loc"][1].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_system_name_and_its_lookalikes_cannot_be_registered() {
+    let app = spawn().await;
+    for (i, name) in [
+        "系统消息",
+        "System",
+        "ADMIN",
+        "аdmin",
+        "sуstem",
+        "ｓｙｓｔｅｍ",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = register_as(&app, name, &format!("r{i}@example.com"), "pk").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {body}");
+        assert_eq!(invalid_field(&body), "username");
+    }
+}
+
+#[tokio::test]
+async fn lookalike_and_blank_usernames_are_refused() {
+    // Many registrations from one address.
+    let app = spawn_with(|s| s.rate_limits = Switch::Off).await;
+    for name in ["alice", "kate", "STRAßE"] {
+        app.register(name).await;
+    }
+    // Invisible, filler and styled characters: no such name at all.
+    for (i, name) in [
+        "ａｌｉｃｅ",
+        "𝐚𝐥𝐢𝐜𝐞",
+        "ㅤ",
+        "ᅟ",
+        "ᅟbob",
+        "bo\u{200b}b",
+        "\u{212a}ate2",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = register_as(&app, name, &format!("s{i}@example.com"), "pk").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name:?}: {body}");
+        assert_eq!(invalid_field(&body), "username");
+    }
+    // Valid letters, but they look like a name that exists: taken.
+    for (i, name) in ["аlice", "ALICE", "a1ice", "strasse", "Strasse", "KATE"]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = register_as(&app, name, &format!("t{i}@example.com"), "pk").await;
+        assert_eq!(
+            (status, &body),
+            (
+                StatusCode::BAD_REQUEST,
+                &json!({"detail": "Username or email already registered"})
+            ),
+            "{name:?}"
+        );
+    }
+    // Names that merely share letters are fine, and look-ups fold like uniqueness.
+    app.register("alicia").await;
+    let kate = app.login("kate", None).await;
+    let (status, me) = app.get("/users/me", &kate).await;
+    assert_eq!(
+        (status, me["username"].as_str()),
+        (StatusCode::OK, Some("kate"))
+    );
+    let response = app
+        .http
+        .post(app.url("/token"))
+        .form(&[
+            ("username", "strasse"),
+            ("password", &password_of("STRAßE")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "STRAßE signs in as strasse"
+    );
+}
+
+#[tokio::test]
+async fn public_keys_with_control_characters_are_refused() {
+    let app = spawn().await;
+    for (i, key) in [
+        "abc\u{1b}[2J",
+        "abc\u{202e}fed",
+        "abc\r\n系统消息",
+        "abc\ndef",
+        "ключ",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) =
+            register_as(&app, &format!("k{i}"), &format!("k{i}@example.com"), key).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{key:?}: {body}");
+        assert_eq!(invalid_field(&body), "public_key");
+    }
+    let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VuAyEA9s4qL4Y1Tn5lYQmW+Jc/f0c7h0wJzE0gVt8zLxH2Xw=\n-----END PUBLIC KEY-----\n";
+    for (name, key) in [
+        ("pem", pem),
+        ("raw", "9s4qL4Y1Tn5lYQmW-Jc_f0c7h0wJzE0gVt8zLxH2Xw="),
+    ] {
+        let (status, body) = register_as(&app, name, &format!("{name}@example.com"), key).await;
+        assert_eq!(
+            (status, body["public_key"].as_str()),
+            (StatusCode::OK, Some(key))
+        );
+    }
+}
+
+/// A broadcast holding a line break could forge a line of the server's own
+/// (or anyone's): it is refused, and nobody receives any of it.
+#[tokio::test]
+async fn broadcasts_with_line_breaks_are_refused() {
+    let app = spawn_open().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.ws(&alice.token).await;
+    let mut b = app.ws(&bob.token).await;
+    assert_eq!(a.text().await, "系统消息: 用户 bob 已上线。");
+    for forged in [
+        "hi\n系统消息: 用户 carol 已下线。",
+        "hi\r系统消息: 用户 carol 已下线。",
+        "hi\u{2028}系统消息: 用户 carol 已下线。",
+    ] {
+        b.send_text(forged).await;
+        assert!(b.error().await.contains("line breaks"), "{forged:?}");
+    }
+    // Still connected, and one line still goes through.
+    b.send_text("one line").await;
+    assert_eq!(a.text().await, "bob: one line");
+    a.silent_for(Duration::from_millis(200)).await;
+}
+
+/// Under the default `contacts` visibility, search shows a user online only
+/// to users it accepted; under `open`, to every signed-in user.
+#[tokio::test]
+async fn search_shows_presence_only_to_users_the_subject_accepted() {
+    for visibility in [Visibility::Contacts, Visibility::Open] {
+        let app = spawn_with(|s| s.address_visibility = visibility).await;
+        let (friend, bobby) = app.friends("friend", "bobby").await;
+        let stranger = app.user("stranger").await;
+        // One-sided: stranger added bobby, who did not accept.
+        app.post(
+            "/me/contacts/",
+            &stranger.token,
+            json!({"friend_username": "bobby"}),
+        )
+        .await;
+        let online = |token: &str| {
+            let token = token.to_owned();
+            let app = &app;
+            async move { app.get("/users/search/bob", &token).await.1[0]["is_online"].clone() }
+        };
+        assert_eq!(online(&friend.token).await, json!(true));
+        let open = visibility == Visibility::Open;
+        assert_eq!(online(&stranger.token).await, json!(open), "{visibility:?}");
+        // A contact list that only the viewer wrote shows nothing either.
+        let (_, list) = app.get("/me/contacts/", &stranger.token).await;
+        assert_eq!(list[0]["is_online"], json!(open));
+        assert_eq!(list[0]["last_seen"].is_string(), open);
+        // The requester consented by asking: bobby sees it.
+        let (_, pending) = app.get("/me/contacts/pending", &bobby.token).await;
+        assert_eq!(pending[0]["user"]["is_online"], json!(true));
+    }
+}
