@@ -58,6 +58,16 @@ fn timed_out(rejection: &BytesRejection) -> bool {
     false
 }
 
+/// A JSON number that is a whole 64-bit integer, written with or without a
+/// fraction (`8080` or `8080.0`: JSON Schema counts both as integers).
+pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= i64::MIN as f64 && *f < i64::MAX as f64)
+            .map(|f| f as i64)
+    })
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let parsed = serde_path_to_error::deserialize(&mut deserializer);

@@ -14,7 +14,7 @@ use super::views::{Detail, UserBrief, UserOut};
 use crate::{
     domain::{Invalid, Password, Port},
     error::{ApiError, ValidationItem},
-    extract::{JsonBody, PathParam, Peer, QueryParams, body_rejection},
+    extract::{JsonBody, PathParam, Peer, QueryParams, body_rejection, whole_number},
     service::{AuthUser, Login},
     state::AppState,
 };
@@ -373,12 +373,7 @@ async fn heartbeat(
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<UserBrief>, ApiError> {
     // Anything that is not a whole number in range is refused alike (0).
-    let whole = body.port.as_i64().or_else(|| {
-        body.port
-            .as_f64()
-            .filter(|f| f.fract() == 0.0 && f.abs() <= 65536.0)
-            .map(|f| f as i64)
-    });
+    let whole = whole_number(&body.port);
     let port = Port::parse(whole.unwrap_or(0), "port")?;
     state.services.heartbeat(&user, peer, port).await?;
     Ok(Json(UserBrief {

@@ -12,9 +12,9 @@ use utoipa::IntoParams;
 
 use super::views::{ContactEntry, Detail, OnlineContact, PendingEntry};
 use crate::{
-    domain::UserId,
+    domain::{Invalid, UserId},
     error::ApiError,
-    extract::{JsonBody, PathParam, QueryParams},
+    extract::{JsonBody, PathParam, QueryParams, whole_number},
     service::{AuthUser, ContactTarget},
     state::AppState,
 };
@@ -31,7 +31,8 @@ pub fn router() -> Router<AppState> {
 #[derive(Deserialize)]
 pub struct AddContactRequest {
     friend_username: Option<String>,
-    friend_id: Option<UserId>,
+    /// A whole number, with or without a fraction.
+    friend_id: Option<serde_json::Number>,
 }
 
 /// Documented by hand: one of the two fields must be present (a derived
@@ -40,14 +41,21 @@ impl utoipa::PartialSchema for AddContactRequest {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
         let by = |field: &str, of: Type, description: &str, example: serde_json::Value| {
+            let mut property = ObjectBuilder::new()
+                .schema_type(of.clone())
+                .description(Some(description))
+                .examples([example]);
+            if of == Type::Integer {
+                // Ids are 64-bit.
+                property = property
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Int64,
+                    )))
+                    .minimum(Some(i64::MIN as f64))
+                    .maximum(Some(i64::MAX as f64));
+            }
             ObjectBuilder::new()
-                .property(
-                    field,
-                    ObjectBuilder::new()
-                        .schema_type(of)
-                        .description(Some(description))
-                        .examples([example]),
-                )
+                .property(field, property)
                 .required(field)
         };
         AnyOfBuilder::new()
@@ -86,7 +94,9 @@ async fn add(
 ) -> Result<(StatusCode, Json<ContactEntry>), ApiError> {
     let target = match (body.friend_username, body.friend_id) {
         (Some(name), _) => ContactTarget::Name(name),
-        (None, Some(id)) => ContactTarget::Id(id),
+        (None, Some(id)) => ContactTarget::Id(
+            whole_number(&id).ok_or_else(|| Invalid::new("friend_id", "must be an integer"))?,
+        ),
         (None, None) => return Err(ApiError::missing("body", "friend_username")),
     };
     let (contact, online) = state.services.add_contact(&user, target).await?;

@@ -123,6 +123,7 @@ pub async fn renew_restores_what_was_lost(fresh: &dyn Presence) {
 
 /// A contact list's version changes with every change of that list only.
 pub async fn contact_versions_follow_changes(p: &dyn Presence) {
+    p.contacts_changed(&[]).await.unwrap();
     p.announce(2, at(2), t(0)).await.unwrap();
     let (v1, found) = p.locate_contacts(1, &[2, 3]).await.unwrap();
     assert_eq!(

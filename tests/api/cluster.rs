@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use secchat::config::Settings;
+use secchat::config::{Settings, Visibility};
 
 use crate::helpers::{Backend, TestApp, eventually, free_port};
 
@@ -22,7 +22,8 @@ async fn replicas(backend: &Backend, n: usize, configure: fn(&mut Settings)) -> 
 #[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
 async fn messages_and_presence_cross_replicas() {
     let backend = Backend::cluster().await;
-    let r = replicas(&backend, 3, |_| {}).await;
+    // Notices to everyone, as the seed's server sent them.
+    let r = replicas(&backend, 3, |s| s.address_visibility = Visibility::Open).await;
     let (alice, bob) = r[0].friends("alice", "bob").await;
     let carol = r[0].user("carol").await;
     // Presence set through one replica is visible through the others.
@@ -70,8 +71,7 @@ async fn messages_and_presence_cross_replicas() {
 async fn two_devices_on_two_replicas_both_receive() {
     let backend = Backend::cluster().await;
     let r = replicas(&backend, 3, |_| {}).await;
-    let alice = r[0].user("alice").await;
-    let bob = r[0].user("bob").await;
+    let (alice, bob) = r[0].friends("alice", "bob").await;
     let mut phone = r[1].ws(&bob.token).await;
     let mut laptop = r[2].ws(&bob.token).await;
     let mut a = r[0].ws(&alice.token).await;
@@ -219,8 +219,7 @@ async fn a_terminated_replica_closes_its_sockets_with_1001_and_exits() {
     let backend = Backend::cluster().await;
     let other = backend.spawn(|_| {}).await;
     let mut leaving = Process::start(&backend, &[]).await;
-    let alice = other.user("alice").await;
-    let bob = other.user("bob").await;
+    let (alice, bob) = other.friends("alice", "bob").await;
     let mut a = other.ws(&alice.token).await;
     let mut b = leaving.ws(&bob.token).await;
     assert_eq!(a.text().await, "系统消息: 用户 bob 已上线。");
@@ -400,4 +399,91 @@ async fn every_replica_answers_the_online_panel_as_of_the_latest_change() {
     )
     .await;
     assert_eq!(online(&r[0]).await[0]["port"], 5151);
+}
+
+/// The account controls act on every replica: a password change through one
+/// closes the sessions held on another and refuses their tokens everywhere; a
+/// new key reaches a contact connected elsewhere; logging out everywhere and
+/// deleting the account do the same.
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn account_controls_reach_every_replica() {
+    let backend = Backend::cluster().await;
+    let r = replicas(&backend, 3, |_| {}).await;
+    let (alice, bob) = r[0].friends("alice", "bob").await;
+    let laptop = r[1].login("alice", None).await;
+    let mut laptop_ws = r[1].ws(&laptop).await;
+    let mut phone_ws = r[2].ws(&alice.token).await;
+    let mut bob_ws = r[2].ws(&bob.token).await;
+
+    let (status, _) = r[0]
+        .put(
+            "/users/me/password",
+            &alice.token,
+            Some(json!({"old_password": crate::helpers::password_of("alice"), "new_password": "n3w"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(laptop_ws.closed().await.0, 1008);
+    for app in &r {
+        assert_eq!(
+            app.get("/users/me", &laptop).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(app.get("/users/me", &alice.token).await.0, StatusCode::OK);
+    }
+
+    let (status, _) = r[1]
+        .put(
+            "/users/me/public-key",
+            &alice.token,
+            Some(json!({"public_key": "a2V5Mg=="})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let frame = bob_ws.json().await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["public_key"].as_str()),
+        (Some("key_changed"), Some("a2V5Mg=="))
+    );
+    let (_, panel) = r[0].get("/me/contacts/", &bob.token).await;
+    assert_eq!(panel[0]["public_key"], "a2V5Mg==");
+
+    let (status, _) = r[1].post("/logout/all", &alice.token, json!(null)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(phone_ws.closed().await.0, 1008);
+    for app in &r {
+        assert_eq!(
+            app.get("/users/me", &alice.token).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    let token = r[2]
+        .http
+        .post(r[2].url("/token"))
+        .form(&[("username", "alice"), ("password", "n3w")])
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut last_ws = r[0].ws(&token).await;
+    let deleted = r[1]
+        .http
+        .delete(r[1].url("/users/me"))
+        .bearer_auth(&token)
+        .json(&json!({"password": "n3w"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(last_ws.closed().await.0, 1008);
+    for app in &r {
+        assert_eq!(app.get("/me/contacts/", &bob.token).await.1, json!([]));
+    }
 }

@@ -112,10 +112,24 @@ async fn the_local_cluster_serves_through_one_address() {
         tokens.push(login["access_token"].as_str().unwrap().to_owned());
     }
     let (alice, bob) = (&tokens[0], &tokens[1]);
+    // Each adds the other: contacts both ways, so each sees the other's presence.
+    for (token, friend) in [(alice, "bob"), (bob, "alice")] {
+        let added = http
+            .post(cluster.url("/me/contacts/"))
+            .bearer_auth(token)
+            .json(&json!({"friend_username": friend}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), StatusCode::ACCEPTED);
+    }
     // The request id nginx sets comes back.
     let ready = http.get(cluster.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     assert!(ready.headers().contains_key("x-request-id"));
+    // Metrics are never served to the outside through the balancer.
+    let metrics = http.get(cluster.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::NOT_FOUND);
 
     // nginx hands connections round-robin to three replicas: of bob's two
     // sockets at least one is on another replica than alice's, and both receive.

@@ -254,6 +254,9 @@ impl Presence for RedisPresence {
     }
 
     async fn contacts_changed(&self, users: &[UserId]) -> PresenceResult<()> {
+        if users.is_empty() {
+            return Ok(()); // HSET needs a field
+        }
         // Random versions rather than counters: a Redis that lost its data and
         // counted up again could repeat a version some replica has cached.
         let versions: Vec<(UserId, u64)> = users
