@@ -27,7 +27,12 @@ mod views;
 #[openapi(
     info(title = "secchat", description = "Secure instant-messaging server: accounts, contacts, presence for P2P, \
         a WebSocket relay at `/ws?token=<jwt>`, and offline messages. Every route also answers without (or with) \
-        its trailing slash."),
+        its trailing slash.\n\nOn the WebSocket, besides the seed's frames: `{\"type\": \"auth\", \"token\": \"<jwt>\"}` renews \
+        the connection with a newer token of the same user (answer `{\"type\": \"authenticated\", \"expires_at\"}`); \
+        without renewal the connection closes with `1008` `WS_TOKEN_GRACE_SECS` after its token expires. A contact's \
+        new public key arrives as `{\"type\": \"key_changed\", \"username\", \"public_key\"}`. A broadcast with a \
+        line break is refused with `{\"error\"}`. Presence (`is_online`, `last_seen`, addresses, notices) is shown \
+        only to users the subject accepted, unless the server runs with `ADDRESS_VISIBILITY=open`."),
     paths(
         accounts::register, accounts::login, accounts::logout, accounts::logout_everywhere, accounts::me,
         accounts::change_password, accounts::change_public_key, accounts::delete_account,
