@@ -304,14 +304,36 @@ async fn deleting_an_account_removes_it_and_keeps_its_name() {
     }
 }
 
+/// When a token expires, as its `exp` claim says.
+fn expires_at(token: &str) -> std::time::SystemTime {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    std::time::UNIX_EPOCH + Duration::from_secs(claims["exp"].as_u64().unwrap())
+}
+
+/// Sleeps until the wall clock passes `at`.
+async fn sleep_past(at: std::time::SystemTime) {
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(500)).await;
+}
+
 /// A WebSocket ends when its token expires (after the grace), unless the
 /// client renews it in-band with a newer token of the same user.
 #[tokio::test]
 async fn websockets_end_with_their_token_unless_renewed() {
-    // A connection lasts its token's 3 s and 2 s of grace.
+    // A connection lasts its token's 2 s and 6 s of grace.
+    let grace = Duration::from_secs(6);
     let app = spawn_with(|s| {
-        s.token_ttl_secs = 3;
-        s.ws_token_grace_secs = 2;
+        s.token_ttl_secs = 2;
+        s.ws_token_grace_secs = grace.as_secs();
     })
     .await;
     let (alice, bob) = app.friends("alice", "bob").await;
@@ -328,8 +350,8 @@ async fn websockets_end_with_their_token_unless_renewed() {
         .send_json(json!({"type": "auth", "token": "not.a.token"}))
         .await;
     assert!(renewing.error().await.contains("keeps its current token"));
-    // Renewed 3 s in, bob's connection lasts until about 8 s, alice's 5 s.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Renewed 4 s later, bob's connection lasts about 4 s longer than it would have.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let fresh = app.login("bob", None).await;
     renewing
         .send_json(json!({"type": "auth", "token": fresh}))
@@ -339,17 +361,19 @@ async fn websockets_end_with_their_token_unless_renewed() {
     assert!(renewed["expires_at"].as_str().unwrap().ends_with('Z'));
 
     // alice never renews: closed once her token and its grace ran out.
-    let (code, reason) = tokio::time::timeout(Duration::from_secs(15), lapsing.closed())
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(20), lapsing.closed())
         .await
         .expect("closed once the token and its grace ran out");
     assert_eq!(code, 1008);
     assert!(reason.contains("expired"), "{reason}");
-    // bob's connection lives on the newer token: logging that one out closes it.
+    // bob's first token and its grace are over too, and his connection lives on.
+    sleep_past(expires_at(&bob.token) + grace).await;
     assert_eq!(renewing.text().await, "系统消息: 用户 alice 已下线。");
     renewing
         .send_json(json!({"recipient_username": "alice", "content": "still relaying"}))
         .await;
     assert!(renewing.json().await["status"].is_string());
+    // It stands on the newer token: logging that one out closes it.
     app.post("/logout", &fresh, json!(null)).await;
     assert_eq!(renewing.closed().await, (1008, "token revoked".into()));
     eventually("bob is offline", || async {
