@@ -101,8 +101,16 @@ fn is_name_text(c: char) -> bool {
 }
 
 /// NFKC, full Unicode case folding, and NFKC again (folding can leave a
-/// string unnormalised).
+/// string unnormalised). ASCII, the common case on the path of every directed
+/// message, is its own NFKC form and folds to lowercase.
 fn fold(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
+    fold_unicode(s)
+}
+
+fn fold_unicode(s: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
     let nfkc: String = s.nfkc().collect();
     let folded = icu_casemap::CaseMapper::new()
@@ -284,6 +292,14 @@ mod tests {
         // Names a client gives in styled forms find the plain user.
         assert_eq!(Username::lookup_key("ＡＬＩＣＥ"), Some("alice".into()));
         assert_eq!(Username::lookup_key("\u{212a}ate"), Some("kate".into()));
+    }
+
+    proptest::proptest! {
+        /// The ASCII shortcut folds as the full Unicode path does.
+        #[test]
+        fn ascii_folds_like_unicode(s in "[ -~]{0,40}") {
+            proptest::prop_assert_eq!(fold(&s), fold_unicode(&s));
+        }
     }
 
     #[test]
