@@ -61,9 +61,29 @@ pub struct Settings {
     #[arg(long, env = "WS_TOKEN_GRACE_SECS", default_value_t = 24 * 60 * 60)]
     pub ws_token_grace_secs: u64,
 
+    /// How long a WebSocket opened without a token (in the URL or the
+    /// `Authorization` header) has to send its `auth` frame.
+    #[arg(long, env = "WS_AUTH_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_auth_timeout_secs: u64,
+
     /// How long the name of a deleted account stays unavailable to others.
     #[arg(long, env = "DELETED_NAME_RETENTION_SECS", default_value_t = 30 * 24 * 60 * 60)]
     pub deleted_name_retention_secs: u64,
+
+    /// The secret shared with a TURN server (coturn's `static-auth-secret`,
+    /// its REST API): with it, `GET /me/turn-credentials` hands out
+    /// short-lived relay credentials; unset, that route answers 404.
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true, value_parser = parse_turn_secret)]
+    pub turn_secret: Option<SecretString>,
+
+    /// The TURN and STUN servers clients are told to use (comma-separated
+    /// `turn:`, `turns:` or `stun:` URIs).
+    #[arg(long, env = "TURN_URIS", value_delimiter = ',', value_parser = parse_turn_uri)]
+    pub turn_uris: Vec<String>,
+
+    /// How long TURN credentials stay valid, in seconds.
+    #[arg(long, env = "TURN_TTL", default_value_t = 86400)]
+    pub turn_ttl: u64,
 
     /// Serve `/metrics` on this address (an internal port, such as
     /// `0.0.0.0:9100`) and not on the API's; unset, the API port serves it.
@@ -245,6 +265,26 @@ pub enum LogFormat {
     Json,
 }
 
+fn parse_turn_secret(raw: &str) -> Result<SecretString, String> {
+    if raw.is_empty() {
+        return Err("TURN_SECRET must not be empty".into());
+    }
+    Ok(SecretString::from(raw.to_owned()))
+}
+
+fn parse_turn_uri(raw: &str) -> Result<String, String> {
+    let uri = raw.trim();
+    let scheme_ok = ["turn:", "turns:", "stun:"]
+        .iter()
+        .any(|scheme| uri.len() > scheme.len() && uri.starts_with(scheme));
+    if !scheme_ok || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{raw:?} is not a turn:, turns: or stun: URI (such as turn:turn.example.com:3478?transport=udp)"
+        ));
+    }
+    Ok(uri.to_owned())
+}
+
 fn parse_secret(raw: &str) -> Result<SecretString, String> {
     if raw.len() < 32 {
         return Err("JWT_SECRET must be at least 32 bytes".into());
@@ -329,6 +369,10 @@ impl Settings {
 
     pub fn ws_token_grace(&self) -> Duration {
         Duration::from_secs(self.ws_token_grace_secs)
+    }
+
+    pub fn ws_auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.ws_auth_timeout_secs.max(1))
     }
 
     pub fn deleted_name_retention(&self) -> Duration {

@@ -17,6 +17,11 @@ pub enum Disconnect {
     /// The token expired (and the grace after it ran out) without being
     /// renewed in-band.
     TokenExpired,
+    /// Connected without a token, the client sent something other than an
+    /// `auth` frame first.
+    AuthExpected,
+    /// Connected without a token, the client sent no `auth` frame in time.
+    AuthTimeout,
     /// A frame exceeded the size limit.
     TooBig,
     /// The client read too slowly and its outgoing queue filled up.
@@ -34,9 +39,12 @@ impl Disconnect {
         match self {
             Self::Normal => 1000,
             Self::ShuttingDown | Self::PingTimeout | Self::WriteFailed => 1001,
-            Self::InvalidToken | Self::TokenRevoked | Self::TokenExpired | Self::RateLimited => {
-                1008
-            }
+            Self::InvalidToken
+            | Self::TokenRevoked
+            | Self::TokenExpired
+            | Self::AuthExpected
+            | Self::AuthTimeout
+            | Self::RateLimited => 1008,
             Self::TooBig => 1009,
             Self::Unavailable => 1011,
             Self::TooSlow | Self::TooManyConnections => 1013,
@@ -52,6 +60,8 @@ impl Disconnect {
             Self::InvalidToken => "invalid or expired token",
             Self::TokenRevoked => "token revoked",
             Self::TokenExpired => "token expired; renew it with an auth frame",
+            Self::AuthExpected => "the first frame must be {\"type\": \"auth\", \"token\"}",
+            Self::AuthTimeout => "no auth frame in time",
             Self::TooBig => "message too big",
             Self::TooSlow => "too slow: outgoing queue full",
             Self::TooManyConnections => "too many connections",

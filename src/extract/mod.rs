@@ -14,6 +14,7 @@ use crate::error::{ApiError, ValidationItem};
 mod auth;
 mod peer;
 
+pub use auth::bearer_token;
 pub use peer::Peer;
 
 /// A JSON body. Parsed whatever the `Content-Type` (FastAPI's clients do not always

@@ -1,14 +1,26 @@
-//! Offline messages: stored opaque, fetched exactly once.
+//! Offline messages: stored opaque, fetched exactly once, or (opted in)
+//! fetched until acknowledged.
 
-use axum::{Json, Router, extract::State, routing::get};
-use serde::Deserialize;
-use utoipa::ToSchema;
+use axum::{
+    Json, Router,
+    extract::State,
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::views::{Detail, MessageOut};
-use crate::{error::ApiError, extract::JsonBody, service::AuthUser, state::AppState};
+use crate::{
+    error::ApiError,
+    extract::{JsonBody, QueryParams},
+    service::AuthUser,
+    state::AppState,
+};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/messages", get(fetch).post(send))
+    Router::new()
+        .route("/messages", get(fetch).post(send))
+        .route("/messages/ack", post(ack))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -40,13 +52,64 @@ async fn send(
     Ok(Json(stored.into()))
 }
 
-/// The caller's unread messages, oldest first, now marked read (at most 1000 a call).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FetchParams {
+    /// `manual`: return the messages without marking them read; they stay
+    /// until `POST /messages/ack` names them (at-least-once delivery).
+    /// Absent: marked read as they are returned (exactly once).
+    #[param(value_type = Option<String>, pattern = "^manual$")]
+    ack: Option<AckMode>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    Manual,
+}
+
+/// The caller's unread messages, oldest first (at most 1000 a call): marked
+/// read as they are returned, or with `?ack=manual`, left unread until
+/// acknowledged.
 #[utoipa::path(get, path = "/messages/", tag = "messages", security(("bearer" = [])),
-    responses((status = 200, body = [MessageOut]), (status = 401, body = Detail)))]
+    params(FetchParams),
+    responses((status = 200, body = [MessageOut]), (status = 401, body = Detail), (status = 422)))]
 async fn fetch(
     State(state): State<AppState>,
     user: AuthUser,
+    QueryParams(params): QueryParams<FetchParams>,
 ) -> Result<Json<Vec<MessageOut>>, ApiError> {
-    let taken = state.services.take_inbox(&user).await?;
-    Ok(Json(taken.into_iter().map(Into::into).collect()))
+    let messages = match params.ack {
+        None => state.services.take_inbox(&user).await?,
+        Some(AckMode::Manual) => state.services.peek_inbox(&user).await?,
+    };
+    Ok(Json(messages.into_iter().map(Into::into).collect()))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct AckRequest {
+    /// Ids of messages `GET /messages/?ack=manual` returned; at most 1000.
+    #[schema(max_items = 1000)]
+    ids: Vec<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AckOut {
+    /// How many of the ids were the caller's unread messages, now read.
+    acked: u64,
+}
+
+/// Acknowledge messages: those of the ids that are the caller's unread
+/// messages are marked read (deleted). Idempotent; ids that are not the
+/// caller's unread messages are ignored.
+#[utoipa::path(post, path = "/messages/ack", tag = "messages", security(("bearer" = [])),
+    request_body = AckRequest,
+    responses((status = 200, body = AckOut), (status = 401, body = Detail), (status = 422)))]
+async fn ack(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<AckRequest>,
+) -> Result<Json<AckOut>, ApiError> {
+    let acked = state.services.ack_inbox(&user, &body.ids).await?;
+    Ok(Json(AckOut { acked }))
 }

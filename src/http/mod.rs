@@ -38,7 +38,7 @@ mod views;
         accounts::change_password, accounts::change_public_key, accounts::delete_account,
         accounts::search, accounts::heartbeat,
         contacts::add, contacts::list, contacts::pending, contacts::accept, contacts::remove, contacts::online,
-        p2p::connection_info, messages::send, messages::fetch,
+        p2p::connection_info, p2p::turn_credentials, messages::send, messages::fetch, messages::ack,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     modifiers(&BearerAuth),

@@ -1,12 +1,28 @@
-//! P2P coordination: where to reach a user directly.
+//! P2P coordination: where to reach a user directly, and relay credentials
+//! for when a direct connection fails.
 
 use axum::{Json, Router, extract::State, routing::get};
 
-use super::views::{ConnectionInfo, Detail};
+use super::views::{ConnectionInfo, Detail, TurnCredentialsOut};
 use crate::{error::ApiError, extract::PathParam, service::AuthUser, state::AppState};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/users/{username}/connection-info", get(connection_info))
+    Router::new()
+        .route("/users/{username}/connection-info", get(connection_info))
+        .route("/me/turn-credentials", get(turn_credentials))
+}
+
+/// Short-lived credentials for the configured TURN servers (coturn's REST
+/// API: `use-auth-secret` with the same `TURN_SECRET`), for clients whose
+/// direct connection fails. `404` when no TURN server is configured.
+#[utoipa::path(get, path = "/me/turn-credentials", tag = "p2p", security(("bearer" = [])),
+    responses((status = 200, body = TurnCredentialsOut), (status = 404, body = Detail, description = "No TURN server is configured"),
+              (status = 401, body = Detail)))]
+async fn turn_credentials(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<TurnCredentialsOut>, ApiError> {
+    Ok(Json(state.services.turn_credentials(&user)?.into()))
 }
 
 /// A user's public key, IP and P2P port. Unknown, offline and not visible to the

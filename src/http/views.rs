@@ -194,6 +194,32 @@ pub struct ConnectionInfo {
     pub port: u16,
 }
 
+/// Relay credentials, in the shape of coturn's REST API.
+#[derive(Serialize, ToSchema)]
+pub struct TurnCredentialsOut {
+    /// `<expiry as Unix seconds>:<user id>`.
+    #[schema(example = "1767225600:15")]
+    pub username: String,
+    /// base64(HMAC-SHA1(TURN_SECRET, username)).
+    pub password: String,
+    /// Seconds the credentials stay valid.
+    pub ttl: u64,
+    /// The TURN and STUN servers to use.
+    #[schema(example = json!(["turn:turn.example.com:3478?transport=udp"]))]
+    pub uris: Vec<String>,
+}
+
+impl From<crate::service::TurnCredentials> for TurnCredentialsOut {
+    fn from(c: crate::service::TurnCredentials) -> Self {
+        Self {
+            username: c.username,
+            password: c.password,
+            ttl: c.ttl,
+            uris: c.uris,
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct MessageOut {
     pub id: i64,

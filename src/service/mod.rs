@@ -32,13 +32,15 @@ pub mod hub;
 mod names;
 mod online;
 mod relay;
+mod turn;
 mod writer;
 
 pub use accounts::{AuthUser, Login};
 pub use contacts::ContactTarget;
 pub use hub::message_frame;
 pub use online::{Card, Online};
-pub use relay::{FrameBudget, error_frame};
+pub use relay::{FrameBudget, authenticated_frame, error_frame};
+pub use turn::TurnCredentials;
 
 use hub::Hub;
 use names::NameCache;

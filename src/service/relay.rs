@@ -19,12 +19,25 @@ use serde_json::json;
 
 const TOO_MANY: Error = Error::Limited("Too many connections", Duration::from_secs(1));
 
+/// Most message ids one acknowledgement names: a fetch returns no more.
+const ACK_MAX_IDS: usize = crate::store::INBOX_PAGE as usize;
+
+/// How long a push on connect holds its claim on the messages it writes: if
+/// its replica dies mid-push, they are handed out again after this.
+const PUSH_CLAIM: Duration = Duration::from_secs(5 * 60);
+
 /// CR, LF, and the other characters that end a line on some screen.
 fn is_line_break(c: char) -> bool {
     matches!(
         c,
         '\n' | '\r' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}'
     )
+}
+
+/// `{"type": "authenticated", "expires_at"}`: the connection now stands on
+/// `user`'s token (an `auth` frame was accepted).
+pub fn authenticated_frame(user: &AuthUser) -> String {
+    json!({"type": "authenticated", "expires_at": iso(user.expires_at)}).to_string()
 }
 
 /// `{"error": "..."}`, the frame that answers a client's mistake.
@@ -457,15 +470,46 @@ impl Services {
         Ok(self.store.take_unread(user.id).await?)
     }
 
-    /// The unread messages to push when a WebSocket opens, with their senders'
-    /// names; they stay unread until [`Services::delete_read`].
-    pub async fn unread(&self, user: &AuthUser) -> Result<Vec<InboxMessage>> {
-        Ok(self.store.peek_unread(user.id).await?)
+    /// `GET /messages/?ack=manual`: the caller's unread messages, oldest
+    /// first, left unread until acknowledged.
+    pub async fn peek_inbox(&self, user: &AuthUser) -> Result<Vec<Message>> {
+        let unread = self.store.peek_unread(user.id).await?;
+        Ok(unread.into_iter().map(|m| m.message).collect())
     }
 
-    /// These messages reached the user: they are deleted, ciphertext and all.
-    pub async fn delete_read(&self, user: &AuthUser, ids: &[i64]) -> Result<()> {
+    /// `POST /messages/ack`: these of the caller's unread messages were
+    /// received; they are deleted. Returns how many there were.
+    pub async fn ack_inbox(&self, user: &AuthUser, ids: &[i64]) -> Result<u64> {
+        if ids.len() > ACK_MAX_IDS {
+            return Err(Error::Invalid(vec![crate::domain::Invalid::new(
+                "ids",
+                format!("at most {ACK_MAX_IDS} ids at once"),
+            )]));
+        }
         Ok(self.store.delete_read(user.id, ids).await?)
+    }
+
+    /// Claims the unread messages to push when a WebSocket opens, with their
+    /// senders' names: until [`Services::settle_push`], no `GET /messages/`
+    /// and no other connection gets them.
+    pub async fn claim_inbox(&self, user: &AuthUser) -> Result<Vec<InboxMessage>> {
+        Ok(self.store.claim_unread(user.id, PUSH_CLAIM).await?)
+    }
+
+    /// After a push: the messages written are deleted, ciphertext and all;
+    /// the claims on the others are released for the next fetch or push.
+    pub async fn settle_push(
+        &self,
+        user: &AuthUser,
+        written: &[i64],
+        unwritten: &[i64],
+    ) -> Result<()> {
+        let (deleted, released) = tokio::join!(
+            self.store.delete_read(user.id, written),
+            self.store.release_claims(user.id, unwritten)
+        );
+        deleted?;
+        Ok(released?)
     }
 
     /// Deletes the unread messages older than the time to live, a batch at a

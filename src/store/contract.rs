@@ -506,3 +506,78 @@ pub async fn accounts_change_and_go(s: &dyn Store) {
         .await
         .unwrap();
 }
+
+pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
+    let (a, b) = (user(s, "a").await, user(s, "b").await);
+    let stored = store_all(
+        s,
+        &[
+            message(&a, &b, "one"),
+            message(&a, &b, "two"),
+            message(&a, &b, "three"),
+        ],
+    )
+    .await;
+    let ids: Vec<i64> = stored.iter().map(|m| m.id).collect();
+    let claimed = s
+        .claim_unread(b.id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let claimed_ids: Vec<i64> = claimed.iter().map(|m| m.message.id).collect();
+    assert_eq!(claimed_ids, ids, "all of them, oldest first");
+    assert_eq!(claimed[0].sender_username, "a");
+    // Nobody else gets them while the claim holds.
+    assert!(s.take_unread(b.id).await.unwrap().is_empty());
+    assert!(s.peek_unread(b.id).await.unwrap().is_empty());
+    assert!(
+        s.claim_unread(b.id, std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Two were written (deleted); one goes back.
+    assert_eq!(s.delete_read(b.id, &ids[..2]).await.unwrap(), 2);
+    assert_eq!(s.delete_read(a.id, &ids[2..]).await.unwrap(), 0, "not a's");
+    s.release_claims(a.id, &ids[2..]).await.unwrap();
+    assert!(
+        s.take_unread(b.id).await.unwrap().is_empty(),
+        "only b releases b's"
+    );
+    s.release_claims(b.id, &ids[2..]).await.unwrap();
+    let again = s
+        .claim_unread(b.id, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    // A claim that ran out (its replica died) is no claim.
+    let taken: Vec<String> = s
+        .take_unread(b.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(taken, ["three"]);
+    assert_eq!(
+        s.mailbox_usage(b.id).await.unwrap(),
+        MailboxUsage::default()
+    );
+    // Concurrent claims and takes never share a message.
+    let many: Vec<NewMessage> = (0..200)
+        .map(|i| message(&a, &b, &format!("m{i}")))
+        .collect();
+    store_all(s, &many).await;
+    let lease = std::time::Duration::from_secs(60);
+    let (x, y, z) = tokio::join!(
+        s.claim_unread(b.id, lease),
+        s.take_unread(b.id),
+        s.claim_unread(b.id, lease)
+    );
+    let mut seen: Vec<i64> = x.unwrap().iter().map(|m| m.message.id).collect();
+    seen.extend(y.unwrap().iter().map(|m| m.id));
+    seen.extend(z.unwrap().iter().map(|m| m.message.id));
+    let count = seen.len();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!((seen.len(), count), (200, 200), "each message once");
+}

@@ -274,14 +274,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Pending<'a, Vec<Admission>>;
     /// What `user`'s mailbox holds.
     fn mailbox_usage(&self, user: UserId) -> Pending<'_, MailboxUsage>;
-    /// Unread messages of `recipient`, oldest first, left unread.
+    /// Unread messages of `recipient` that no push has claimed, oldest first,
+    /// left unread.
     fn peek_unread(&self, recipient: UserId) -> Pending<'_, Vec<InboxMessage>>;
+    /// Claims `recipient`'s unread messages that no one else has claimed,
+    /// oldest first (a page at most), for `lease`, in one statement: until
+    /// the claim is released or runs out, no other claim or take gets them.
+    fn claim_unread(
+        &self,
+        recipient: UserId,
+        lease: std::time::Duration,
+    ) -> Pending<'_, Vec<InboxMessage>>;
+    /// Releases the claims on these messages of `recipient`'s (they were not
+    /// delivered); others' ids are ignored.
+    fn release_claims<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, ()>;
     /// Deletes these messages of `recipient`'s (they were read); others' ids
-    /// are ignored.
-    fn delete_read<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, ()>;
-    /// Unread messages of `recipient`, oldest first, deleted in the same
-    /// statement, so concurrent callers never receive the same message and no
-    /// read message stays stored.
+    /// are ignored. Returns how many were deleted.
+    fn delete_read<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, u64>;
+    /// Unread, unclaimed messages of `recipient`, oldest first, deleted in
+    /// the same statement, so concurrent callers never receive the same
+    /// message and no read message stays stored.
     fn take_unread(&self, recipient: UserId) -> Pending<'_, Vec<Message>>;
     /// Deletes up to `limit` messages sent before `sent_before`, oldest first;
     /// returns how many.

@@ -1,6 +1,8 @@
-//! The WebSocket relay at `/ws?token=<jwt>`: the upgrade here, one session per
+//! The WebSocket relay at `/ws`: the upgrade here, one session per
 //! connection in `session`. Frames in, frames out; every flow is the service
-//! layer's.
+//! layer's. The token comes as `?token=`, as an `Authorization: Bearer`
+//! header, or as the first frame (`{"type": "auth", "token"}`), so that it
+//! need not appear in a URL that proxies log.
 
 use axum::{
     Router,
@@ -8,15 +10,17 @@ use axum::{
         State, WebSocketUpgrade,
         ws::{CloseFrame, Message, WebSocket},
     },
+    http::HeaderMap,
     response::Response,
     routing::get,
 };
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::{
-    domain::Disconnect,
-    extract::{Peer, QueryParams},
-    service,
+    domain::{ClientFrame, Disconnect, Endpoint},
+    extract::{Peer, QueryParams, bearer_token},
+    service::{self, AuthUser},
     state::AppState,
 };
 
@@ -37,6 +41,7 @@ async fn upgrade(
     State(state): State<AppState>,
     Peer(peer): Peer,
     QueryParams(params): QueryParams<WsParams>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let limit = state.settings.max_message_bytes;
@@ -51,30 +56,90 @@ async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER + 6 * limit + 1024);
-    let auth = match params.token.as_deref() {
-        Some(token) => state.services.authenticate(token).await,
-        None => Err(service::Error::BAD_TOKEN),
+    if state.shutdown.is_cancelled() {
+        return refuse(ws, Disconnect::ShuttingDown);
+    }
+    let token = params.token.as_deref().or_else(|| bearer_token(&headers));
+    let Some(token) = token else {
+        // The token comes in the first frame.
+        return ws.on_upgrade(move |socket| authenticate_in_band(state, peer, socket));
     };
-    let user = match auth {
-        _ if state.shutdown.is_cancelled() => return refuse(ws, Disconnect::ShuttingDown),
+    let user = match authenticated(&state, token).await {
         Ok(user) => user,
-        Err(service::Error::Unauthenticated(_)) => return refuse(ws, Disconnect::InvalidToken),
-        Err(_) => return refuse(ws, Disconnect::Unavailable),
+        Err(why) => return refuse(ws, why),
     };
     match session::Session::open(state.clone(), user, peer).await {
         Ok(session) => {
             let sessions = state.sessions.clone();
             ws.on_upgrade(move |socket| sessions.track_future(session.run(socket)))
         }
-        Err(service::Error::Limited(..)) => refuse(ws, Disconnect::TooManyConnections),
-        Err(err) => {
+        Err(err) => refuse(ws, not_opened(err)),
+    }
+}
+
+/// The user a token names, or why the connection is refused.
+async fn authenticated(state: &AppState, token: &str) -> Result<AuthUser, Disconnect> {
+    match state.services.authenticate(token).await {
+        _ if state.shutdown.is_cancelled() => Err(Disconnect::ShuttingDown),
+        Ok(user) => Ok(user),
+        Err(service::Error::Unauthenticated(_)) => Err(Disconnect::InvalidToken),
+        Err(_) => Err(Disconnect::Unavailable),
+    }
+}
+
+/// Why a session could not open.
+fn not_opened(err: service::Error) -> Disconnect {
+    match err {
+        service::Error::Limited(..) => Disconnect::TooManyConnections,
+        err => {
             tracing::warn!(
                 error = format!("{err:#}"),
                 "could not open a WebSocket session"
             );
-            refuse(ws, Disconnect::Unavailable)
+            Disconnect::Unavailable
         }
     }
+}
+
+/// A connection upgraded without a token: its first frame must be
+/// `{"type": "auth", "token": "<jwt>"}`, within `WS_AUTH_TIMEOUT_SECS`; a late,
+/// different or bad first frame closes it with 1008. The session then opens
+/// as if the token had come with the upgrade.
+async fn authenticate_in_band(state: AppState, peer: Endpoint, mut socket: WebSocket) {
+    let deadline = state.settings.ws_auth_timeout();
+    let first = tokio::select! {
+        first = tokio::time::timeout(deadline, socket.next()) => first,
+        _ = state.shutdown.cancelled() => {
+            let _ = socket.send(close_frame(Disconnect::ShuttingDown)).await;
+            return;
+        }
+    };
+    let token = match first {
+        Ok(Some(Ok(Message::Text(text)))) => match ClientFrame::parse(text.as_str()) {
+            ClientFrame::Auth { token } => token.into_owned(),
+            _ => return close(socket, Disconnect::AuthExpected).await,
+        },
+        Ok(Some(Ok(_))) => return close(socket, Disconnect::AuthExpected).await,
+        Ok(_) => return, // the client left
+        Err(_) => return close(socket, Disconnect::AuthTimeout).await,
+    };
+    let user = match authenticated(&state, &token).await {
+        Ok(user) => user,
+        Err(why) => return close(socket, why).await,
+    };
+    let accepted = Message::Text(service::authenticated_frame(&user).into());
+    match session::Session::open(state.clone(), user, peer).await {
+        Ok(session) => {
+            if socket.send(accepted).await.is_ok() {
+                state.sessions.track_future(session.run(socket)).await;
+            }
+        }
+        Err(err) => close(socket, not_opened(err)).await,
+    }
+}
+
+async fn close(mut socket: WebSocket, why: Disconnect) {
+    let _ = socket.send(close_frame(why)).await;
 }
 
 /// Bytes read from a socket at once, and written before a flush is forced.
@@ -91,7 +156,5 @@ fn close_frame(why: Disconnect) -> Message {
 
 /// Completes the handshake only to close, as clients expect.
 fn refuse(ws: WebSocketUpgrade, why: Disconnect) -> Response {
-    ws.on_upgrade(move |mut socket: WebSocket| async move {
-        let _ = socket.send(close_frame(why)).await;
-    })
+    ws.on_upgrade(move |socket: WebSocket| close(socket, why))
 }

@@ -175,20 +175,26 @@ impl Drop for Session {
     }
 }
 
-/// Writes the user's unread offline messages, oldest first, and deletes the
-/// ones that were written. Each write has [`WRITE_DEADLINE`], and closing the
-/// connection stops the push.
+/// Writes the user's unread offline messages, oldest first: claimed first, so
+/// that no `GET /messages/` (nor another connection) hands them out too, then
+/// deleted once written; those not written are released. Each write has
+/// [`WRITE_DEADLINE`], and closing the connection stops the push.
 async fn push_offline(
     state: &AppState,
     user: &AuthUser,
     sink: &mut SplitSink<WebSocket, Message>,
     closer: &Closer,
 ) -> anyhow::Result<()> {
-    let unread = state.services.unread(user).await?;
-    let mut written = Vec::with_capacity(unread.len());
+    let claimed = state.services.claim_inbox(user).await?;
+    let mut written = Vec::with_capacity(claimed.len());
+    let mut unwritten = Vec::new();
     let mut result = Ok(());
-    for item in unread {
+    for item in claimed {
         let m = item.message;
+        if result.is_err() {
+            unwritten.push(m.id);
+            continue;
+        }
         let frame = message_frame(
             "offline_message",
             &item.sender_username,
@@ -204,13 +210,18 @@ async fn push_offline(
                 Err(_) => Err(anyhow::anyhow!("no offline message taken for {WRITE_DEADLINE:?}")),
             },
         };
-        if let Err(err) = sent {
-            result = Err(err);
-            break;
+        match sent {
+            Ok(()) => written.push(m.id),
+            Err(err) => {
+                result = Err(err);
+                unwritten.push(m.id);
+            }
         }
-        written.push(m.id);
     }
-    state.services.delete_read(user, &written).await?;
+    state
+        .services
+        .settle_push(user, &written, &unwritten)
+        .await?;
     result
 }
 

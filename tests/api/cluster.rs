@@ -487,3 +487,42 @@ async fn account_controls_reach_every_replica() {
         assert_eq!(app.get("/me/contacts/", &bob.token).await.1, json!([]));
     }
 }
+
+/// A client fetching with `ack=manual` that crashes before acknowledging gets
+/// the same messages again through any replica; the acknowledgement through a
+/// third holds everywhere.
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn manual_acknowledgement_holds_across_replicas() {
+    let backend = Backend::cluster().await;
+    let r = replicas(&backend, 3, |_| {}).await;
+    let (alice, bob) = r[0].friends("alice", "bob").await;
+    for (i, app) in r.iter().enumerate() {
+        app.post(
+            "/messages/",
+            &alice.token,
+            json!({"recipient_username": "bob", "encrypted_content": format!("m{i}")}),
+        )
+        .await;
+    }
+    let (_, first) = r[0].get("/messages/?ack=manual", &bob.token).await;
+    let (_, again) = r[1].get("/messages/?ack=manual", &bob.token).await;
+    assert_eq!(first.as_array().unwrap().len(), 3);
+    assert_eq!(first, again);
+    let ids: Vec<i64> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    let (_, acked) = r[2]
+        .post("/messages/ack", &bob.token, json!({"ids": ids}))
+        .await;
+    assert_eq!(acked, json!({"acked": 3}));
+    for app in &r {
+        assert_eq!(
+            app.get("/messages/?ack=manual", &bob.token).await.1,
+            json!([])
+        );
+    }
+}

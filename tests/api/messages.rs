@@ -273,3 +273,123 @@ async fn a_full_mailbox_in_bytes_refuses_what_does_not_fit() {
     assert_eq!(post("12345").await.0, StatusCode::CONFLICT, "11 bytes > 10");
     assert_eq!(post("1234").await.0, StatusCode::OK, "exactly 10");
 }
+
+/// The push on connect claims the messages it writes: a `GET /messages/`
+/// made while the push is under way (its client reads slowly) gets none of
+/// them, and every message reaches the client exactly once. Before, the fetch
+/// returned every message the push was still writing, and the push wrote
+/// them all the same.
+#[tokio::test]
+async fn a_fetch_during_the_push_on_connect_never_repeats_a_message() {
+    const COUNT: usize = 250;
+    let app = spawn_with(|s| s.rate_limits = secchat::config::Switch::Off).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    // 15 MB in all: more than the socket buffers hold, so the push waits on
+    // bob, who does not read yet.
+    let padding = "p".repeat(60 * 1024);
+    for i in 0..COUNT {
+        let (status, _) = app
+            .post(
+                "/messages/",
+                &alice.token,
+                json!({"recipient_username": "bob", "encrypted_content": format!("{i:04}{padding}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut ws = app.ws(&bob.token).await;
+    // The first pushed frame: the push is under way.
+    let first = ws.json().await["content"].as_str().unwrap()[..4].to_owned();
+    let fetched: Vec<String> = app
+        .inbox(&bob.token)
+        .await
+        .into_iter()
+        .map(|c| c[..4].to_owned())
+        .collect();
+    let mut received = vec![first];
+    while received.len() + fetched.len() < COUNT {
+        let frame = ws.json().await;
+        assert_eq!(frame["type"], "offline_message", "{frame}");
+        received.push(frame["content"].as_str().unwrap()[..4].to_owned());
+    }
+    let mut all: Vec<&String> = received.iter().chain(&fetched).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), COUNT, "every message exactly once");
+    assert!(
+        fetched.is_empty(),
+        "the push held them all: {} fetched",
+        fetched.len()
+    );
+    ws.silent_for(Duration::from_millis(200)).await;
+    assert!(app.inbox(&bob.token).await.is_empty());
+}
+
+/// `GET /messages/?ack=manual` leaves messages unread until `POST
+/// /messages/ack` names them: a client that "crashes" before acknowledging
+/// gets the same messages again. An acknowledgement is idempotent and touches
+/// only the caller's own messages.
+#[tokio::test]
+async fn manual_acknowledgement_delivers_until_acknowledged() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let carol = app.user("carol").await;
+    for (to, content) in [("bob", "b1"), ("bob", "b2"), ("carol", "c1")] {
+        app.post(
+            "/messages/",
+            &alice.token,
+            json!({"recipient_username": to, "encrypted_content": content}),
+        )
+        .await;
+    }
+    let fetch = |token: String| {
+        let app = &app;
+        async move {
+            let (status, body) = app.get("/messages/?ack=manual", &token).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body.as_array().unwrap().clone()
+        }
+    };
+    let first = fetch(bob.token.clone()).await;
+    let contents: Vec<&str> = first
+        .iter()
+        .map(|m| m["encrypted_content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["b1", "b2"]);
+    assert!(first[0]["id"].is_i64() && first[0]["sender_id"] == alice.id);
+    // The client crashed before acknowledging: the same messages again.
+    assert_eq!(fetch(bob.token.clone()).await, first);
+    let ids: Vec<i64> = first.iter().map(|m| m["id"].as_i64().unwrap()).collect();
+    let carols = fetch(carol.token.clone()).await[0]["id"].as_i64().unwrap();
+    // bob cannot acknowledge carol's message, nor ids that do not exist.
+    let (status, body) = app
+        .post(
+            "/messages/ack",
+            &bob.token,
+            json!({"ids": [carols, 999999, ids[0]]}),
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"acked": 1})));
+    assert_eq!(
+        fetch(carol.token.clone()).await.len(),
+        1,
+        "carol's is still hers"
+    );
+    let (_, body) = app
+        .post("/messages/ack/", &bob.token, json!({"ids": ids}))
+        .await;
+    assert_eq!(body, json!({"acked": 1}), "acknowledging again is harmless");
+    assert!(fetch(bob.token.clone()).await.is_empty());
+    assert!(app.inbox(&bob.token).await.is_empty());
+    // Bad input: 422, never a 500.
+    for bad in [
+        json!({"ids": "1"}),
+        json!({}),
+        json!({"ids": vec![1; 1001]}),
+    ] {
+        let (status, _) = app.post("/messages/ack", &bob.token, bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let (status, _) = app.get("/messages/?ack=auto", &bob.token).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}

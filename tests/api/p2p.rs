@@ -164,3 +164,82 @@ async fn forwarded_for_believes_only_what_a_trusted_proxy_wrote() {
     }
     drop(bob);
 }
+
+/// HMAC-SHA1 written out from RFC 2104 over the SHA-1 function alone, so that
+/// the test does not share the server's HMAC code.
+fn hmac_sha1(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use sha1::Digest;
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..20].copy_from_slice(&sha1::Sha1::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = sha1::Sha1::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    sha1::Sha1::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn turn_credentials_follow_the_coturn_rest_api() {
+    use base64::Engine as _;
+    let off = spawn().await;
+    let alice = off.user("alice").await;
+    let (status, _) = off.get("/me/turn-credentials", &alice.token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "off unless configured");
+
+    let secret = "turn-shared-secret";
+    let app = spawn_with(|s| {
+        s.turn_secret = Some(secrecy::SecretString::from(secret));
+        s.turn_uris = vec![
+            "turn:turn.example.com:3478?transport=udp".into(),
+            "turns:turn.example.com:5349".into(),
+        ];
+        s.turn_ttl = 600;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let (status, _) = app
+        .call(reqwest::Method::GET, "/me/turn-credentials", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let now = chrono::Utc::now().timestamp();
+    let (status, creds) = app.get("/me/turn-credentials/", &alice.token).await;
+    assert_eq!(status, StatusCode::OK, "{creds}");
+    let username = creds["username"].as_str().unwrap();
+    let (expiry, user_id) = username.split_once(':').unwrap();
+    assert_eq!(user_id.parse::<i64>().unwrap(), alice.id);
+    let expiry: i64 = expiry.parse().unwrap();
+    assert!(
+        (now + 599..=now + 602).contains(&expiry),
+        "{expiry} vs {now}"
+    );
+    let expected = base64::engine::general_purpose::STANDARD
+        .encode(hmac_sha1(secret.as_bytes(), username.as_bytes()));
+    assert_eq!(creds["password"], expected);
+    assert_eq!(creds["ttl"], 600);
+    assert_eq!(
+        creds["uris"],
+        json!([
+            "turn:turn.example.com:3478?transport=udp",
+            "turns:turn.example.com:5349"
+        ])
+    );
+}
+
+#[test]
+fn turn_settings_are_checked() {
+    use secchat::config::Settings;
+    assert!(Settings::from_args(["--turn-uris", "turn:a.example:3478,stun:b.example"]).is_ok());
+    for bad in ["http://a.example", "turn:", "turn:a b"] {
+        assert!(Settings::from_args(["--turn-uris", bad]).is_err(), "{bad}");
+    }
+    assert!(Settings::from_args(["--turn-secret", ""]).is_err());
+}

@@ -50,9 +50,10 @@ async fn bad_tokens_are_closed_with_1008() {
             b64.encode(claims(now + 600).to_string())
         )
     };
+    // Without any token the server waits for an auth frame first
+    // (`tokens_may_stay_out_of_the_url`).
     let cases = [
-        String::new(),
-        "?token=".into(),
+        "?token=".to_owned(),
         "?token=garbage".into(),
         format!(
             "?token={}",
@@ -535,4 +536,53 @@ async fn a_client_that_stopped_reading_is_let_go_without_its_help() {
     sender.await.unwrap();
     drop(stuck);
     drain.abort();
+}
+
+/// Besides `?token=`, the token may come in the `Authorization` header, or as
+/// the first frame within `WS_AUTH_TIMEOUT_SECS`: a late, different or bad
+/// first frame is refused with 1008.
+#[tokio::test]
+async fn tokens_may_stay_out_of_the_url() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = spawn_with(|s| s.ws_auth_timeout_secs = 1).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+
+    let mut request = app.ws_url("").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", bob.token).parse().unwrap(),
+    );
+    let (stream, _) = connect_async(request).await.expect("ws connects");
+    let mut by_header = crate::helpers::WsClient { stream };
+
+    let (stream, _) = connect_async(app.ws_url("")).await.expect("ws connects");
+    let mut by_frame = crate::helpers::WsClient { stream };
+    by_frame
+        .send_json(json!({"type": "auth", "token": alice.token}))
+        .await;
+    let accepted = by_frame.json().await;
+    assert_eq!(accepted["type"], "authenticated", "{accepted}");
+    assert_eq!(by_header.text().await, online_notice("alice"));
+    by_frame
+        .send_json(json!({"recipient_username": "bob", "content": "no token in any URL"}))
+        .await;
+    assert_eq!(by_header.json().await["content"], "no token in any URL");
+
+    for (first, reason) in [
+        (Some("hello"), "the first frame must be"),
+        (
+            Some(r#"{"type": "auth", "token": "not.a.token"}"#),
+            "invalid or expired token",
+        ),
+        (None, "no auth frame in time"),
+    ] {
+        let (stream, _) = connect_async(app.ws_url("")).await.expect("ws connects");
+        let mut client = crate::helpers::WsClient { stream };
+        if let Some(first) = first {
+            client.send_text(first).await;
+        }
+        let (code, why) = client.closed().await;
+        assert_eq!(code, 1008);
+        assert!(why.contains(reason), "{why}");
+    }
 }

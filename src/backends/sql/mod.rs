@@ -187,7 +187,23 @@ macro_rules! visible_contacts_where {
     };
 }
 
-pub(crate) use {user_columns, user_json_fields, visible_contacts_where};
+/// A message (of table or alias `$t`) that no push holds a live claim on at
+/// `$now` (a placeholder).
+macro_rules! unclaimed {
+    ($t:literal, $now:literal) => {
+        concat!(
+            "(",
+            $t,
+            ".claimed_until IS NULL OR ",
+            $t,
+            ".claimed_until <= ",
+            $now,
+            ")"
+        )
+    };
+}
+
+pub(crate) use {unclaimed, user_columns, user_json_fields, visible_contacts_where};
 
 /// `%needle%` for `LIKE … ESCAPE '\'`, with the needle's own wildcards escaped.
 pub fn like_pattern(needle: &str) -> String {
@@ -267,7 +283,7 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 /// query written per dialect (it aggregates to JSON). A macro rather than
 /// generics because sqlx's executor bounds would outweigh the code they share.
 macro_rules! store_methods {
-    ($row:ty, $visible_contacts:expr, $lock_rows:expr $(,)?) => {
+    ($row:ty, $visible_contacts:expr, $lock_rows:expr, $skip_locked:literal $(,)?) => {
         fn ping(&self) -> $crate::store::Pending<'_, ()> {
             $crate::backends::sql::run(async move {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -842,21 +858,57 @@ macro_rules! store_methods {
             recipient: $crate::domain::UserId,
         ) -> $crate::store::Pending<'_, Vec<$crate::store::InboxMessage>> {
             $crate::backends::sql::run(async move {
-                Ok(sqlx::query_as(
+                Ok(sqlx::query_as(concat!(
                     "SELECT m.id, m.sender_id, m.receiver_id, m.encrypted_content, m.sent_at,
                             u.username AS sender_username
                      FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.receiver_id = $1 AND m.read_at IS NULL
-                     ORDER BY m.id LIMIT $2",
-                )
+                     WHERE m.receiver_id = $1 AND m.read_at IS NULL AND ",
+                    $crate::backends::sql::unclaimed!("m", "$3"),
+                    " ORDER BY m.id LIMIT $2"
+                ))
                 .bind(recipient)
                 .bind($crate::store::INBOX_PAGE)
+                .bind(chrono::Utc::now())
                 .fetch_all(&self.pool)
                 .await?)
             })
         }
 
-        fn delete_read<'a>(
+        fn claim_unread(
+            &self,
+            recipient: $crate::domain::UserId,
+            lease: std::time::Duration,
+        ) -> $crate::store::Pending<'_, Vec<$crate::store::InboxMessage>> {
+            $crate::backends::sql::run(async move {
+                let now = chrono::Utc::now();
+                let until = now + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX);
+                // Rows another claim or take holds are passed by (Postgres:
+                // SKIP LOCKED), and the outer condition is checked again on
+                // the rows taken, so no message is claimed twice.
+                let mut claimed: Vec<$crate::store::InboxMessage> = sqlx::query_as(concat!(
+                    "UPDATE messages SET claimed_until = $2
+                     WHERE id IN (SELECT id FROM messages
+                                  WHERE receiver_id = $1 AND read_at IS NULL AND ",
+                    $crate::backends::sql::unclaimed!("messages", "$3"),
+                    " ORDER BY id LIMIT $4", $skip_locked, ")
+                       AND read_at IS NULL AND ",
+                    $crate::backends::sql::unclaimed!("messages", "$3"),
+                    " RETURNING id, sender_id, receiver_id, encrypted_content, sent_at,
+                                (SELECT username FROM users u WHERE u.id = messages.sender_id)
+                                    AS sender_username"
+                ))
+                .bind(recipient)
+                .bind(until)
+                .bind(now)
+                .bind($crate::store::INBOX_PAGE)
+                .fetch_all(&self.pool)
+                .await?;
+                claimed.sort_by_key(|m| m.message.id);
+                Ok(claimed)
+            })
+        }
+
+        fn release_claims<'a>(
             &'a self,
             recipient: $crate::domain::UserId,
             ids: &'a [i64],
@@ -865,12 +917,31 @@ macro_rules! store_methods {
                 if ids.is_empty() {
                     return Ok(());
                 }
+                let mut release = sqlx::QueryBuilder::new(
+                    "UPDATE messages SET claimed_until = NULL WHERE receiver_id = ",
+                );
+                release.push_bind(recipient);
+                release.push(" AND id IN ");
+                $crate::backends::sql::push_id_list(&mut release, ids);
+                release.build().execute(&self.pool).await?;
+                Ok(())
+            })
+        }
+
+        fn delete_read<'a>(
+            &'a self,
+            recipient: $crate::domain::UserId,
+            ids: &'a [i64],
+        ) -> $crate::store::Pending<'a, u64> {
+            $crate::backends::sql::run(async move {
+                if ids.is_empty() {
+                    return Ok(0);
+                }
                 let mut delete = sqlx::QueryBuilder::new("DELETE FROM messages WHERE receiver_id = ");
                 delete.push_bind(recipient);
                 delete.push(" AND id IN ");
                 $crate::backends::sql::push_id_list(&mut delete, ids);
-                delete.build().execute(&self.pool).await?;
-                Ok(())
+                Ok(delete.build().execute(&self.pool).await?.rows_affected())
             })
         }
 
@@ -897,18 +968,24 @@ macro_rules! store_methods {
             recipient: $crate::domain::UserId,
         ) -> $crate::store::Pending<'_, Vec<$crate::store::Message>> {
             $crate::backends::sql::run(async move {
-                // One statement. SQLite runs writers one at a time; in Postgres a second
-                // concurrent take waits on the first one's row locks and then skips the rows
-                // it deleted. Either way no message is handed out twice, and none stays
+                // One statement. SQLite runs writers one at a time; in Postgres a
+                // concurrent take or claim passes by the rows another one locked
+                // (SKIP LOCKED: none waits on another, so none deadlocks).
+                // Either way no message is handed out twice, and none stays
                 // stored once handed out.
-                let mut taken: Vec<$crate::store::Message> = sqlx::query_as(
+                // Claimed messages are being pushed: passed by, here too (the
+                // outer condition is checked again on a row claimed meanwhile).
+                let mut taken: Vec<$crate::store::Message> = sqlx::query_as(concat!(
                     "DELETE FROM messages
-                     WHERE id IN (SELECT id FROM messages WHERE receiver_id = $1 AND read_at IS NULL
-                                  ORDER BY id LIMIT $2)
-                     RETURNING id, sender_id, receiver_id, encrypted_content, sent_at",
-                )
+                     WHERE id IN (SELECT id FROM messages WHERE receiver_id = $1 AND read_at IS NULL AND ",
+                    $crate::backends::sql::unclaimed!("messages", "$3"),
+                    " ORDER BY id LIMIT $2", $skip_locked, ") AND ",
+                    $crate::backends::sql::unclaimed!("messages", "$3"),
+                    " RETURNING id, sender_id, receiver_id, encrypted_content, sent_at"
+                ))
                 .bind(recipient)
                 .bind($crate::store::INBOX_PAGE)
+                .bind(chrono::Utc::now())
                 .fetch_all(&self.pool)
                 .await?;
                 taken.sort_by_key(|m| m.id);

@@ -53,6 +53,8 @@ impl Store for PostgresStore {
         ),
         // Mailbox rows are locked for a quota check; SQLite's one writer needs no lock.
         " FOR UPDATE",
+        // Messages being claimed or taken by one statement are passed by by others.
+        " FOR UPDATE SKIP LOCKED",
     );
 }
 
@@ -124,6 +126,7 @@ mod tests {
         contract::lookalike_names_are_duplicates(&fresh().await).await;
         contract::presence_consent_is_one_sided(&fresh().await).await;
         contract::accounts_change_and_go(&fresh().await).await;
+        contract::claimed_messages_reach_nobody_else(&fresh().await).await;
     }
 
     #[tokio::test]

@@ -68,6 +68,7 @@ impl Store for SqliteStore {
         ),
         // Mailbox rows are locked for a quota check; SQLite's one writer needs no lock.
         "",
+        "",
     );
 }
 
@@ -140,6 +141,7 @@ mod tests {
         contract::lookalike_names_are_duplicates(&fresh().await.0).await;
         contract::presence_consent_is_one_sided(&fresh().await.0).await;
         contract::accounts_change_and_go(&fresh().await.0).await;
+        contract::claimed_messages_reach_nobody_else(&fresh().await.0).await;
     }
 
     #[tokio::test]
