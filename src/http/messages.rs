@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::views::{Detail, MessageOut};
 use crate::{
     error::ApiError,
-    extract::{JsonBody, QueryParams},
+    extract::{JsonBody, QueryParams, Whole},
     service::AuthUser,
     state::AppState,
 };
@@ -89,8 +89,8 @@ async fn fetch(
 #[derive(Deserialize, ToSchema)]
 pub struct AckRequest {
     /// Ids of messages `GET /messages/?ack=manual` returned; at most 1000.
-    #[schema(max_items = 1000)]
-    ids: Vec<i64>,
+    #[schema(max_items = 1000, value_type = Vec<i64>)]
+    ids: Vec<Whole>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -110,6 +110,7 @@ async fn ack(
     user: AuthUser,
     JsonBody(body): JsonBody<AckRequest>,
 ) -> Result<Json<AckOut>, ApiError> {
-    let acked = state.services.ack_inbox(&user, &body.ids).await?;
+    let ids: Vec<i64> = body.ids.iter().map(|id| id.0).collect();
+    let acked = state.services.ack_inbox(&user, &ids).await?;
     Ok(Json(AckOut { acked }))
 }

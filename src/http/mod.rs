@@ -27,7 +27,9 @@ mod views;
 #[openapi(
     info(title = "secchat", description = "Secure instant-messaging server: accounts, contacts, presence for P2P, \
         a WebSocket relay at `/ws?token=<jwt>`, and offline messages. Every route also answers without (or with) \
-        its trailing slash.\n\nOn the WebSocket, besides the seed's frames: `{\"type\": \"auth\", \"token\": \"<jwt>\"}` renews \
+        its trailing slash.\n\nThe WebSocket token may also come as `Authorization: Bearer <jwt>`, or as the first frame \
+        `{\"type\": \"auth\", \"token\": \"<jwt>\"}` within `WS_AUTH_TIMEOUT_SECS` (else close `1008`). \
+        On the WebSocket, besides the seed's frames: `{\"type\": \"auth\", \"token\": \"<jwt>\"}` renews \
         the connection with a newer token of the same user (answer `{\"type\": \"authenticated\", \"expires_at\"}`); \
         without renewal the connection closes with `1008` `WS_TOKEN_GRACE_SECS` after its token expires. A contact's \
         new public key arrives as `{\"type\": \"key_changed\", \"username\", \"public_key\"}`. A broadcast with a \

@@ -292,15 +292,15 @@ async fn fan_out_resumes_after_redis_restarts() {
     assert_eq!(a.text().await, "系统消息: 用户 bob 已上线。");
 
     redis.child.kill().await.unwrap();
-    eventually("replicas notice Redis is gone", || async {
-        r[1].http
-            .get(r[1].url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == StatusCode::SERVICE_UNAVAILABLE
-    })
+    eventually(
+        "replicas notice the fan-out subscription is broken",
+        || async {
+            let response = r[1].http.get(r[1].url("/readyz")).send().await.unwrap();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            status == StatusCode::SERVICE_UNAVAILABLE && body["bus"] == false
+        },
+    )
     .await;
     // Requests that need Redis fail fast and clearly.
     let response = r[0]
@@ -352,6 +352,9 @@ async fn fan_out_resumes_after_redis_restarts() {
         r[0].get("/users/bob/connection-info", &alice.token).await.0 == StatusCode::OK
     })
     .await;
+    // What was sent while Redis was away was kept: bob gets it, once.
+    assert_eq!(r[1].inbox(&bob.token).await, ["while Redis is away"]);
+    assert!(r[0].inbox(&bob.token).await.is_empty());
 }
 
 #[tokio::test]
