@@ -350,8 +350,10 @@ async fn websockets_end_with_their_token_unless_renewed() {
         .send_json(json!({"type": "auth", "token": "not.a.token"}))
         .await;
     assert!(renewing.error().await.contains("keeps its current token"));
-    // Renewed 4 s later, bob's connection lasts about 4 s longer than it would have.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Renewed 5 s later, bob's connection lasts about 5 s longer than it
+    // would have (and the newer token, used to log out below, is still valid
+    // then: 2 s and the verifier's 5 s of leeway).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let fresh = app.login("bob", None).await;
     renewing
         .send_json(json!({"type": "auth", "token": fresh}))

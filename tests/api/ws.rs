@@ -544,7 +544,9 @@ async fn a_client_that_stopped_reading_is_let_go_without_its_help() {
 #[tokio::test]
 async fn tokens_may_stay_out_of_the_url() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let app = spawn_with(|s| s.ws_auth_timeout_secs = 1).await;
+    // Long enough for a busy machine to carry the first frame; short enough
+    // to wait for in full.
+    let app = spawn_with(|s| s.ws_auth_timeout_secs = 3).await;
     let (alice, bob) = app.friends("alice", "bob").await;
 
     let mut request = app.ws_url("").into_client_request().unwrap();
