@@ -69,19 +69,14 @@ impl Username {
         skeleton_of(&self.0)
     }
 
-    /// The look-up key of a name a client gave, or `None` when no user can have
-    /// that name (so there is nothing to look up).
+    /// The look-up key of a name (or part of one, to search for) a client
+    /// gave, or `None` when no user's name can hold it (so there is nothing to
+    /// look up).
     pub fn lookup_key(raw: &str) -> Option<String> {
         let fits = !raw.is_empty()
             && raw.chars().count() <= USERNAME_MAX_CHARS
             && raw.chars().all(is_name_text);
         fits.then(|| fold(raw))
-    }
-
-    /// The folded form of a search string, or `None` when it holds a
-    /// character no username has (so nothing can match).
-    pub fn search_needle(raw: &str) -> Option<String> {
-        Self::lookup_key(raw)
     }
 
     pub fn as_str(&self) -> &str {
@@ -252,8 +247,8 @@ mod tests {
         assert_eq!(Username::parse("Alice").unwrap().key(), "alice");
         assert_eq!(Username::lookup_key("BoB"), Some("bob".into()));
         assert_eq!(Username::lookup_key("b\0b"), None);
-        assert_eq!(Username::search_needle("L_I"), Some("l_i".into()));
-        assert_eq!(Username::search_needle("%"), None);
+        assert_eq!(Username::lookup_key("L_I"), Some("l_i".into()));
+        assert_eq!(Username::lookup_key("%"), None);
     }
 
     #[test]

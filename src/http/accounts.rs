@@ -273,11 +273,10 @@ async fn change_public_key(
     user: AuthUser,
     JsonBody(body): JsonBody<PublicKeyChange>,
 ) -> Result<Json<UserOut>, ApiError> {
-    let changed = state
+    let (changed, online) = state
         .services
         .change_public_key(&user, body.public_key)
         .await?;
-    let (_, online) = state.services.me(&user).await?;
     Ok(Json(UserOut::new(changed, online)))
 }
 

@@ -12,9 +12,9 @@ use utoipa::IntoParams;
 
 use super::views::{ContactEntry, Detail, OnlineContact, PendingEntry};
 use crate::{
-    domain::{Invalid, UserId},
+    domain::UserId,
     error::ApiError,
-    extract::{JsonBody, PathParam, QueryParams, whole_number},
+    extract::{JsonBody, PathParam, QueryParams, Whole},
     service::{AuthUser, ContactTarget},
     state::AppState,
 };
@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
 pub struct AddContactRequest {
     friend_username: Option<String>,
     /// A whole number, with or without a fraction.
-    friend_id: Option<serde_json::Number>,
+    friend_id: Option<Whole>,
 }
 
 /// Documented by hand: one of the two fields must be present (a derived
@@ -94,9 +94,7 @@ async fn add(
 ) -> Result<(StatusCode, Json<ContactEntry>), ApiError> {
     let target = match (body.friend_username, body.friend_id) {
         (Some(name), _) => ContactTarget::Name(name),
-        (None, Some(id)) => ContactTarget::Id(
-            whole_number(&id).ok_or_else(|| Invalid::new("friend_id", "must be an integer"))?,
-        ),
+        (None, Some(Whole(id))) => ContactTarget::Id(id),
         (None, None) => return Err(ApiError::missing("body", "friend_username")),
     };
     let (contact, online) = state.services.add_contact(&user, target).await?;

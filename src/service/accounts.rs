@@ -264,7 +264,12 @@ impl Services {
     /// Publishes a new public key for the caller. Users who have it as a
     /// contact and are connected receive a `key_changed` frame; the others
     /// see `key_changed_at` in their contact list.
-    pub async fn change_public_key(&self, user: &AuthUser, public_key: String) -> Result<User> {
+    /// Returns the user, and whether it is online.
+    pub async fn change_public_key(
+        &self,
+        user: &AuthUser,
+        public_key: String,
+    ) -> Result<(User, bool)> {
         let key = PublicKey::parse(public_key)?;
         let changed = self
             .store
@@ -292,7 +297,8 @@ impl Services {
             tracing::warn!(error = %err, "key change notice failed");
         }
         tracing::info!(user_id = user.id, "public key changed");
-        Ok(changed)
+        let online = self.presence.locate(&[user.id]).await?[0].is_some();
+        Ok((changed, online))
     }
 
     /// Deletes the caller's account once its password is confirmed: its
@@ -302,9 +308,8 @@ impl Services {
     pub async fn delete_account(&self, user: &AuthUser, password: String) -> Result<()> {
         self.confirm_password(user, password).await?;
         self.revocations.revoke_all(user.id, None).await?;
-        let retired_until = Utc::now()
-            + chrono::TimeDelta::from_std(self.settings.deleted_name_retention())
-                .unwrap_or(chrono::TimeDelta::MAX);
+        let retired_until =
+            crate::domain::time::after(Utc::now(), self.settings.deleted_name_retention());
         let Some(mut related) = self.store.delete_user(user.id, retired_until).await? else {
             return Err(Error::BAD_TOKEN);
         };
@@ -364,7 +369,7 @@ impl Services {
     ) -> Result<Vec<(User, bool)>> {
         self.spend(Limit::SearchPerUser, &user.id.to_string())
             .await?;
-        let Some(needle) = Username::search_needle(query).filter(|_| limit > 0) else {
+        let Some(needle) = Username::lookup_key(query).filter(|_| limit > 0) else {
             return Ok(Vec::new()); // nothing can match
         };
         let users = self

@@ -473,8 +473,7 @@ impl Services {
     /// `GET /messages/?ack=manual`: the caller's unread messages, oldest
     /// first, left unread until acknowledged.
     pub async fn peek_inbox(&self, user: &AuthUser) -> Result<Vec<Message>> {
-        let unread = self.store.peek_unread(user.id).await?;
-        Ok(unread.into_iter().map(|m| m.message).collect())
+        Ok(self.store.peek_unread(user.id).await?)
     }
 
     /// `POST /messages/ack`: these of the caller's unread messages were
@@ -516,9 +515,7 @@ impl Services {
     /// time so that no statement holds the store for long; returns how many.
     pub async fn expire_messages(&self) -> Result<u64> {
         const BATCH: i64 = 1000;
-        let ttl = chrono::TimeDelta::from_std(self.settings.message_ttl())
-            .unwrap_or(chrono::TimeDelta::MAX);
-        let before = Utc::now() - ttl;
+        let before = crate::domain::time::before(Utc::now(), self.settings.message_ttl());
         let mut expired = 0;
         loop {
             let deleted = self.store.expire_messages(before, BATCH).await?;

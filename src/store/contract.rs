@@ -226,9 +226,9 @@ pub async fn messages_are_read_once_in_order(s: &dyn Store) {
     let unread = s.peek_unread(b.id).await.unwrap();
     let peeked: Vec<_> = unread
         .iter()
-        .map(|m| (m.sender_username.as_str(), m.message.content.as_str()))
+        .map(|m| (m.sender_id, m.content.as_str()))
         .collect();
-    assert_eq!(peeked, [("a", "one"), ("a", "two")]);
+    assert_eq!(peeked, [(a.id, "one"), (a.id, "two")]);
     s.delete_read(a.id, &[stored[0].id]).await.unwrap();
     assert_eq!(
         s.peek_unread(b.id).await.unwrap().len(),
@@ -359,7 +359,7 @@ pub async fn mailboxes_hold_what_their_quota_allows(s: &dyn Store) {
     assert_eq!(stored(third), [Some("s4".into()), Some("s5".into())]);
     // Deleting one read, and expiring the rest, free it too.
     let unread = s.peek_unread(b.id).await.unwrap();
-    s.delete_read(b.id, &[unread[0].message.id]).await.unwrap();
+    s.delete_read(b.id, &[unread[0].id]).await.unwrap();
     assert_eq!(s.mailbox_usage(b.id).await.unwrap().from_strangers, 1);
     s.expire_messages(t(1000), 100).await.unwrap();
     assert_eq!(

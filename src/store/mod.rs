@@ -276,7 +276,7 @@ pub trait Store: Send + Sync + 'static {
     fn mailbox_usage(&self, user: UserId) -> Pending<'_, MailboxUsage>;
     /// Unread messages of `recipient` that no push has claimed, oldest first,
     /// left unread.
-    fn peek_unread(&self, recipient: UserId) -> Pending<'_, Vec<InboxMessage>>;
+    fn peek_unread(&self, recipient: UserId) -> Pending<'_, Vec<Message>>;
     /// Claims `recipient`'s unread messages that no one else has claimed,
     /// oldest first (a page at most), for `lease`, in one statement: until
     /// the claim is released or runs out, no other claim or take gets them.

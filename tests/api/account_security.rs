@@ -19,16 +19,6 @@ async fn change_password(app: &TestApp, token: &str, old: &str, new: &str) -> St
     .0
 }
 
-async fn login_with(app: &TestApp, name: &str, password: &str) -> StatusCode {
-    app.http
-        .post(app.url("/token"))
-        .form(&[("username", name), ("password", password)])
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
 #[tokio::test]
 async fn a_password_change_ends_every_other_session() {
     let app = spawn().await;
@@ -68,11 +58,11 @@ async fn a_password_change_ends_every_other_session() {
     own_ws.send_text("still here").await;
     own_ws.silent_for(Duration::from_millis(200)).await;
     assert_eq!(
-        login_with(&app, "alice", &password_of("alice")).await,
+        app.try_login("alice", &password_of("alice"), None).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        login_with(&app, "alice", "new-secret").await,
+        app.try_login("alice", "new-secret", None).await,
         StatusCode::OK
     );
 }
@@ -98,7 +88,7 @@ async fn wrong_old_passwords_are_counted_like_failed_logins() {
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(
-        login_with(&app, "alice", &password_of("alice")).await,
+        app.try_login("alice", &password_of("alice"), None).await,
         StatusCode::TOO_MANY_REQUESTS
     );
 }
@@ -141,12 +131,10 @@ async fn a_new_public_key_reaches_contacts_online_and_offline() {
     let app = spawn().await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let carol = app.user("carol").await;
-    app.post(
-        "/me/contacts/",
-        &carol.token,
-        json!({"friend_username": "alice"}),
-    )
-    .await;
+    assert_eq!(
+        app.add_contact(&carol.token, "alice").await,
+        StatusCode::ACCEPTED
+    );
     let dave = app.user("dave").await;
     let mut bob_ws = app.ws(&bob.token).await;
     let mut dave_ws = app.ws(&dave.token).await;
@@ -208,12 +196,10 @@ async fn deleting_an_account_removes_it_and_keeps_its_name() {
     let app = spawn().await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let carol = app.user("carol").await;
-    app.post(
-        "/me/contacts/",
-        &alice.token,
-        json!({"friend_username": "carol"}),
-    )
-    .await;
+    assert_eq!(
+        app.add_contact(&alice.token, "carol").await,
+        StatusCode::ACCEPTED
+    );
     // Stored both ways: from alice to bob, and from carol to alice.
     app.post(
         "/messages/",
@@ -253,7 +239,7 @@ async fn deleting_an_account_removes_it_and_keeps_its_name() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        login_with(&app, "alice", &password_of("alice")).await,
+        app.try_login("alice", &password_of("alice"), None).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(app.get("/me/contacts/", &bob.token).await.1, json!([]));
@@ -281,14 +267,10 @@ async fn deleting_an_account_removes_it_and_keeps_its_name() {
         .send_json(json!({"recipient_username": "alice", "content": "late"}))
         .await;
     assert!(bob_ws.error().await.contains("not found"));
-    let (status, _) = app
-        .post(
-            "/me/contacts/",
-            &bob.token,
-            json!({"friend_username": "alice"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.add_contact(&bob.token, "alice").await,
+        StatusCode::NOT_FOUND
+    );
     // Its name, and names like it, stay unavailable.
     for name in ["alice", "ALICE", "аlice"] {
         let (status, body) = app

@@ -120,6 +120,18 @@ impl Backend {
         }
     }
 
+    /// Runs one SQL statement on this backend's database, as an operator (or
+    /// an earlier release) would.
+    pub async fn execute(&self, sql: &str) {
+        if self.database_url.starts_with("sqlite:") {
+            let db = sqlx::SqlitePool::connect(&self.database_url).await.unwrap();
+            sqlx::query(sql).execute(&db).await.unwrap();
+        } else {
+            let db = sqlx::PgPool::connect(&self.database_url).await.unwrap();
+            sqlx::query(sql).execute(&db).await.unwrap();
+        }
+    }
+
     /// The settings of a replica on this backend, on a free port.
     pub fn settings(&self) -> Settings {
         let mut settings = Settings {
@@ -374,6 +386,28 @@ impl TestApp {
         body["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// `POST /token` with this password, optionally through a proxy that
+    /// sends `X-Forwarded-For`; returns the status.
+    pub async fn try_login(
+        &self,
+        name: &str,
+        password: &str,
+        forwarded_for: Option<&str>,
+    ) -> StatusCode {
+        let mut request = self.http.post(self.url("/token"));
+        if let Some(hops) = forwarded_for {
+            request = request.header("x-forwarded-for", hops);
+        }
+        let form = [("username", name), ("password", password)];
+        request.form(&form).send().await.unwrap().status()
+    }
+
+    /// `token`'s user adds `friend` as a contact; returns the status.
+    pub async fn add_contact(&self, token: &str, friend: &str) -> StatusCode {
+        let body = json!({"friend_username": friend});
+        self.post("/me/contacts/", token, body).await.0
+    }
+
     /// Registers and logs in.
     pub async fn user(&self, name: &str) -> TestUser {
         let id = self.register(name).await["id"].as_i64().unwrap();
@@ -388,14 +422,10 @@ impl TestApp {
     /// Two users that have accepted each other.
     pub async fn friends(&self, a: &str, b: &str) -> (TestUser, TestUser) {
         let (a, b) = (self.user(a).await, self.user(b).await);
-        let (status, _) = self
-            .post(
-                "/me/contacts/",
-                &a.token,
-                json!({"friend_username": b.name}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(
+            self.add_contact(&a.token, &b.name).await,
+            StatusCode::ACCEPTED
+        );
         let (status, _) = self
             .call(
                 Method::PUT,

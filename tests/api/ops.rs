@@ -235,6 +235,18 @@ async fn short_secrets_are_refused() {
     assert!(Settings::from_args(["--jwt-secret", "too-short"]).is_err());
 }
 
+/// A deleted name must stay retired longer than replicas remember names, or
+/// one could resolve to an account that is gone after someone else took it.
+#[tokio::test]
+async fn a_name_retention_shorter_than_the_name_cache_is_refused() {
+    let backend = crate::helpers::Backend::embedded();
+    let mut settings = backend.settings();
+    settings.deleted_name_retention_secs = 60;
+    let refused = secchat::startup::App::build(settings).await;
+    let message = format!("{:#}", refused.err().expect("refused"));
+    assert!(message.contains("DELETED_NAME_RETENTION_SECS"), "{message}");
+}
+
 #[tokio::test]
 async fn relay_metrics_move_with_websocket_traffic() {
     let app = crate::helpers::spawn_with(|s| {

@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use secchat::config::Visibility;
 use serde_json::json;
 
-use crate::helpers::{eventually, spawn, spawn_with};
+use crate::helpers::{eventually, password_of, spawn, spawn_with};
 
 #[tokio::test]
 async fn connection_info_for_a_consenting_online_user() {
@@ -112,18 +112,10 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let sceptic = spawn().await;
     for (app, expected) in [(&trusting, "203.0.113.7"), (&sceptic, "127.0.0.1")] {
         let (alice, bob) = app.friends("alice", "bob").await;
-        let response = app
-            .http
-            .post(app.url("/token"))
-            .header("x-forwarded-for", "203.0.113.7")
-            .form(&[
-                ("username", "bob"),
-                ("password", &crate::helpers::password_of("bob")),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        let status = app
+            .try_login("bob", &password_of("bob"), Some("203.0.113.7"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
         let info = app.get("/users/bob/connection-info", &alice.token).await.1;
         assert_eq!(info["ip_address"], expected);
         drop(bob);
@@ -143,18 +135,8 @@ async fn forwarded_for_believes_only_what_a_trusted_proxy_wrote() {
         ("198.51.100.4:5000, 203.0.113.7:4242", "203.0.113.7", 4242),
         ("203.0.113.7", "203.0.113.7", 0),
     ] {
-        let response = app
-            .http
-            .post(app.url("/token"))
-            .header("x-forwarded-for", xff)
-            .form(&[
-                ("username", "bob"),
-                ("password", &crate::helpers::password_of("bob")),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        let status = app.try_login("bob", &password_of("bob"), Some(xff)).await;
+        assert_eq!(status, StatusCode::OK);
         let info = app.get("/users/bob/connection-info", &alice.token).await.1;
         assert_eq!(
             (info["ip_address"].as_str(), info["port"].as_u64()),

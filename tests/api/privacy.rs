@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use secchat::config::{Switch, Visibility};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, password_of, spawn, spawn_open, spawn_with};
+use crate::helpers::{Backend, TestApp, password_of, spawn, spawn_open, spawn_with};
 
 async fn register_as(
     app: &TestApp,
@@ -180,12 +180,10 @@ async fn search_shows_presence_only_to_users_the_subject_accepted() {
         let (friend, bobby) = app.friends("friend", "bobby").await;
         let stranger = app.user("stranger").await;
         // One-sided: stranger added bobby, who did not accept.
-        app.post(
-            "/me/contacts/",
-            &stranger.token,
-            json!({"friend_username": "bobby"}),
-        )
-        .await;
+        assert_eq!(
+            app.add_contact(&stranger.token, "bobby").await,
+            StatusCode::ACCEPTED
+        );
         let online = |token: &str| {
             let token = token.to_owned();
             let app = &app;
@@ -202,4 +200,33 @@ async fn search_shows_presence_only_to_users_the_subject_accepted() {
         let (_, pending) = app.get("/me/contacts/pending", &bobby.token).await;
         assert_eq!(pending[0]["user"]["is_online"], json!(true));
     }
+}
+
+/// Users registered before names had skeletons (their key lowercased, no
+/// skeleton) are given both when the server starts, so that a lookalike of
+/// theirs is refused and a folded name finds them.
+#[tokio::test]
+async fn users_from_before_get_their_skeletons_at_start_up() {
+    let backend = Backend::new().await;
+    let app = backend.spawn(|_| {}).await;
+    for name in ["STRAßE", "alice"] {
+        app.register(name).await;
+    }
+    app.stop().await;
+    // As the previous release left them.
+    backend
+        .execute("UPDATE users SET username_skeleton = NULL, username_key = LOWER(username)")
+        .await;
+    backend
+        .execute("UPDATE users SET username_key = 'straße' WHERE username = 'STRAßE'")
+        .await;
+    let app = backend.spawn(|_| {}).await;
+    for (i, name) in ["strasse", "аlice"].into_iter().enumerate() {
+        let (status, body) = register_as(&app, name, &format!("n{i}@example.com"), "pk").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+    }
+    assert_eq!(
+        app.try_login("strasse", &password_of("STRAßE"), None).await,
+        StatusCode::OK
+    );
 }

@@ -170,14 +170,10 @@ async fn notices_reach_only_users_the_subject_accepted() {
     let (alice, bob) = app.friends("alice", "bob").await;
     let (carol, dave) = (app.user("carol").await, app.user("dave").await);
     // carol added bob; bob has only a request from her.
-    let (status, _) = app
-        .post(
-            "/me/contacts/",
-            &carol.token,
-            json!({"friend_username": "bob"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        app.add_contact(&carol.token, "bob").await,
+        StatusCode::ACCEPTED
+    );
     let mut alice_ws = app.ws(&alice.token).await;
     let mut carol_ws = app.ws(&carol.token).await;
     let mut dave_ws = app.ws(&dave.token).await;

@@ -120,7 +120,8 @@ where
 }
 
 /// Moves every unexpired token of `user` but `keep` from the issued to the
-/// revoked ones, in one transaction; returns them with their expiry.
+/// revoked ones, in one transaction of two statements however many there are;
+/// returns them with their expiry.
 async fn revoke_issued<DB>(
     pool: &sqlx::Pool<DB>,
     user: UserId,
@@ -135,35 +136,54 @@ where
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     (String, DateTime<Utc>): for<'r> sqlx::FromRow<'r, DB::Row>,
 {
+    const OF_USER: &str =
+        "FROM issued_tokens WHERE user_id = $1 AND jti <> $2 AND expires_at >= $3";
+    let (keep, now) = (keep.unwrap_or_default().to_owned(), Utc::now());
     let mut tx = pool.begin().await.map_err(revocation_failed)?;
-    let revoked: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "DELETE FROM issued_tokens WHERE user_id = $1 AND jti <> $2 AND expires_at >= $3
-         RETURNING jti, expires_at",
-    )
+    sqlx::query(&format!(
+        "INSERT INTO revoked_tokens (jti, expires_at) SELECT jti, expires_at {OF_USER}
+         ON CONFLICT (jti) DO NOTHING"
+    ))
     .bind(user)
-    .bind(keep.unwrap_or_default().to_owned())
-    .bind(Utc::now())
-    .fetch_all(&mut *tx)
+    .bind(keep.clone())
+    .bind(now)
+    .execute(&mut *tx)
     .await
     .map_err(revocation_failed)?;
-    for (jti, expires_at) in &revoked {
-        sqlx::query(
-            "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
-        )
-        .bind(jti.clone())
-        .bind(*expires_at)
-        .execute(&mut *tx)
+    let revoked = sqlx::query_as(&format!("DELETE {OF_USER} RETURNING jti, expires_at"))
+        .bind(user)
+        .bind(keep)
+        .bind(now)
+        .fetch_all(&mut *tx)
         .await
         .map_err(revocation_failed)?;
-    }
     tx.commit().await.map_err(revocation_failed)?;
     Ok(revoked)
 }
 
-/// The columns of a user (`u`), as `User` reads them.
+/// The columns of a user, as `User` reads them: of `u`, or with the prefix
+/// given (`""` in a `RETURNING` clause, where SQLite takes no alias).
 macro_rules! user_columns {
     () => {
-        "u.id, u.username, u.email, u.public_key, u.created_at, u.last_seen, u.key_changed_at"
+        $crate::backends::sql::user_columns!("u.")
+    };
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id, ",
+            $p,
+            "username, ",
+            $p,
+            "email, ",
+            $p,
+            "public_key, ",
+            $p,
+            "created_at, ",
+            $p,
+            "last_seen, ",
+            $p,
+            "key_changed_at"
+        )
     };
 }
 
@@ -187,6 +207,13 @@ macro_rules! visible_contacts_where {
     };
 }
 
+/// The columns of a message, as `Message` reads them.
+macro_rules! message_columns {
+    () => {
+        "id, sender_id, receiver_id, encrypted_content, sent_at"
+    };
+}
+
 /// A message (of table or alias `$t`) that no push holds a live claim on at
 /// `$now` (a placeholder).
 macro_rules! unclaimed {
@@ -203,7 +230,9 @@ macro_rules! unclaimed {
     };
 }
 
-pub(crate) use {unclaimed, user_columns, user_json_fields, visible_contacts_where};
+pub(crate) use {
+    message_columns, unclaimed, user_columns, user_json_fields, visible_contacts_where,
+};
 
 /// `%needle%` for `LIKE … ESCAPE '\'`, with the needle's own wildcards escaped.
 pub fn like_pattern(needle: &str) -> String {
@@ -298,12 +327,15 @@ macro_rules! store_methods {
             $crate::backends::sql::run(async move {
                 // A name retired with a deleted account counts as taken until then.
                 let created = sqlx::query_as(
-                    "INSERT INTO users (username, username_key, username_skeleton, email, email_key,
-                                        password_hash, public_key, created_at)
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8
-                     WHERE NOT EXISTS (SELECT 1 FROM retired_usernames
-                                       WHERE username_skeleton = $3 AND until > $8)
-                     RETURNING id, username, email, public_key, created_at, last_seen, key_changed_at",
+                    concat!(
+                        "INSERT INTO users (username, username_key, username_skeleton, email, email_key,
+                                                 password_hash, public_key, created_at)
+                         SELECT $1, $2, $3, $4, $5, $6, $7, $8
+                         WHERE NOT EXISTS (SELECT 1 FROM retired_usernames
+                                           WHERE username_skeleton = $3 AND until > $8)
+                         RETURNING ",
+                        $crate::backends::sql::user_columns!("")
+                    ),
                 )
                 .bind(&user.username)
                 .bind(&user.username_key)
@@ -471,10 +503,10 @@ macro_rules! store_methods {
             at: chrono::DateTime<chrono::Utc>,
         ) -> $crate::store::Pending<'a, Option<$crate::store::User>> {
             $crate::backends::sql::run(async move {
-                Ok(sqlx::query_as(
-                    "UPDATE users SET public_key = $1, key_changed_at = $2 WHERE id = $3
-                     RETURNING id, username, email, public_key, created_at, last_seen, key_changed_at",
-                )
+                Ok(sqlx::query_as(concat!(
+                    "UPDATE users SET public_key = $1, key_changed_at = $2 WHERE id = $3 RETURNING ",
+                    $crate::backends::sql::user_columns!("")
+                ))
                 .bind(public_key)
                 .bind(at)
                 .bind(id)
@@ -815,7 +847,7 @@ macro_rules! store_methods {
                             .push_bind(m.sent_at)
                             .push_bind(*stranger);
                     });
-                    insert.push(" RETURNING id, sender_id, receiver_id, encrypted_content, sent_at");
+                    insert.push(concat!(" RETURNING ", $crate::backends::sql::message_columns!()));
                     let mut rows: Vec<$crate::store::Message> =
                         insert.build_query_as().fetch_all(&mut *tx).await?;
                     // Ids grow in the order of the VALUES list.
@@ -856,15 +888,15 @@ macro_rules! store_methods {
         fn peek_unread(
             &self,
             recipient: $crate::domain::UserId,
-        ) -> $crate::store::Pending<'_, Vec<$crate::store::InboxMessage>> {
+        ) -> $crate::store::Pending<'_, Vec<$crate::store::Message>> {
             $crate::backends::sql::run(async move {
                 Ok(sqlx::query_as(concat!(
-                    "SELECT m.id, m.sender_id, m.receiver_id, m.encrypted_content, m.sent_at,
-                            u.username AS sender_username
-                     FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.receiver_id = $1 AND m.read_at IS NULL AND ",
-                    $crate::backends::sql::unclaimed!("m", "$3"),
-                    " ORDER BY m.id LIMIT $2"
+                    "SELECT ",
+                    $crate::backends::sql::message_columns!(),
+                    " FROM messages
+                     WHERE receiver_id = $1 AND read_at IS NULL AND ",
+                    $crate::backends::sql::unclaimed!("messages", "$3"),
+                    " ORDER BY id LIMIT $2"
                 ))
                 .bind(recipient)
                 .bind($crate::store::INBOX_PAGE)
@@ -881,7 +913,7 @@ macro_rules! store_methods {
         ) -> $crate::store::Pending<'_, Vec<$crate::store::InboxMessage>> {
             $crate::backends::sql::run(async move {
                 let now = chrono::Utc::now();
-                let until = now + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX);
+                let until = $crate::domain::time::after(now, lease);
                 // Rows another claim or take holds are passed by (Postgres:
                 // SKIP LOCKED), and the outer condition is checked again on
                 // the rows taken, so no message is claimed twice.
@@ -893,7 +925,9 @@ macro_rules! store_methods {
                     " ORDER BY id LIMIT $4", $skip_locked, ")
                        AND read_at IS NULL AND ",
                     $crate::backends::sql::unclaimed!("messages", "$3"),
-                    " RETURNING id, sender_id, receiver_id, encrypted_content, sent_at,
+                    " RETURNING ",
+                    $crate::backends::sql::message_columns!(),
+                    ",
                                 (SELECT username FROM users u WHERE u.id = messages.sender_id)
                                     AS sender_username"
                 ))
@@ -981,7 +1015,8 @@ macro_rules! store_methods {
                     $crate::backends::sql::unclaimed!("messages", "$3"),
                     " ORDER BY id LIMIT $2", $skip_locked, ") AND ",
                     $crate::backends::sql::unclaimed!("messages", "$3"),
-                    " RETURNING id, sender_id, receiver_id, encrypted_content, sent_at"
+                    " RETURNING ",
+                    $crate::backends::sql::message_columns!()
                 ))
                 .bind(recipient)
                 .bind($crate::store::INBOX_PAGE)

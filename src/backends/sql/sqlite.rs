@@ -72,6 +72,16 @@ impl Store for SqliteStore {
     );
 }
 
+impl SqliteStore {
+    /// Adds tokens to the set kept in memory, dropping those that expired.
+    fn remember_revoked(&self, tokens: impl IntoIterator<Item = (String, DateTime<Utc>)>) {
+        let now = Utc::now();
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        revoked.retain(|_, until| *until >= now);
+        revoked.extend(tokens);
+    }
+}
+
 /// One process owns a SQLite file, so the set of revoked tokens it keeps in
 /// memory is authoritative: checking a token costs no query. The table keeps
 /// the set across restarts.
@@ -79,10 +89,7 @@ impl Store for SqliteStore {
 impl Revocations for SqliteStore {
     async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> Result<(), RevocationError> {
         super::insert_revocation(&self.pool, jti, expires_at).await?;
-        let now = Utc::now();
-        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
-        revoked.retain(|_, until| *until >= now);
-        revoked.insert(jti.to_owned(), expires_at);
+        self.remember_revoked([(jti.to_owned(), expires_at)]);
         Ok(())
     }
 
@@ -109,8 +116,7 @@ impl Revocations for SqliteStore {
         keep: Option<&str>,
     ) -> Result<(), RevocationError> {
         let revoked = super::revoke_issued(&self.pool, user, keep).await?;
-        let mut set = self.revoked.write().unwrap_or_else(|p| p.into_inner());
-        set.extend(revoked);
+        self.remember_revoked(revoked);
         Ok(())
     }
 }
