@@ -66,6 +66,12 @@ pub struct Settings {
     #[arg(long, env = "WS_AUTH_TIMEOUT_SECS", default_value_t = 10)]
     pub ws_auth_timeout_secs: u64,
 
+    /// How long a directed message's `client_id` is remembered: the same id
+    /// sent again by the same sender within this time is answered with the
+    /// first message's `sent` receipt and not delivered twice.
+    #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 10 * 60)]
+    pub dedup_window_secs: u64,
+
     /// How long the name of a deleted account stays unavailable to others.
     #[arg(long, env = "DELETED_NAME_RETENTION_SECS", default_value_t = 30 * 24 * 60 * 60)]
     pub deleted_name_retention_secs: u64,
@@ -373,6 +379,10 @@ impl Settings {
 
     pub fn ws_auth_timeout(&self) -> Duration {
         Duration::from_secs(self.ws_auth_timeout_secs.max(1))
+    }
+
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_secs(self.dedup_window_secs.max(1))
     }
 
     pub fn deleted_name_retention(&self) -> Duration {

@@ -7,7 +7,7 @@
 //! The modules form layers that only point down (README: Architecture):
 //! `startup` → the edges (`http`, `ws`, with `extract` and `error`) → `state` →
 //! `service` → the backend traits (`store`, `presence`, `bus`, `revocation`,
-//! `ratelimit`),
+//! `ratelimit`, `client_ids`),
 //! implemented in `backends` → `auth`, `domain`, `config`, `metrics`, `batch`.
 
 /// Password hashing and access tokens.
@@ -18,6 +18,8 @@ pub mod backends;
 pub mod batch;
 /// Fan-out of WebSocket events to every replica that holds the addressees: the trait.
 pub mod bus;
+/// The message ids senders' client ids name, for de-duplication: the trait.
+pub mod client_ids;
 /// Typed settings, read from the environment and command-line flags.
 pub mod config;
 /// The vocabulary: ids, validated values, endpoints, messages, disconnect reasons.

@@ -59,8 +59,8 @@ pub enum Relay {
 struct PerMessage {
     direct_deliveries: Counter,
     broadcast_deliveries: Counter,
-    published: [Counter; 3],
-    received: [Counter; 3],
+    published: [Counter; 5],
+    received: [Counter; 5],
     bus_latency: Histogram,
 }
 
@@ -68,7 +68,7 @@ static PER_MESSAGE: OnceLock<PerMessage> = OnceLock::new();
 
 fn per_message() -> &'static PerMessage {
     PER_MESSAGE.get_or_init(|| {
-        let kinds = ["direct", "broadcast", "close"];
+        let kinds = ["direct", "broadcast", "close", "delivered", "unread"];
         PerMessage {
             direct_deliveries: counter!("secchat_ws_deliveries_total", "kind" => "direct"),
             broadcast_deliveries: counter!("secchat_ws_deliveries_total", "kind" => "broadcast"),
@@ -160,6 +160,8 @@ pub enum EventKind {
     Direct = 0,
     Text = 1,
     Close = 2,
+    Delivered = 3,
+    Unread = 4,
 }
 
 pub fn bus_published(kind: EventKind) {

@@ -53,6 +53,7 @@ impl App {
                 presence: backends.presence,
                 bus: backends.bus,
                 limiter: backends.limiter,
+                client_ids: backends.client_ids,
             },
             hub,
             Tokens::new(&backends.jwt_secret, settings.token_ttl()),

@@ -1,7 +1,7 @@
 //! The backends, and the one place that turns settings into them.
 //!
-//! - `memory`: presence, fan-out and rate limits in this process (the embedded default);
-//! - `redis`: presence, fan-out, revoked tokens and rate limits shared by replicas;
+//! - `memory`: presence, fan-out, rate limits and client ids in this process (the embedded default);
+//! - `redis`: presence, fan-out, revoked tokens, rate limits and client ids shared by replicas;
 //! - `sql`: the store (and, without Redis, revoked tokens) in SQLite or Postgres.
 
 use std::{fs, io::Write, os::unix::fs::OpenOptionsExt, path::PathBuf, str::FromStr, sync::Arc};
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{Bus, EventSink},
+    client_ids::ClientIds,
     config::{Settings, Switch},
     presence::Presence,
     ratelimit::{Limiter, LockoutPolicy, Rates, Unlimited},
@@ -32,6 +33,7 @@ pub struct Backends {
     pub presence: Arc<dyn Presence>,
     pub bus: Arc<dyn Bus>,
     pub limiter: Arc<dyn Limiter>,
+    pub client_ids: Arc<dyn ClientIds>,
     pub jwt_secret: SecretString,
 }
 
@@ -60,7 +62,8 @@ pub async fn connect(
         LockoutPolicy::from_settings(settings),
     );
     let limits_on = settings.rate_limits == Switch::On;
-    let (presence, revocations, bus, limiter) = match &settings.redis_url {
+    let window = settings.dedup_window();
+    let (presence, revocations, bus, limiter, client_ids) = match &settings.redis_url {
         Some(url) => {
             let commands = redis::RedisCommands::open(url, settings.redis_pool_size)?;
             let keys = redis::Keyspace::new(&settings.redis_prefix);
@@ -74,6 +77,7 @@ pub async fn connect(
             .await
             .context("connecting to Redis")?;
             let revocations = redis::RedisRevocations::new(commands.clone(), keys.clone());
+            let client_ids = redis::RedisClientIds::new(commands.clone(), keys.clone(), window);
             let limiter: Arc<dyn Limiter> = if limits_on {
                 Arc::new(redis::RedisLimiter::new(
                     commands.clone(),
@@ -90,6 +94,7 @@ pub async fn connect(
                 Arc::new(revocations) as Arc<dyn Revocations>,
                 bus as Arc<dyn Bus>,
                 limiter,
+                Arc::new(client_ids) as Arc<dyn ClientIds>,
             )
         }
         None => (
@@ -101,6 +106,7 @@ pub async fn connect(
             } else {
                 Arc::new(Unlimited)
             },
+            Arc::new(memory::MemoryClientIds::new(window)) as Arc<dyn ClientIds>,
         ),
     };
     let shared = if settings.redis_url.is_some() {
@@ -125,6 +131,7 @@ pub async fn connect(
         presence,
         bus,
         limiter,
+        client_ids,
         jwt_secret,
     })
 }

@@ -68,10 +68,14 @@ impl EventSink for Recorder {
     fn holds(&self, user: UserId) -> bool {
         self.held.lock().unwrap().contains(&user)
     }
+
+    fn resumed(&self) {}
 }
 
 fn direct(to: UserId, content: &str) -> Event {
     Event::Direct(Arc::new(DirectMessage {
+        id: 1,
+        receipt: false,
         sender_id: 1,
         sender_username: "alice".into(),
         recipient_id: to,
@@ -118,6 +122,16 @@ pub async fn text_and_closes_reach_the_replica(bus: &dyn Bus, sink: &Recorder) {
         let close = Event::CloseSessions { user: 2, sessions };
         bus.publish(close.clone()).await.unwrap();
         sink.arrives(&close).await;
+    }
+    for event in [
+        Event::Delivered {
+            sender: 2,
+            ids: vec![7, 9],
+        },
+        Event::Unread { user: 2 },
+    ] {
+        bus.publish(event.clone()).await.unwrap();
+        sink.arrives(&event).await;
     }
 }
 

@@ -34,6 +34,12 @@ pub enum Event {
     Text { text: String, audience: Audience },
     /// Close some of the user's WebSockets: their tokens were revoked.
     CloseSessions { user: UserId, sessions: Sessions },
+    /// To the sender's connections: its recipient acknowledged these
+    /// messages (they asked for receipts).
+    Delivered { sender: UserId, ids: Vec<i64> },
+    /// To the user's connections: messages were stored for it while it may
+    /// have been connected; each connection fetches what waits.
+    Unread { user: UserId },
 }
 
 /// Which of a user's WebSockets, by the token each was authenticated with.
@@ -60,6 +66,8 @@ impl Event {
             Self::Direct(_) => EventKind::Direct,
             Self::Text { .. } => EventKind::Text,
             Self::CloseSessions { .. } => EventKind::Close,
+            Self::Delivered { .. } => EventKind::Delivered,
+            Self::Unread { .. } => EventKind::Unread,
         }
     }
 }
@@ -78,6 +86,10 @@ pub trait EventSink: Send + Sync + 'static {
     fn local_users(&self) -> Vec<UserId>;
 
     fn holds(&self, user: UserId) -> bool;
+
+    /// This replica receives events again after it could not for a while:
+    /// what was stored for its users meanwhile waits for them.
+    fn resumed(&self);
 }
 
 #[derive(Debug, thiserror::Error)]

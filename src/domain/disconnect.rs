@@ -26,6 +26,8 @@ pub enum Disconnect {
     TooBig,
     /// The client read too slowly and its outgoing queue filled up.
     TooSlow,
+    /// A connection that acknowledges held too many messages unacknowledged.
+    TooManyUnacknowledged,
     /// The user, or the client's address, holds as many WebSockets as allowed.
     TooManyConnections,
     /// The client kept sending frames over its rate limit after being told.
@@ -47,7 +49,7 @@ impl Disconnect {
             | Self::RateLimited => 1008,
             Self::TooBig => 1009,
             Self::Unavailable => 1011,
-            Self::TooSlow | Self::TooManyConnections => 1013,
+            Self::TooSlow | Self::TooManyUnacknowledged | Self::TooManyConnections => 1013,
         }
     }
 
@@ -64,6 +66,9 @@ impl Disconnect {
             Self::AuthTimeout => "no auth frame in time",
             Self::TooBig => "message too big",
             Self::TooSlow => "too slow: outgoing queue full",
+            Self::TooManyUnacknowledged => {
+                "too many unacknowledged messages; acknowledge, then reconnect"
+            }
             Self::TooManyConnections => "too many connections",
             Self::RateLimited => "rate limit exceeded",
             Self::Unavailable => "service temporarily unavailable",

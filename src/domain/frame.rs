@@ -9,12 +9,17 @@ pub enum ClientFrame<'a> {
     /// Any text that is not a JSON object: relayed to everyone else as
     /// `{sender}: {text}`, as the seed does.
     Broadcast(&'a str),
-    /// A JSON object with string fields `recipient_username` and `content`
-    /// (others are ignored). Borrowed from the frame where it has no escapes.
+    /// A JSON object with string fields `recipient_username` and `content`,
+    /// and optionally a string `client_id` (others are ignored). Borrowed from
+    /// the frame where it has no escapes.
     Direct {
         recipient_username: Cow<'a, str>,
         content: Cow<'a, str>,
+        /// The sender's own name for the message: it asks for receipts.
+        client_id: Option<Cow<'a, str>>,
     },
+    /// `{"type": "ack", "ids": [...]}`: the client has these messages.
+    Ack { ids: Vec<i64> },
     /// `{"type": "auth", "token": "..."}`: the client renews the connection's
     /// authentication with a newer token.
     Auth { token: Cow<'a, str> },
@@ -36,6 +41,15 @@ struct DirectFields<'a> {
     recipient_username: Cow<'a, str>,
     #[serde(borrow)]
     content: Cow<'a, str>,
+    #[serde(borrow, default)]
+    client_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AckFields<'a> {
+    #[serde(borrow)]
+    r#type: Cow<'a, str>,
+    ids: Vec<super::Whole>,
 }
 
 impl<'a> ClientFrame<'a> {
@@ -47,9 +61,17 @@ impl<'a> ClientFrame<'a> {
             Ok(f) => Self::Direct {
                 recipient_username: f.recipient_username,
                 content: f.content,
+                client_id: f.client_id,
             },
             Err(_) => match serde_json::from_str::<AuthFields>(text) {
                 Ok(f) if f.r#type == "auth" => Self::Auth { token: f.token },
+                _ if let Ok(f) = serde_json::from_str::<AckFields>(text)
+                    && f.r#type == "ack" =>
+                {
+                    Self::Ack {
+                        ids: f.ids.into_iter().map(|id| id.0).collect(),
+                    }
+                }
                 _ if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => Self::Malformed,
                 // Text that merely starts like JSON is still a broadcast.
                 _ => Self::Broadcast(text),
@@ -74,8 +96,32 @@ mod tests {
             ClientFrame::parse(r#" {"recipient_username": "bob", "content": "x\n", "extra": []}"#),
             ClientFrame::Direct {
                 recipient_username: "bob".into(),
-                content: "x\n".into()
+                content: "x\n".into(),
+                client_id: None,
             }
+        );
+        assert_eq!(
+            ClientFrame::parse(
+                r#"{"recipient_username": "bob", "content": "x", "client_id": "c1"}"#
+            ),
+            ClientFrame::Direct {
+                recipient_username: "bob".into(),
+                content: "x".into(),
+                client_id: Some("c1".into()),
+            }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"recipient_username": "bob", "content": "x", "client_id": 1}"#),
+            ClientFrame::Malformed,
+            "a client id is a string"
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type": "ack", "ids": [3, 4.0]}"#),
+            ClientFrame::Ack { ids: vec![3, 4] }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type": "ack", "ids": [3.5]}"#),
+            ClientFrame::Malformed
         );
         assert_eq!(
             ClientFrame::parse(r#"{"recipient_username": 7, "content": "x"}"#),
@@ -124,7 +170,10 @@ mod tests {
                     let object = serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object());
                     prop_assert!(!object);
                 }
-                ClientFrame::Direct { .. } | ClientFrame::Auth { .. } | ClientFrame::Malformed => {
+                ClientFrame::Direct { .. }
+                | ClientFrame::Auth { .. }
+                | ClientFrame::Ack { .. }
+                | ClientFrame::Malformed => {
                     prop_assert!(serde_json::from_str::<Value>(&text).unwrap().is_object());
                 }
             }
@@ -139,14 +188,14 @@ mod tests {
         ) {
             let mut object = json!({"recipient_username": recipient, "content": content});
             for (k, v) in extra {
-                if k != "recipient_username" && k != "content" {
+                if !["recipient_username", "content", "client_id"].contains(&k.as_str()) {
                     object[k] = v;
                 }
             }
             let text = object.to_string();
             prop_assert_eq!(
                 ClientFrame::parse(&text),
-                ClientFrame::Direct { recipient_username: recipient.as_str().into(), content: content.as_str().into() }
+                ClientFrame::Direct { recipient_username: recipient.as_str().into(), content: content.as_str().into(), client_id: None }
             );
         }
 
@@ -154,9 +203,14 @@ mod tests {
         #[test]
         fn other_objects_are_malformed(value in json_value()) {
             let directed = value.get("recipient_username").is_some_and(Value::is_string)
-                && value.get("content").is_some_and(Value::is_string);
+                && value.get("content").is_some_and(Value::is_string)
+                && value.get("client_id").is_none_or(|c| c.is_string() || c.is_null());
             let auth = value.get("type").is_some_and(|t| t == "auth")
                 && value.get("token").is_some_and(Value::is_string);
+            let ack = value.get("type").is_some_and(|t| t == "ack")
+                && value.get("ids").and_then(Value::as_array).is_some_and(|ids| {
+                    ids.iter().all(|id| id.as_number().and_then(super::super::whole_number).is_some())
+                });
             let text = value.to_string();
             let parsed = ClientFrame::parse(&text);
             match value {
@@ -167,6 +221,10 @@ mod tests {
                 Value::Object(_) if auth => {
                     let is_auth = matches!(parsed, ClientFrame::Auth { .. });
                     prop_assert!(is_auth, "{:?}", parsed);
+                }
+                Value::Object(_) if ack => {
+                    let is_ack = matches!(parsed, ClientFrame::Ack { .. });
+                    prop_assert!(is_ack, "{:?}", parsed);
                 }
                 Value::Object(_) => prop_assert_eq!(parsed, ClientFrame::Malformed),
                 _ => prop_assert_eq!(parsed, ClientFrame::Broadcast(text.as_str())),

@@ -16,13 +16,15 @@ mod message;
 mod rate;
 pub mod time;
 mod user;
+mod whole;
 
 pub use disconnect::Disconnect;
 pub use endpoint::{Endpoint, client_key};
 pub use frame::ClientFrame;
-pub use message::DirectMessage;
+pub use message::{AckMode, DirectMessage};
 pub use rate::Rate;
 pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username};
+pub use whole::{Whole, whole_number};
 
 /// A user's id, as the store assigns it.
 pub type UserId = i64;

@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::views::{Detail, MessageOut};
 use crate::{
+    domain::AckMode,
     error::ApiError,
     extract::{JsonBody, QueryParams, Whole},
     service::AuthUser,
@@ -60,12 +61,6 @@ pub struct FetchParams {
     /// Absent: marked read as they are returned (exactly once).
     #[param(value_type = Option<String>, pattern = "^manual$")]
     ack: Option<AckMode>,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    Manual,
 }
 
 /// The caller's unread messages, oldest first (at most 1000 a call): marked

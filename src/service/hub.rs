@@ -2,14 +2,15 @@
 //!
 //! Delivery never waits on a client: each connection has a bounded outbox, and a
 //! connection whose outbox is full is closed as too slow. A directed message that
-//! no connection of its recipient managed to write is handed back, through its
-//! [`Receipt`], to be stored as an offline message, so nothing is lost.
+//! no connection of its recipient managed to write (nor stored, for a
+//! connection that acknowledges) is handed back, through its [`Receipt`], to be
+//! stored as an offline message, so nothing is lost.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::IpAddr,
     sync::{
-        Arc, OnceLock, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
@@ -25,35 +26,101 @@ use crate::{
     presence,
 };
 
-/// A frame waiting in a connection's outbox.
+/// A frame, or work, waiting in a connection's outbox.
 pub enum Outgoing {
     Text(Utf8Bytes),
     /// A directed message: once written, its receipt is signed.
     Direct(Utf8Bytes, Arc<Receipt>),
+    /// A directed message for a connection that acknowledges: stored (held
+    /// for it) before it is written, then its receipt is signed.
+    Tracked(Arc<DirectMessage>, Utf8Bytes, Arc<Receipt>),
+    /// Fetch the stored messages waiting for the user and write them.
+    Fetch,
 }
 
 /// Shared by the copies of one directed message queued to its recipient's
-/// connections. When the last copy goes away unwritten, the message goes back to
-/// be stored offline.
+/// connections. When the last copy goes away with none written (or stored for
+/// a connection that acknowledges), the message goes back to be stored
+/// offline.
 pub struct Receipt {
     message: Option<Arc<DirectMessage>>,
-    written: AtomicBool,
+    settled: AtomicBool,
     undelivered: mpsc::UnboundedSender<Arc<DirectMessage>>,
 }
 
 impl Receipt {
-    pub fn mark_written(&self) {
-        self.written.store(true, Ordering::Relaxed);
+    /// The message is safe: written to a connection, or stored for one.
+    pub fn settle(&self) {
+        self.settled.store(true, Ordering::Relaxed);
     }
 }
 
 impl Drop for Receipt {
     fn drop(&mut self) {
-        if !self.written.load(Ordering::Relaxed)
+        if !self.settled.load(Ordering::Relaxed)
             && let Some(message) = self.message.take()
         {
             let _ = self.undelivered.send(message);
         }
+    }
+}
+
+/// Most messages one connection may hold unacknowledged: beyond, it is
+/// closed (they wait for its next connection).
+pub const MAX_UNACKED: usize = 2 * crate::store::INBOX_PAGE as usize;
+
+/// How a connection takes its messages, shared by the hub and its session.
+#[derive(Default)]
+pub struct Delivery {
+    /// Opened with `?ack=manual`: messages carry ids and are held until the
+    /// client acknowledges them.
+    pub manual_ack: bool,
+    /// Gets `delivered` receipts: acknowledges, or has sent a `client_id`.
+    receipts: AtomicBool,
+    /// A [`Outgoing::Fetch`] is queued already.
+    fetch_queued: AtomicBool,
+    /// Messages written (or about to be) and held for it, not yet acknowledged.
+    unacked: Mutex<BTreeSet<i64>>,
+}
+
+impl Delivery {
+    pub fn new(manual_ack: bool) -> Self {
+        Self {
+            manual_ack,
+            receipts: AtomicBool::new(manual_ack),
+            ..Self::default()
+        }
+    }
+
+    /// The client sent a `client_id`: it understands receipts.
+    pub fn want_receipts(&self) {
+        self.receipts.store(true, Ordering::Relaxed);
+    }
+
+    /// The writer takes the queued fetch: later notices queue another.
+    pub fn fetch_taken(&self) {
+        self.fetch_queued.store(false, Ordering::Release);
+    }
+
+    /// Records messages held for this connection; false when it now holds
+    /// more than [`MAX_UNACKED`].
+    pub fn hold(&self, ids: impl IntoIterator<Item = i64>) -> bool {
+        let mut unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        unacked.extend(ids);
+        unacked.len() <= MAX_UNACKED
+    }
+
+    pub fn acknowledged(&self, ids: &[i64]) {
+        let mut unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            unacked.remove(id);
+        }
+    }
+
+    /// The messages held, oldest first.
+    pub fn unacked(&self) -> Vec<i64> {
+        let unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        unacked.iter().copied().collect()
     }
 }
 
@@ -149,7 +216,8 @@ pub fn outbox(max_frames: usize, max_bytes: usize, closer: Closer) -> (Outbox, I
 impl Outgoing {
     fn len(&self) -> usize {
         match self {
-            Self::Text(frame) | Self::Direct(frame, _) => frame.len(),
+            Self::Text(frame) | Self::Direct(frame, _) | Self::Tracked(_, frame, _) => frame.len(),
+            Self::Fetch => 0,
         }
     }
 }
@@ -236,25 +304,42 @@ struct Connection {
     jti: Arc<str>,
     at: Endpoint,
     outbox: Outbox,
+    delivery: Arc<Delivery>,
+}
+
+impl Connection {
+    /// Queues a fetch of stored messages unless one is queued already.
+    fn fetch(&self) {
+        if !self.delivery.fetch_queued.swap(true, Ordering::AcqRel)
+            && !self.outbox.offer(Outgoing::Fetch)
+        {
+            self.delivery.fetch_taken();
+        }
+    }
 }
 
 #[derive(Serialize)]
 struct DirectFrame<'a> {
     r#type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<i64>,
     sender_username: &'a str,
     content: &'a str,
     timestamp: String,
 }
 
-/// The JSON frame a recipient receives for a directed or an offline message.
+/// The JSON frame a recipient receives for a directed or an offline message;
+/// with its `id` for a connection that acknowledges.
 pub fn message_frame(
     kind: &'static str,
+    id: Option<i64>,
     sender_username: &str,
     content: &str,
     at: chrono::DateTime<chrono::Utc>,
 ) -> String {
     serde_json::to_string(&DirectFrame {
         r#type: kind,
+        id,
         sender_username,
         content,
         timestamp: iso(at),
@@ -303,6 +388,7 @@ impl Hub {
         jti: &str,
         at: Endpoint,
         outbox: Outbox,
+        delivery: Arc<Delivery>,
         max_per_ip: usize,
     ) -> Option<Registration> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -319,6 +405,7 @@ impl Hub {
             jti: jti.into(),
             at,
             outbox,
+            delivery,
         });
         Some(Registration { id, first_here })
     }
@@ -381,20 +468,31 @@ impl Hub {
         let Some(targets) = map.get(&message.recipient_id) else {
             return false;
         };
-        let frame = Utf8Bytes::from(message_frame(
-            "p2p_message",
-            &message.sender_username,
-            &message.content,
-            message.sent_at,
-        ));
+        // Rendered once for the connections of each kind.
+        let (mut plain, mut tracked) = (None, None);
+        let frame = |id| {
+            Utf8Bytes::from(message_frame(
+                "p2p_message",
+                id,
+                &message.sender_username,
+                &message.content,
+                message.sent_at,
+            ))
+        };
         let receipt = Arc::new(Receipt {
-            message: Some(message),
-            written: AtomicBool::new(false),
+            message: Some(message.clone()),
+            settled: AtomicBool::new(false),
             undelivered: self.undelivered.clone(),
         });
         for conn in targets {
-            conn.outbox
-                .offer(Outgoing::Direct(frame.clone(), receipt.clone()));
+            let item = if conn.delivery.manual_ack {
+                let frame = tracked.get_or_insert_with(|| frame(Some(message.id)));
+                Outgoing::Tracked(message.clone(), frame.clone(), receipt.clone())
+            } else {
+                let frame = plain.get_or_insert_with(|| frame(None));
+                Outgoing::Direct(frame.clone(), receipt.clone())
+            };
+            conn.outbox.offer(item);
         }
         crate::metrics::relayed(crate::metrics::Relay::Direct, targets.len());
         true
@@ -439,6 +537,46 @@ impl Hub {
             .and_then(|list| list.iter_mut().find(|c| c.id == id))
         {
             conn.jti = jti.into();
+        }
+    }
+
+    /// `{"type": "delivered", "id"}` for each id, to those of the sender's
+    /// connections that take receipts.
+    fn deliver_receipts(&self, sender: UserId, ids: &[i64]) {
+        let held = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        let Some(conns) = held.by_user.get(&sender) else {
+            return;
+        };
+        let frames: Vec<Utf8Bytes> = ids
+            .iter()
+            .map(|id| {
+                serde_json::json!({"type": "delivered", "id": id})
+                    .to_string()
+                    .into()
+            })
+            .collect();
+        for conn in conns
+            .iter()
+            .filter(|c| c.delivery.receipts.load(Ordering::Relaxed))
+        {
+            for frame in &frames {
+                conn.outbox.offer(Outgoing::Text(frame.clone()));
+            }
+        }
+    }
+
+    /// Each connection of `user`'s (every connection here, for `None`)
+    /// fetches the stored messages waiting for it.
+    fn fetch_stored(&self, user: Option<UserId>) {
+        let held = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        match user {
+            Some(user) => held
+                .by_user
+                .get(&user)
+                .into_iter()
+                .flatten()
+                .for_each(Connection::fetch),
+            None => held.by_user.values().flatten().for_each(Connection::fetch),
         }
     }
 
@@ -490,7 +628,19 @@ impl EventSink for Hub {
                 self.close_sessions(user, &sessions);
                 true
             }
+            Event::Delivered { sender, ids } => {
+                self.deliver_receipts(sender, &ids);
+                true
+            }
+            Event::Unread { user } => {
+                self.fetch_stored(Some(user));
+                true
+            }
         }
+    }
+
+    fn resumed(&self) {
+        self.fetch_stored(None);
     }
 }
 
@@ -513,7 +663,7 @@ mod tests {
     fn held_groups_connections_by_user_and_token() {
         let (hub, _undelivered) = Hub::new();
         for jti in ["a", "a", "b"] {
-            hub.register(2, jti, here(), queue(1).0, usize::MAX);
+            hub.register(2, jti, here(), queue(1).0, Arc::default(), usize::MAX);
         }
         let mut held = hub.held();
         held.sort_by(|x, y| x.jti.cmp(&y.jti));
@@ -526,6 +676,8 @@ mod tests {
 
     fn message(to: UserId) -> Arc<DirectMessage> {
         Arc::new(DirectMessage {
+            id: 1,
+            receipt: false,
             sender_id: 1,
             sender_username: "alice".into(),
             recipient_id: to,
@@ -549,8 +701,8 @@ mod tests {
         let (hub, mut undelivered) = Hub::new();
         let (tx1, rx1) = queue(4);
         let (tx2, rx2) = queue(4);
-        hub.register(2, "a", here(), tx1, usize::MAX);
-        hub.register(2, "b", here(), tx2, usize::MAX);
+        hub.register(2, "a", here(), tx1, Arc::default(), usize::MAX);
+        hub.register(2, "b", here(), tx2, Arc::default(), usize::MAX);
         assert!(hub.deliver(Event::Direct(message(2))));
         drop((rx1, rx2));
         let back = undelivered.try_recv().unwrap();
@@ -563,12 +715,12 @@ mod tests {
         let (hub, mut undelivered) = Hub::new();
         let (tx1, mut rx1) = queue(4);
         let (tx2, rx2) = queue(4);
-        hub.register(2, "a", here(), tx1, usize::MAX);
-        hub.register(2, "b", here(), tx2, usize::MAX);
+        hub.register(2, "a", here(), tx1, Arc::default(), usize::MAX);
+        hub.register(2, "b", here(), tx2, Arc::default(), usize::MAX);
         hub.deliver(Event::Direct(message(2)));
         match rx1.try_recv().unwrap() {
-            Outgoing::Direct(_, receipt) => receipt.mark_written(),
-            Outgoing::Text(_) => panic!("expected a direct frame"),
+            Outgoing::Direct(_, receipt) => receipt.settle(),
+            _ => panic!("expected a direct frame"),
         }
         drop(rx2);
         assert!(undelivered.try_recv().is_err());
@@ -579,7 +731,7 @@ mod tests {
         let (hub, _undelivered) = Hub::new();
         let (tx, _rx) = queue(1);
         let closer = tx.closer().clone();
-        hub.register(2, "a", here(), tx, usize::MAX);
+        hub.register(2, "a", here(), tx, Arc::default(), usize::MAX);
         let text = || Event::Text {
             text: "x".into(),
             audience: Audience::AllExcept(1),
@@ -634,11 +786,20 @@ mod tests {
     #[test]
     fn an_address_holds_at_most_its_share() {
         let (hub, _undelivered) = Hub::new();
-        let first = hub.register(1, "a", here(), queue(1).0, 2).unwrap();
-        hub.register(2, "b", here(), queue(1).0, 2).unwrap();
-        assert!(hub.register(3, "c", here(), queue(1).0, 2).is_none());
+        let first = hub
+            .register(1, "a", here(), queue(1).0, Arc::default(), 2)
+            .unwrap();
+        hub.register(2, "b", here(), queue(1).0, Arc::default(), 2)
+            .unwrap();
+        assert!(
+            hub.register(3, "c", here(), queue(1).0, Arc::default(), 2)
+                .is_none()
+        );
         hub.unregister(1, first.id);
-        assert!(hub.register(3, "c", here(), queue(1).0, 2).is_some());
+        assert!(
+            hub.register(3, "c", here(), queue(1).0, Arc::default(), 2)
+                .is_some()
+        );
     }
 
     #[test]
@@ -661,8 +822,8 @@ mod tests {
         let (hub, _undelivered) = Hub::new();
         let ((a, _), (b, _)) = (queue(1), queue(1));
         let (a_closer, b_closer) = (a.closer().clone(), b.closer().clone());
-        hub.register(2, "a", here(), a, usize::MAX);
-        hub.register(2, "b", here(), b, usize::MAX);
+        hub.register(2, "a", here(), a, Arc::default(), usize::MAX);
+        hub.register(2, "b", here(), b, Arc::default(), usize::MAX);
         hub.deliver(Event::CloseSessions {
             user: 2,
             sessions: Sessions::Of("a".into()),
@@ -676,9 +837,11 @@ mod tests {
         let (hub, _undelivered) = Hub::new();
         let ((a, _), (b, _), (c, _)) = (queue(1), queue(1), queue(1));
         let closers = [a.closer().clone(), b.closer().clone(), c.closer().clone()];
-        hub.register(2, "a", here(), a, usize::MAX);
-        let renewed = hub.register(2, "b", here(), b, usize::MAX).unwrap();
-        hub.register(2, "c", here(), c, usize::MAX);
+        hub.register(2, "a", here(), a, Arc::default(), usize::MAX);
+        let renewed = hub
+            .register(2, "b", here(), b, Arc::default(), usize::MAX)
+            .unwrap();
+        hub.register(2, "c", here(), c, Arc::default(), usize::MAX);
         hub.rebind(2, renewed.id, "c");
         hub.deliver(Event::CloseSessions {
             user: 2,

@@ -17,6 +17,7 @@ use crate::{
         password::{HashError, PasswordHasher},
     },
     bus::{Bus, BusError},
+    client_ids::ClientIds,
     config::Settings,
     domain::Invalid,
     metrics,
@@ -39,7 +40,7 @@ pub use accounts::{AuthUser, Login};
 pub use contacts::ContactTarget;
 pub use hub::message_frame;
 pub use online::{Card, Online};
-pub use relay::{FrameBudget, authenticated_frame, error_frame};
+pub use relay::{FrameBudget, PUSH_CLAIM, authenticated_frame, error_frame};
 pub use turn::TurnCredentials;
 
 use hub::Hub;
@@ -143,6 +144,8 @@ pub struct Services {
     presence: Arc<dyn Presence>,
     bus: Arc<dyn Bus>,
     limiter: Arc<dyn Limiter>,
+    /// Which message each sender's recent client ids name.
+    client_ids: Arc<dyn ClientIds>,
     /// This replica's WebSocket connections.
     hub: Arc<Hub>,
     passwords: PasswordHasher,
@@ -163,6 +166,7 @@ pub struct Engines {
     pub presence: Arc<dyn Presence>,
     pub bus: Arc<dyn Bus>,
     pub limiter: Arc<dyn Limiter>,
+    pub client_ids: Arc<dyn ClientIds>,
 }
 
 /// Which backends answer, for `/readyz`.
@@ -187,6 +191,7 @@ impl Services {
             presence,
             bus,
             limiter,
+            client_ids,
         } = engines;
         anyhow::ensure!(
             settings.deleted_name_retention() >= names::TIME_TO_LIVE,
@@ -214,6 +219,7 @@ impl Services {
             presence,
             bus,
             limiter,
+            client_ids,
             hub,
             settings,
         })

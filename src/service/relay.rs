@@ -5,14 +5,18 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{AuthUser, Error, Result, Services, hub::Outbox};
+use super::{
+    AuthUser, Error, Result, Services,
+    hub::{Delivery, Outbox},
+};
 use crate::{
     bus::{Audience, Event},
+    client_ids::CLIENT_ID_MAX_CHARS,
     config::{Switch, Visibility},
-    domain::{ClientFrame, DirectMessage, Endpoint, MessageContent, time::iso},
+    domain::{ClientFrame, DirectMessage, Endpoint, MessageContent, UserId, time::iso},
     metrics::{self, StoredVia, messages_stored},
     ratelimit::{Limit, LocalBudget},
-    store::{Admission, InboxMessage, MailboxQuota, Message, NewMessage},
+    store::{Acked, Admission, InboxMessage, MailboxQuota, Message, NewMessage},
 };
 use chrono::Utc;
 use serde_json::json;
@@ -22,9 +26,10 @@ const TOO_MANY: Error = Error::Limited("Too many connections", Duration::from_se
 /// Most message ids one acknowledgement names: a fetch returns no more.
 const ACK_MAX_IDS: usize = crate::store::INBOX_PAGE as usize;
 
-/// How long a push on connect holds its claim on the messages it writes: if
-/// its replica dies mid-push, they are handed out again after this.
-const PUSH_CLAIM: Duration = Duration::from_secs(5 * 60);
+/// How long a connection's claim on the stored messages it writes lasts: if
+/// its replica dies, they are handed out again after this. A connection that
+/// acknowledges renews the claims on those it holds while it lives.
+pub const PUSH_CLAIM: Duration = Duration::from_secs(5 * 60);
 
 /// CR, LF, and the other characters that end a line on some screen.
 fn is_line_break(c: char) -> bool {
@@ -43,6 +48,22 @@ pub fn authenticated_frame(user: &AuthUser) -> String {
 /// `{"error": "..."}`, the frame that answers a client's mistake.
 pub fn error_frame(message: &str) -> String {
     json!({ "error": message }).to_string()
+}
+
+/// `{"type": "sent", "client_id", "id"}`: the server took responsibility for
+/// the message the client named `client_id`.
+fn sent_frame(client_id: &str, id: i64) -> String {
+    json!({"type": "sent", "client_id": client_id, "id": id}).to_string()
+}
+
+/// What became of a directed message the server accepted.
+enum Outcome {
+    /// Handed to a replica holding a connection of the recipient.
+    Relayed,
+    /// Stored offline; the seed's status frame for the sender.
+    Stored(String),
+    /// Not accepted after all: the error frame for the sender.
+    Refused(String),
 }
 
 /// The frame budgets of one connection: its own, kept here, and its user's,
@@ -116,23 +137,23 @@ impl Services {
         Ok(())
     }
 
-    /// Handles one text frame of `sender`'s, on its connection `connection`;
-    /// returns the reply for the sender, if any. An `auth` frame renews
-    /// `sender` in place.
+    /// Handles one text frame of `sender`'s, on its connection `connection`
+    /// (which takes its messages as `delivery` says); returns the replies for
+    /// the sender, in order. An `auth` frame renews `sender` in place.
     pub async fn on_text(
         &self,
         sender: &mut AuthUser,
         connection: u64,
+        delivery: &Delivery,
         text: &str,
-    ) -> Option<String> {
-        let (recipient_username, content) = match ClientFrame::parse(text) {
+    ) -> Vec<String> {
+        let (recipient_username, content, client_id) = match ClientFrame::parse(text) {
             ClientFrame::Auth { token } => {
-                return Some(
+                return vec![
                     match self.renew_connection(sender, connection, &token).await {
                         Ok(renewed) => {
                             *sender = renewed;
-                            json!({"type": "authenticated", "expires_at": iso(sender.expires_at)})
-                                .to_string()
+                            authenticated_frame(sender)
                         }
                         Err(Error::Unauthenticated(why)) => {
                             error_frame(&format!("{why}; the connection keeps its current token"))
@@ -142,54 +163,88 @@ impl Services {
                             error_frame("the token could not be checked; try again")
                         }
                     },
-                );
+                ];
+            }
+            ClientFrame::Ack { ids } => {
+                return match self.ack_inbox(sender, &ids).await {
+                    Ok(_) => {
+                        delivery.acknowledged(&ids);
+                        Vec::new()
+                    }
+                    Err(Error::Invalid(_)) => vec![error_frame(&format!(
+                        "an ack names at most {ACK_MAX_IDS} ids"
+                    ))],
+                    Err(err) => {
+                        tracing::warn!(error = format!("{err:#}"), "acknowledgement failed");
+                        vec![error_frame("the acknowledgement failed; send it again")]
+                    }
+                };
             }
             // One line per sender: a line break would let it write a line that
             // looks like someone else's, or like the server's own notices.
             ClientFrame::Broadcast(text) if text.contains(is_line_break) => {
-                return Some(error_frame(
+                return vec![error_frame(
                     "a broadcast must be one line: line breaks are not relayed",
-                ));
+                )];
             }
             ClientFrame::Broadcast(text) => {
                 self.broadcast(sender, text).await;
-                return None;
+                return Vec::new();
             }
             ClientFrame::Malformed => {
-                return Some(error_frame(
+                return vec![error_frame(
                     "a JSON frame needs string fields \"recipient_username\" and \"content\"",
-                ));
+                )];
             }
             ClientFrame::Direct {
                 recipient_username,
                 content,
-            } => (recipient_username, content),
+                client_id,
+            } => (recipient_username, content, client_id),
         };
+        if let Some(client_id) = &client_id {
+            let chars = client_id.chars().count();
+            if chars == 0 || chars > CLIENT_ID_MAX_CHARS {
+                return vec![error_frame(&format!(
+                    "client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters"
+                ))];
+            }
+            delivery.want_receipts();
+        }
         match self
-            .send_direct(sender, &recipient_username, content.into_owned())
+            .send_direct(
+                sender,
+                &recipient_username,
+                content.into_owned(),
+                client_id.as_deref(),
+            )
             .await
         {
-            Ok(reply) => reply,
+            Ok(replies) => replies,
             Err(err) => {
                 tracing::warn!(error = format!("{err:#}"), "directed message failed");
-                Some(error_frame("message could not be delivered; try again"))
+                vec![error_frame("message could not be delivered; try again")]
             }
         }
     }
 
     /// Delivers to the recipient's connections on any replica, or stores the
-    /// message offline when it has none (or fan-out is down).
+    /// message offline when it has none (or fan-out is down). With a
+    /// `client_id`, the sender is told the message's id once the server has
+    /// taken responsibility for it, and a repeat within the window is
+    /// answered the same way without being delivered again.
     async fn send_direct(
         &self,
         sender: &AuthUser,
         recipient_username: &str,
         content: String,
-    ) -> Result<Option<String>> {
+        client_id: Option<&str>,
+    ) -> Result<Vec<String>> {
         let content =
             match MessageContent::parse(content, self.settings.max_message_bytes, "content") {
                 Ok(content) => content.into_inner(),
                 Err(invalid) => {
-                    return Ok(Some(error_frame(&format!("content {}", invalid.message))));
+                    return Ok(vec![error_frame(&format!("content {}", invalid.message))]);
                 }
             };
         let recipient = self
@@ -199,15 +254,61 @@ impl Services {
         // The client's input is not echoed back: a reply stays small whatever
         // the frame held.
         let Some(recipient) = recipient else {
-            return Ok(Some(error_frame("recipient not found")));
+            return Ok(vec![error_frame("recipient not found")]);
         };
+        let id = self.store.next_message_id().await?;
+        if let Some(client_id) = client_id {
+            match self.client_ids.remember(sender.id, client_id, id).await {
+                Ok(Some(first)) => return Ok(vec![sent_frame(client_id, first)]),
+                Ok(None) => {}
+                // Delivered, possibly twice, rather than refused.
+                Err(err) => tracing::warn!(error = %err, "client ids unavailable"),
+            }
+        }
         let message = Arc::new(DirectMessage {
+            id,
             sender_id: sender.id,
             sender_username: sender.username.clone(),
             recipient_id: recipient.id,
             content,
             sent_at: Utc::now(),
+            receipt: client_id.is_some(),
         });
+        let outcome = self
+            .relay_or_store(sender, message, &recipient.username)
+            .await;
+        let forget = |client_id| async move {
+            if let Err(err) = self.client_ids.forget(sender.id, client_id, id).await {
+                tracing::warn!(error = %err, "client ids unavailable");
+            }
+        };
+        let mut replies = Vec::new();
+        match outcome {
+            Ok(Outcome::Relayed) => {}
+            Ok(Outcome::Stored(status)) => replies.push(status),
+            Ok(Outcome::Refused(error)) => {
+                if let Some(client_id) = client_id {
+                    forget(client_id).await;
+                }
+                return Ok(vec![error]);
+            }
+            Err(err) => {
+                if let Some(client_id) = client_id {
+                    forget(client_id).await;
+                }
+                return Err(err);
+            }
+        }
+        replies.extend(client_id.map(|client_id| sent_frame(client_id, id)));
+        Ok(replies)
+    }
+
+    async fn relay_or_store(
+        &self,
+        sender: &AuthUser,
+        message: Arc<DirectMessage>,
+        recipient_username: &str,
+    ) -> Result<Outcome> {
         let delivered = match self.bus.publish(Event::Direct(message.clone())).await {
             Ok(delivered) => delivered,
             Err(err) => {
@@ -217,7 +318,7 @@ impl Services {
             }
         };
         if delivered {
-            return Ok(None);
+            return Ok(Outcome::Relayed);
         }
         match self
             .spend(Limit::OfflinePerSender, &sender.id.to_string())
@@ -225,7 +326,7 @@ impl Services {
         {
             Ok(()) => {}
             Err(Error::Limited(refusal, wait)) => {
-                return Ok(Some(error_frame(&format!(
+                return Ok(Outcome::Refused(error_frame(&format!(
                     "{refusal} (in {} s); the message was not stored",
                     wait.as_secs_f64().ceil().max(1.0)
                 ))));
@@ -237,17 +338,33 @@ impl Services {
         match self.writer.store(NewMessage::from(&*message)).await? {
             Admission::Stored(_) => {}
             Admission::MailboxFull => {
-                return Ok(Some(error_frame(
+                return Ok(Outcome::Refused(error_frame(
                     "recipient's mailbox is full; the message was not stored",
                 )));
             }
-            Admission::NoRecipient => return Ok(Some(error_frame("recipient not found"))),
+            Admission::NoRecipient => {
+                return Ok(Outcome::Refused(error_frame("recipient not found")));
+            }
         }
         messages_stored(StoredVia::Offline, 1);
-        Ok(Some(
-            json!({ "status": format!("用户 {} 当前离线，消息已保存。", recipient.username) })
+        // The recipient may have connected since the publish found none: its
+        // connections fetch the message (before any later one is relayed).
+        self.announce_unread(&[message.recipient_id]).await;
+        Ok(Outcome::Stored(
+            json!({ "status": format!("用户 {recipient_username} 当前离线，消息已保存。") })
                 .to_string(),
         ))
+    }
+
+    /// Tells the connections of these users, on any replica, that stored
+    /// messages wait for them.
+    async fn announce_unread(&self, users: &[UserId]) {
+        for &user in users {
+            if let Err(err) = self.bus.publish(Event::Unread { user }).await {
+                // They are fetched on the next connection (or `GET /messages/`).
+                tracing::debug!(error = %err, "unread notice not published");
+            }
+        }
     }
 
     async fn broadcast(&self, sender: &AuthUser, text: &str) {
@@ -269,6 +386,7 @@ impl Services {
         user: &AuthUser,
         peer: Endpoint,
         outbox: Outbox,
+        delivery: Arc<Delivery>,
     ) -> Result<u64> {
         let registration = self
             .hub
@@ -277,6 +395,7 @@ impl Services {
                 &user.jti,
                 peer,
                 outbox,
+                delivery,
                 self.settings.max_ws_per_ip,
             )
             .ok_or(TOO_MANY)?;
@@ -415,6 +534,11 @@ impl Services {
             match self.store.store_messages(&rows, MailboxQuota::NONE).await {
                 Ok(_) => {
                     messages_stored(StoredVia::Undelivered, count);
+                    let mut recipients: Vec<UserId> = rows.iter().map(|m| m.recipient_id).collect();
+                    recipients.sort_unstable();
+                    recipients.dedup();
+                    // Another connection of theirs may be open (or open now).
+                    self.announce_unread(&recipients).await;
                     return;
                 }
                 Err(err) => {
@@ -450,10 +574,13 @@ impl Services {
         let admission = self
             .writer
             .store(NewMessage {
+                id: self.store.next_message_id().await?,
                 sender_id: sender.id,
                 recipient_id: recipient.id,
                 content: content.into_inner(),
                 sent_at: Utc::now(),
+                receipt: false,
+                claimed_until: None,
             })
             .await?;
         let stored = match admission {
@@ -476,8 +603,9 @@ impl Services {
         Ok(self.store.peek_unread(user.id).await?)
     }
 
-    /// `POST /messages/ack`: these of the caller's unread messages were
-    /// received; they are deleted. Returns how many there were.
+    /// `POST /messages/ack` and the `ack` frame: these of the caller's unread
+    /// messages were received; they are deleted, and senders that asked are
+    /// told. Returns how many there were.
     pub async fn ack_inbox(&self, user: &AuthUser, ids: &[i64]) -> Result<u64> {
         if ids.len() > ACK_MAX_IDS {
             return Err(Error::Invalid(vec![crate::domain::Invalid::new(
@@ -485,18 +613,53 @@ impl Services {
                 format!("at most {ACK_MAX_IDS} ids at once"),
             )]));
         }
-        Ok(self.store.delete_read(user.id, ids).await?)
+        let acked = self.store.delete_read(user.id, ids).await?;
+        self.tell_senders(&acked).await;
+        Ok(acked.len() as u64)
     }
 
-    /// Claims the unread messages to push when a WebSocket opens, with their
-    /// senders' names: until [`Services::settle_push`], no `GET /messages/`
-    /// and no other connection gets them.
-    pub async fn claim_inbox(&self, user: &AuthUser) -> Result<Vec<InboxMessage>> {
-        Ok(self.store.claim_unread(user.id, PUSH_CLAIM).await?)
+    /// `{"type": "delivered", "id"}` to the senders that asked, on whatever
+    /// replica they are connected.
+    async fn tell_senders(&self, acked: &[Acked]) {
+        let mut receipts: Vec<(UserId, i64)> = acked
+            .iter()
+            .filter(|a| a.receipt)
+            .map(|a| (a.sender_id, a.id))
+            .collect();
+        receipts.sort_unstable();
+        for chunk in receipts.chunk_by(|a, b| a.0 == b.0) {
+            let event = Event::Delivered {
+                sender: chunk[0].0,
+                ids: chunk.iter().map(|(_, id)| *id).collect(),
+            };
+            if let Err(err) = self.bus.publish(event).await {
+                tracing::warn!(error = %err, "delivery receipts not published");
+            }
+        }
     }
 
-    /// After a push: the messages written are deleted, ciphertext and all;
-    /// the claims on the others are released for the next fetch or push.
+    /// Claims the unread messages a connection fetches, with their senders'
+    /// names: until [`Services::settle_push`] (or, for a connection that
+    /// acknowledges, until acknowledged or released), no `GET /messages/`
+    /// and no other plain connection gets them.
+    pub async fn claim_inbox(
+        &self,
+        user: &AuthUser,
+        delivery: &Delivery,
+    ) -> Result<Vec<InboxMessage>> {
+        // A connection that acknowledges takes over what another of the
+        // user's held (one that dropped without closing, say): it gets every
+        // unacknowledged message at once, and in order.
+        let claimed = self
+            .store
+            .claim_unread(user.id, PUSH_CLAIM, delivery.manual_ack)
+            .await?;
+        Ok(claimed)
+    }
+
+    /// After a plain connection's fetch: the messages written are deleted,
+    /// ciphertext and all; the claims on the others are released for the
+    /// next fetch or push.
     pub async fn settle_push(
         &self,
         user: &AuthUser,
@@ -509,6 +672,36 @@ impl Services {
         );
         deleted?;
         Ok(released?)
+    }
+
+    /// Stores directed messages for a connection that acknowledges, claimed
+    /// for it, before it writes them (a copy stored already is kept): so
+    /// what it has not acknowledged when it goes is delivered again. They were
+    /// accepted already: stored whatever the mailbox holds.
+    pub async fn hold_for(&self, messages: &[Arc<DirectMessage>]) -> Result<()> {
+        let until = crate::domain::time::after(Utc::now(), PUSH_CLAIM);
+        let rows: Vec<NewMessage> = messages
+            .iter()
+            .map(|m| NewMessage {
+                claimed_until: Some(until),
+                ..NewMessage::from(&**m)
+            })
+            .collect();
+        self.store.store_messages(&rows, MailboxQuota::NONE).await?;
+        Ok(())
+    }
+
+    /// The connection holding these messages unacknowledged is alive: its
+    /// claims last another [`PUSH_CLAIM`].
+    pub async fn renew_holds(&self, user: &AuthUser, ids: &[i64]) -> Result<()> {
+        let until = crate::domain::time::after(Utc::now(), PUSH_CLAIM);
+        Ok(self.store.renew_claims(user.id, ids, until).await?)
+    }
+
+    /// The connection holding these messages unacknowledged is gone: they
+    /// wait for the next connection, in their order.
+    pub async fn release_holds(&self, user: &AuthUser, ids: &[i64]) -> Result<()> {
+        Ok(self.store.release_claims(user.id, ids).await?)
     }
 
     /// Deletes the unread messages older than the time to live, a batch at a

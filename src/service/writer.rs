@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::{
-    batch::{BatchError, Batcher},
+    batch::Batcher,
     store::{Admission, MailboxQuota, NewMessage, Store, StoreError, StoreResult},
 };
 
@@ -29,16 +29,6 @@ impl MessageWriter {
     /// Stores one message if its recipient's mailbox has room, together with
     /// whatever else is waiting.
     pub async fn store(&self, message: NewMessage) -> StoreResult<Admission> {
-        self.batcher.submit(message).await.map_err(|err| match err {
-            BatchError::Stopped => {
-                StoreError::Unavailable(anyhow::anyhow!("the message writer stopped"))
-            }
-            BatchError::Failed(err) => match &*err {
-                StoreError::Unavailable(cause) => {
-                    StoreError::Unavailable(anyhow::anyhow!("{cause:#}"))
-                }
-                other => StoreError::Other(anyhow::anyhow!("{other:#}")),
-            },
-        })
+        Ok(self.batcher.submit(message).await?)
     }
 }

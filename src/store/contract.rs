@@ -184,12 +184,19 @@ pub async fn requests_become_contacts_on_both_sides(s: &dyn Store) {
     );
 }
 
+/// Ids for the messages these tests write out, far above what a store's
+/// own counter gives in a test (`next_message_id` is tested on its own).
+static NEXT_ID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1 << 40);
+
 fn message(from: &User, to: &User, content: &str) -> NewMessage {
     NewMessage {
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         sender_id: from.id,
         recipient_id: to.id,
         content: content.into(),
         sent_at: t(1),
+        receipt: false,
+        claimed_until: None,
     }
 }
 
@@ -520,7 +527,7 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
     .await;
     let ids: Vec<i64> = stored.iter().map(|m| m.id).collect();
     let claimed = s
-        .claim_unread(b.id, std::time::Duration::from_secs(60))
+        .claim_unread(b.id, std::time::Duration::from_secs(60), false)
         .await
         .unwrap();
     let claimed_ids: Vec<i64> = claimed.iter().map(|m| m.message.id).collect();
@@ -530,14 +537,17 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
     assert!(s.take_unread(b.id).await.unwrap().is_empty());
     assert!(s.peek_unread(b.id).await.unwrap().is_empty());
     assert!(
-        s.claim_unread(b.id, std::time::Duration::from_secs(60))
+        s.claim_unread(b.id, std::time::Duration::from_secs(60), false)
             .await
             .unwrap()
             .is_empty()
     );
     // Two were written (deleted); one goes back.
-    assert_eq!(s.delete_read(b.id, &ids[..2]).await.unwrap(), 2);
-    assert_eq!(s.delete_read(a.id, &ids[2..]).await.unwrap(), 0, "not a's");
+    assert_eq!(s.delete_read(b.id, &ids[..2]).await.unwrap().len(), 2);
+    assert!(
+        s.delete_read(a.id, &ids[2..]).await.unwrap().is_empty(),
+        "not a's"
+    );
     s.release_claims(a.id, &ids[2..]).await.unwrap();
     assert!(
         s.take_unread(b.id).await.unwrap().is_empty(),
@@ -545,7 +555,7 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
     );
     s.release_claims(b.id, &ids[2..]).await.unwrap();
     let again = s
-        .claim_unread(b.id, std::time::Duration::ZERO)
+        .claim_unread(b.id, std::time::Duration::ZERO, false)
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -569,9 +579,9 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
     store_all(s, &many).await;
     let lease = std::time::Duration::from_secs(60);
     let (x, y, z) = tokio::join!(
-        s.claim_unread(b.id, lease),
+        s.claim_unread(b.id, lease, false),
         s.take_unread(b.id),
-        s.claim_unread(b.id, lease)
+        s.claim_unread(b.id, lease, false)
     );
     let mut seen: Vec<i64> = x.unwrap().iter().map(|m| m.message.id).collect();
     seen.extend(y.unwrap().iter().map(|m| m.id));
@@ -580,4 +590,101 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
     seen.sort_unstable();
     seen.dedup();
     assert_eq!((seen.len(), count), (200, 200), "each message once");
+}
+
+pub async fn message_ids_follow_acceptance_and_store_once(s: &dyn Store) {
+    let (a, b) = (user(s, "a").await, user(s, "b").await);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(s.next_message_id().await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let concurrent = futures_util::future::join_all((0..5000).map(|_| s.next_message_id())).await;
+    let mut more: Vec<i64> = concurrent.into_iter().map(Result::unwrap).collect();
+    more.sort_unstable();
+    more.dedup();
+    assert_eq!(more.len(), 5000, "no id given twice");
+    assert!(more[0] > ids[9], "later than every earlier one");
+    let later = s.next_message_id().await.unwrap();
+    assert!(later > more[4999]);
+
+    // A message keeps the id it was given; storing it again changes nothing.
+    let m = NewMessage {
+        id: later,
+        receipt: true,
+        ..message(&a, &b, "once")
+    };
+    let first = store_all(s, std::slice::from_ref(&m)).await;
+    assert_eq!(first[0].id, later);
+    let again = store_all(s, &[m.clone(), m.clone()]).await;
+    assert_eq!(again, [first[0].clone(), first[0].clone()]);
+    assert_eq!(s.mailbox_usage(b.id).await.unwrap().messages, 1);
+    assert_eq!(s.peek_unread(b.id).await.unwrap(), first);
+
+    // Acknowledging answers who asked for a receipt.
+    let plain = store_all(s, &[message(&a, &b, "plain")]).await;
+    let acked = s
+        .delete_read(b.id, &[later, plain[0].id, 12345])
+        .await
+        .unwrap();
+    let mut acked: Vec<(i64, i64, bool)> = acked
+        .iter()
+        .map(|x| (x.id, x.sender_id, x.receipt))
+        .collect();
+    acked.sort_unstable();
+    assert_eq!(acked, [(later, a.id, true), (plain[0].id, a.id, false)]);
+    assert!(
+        s.delete_read(b.id, &[later]).await.unwrap().is_empty(),
+        "once"
+    );
+}
+
+pub async fn held_messages_wait_for_their_connection(s: &dyn Store) {
+    let (a, b) = (user(s, "a").await, user(s, "b").await);
+    let lease = std::time::Duration::from_secs(60);
+    let held = NewMessage {
+        claimed_until: Some(Utc::now() + chrono::Duration::seconds(60)),
+        ..message(&a, &b, "held")
+    };
+    let free = message(&a, &b, "free");
+    store_all(s, &[held.clone(), free.clone()]).await;
+    // Stored claimed: no fetch, take or plain claim gets it.
+    assert_eq!(
+        s.peek_unread(b.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect::<Vec<_>>(),
+        [free.id]
+    );
+    let plain = s.claim_unread(b.id, lease, false).await.unwrap();
+    assert_eq!(
+        plain.iter().map(|m| m.message.id).collect::<Vec<_>>(),
+        [free.id]
+    );
+    // A connection that acknowledges takes over every claim, in order.
+    let taken_over = s.claim_unread(b.id, lease, true).await.unwrap();
+    assert_eq!(
+        taken_over.iter().map(|m| m.message.id).collect::<Vec<_>>(),
+        [held.id, free.id]
+    );
+    // Renewing and releasing touch only the recipient's own.
+    let past = Utc::now() - chrono::Duration::seconds(1);
+    s.renew_claims(a.id, &[held.id], past).await.unwrap();
+    assert!(
+        s.take_unread(b.id).await.unwrap().is_empty(),
+        "not a's to renew"
+    );
+    s.renew_claims(b.id, &[held.id], past).await.unwrap();
+    let lapsed: Vec<String> = s
+        .take_unread(b.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(lapsed, ["held"], "renewed into the past: no claim");
+    s.release_claims(b.id, &[free.id]).await.unwrap();
+    assert_eq!(s.take_unread(b.id).await.unwrap().len(), 1);
 }

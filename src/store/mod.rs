@@ -93,23 +93,43 @@ pub struct InboxMessage {
     pub sender_username: String,
 }
 
+/// A message to store, under the id [`Store::next_message_id`] gave it:
+/// storing it again is harmless (the copy already stored is kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
+    pub id: i64,
     pub sender_id: UserId,
     pub recipient_id: UserId,
     pub content: String,
     pub sent_at: DateTime<Utc>,
+    /// The sender asked to be told when the recipient acknowledges it.
+    pub receipt: bool,
+    /// Stored already claimed until then: a connection that writes it and
+    /// waits for its acknowledgement holds it.
+    pub claimed_until: Option<DateTime<Utc>>,
 }
 
 impl From<&crate::domain::DirectMessage> for NewMessage {
     fn from(m: &crate::domain::DirectMessage) -> Self {
         Self {
+            id: m.id,
             sender_id: m.sender_id,
             recipient_id: m.recipient_id,
             content: m.content.clone(),
             sent_at: m.sent_at,
+            receipt: m.receipt,
+            claimed_until: None,
         }
     }
+}
+
+/// A message its recipient acknowledged (and so deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Acked {
+    pub id: i64,
+    pub sender_id: UserId,
+    /// The sender asked for a receipt.
+    pub receipt: bool,
 }
 
 /// How much unread mail one user's mailbox holds at most.
@@ -182,6 +202,21 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A store call that went through a [`crate::batch::Batcher`]: its batch's
+/// error, with the same classification.
+impl From<crate::batch::BatchError<StoreError>> for StoreError {
+    fn from(err: crate::batch::BatchError<StoreError>) -> Self {
+        use crate::batch::BatchError;
+        match err {
+            BatchError::Stopped => Self::Unavailable(anyhow::anyhow!("the batching task stopped")),
+            BatchError::Failed(err) => match &*err {
+                Self::Unavailable(cause) => Self::Unavailable(anyhow::anyhow!("{cause:#}")),
+                other => Self::Other(anyhow::anyhow!("{other:#}")),
+            },
+        }
+    }
+}
 
 /// What a store method returns.
 pub type Pending<'a, T> = BoxFuture<'a, StoreResult<T>>;
@@ -264,9 +299,14 @@ pub trait Store: Send + Sync + 'static {
     fn consenting<'a>(&'a self, viewer: UserId, subjects: &'a [UserId])
     -> Pending<'a, Vec<UserId>>;
 
+    /// A new message id, greater than any this store gave before: ids
+    /// follow the order in which messages were accepted.
+    fn next_message_id(&self) -> Pending<'_, i64>;
     /// Stores the messages that fit their recipients' mailboxes under
-    /// `quota` (a message to a user that no longer exists is not stored), in order, in one transaction of a few round trips whatever
-    /// their number; answers for each in input order.
+    /// `quota` (a message to a user that no longer exists is not stored), in
+    /// order, in one transaction of a few round trips whatever their number;
+    /// answers for each in input order. A message whose id is stored already
+    /// is not stored again, and is answered as stored.
     fn store_messages<'a>(
         &'a self,
         messages: &'a [NewMessage],
@@ -280,17 +320,28 @@ pub trait Store: Send + Sync + 'static {
     /// Claims `recipient`'s unread messages that no one else has claimed,
     /// oldest first (a page at most), for `lease`, in one statement: until
     /// the claim is released or runs out, no other claim or take gets them.
+    /// With `take_over`, claimed messages are claimed anew too (a connection
+    /// that acknowledges takes over what an earlier one of the user's held).
     fn claim_unread(
         &self,
         recipient: UserId,
         lease: std::time::Duration,
+        take_over: bool,
     ) -> Pending<'_, Vec<InboxMessage>>;
     /// Releases the claims on these messages of `recipient`'s (they were not
     /// delivered); others' ids are ignored.
     fn release_claims<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, ()>;
-    /// Deletes these messages of `recipient`'s (they were read); others' ids
-    /// are ignored. Returns how many were deleted.
-    fn delete_read<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, u64>;
+    /// Extends the claims on these messages of `recipient`'s to `until` (the
+    /// connection holding them is alive); others' ids are ignored.
+    fn renew_claims<'a>(
+        &'a self,
+        recipient: UserId,
+        ids: &'a [i64],
+        until: DateTime<Utc>,
+    ) -> Pending<'a, ()>;
+    /// Deletes these messages of `recipient`'s (they were read, or
+    /// acknowledged); others' ids are ignored. Returns those deleted.
+    fn delete_read<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, Vec<Acked>>;
     /// Unread, unclaimed messages of `recipient`, oldest first, deleted in
     /// the same statement, so concurrent callers never receive the same
     /// message and no read message stays stored.

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::{
-    domain::{ClientFrame, Disconnect, Endpoint},
+    domain::{AckMode, ClientFrame, Disconnect, Endpoint},
     extract::{Peer, QueryParams, bearer_token},
     service::{self, AuthUser},
     state::AppState,
@@ -33,6 +33,8 @@ pub fn router() -> Router<AppState> {
 #[derive(Deserialize)]
 struct WsParams {
     token: Option<String>,
+    /// `manual`: the client acknowledges its messages (at-least-once).
+    ack: Option<AckMode>,
 }
 
 /// Upgrades, then runs the session; a missing, invalid, expired or revoked token
@@ -59,16 +61,17 @@ async fn upgrade(
     if state.shutdown.is_cancelled() {
         return refuse(ws, Disconnect::ShuttingDown);
     }
+    let manual_ack = params.ack == Some(AckMode::Manual);
     let token = params.token.as_deref().or_else(|| bearer_token(&headers));
     let Some(token) = token else {
         // The token comes in the first frame.
-        return ws.on_upgrade(move |socket| authenticate_in_band(state, peer, socket));
+        return ws.on_upgrade(move |socket| authenticate_in_band(state, peer, manual_ack, socket));
     };
     let user = match authenticated(&state, token).await {
         Ok(user) => user,
         Err(why) => return refuse(ws, why),
     };
-    match session::Session::open(state.clone(), user, peer).await {
+    match session::Session::open(state.clone(), user, peer, manual_ack).await {
         Ok(session) => {
             let sessions = state.sessions.clone();
             ws.on_upgrade(move |socket| sessions.track_future(session.run(socket)))
@@ -105,7 +108,12 @@ fn not_opened(err: service::Error) -> Disconnect {
 /// `{"type": "auth", "token": "<jwt>"}`, within `WS_AUTH_TIMEOUT_SECS`; a late,
 /// different or bad first frame closes it with 1008. The session then opens
 /// as if the token had come with the upgrade.
-async fn authenticate_in_band(state: AppState, peer: Endpoint, mut socket: WebSocket) {
+async fn authenticate_in_band(
+    state: AppState,
+    peer: Endpoint,
+    manual_ack: bool,
+    mut socket: WebSocket,
+) {
     let deadline = state.settings.ws_auth_timeout();
     let first = tokio::select! {
         first = tokio::time::timeout(deadline, socket.next()) => first,
@@ -128,7 +136,7 @@ async fn authenticate_in_band(state: AppState, peer: Endpoint, mut socket: WebSo
         Err(why) => return close(socket, why).await,
     };
     let accepted = Message::Text(service::authenticated_frame(&user).into());
-    match session::Session::open(state.clone(), user, peer).await {
+    match session::Session::open(state.clone(), user, peer, manual_ack).await {
         Ok(session) => {
             if socket.send(accepted).await.is_ok() {
                 state.sessions.track_future(session.run(socket)).await;

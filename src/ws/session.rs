@@ -19,11 +19,11 @@ use tracing::Instrument;
 
 use super::close_frame;
 use crate::{
-    domain::{Disconnect, Endpoint},
+    domain::{DirectMessage, Disconnect, Endpoint},
     metrics::WsConnectionGauge,
     service::{
-        self, AuthUser,
-        hub::{self, Closer, Inbox, Outbox, Outgoing, Receipt},
+        self, AuthUser, PUSH_CLAIM,
+        hub::{self, Closer, Delivery, Inbox, Outbox, Outgoing, Receipt},
         message_frame,
     },
     state::AppState,
@@ -49,6 +49,7 @@ pub struct Session {
     state: AppState,
     user: AuthUser,
     connection: u64,
+    delivery: Arc<Delivery>,
     /// Also holds the connection's closer.
     outbox: Outbox,
     inbox: Option<Inbox>,
@@ -75,15 +76,22 @@ impl Teardown {
 }
 
 impl Session {
-    pub async fn open(state: AppState, user: AuthUser, peer: Endpoint) -> service::Result<Self> {
+    /// `manual_ack`: the client acknowledges its messages (`?ack=manual`).
+    pub async fn open(
+        state: AppState,
+        user: AuthUser,
+        peer: Endpoint,
+        manual_ack: bool,
+    ) -> service::Result<Self> {
         let (outbox, inbox) = hub::outbox(
             state.settings.ws_queue_len,
             state.settings.ws_queue_bytes,
             Closer::child_of(&state.shutdown),
         );
+        let delivery = Arc::new(Delivery::new(manual_ack));
         let connection = state
             .services
-            .open_connection(&user, peer, outbox.clone())
+            .open_connection(&user, peer, outbox.clone(), delivery.clone())
             .await?;
         let teardown = Teardown {
             state: state.clone(),
@@ -94,6 +102,7 @@ impl Session {
             state,
             user,
             connection,
+            delivery,
             outbox,
             inbox: Some(inbox),
             teardown: Some(teardown),
@@ -114,30 +123,29 @@ impl Session {
     async fn serve(&mut self, socket: WebSocket) {
         let _gauge = WsConnectionGauge::open();
         tracing::info!("websocket open");
-        let (mut sink, mut stream) = socket.split();
+        let (sink, mut stream) = socket.split();
         let (state, user, closer) = (&self.state, &self.user, self.outbox.closer());
-        if let Err(err) = push_offline(state, user, &mut sink, closer).await {
-            tracing::debug!(error = %err, "offline push stopped");
-            closer.close(Disconnect::WriteFailed);
-        }
         let inbox = self.inbox.take().expect("a session is served once");
         let heard = Arc::new(AtomicBool::new(true));
-        let ping_every = state.settings.ws_ping_interval();
-        // Not instrumented: the writer logs nothing, and entering the span on
+        // Not instrumented: the writer logs little, and entering the span on
         // every poll costs more than a frame's bookkeeping.
-        let mut writer = tokio::spawn(write_loop(
+        let writer = Writer {
             sink,
-            inbox,
-            closer.clone(),
-            heard.clone(),
-            ping_every,
-        ));
+            closer: closer.clone(),
+            heard: heard.clone(),
+            state: state.clone(),
+            user: user.clone(),
+            delivery: self.delivery.clone(),
+            unflushed: Vec::new(),
+        };
+        let mut writer = tokio::spawn(writer.run(inbox, state.settings.ws_ping_interval()));
         let mut user = user.clone();
         let connection = self.connection;
         read_loop(
             state,
             &mut user,
             connection,
+            &self.delivery,
             &mut stream,
             &self.outbox,
             closer,
@@ -149,7 +157,7 @@ impl Session {
         // done: a client that stopped reading may keep it for a while.
         if let Some(mut teardown) = self.teardown.take() {
             // Under the token it last renewed with.
-            teardown.user = user;
+            teardown.user = user.clone();
             teardown.run().await;
         }
         // The writer bounds its own closing; this only guards against a bug.
@@ -162,6 +170,12 @@ impl Session {
             }
         };
         tokio::join!(writer_done, drain_until_closed(&mut stream));
+        // What it held unacknowledged waits for the next connection.
+        let held = self.delivery.unacked();
+        if let Err(err) = state.services.release_holds(&user, &held).await {
+            // The claims run out by themselves.
+            tracing::warn!(error = format!("{err:#}"), "releasing held messages failed");
+        }
         tracing::info!(code = closer.reason().code(), "websocket closed");
     }
 }
@@ -175,56 +189,6 @@ impl Drop for Session {
     }
 }
 
-/// Writes the user's unread offline messages, oldest first: claimed first, so
-/// that no `GET /messages/` (nor another connection) hands them out too, then
-/// deleted once written; those not written are released. Each write has
-/// [`WRITE_DEADLINE`], and closing the connection stops the push.
-async fn push_offline(
-    state: &AppState,
-    user: &AuthUser,
-    sink: &mut SplitSink<WebSocket, Message>,
-    closer: &Closer,
-) -> anyhow::Result<()> {
-    let claimed = state.services.claim_inbox(user).await?;
-    let mut written = Vec::with_capacity(claimed.len());
-    let mut unwritten = Vec::new();
-    let mut result = Ok(());
-    for item in claimed {
-        let m = item.message;
-        if result.is_err() {
-            unwritten.push(m.id);
-            continue;
-        }
-        let frame = message_frame(
-            "offline_message",
-            &item.sender_username,
-            &m.content,
-            m.sent_at,
-        );
-        let send = tokio::time::timeout(WRITE_DEADLINE, sink.send(Message::Text(frame.into())));
-        let sent = tokio::select! {
-            _ = closer.token().cancelled() => Err(anyhow::anyhow!("the connection is closing")),
-            sent = send => match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(anyhow::anyhow!("writing an offline message: {err}")),
-                Err(_) => Err(anyhow::anyhow!("no offline message taken for {WRITE_DEADLINE:?}")),
-            },
-        };
-        match sent {
-            Ok(()) => written.push(m.id),
-            Err(err) => {
-                result = Err(err);
-                unwritten.push(m.id);
-            }
-        }
-    }
-    state
-        .services
-        .settle_push(user, &written, &unwritten)
-        .await?;
-    result
-}
-
 /// When a connection authenticated by `user`'s token must end: the grace
 /// after the token expires.
 fn session_deadline(user: &AuthUser, grace: Duration) -> tokio::time::Instant {
@@ -234,10 +198,12 @@ fn session_deadline(user: &AuthUser, grace: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + left.saturating_add(grace)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
     state: &AppState,
     user: &mut AuthUser,
     connection: u64,
+    delivery: &Delivery,
     stream: &mut SplitStream<WebSocket>,
     outbox: &Outbox,
     closer: &Closer,
@@ -261,7 +227,7 @@ async fn read_loop(
             frame = stream.next() => frame,
         };
         heard.store(true, Ordering::Relaxed);
-        let reply = match frame {
+        let replies = match frame {
             None | Some(Ok(Message::Close(_))) => return,
             Some(Err(err)) => {
                 if is_too_big(err) {
@@ -273,14 +239,14 @@ async fn read_loop(
                 Ok(()) => {
                     refused_in_a_row = 0;
                     let jti = user.jti.clone();
-                    let reply = state
+                    let replies = state
                         .services
-                        .on_text(user, connection, text.as_str())
+                        .on_text(user, connection, delivery, text.as_str())
                         .await;
                     if user.jti != jti {
                         expiry.as_mut().reset(session_deadline(user, grace));
                     }
-                    reply
+                    replies
                 }
                 Err(wait) => {
                     refused_in_a_row += 1;
@@ -288,20 +254,20 @@ async fn read_loop(
                         closer.close(Disconnect::RateLimited);
                         return;
                     }
-                    Some(service::error_frame(&format!(
+                    vec![service::error_frame(&format!(
                         "too many messages: not relayed; slow down and retry in {} s",
                         wait.as_secs_f64().ceil().max(1.0)
-                    )))
+                    ))]
                 }
             },
-            Some(Ok(Message::Binary(_))) => Some(service::error_frame(
+            Some(Ok(Message::Binary(_))) => vec![service::error_frame(
                 "binary frames are not supported; send text",
-            )),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+            )],
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Vec::new(),
         };
         // A client that sends faster than its replies are written waits; one
         // that reads none of them for a whole deadline is let go.
-        if let Some(reply) = reply {
+        for reply in replies {
             let queued = tokio::select! {
                 _ = &mut cancelled => return,
                 queued = tokio::time::timeout(
@@ -341,102 +307,291 @@ fn is_too_big(err: axum::Error) -> bool {
     )
 }
 
-/// Writes what the outbox brings, in batches with one flush each, and pings
-/// an idle client. Once the connection is to close, what is still queued is
-/// dropped (its directed messages go back to be stored offline through their
-/// receipts), and the frames already handed to the socket are followed by the
-/// close frame, within [`CLOSE_GRACE`].
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut inbox: Inbox,
+/// The writing half of a connection: writes what the outbox brings, in
+/// batches with one flush each, fetches stored messages when told, holds the
+/// messages of a connection that acknowledges, and pings an idle client.
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
     closer: Closer,
     heard: Arc<AtomicBool>,
-    ping_every: Duration,
-) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let mut silent_intervals = 0;
-    // Receipts of frames handed to the socket but not yet flushed.
-    let mut unflushed = Vec::new();
-    let cancelled: WaitForCancellationFuture = closer.token().cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        // Every write races the closer: a client that stopped reading must not
-        // keep the connection (and its outbox) open.
-        tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            item = inbox.recv() => {
-                let Some(item) = item else { break }; // every sender is gone
-                let batch = write_batch(&mut sink, item, &mut inbox, &mut unflushed);
-                tokio::select! {
-                    biased;
-                    _ = &mut cancelled => break,
-                    written = tokio::time::timeout(WRITE_DEADLINE, batch) => match written {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return,
-                        Err(_) => {
-                            // Written to nobody for a whole deadline: let the client go.
-                            closer.close(Disconnect::TooSlow);
-                            break;
-                        }
-                    }
-                }
-                unflushed.drain(..).for_each(|r: Arc<Receipt>| r.mark_written());
-            }
-            _ = ping.tick() => {
-                if heard.swap(false, Ordering::Relaxed) {
-                    silent_intervals = 0;
-                } else {
-                    silent_intervals += 1;
-                    if silent_intervals >= 2 {
-                        closer.close(Disconnect::PingTimeout);
-                        break;
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    _ = &mut cancelled => break,
-                    sent = sink.send(Message::Ping(Default::default())) => {
-                        if sent.is_err() {
-                            return;
-                        }
-                    }
-                }
+    state: AppState,
+    user: AuthUser,
+    delivery: Arc<Delivery>,
+    /// Receipts of frames handed to the socket but not yet flushed.
+    unflushed: Vec<Arc<Receipt>>,
+}
+
+/// Why the writer stops.
+enum Stop {
+    /// Write the close frame (the connection is closing, or should).
+    Close,
+    /// The socket failed: nothing more can be written.
+    Broken,
+}
+
+impl Writer {
+    /// Runs until the connection closes. The stored messages waiting for the
+    /// user come first. Once the connection is to close, what is still queued
+    /// is dropped (its directed messages go back to be stored offline through
+    /// their receipts), and the frames already handed to the socket are
+    /// followed by the close frame, within [`CLOSE_GRACE`].
+    async fn run(mut self, mut inbox: Inbox, ping_every: Duration) {
+        let stop = self.serve(&mut inbox, ping_every).await;
+        drop(inbox);
+        if let Stop::Close = stop {
+            // Sending the close frame first flushes what was handed to the socket.
+            let closing = self.sink.send(close_frame(self.closer.reason()));
+            if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, closing).await {
+                self.unflushed.drain(..).for_each(|r| r.settle());
             }
         }
     }
-    drop(inbox);
-    // Sending the close frame first flushes what was handed to the socket.
-    let closed = tokio::time::timeout(CLOSE_GRACE, sink.send(close_frame(closer.reason()))).await;
-    if let Ok(Ok(())) = closed {
-        unflushed.drain(..).for_each(|r| r.mark_written());
+
+    async fn serve(&mut self, inbox: &mut Inbox, ping_every: Duration) -> Stop {
+        // Registered once: a fresh `cancelled()` per step would lock the token each time.
+        let token = self.closer.token().clone();
+        let cancelled: WaitForCancellationFuture = token.cancelled();
+        tokio::pin!(cancelled);
+        if let Err(stop) = self.fetch(&mut cancelled).await {
+            return stop;
+        }
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut silent_intervals = 0;
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            // Every write races the closer: a client that stopped reading must
+            // not keep the connection (and its outbox) open.
+            let step = tokio::select! {
+                biased;
+                _ = &mut cancelled => return Stop::Close,
+                item = inbox.recv() => match item {
+                    None => return Stop::Close, // every sender is gone
+                    Some(Outgoing::Fetch) => self.fetch(&mut cancelled).await,
+                    Some(first) => {
+                        let (batch, fetch_next) = take_batch(first, inbox);
+                        let written = tokio::select! {
+                            biased;
+                            _ = &mut cancelled => Err(Stop::Close),
+                            written = self.write(batch) => written,
+                        };
+                        match written {
+                            Ok(()) if fetch_next => self.fetch(&mut cancelled).await,
+                            other => other,
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if self.heard.swap(false, Ordering::Relaxed) {
+                        silent_intervals = 0;
+                    } else {
+                        silent_intervals += 1;
+                        if silent_intervals >= 2 {
+                            self.closer.close(Disconnect::PingTimeout);
+                            return Stop::Close;
+                        }
+                    }
+                    let pinged = tokio::select! {
+                        biased;
+                        _ = &mut cancelled => return Stop::Close,
+                        sent = self.sink.send(Message::Ping(Default::default())) => sent,
+                    };
+                    if pinged.is_err() {
+                        return Stop::Broken;
+                    }
+                    if renewed.elapsed() >= PUSH_CLAIM / 3 {
+                        renewed = tokio::time::Instant::now();
+                        self.renew_holds().await;
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(stop) = step {
+                return stop;
+            }
+        }
+    }
+
+    /// Writes a batch of frames with one flush. A connection that
+    /// acknowledges first stores the directed messages among them, held for
+    /// it, so that they are delivered again if it goes without acknowledging.
+    async fn write(&mut self, batch: Vec<Outgoing>) -> Result<(), Stop> {
+        let tracked: Vec<Arc<DirectMessage>> = batch
+            .iter()
+            .filter_map(|item| match item {
+                Outgoing::Tracked(message, ..) => Some(message.clone()),
+                _ => None,
+            })
+            .collect();
+        if !tracked.is_empty() {
+            // Recorded first: if storing is cut short after all, they are
+            // released when the connection goes, not left claimed.
+            self.hold(tracked.iter().map(|m| m.id))?;
+            let held = tokio::time::timeout(WRITE_DEADLINE, self.state.services.hold_for(&tracked));
+            match held.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    // Its messages go back through their receipts.
+                    tracing::warn!(error = format!("{err:#}"), "holding messages failed");
+                    self.closer.close(Disconnect::Unavailable);
+                    return Err(Stop::Close);
+                }
+                Err(_) => {
+                    self.closer.close(Disconnect::Unavailable);
+                    return Err(Stop::Close);
+                }
+            }
+        }
+        let written = tokio::time::timeout(WRITE_DEADLINE, self.write_frames(batch)).await;
+        match written {
+            Ok(Ok(())) => {
+                self.unflushed.drain(..).for_each(|r| r.settle());
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Stop::Broken),
+            Err(_) => {
+                // Written to nobody for a whole deadline: let the client go.
+                self.closer.close(Disconnect::TooSlow);
+                Err(Stop::Close)
+            }
+        }
+    }
+
+    async fn write_frames(&mut self, batch: Vec<Outgoing>) -> Result<(), axum::Error> {
+        for item in batch {
+            let frame = match item {
+                Outgoing::Text(frame) => frame,
+                Outgoing::Direct(frame, receipt) => {
+                    self.unflushed.push(receipt);
+                    frame
+                }
+                Outgoing::Tracked(_, frame, receipt) => {
+                    // Stored for this connection: safe whatever the socket does.
+                    receipt.settle();
+                    frame
+                }
+                Outgoing::Fetch => unreachable!("a batch holds frames only"),
+            };
+            self.sink.feed(Message::Text(frame)).await?;
+        }
+        self.sink.flush().await
+    }
+
+    /// Records messages held for this connection; one that holds too many
+    /// unacknowledged is closed.
+    fn hold(&self, ids: impl IntoIterator<Item = i64>) -> Result<(), Stop> {
+        if self.delivery.hold(ids) {
+            return Ok(());
+        }
+        self.closer.close(Disconnect::TooManyUnacknowledged);
+        Err(Stop::Close)
+    }
+
+    /// Writes the user's stored unread messages, oldest first: claimed first,
+    /// so that no `GET /messages/` (nor another connection) hands them out
+    /// too. A plain connection deletes those written and releases the rest; a
+    /// connection that acknowledges holds them until it does. Each write has
+    /// [`WRITE_DEADLINE`].
+    async fn fetch(
+        &mut self,
+        cancelled: &mut std::pin::Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> Result<(), Stop> {
+        self.delivery.fetch_taken();
+        let services = self.state.services.clone();
+        let claimed = match services.claim_inbox(&self.user, &self.delivery).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                // They wait for the next fetch, connection or `GET /messages/`.
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "fetching stored messages failed"
+                );
+                return Ok(());
+            }
+        };
+        let manual = self.delivery.manual_ack;
+        let already: std::collections::HashSet<i64> = if manual {
+            self.delivery.unacked().into_iter().collect()
+        } else {
+            Default::default()
+        };
+        if manual {
+            self.hold(claimed.iter().map(|item| item.message.id))?;
+        }
+        let mut written = Vec::with_capacity(claimed.len());
+        let mut unwritten = Vec::new();
+        let mut failed = None;
+        for item in claimed {
+            let m = item.message;
+            if failed.is_some() || already.contains(&m.id) {
+                unwritten.push(m.id);
+                continue;
+            }
+            let frame = message_frame(
+                "offline_message",
+                manual.then_some(m.id),
+                &item.sender_username,
+                &m.content,
+                m.sent_at,
+            );
+            let send =
+                tokio::time::timeout(WRITE_DEADLINE, self.sink.send(Message::Text(frame.into())));
+            let sent = tokio::select! {
+                biased;
+                _ = cancelled.as_mut() => Err(Stop::Close),
+                sent = send => match sent {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(Stop::Broken),
+                    Err(_) => {
+                        self.closer.close(Disconnect::TooSlow);
+                        Err(Stop::Close)
+                    }
+                },
+            };
+            match sent {
+                Ok(()) => written.push(m.id),
+                Err(stop) => {
+                    failed = Some(stop);
+                    unwritten.push(m.id);
+                }
+            }
+        }
+        if !manual && let Err(err) = services.settle_push(&self.user, &written, &unwritten).await {
+            // Unsettled claims run out, and the messages are handed out again.
+            tracing::warn!(error = format!("{err:#}"), "settling a fetch failed");
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Keeps the claims on the messages held for this connection alive.
+    async fn renew_holds(&self) {
+        let held = self.delivery.unacked();
+        if held.is_empty() {
+            return;
+        }
+        if let Err(err) = self.state.services.renew_holds(&self.user, &held).await {
+            tracing::warn!(error = format!("{err:#}"), "renewing held messages failed");
+        }
     }
 }
 
-/// Hands `first` and whatever else is queued (up to a batch) to the socket,
-/// then flushes once.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    first: Outgoing,
-    inbox: &mut Inbox,
-    unflushed: &mut Vec<Arc<Receipt>>,
-) -> Result<(), axum::Error> {
-    let mut next = Some(first);
-    let mut batched = 0;
-    while let Some(item) = next.take() {
-        let frame = match item {
-            Outgoing::Text(frame) => frame,
-            Outgoing::Direct(frame, receipt) => {
-                unflushed.push(receipt);
-                frame
+/// `first` and whatever frames are queued behind it, up to a batch; true when
+/// a fetch came next (it follows the batch). The bytes taken go back to the
+/// outbox's bound.
+fn take_batch(first: Outgoing, inbox: &mut Inbox) -> (Vec<Outgoing>, bool) {
+    let mut batch = Vec::with_capacity(8);
+    batch.push(first);
+    let mut fetch_next = false;
+    while batch.len() < WRITE_BATCH {
+        match inbox.try_recv() {
+            Some(Outgoing::Fetch) => {
+                fetch_next = true;
+                break;
             }
-        };
-        sink.feed(Message::Text(frame)).await?;
-        batched += 1;
-        if batched < WRITE_BATCH {
-            next = inbox.try_recv();
+            Some(item) => batch.push(item),
+            None => break,
         }
     }
     inbox.settle();
-    sink.flush().await
+    (batch, fetch_next)
 }

@@ -445,6 +445,14 @@ impl TestApp {
         WsClient { stream }
     }
 
+    /// A WebSocket that acknowledges its messages (`?ack=manual`).
+    pub async fn ws_manual(&self, token: &str) -> WsClient {
+        let (stream, _) = connect_async(self.ws_url(&format!("?token={token}&ack=manual")))
+            .await
+            .expect("ws connects");
+        WsClient { stream }
+    }
+
     /// Stops the server the way SIGTERM does, and waits for it to finish.
     pub async fn stop(mut self) {
         self.stop.take().unwrap().send(()).unwrap();
@@ -505,6 +513,22 @@ impl WsClient {
     pub async fn json(&mut self) -> Value {
         let text = self.text().await;
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    }
+
+    /// `{"type": "ack", "ids"}`.
+    pub async fn ack(&mut self, ids: &[i64]) {
+        self.send_json(serde_json::json!({"type": "ack", "ids": ids}))
+            .await;
+    }
+
+    /// Closes from the client's side, as a client that leaves does.
+    pub async fn leave(mut self) {
+        let _ = self.stream.close(None).await;
+        // Until the server answers the close: it has let the connection go.
+        let _ = tokio::time::timeout(PATIENCE, async {
+            while let Some(Ok(_)) = self.stream.next().await {}
+        })
+        .await;
     }
 
     /// The next frame, which must be an `{"error"}` frame; returns its text.

@@ -5,6 +5,7 @@ mod accounts;
 mod bad_input;
 mod cluster;
 mod contacts;
+mod delivery;
 mod flows;
 mod fuzz;
 mod helpers;

@@ -99,7 +99,10 @@ impl RedisBus {
     fn channel_of(&self, event: &Event) -> String {
         match event {
             Event::Direct(m) => self.keys.user_channel(m.recipient_id),
-            Event::CloseSessions { user, .. } => self.keys.user_channel(*user),
+            Event::CloseSessions { user, .. } | Event::Unread { user } => {
+                self.keys.user_channel(*user)
+            }
+            Event::Delivered { sender, .. } => self.keys.user_channel(*sender),
             Event::Text { .. } => self.keys.broadcast_channel(),
         }
     }
@@ -146,8 +149,12 @@ async fn subscribe_forever(
             Ok(mut stream) => {
                 bus.receiving.store(true, Ordering::Release);
                 pause = Duration::from_millis(100);
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
+                match ready.take() {
+                    Some(ready) => {
+                        let _ = ready.send(());
+                    }
+                    // Events published while it was away never came.
+                    None => bus.sink.resumed(),
                 }
                 tracing::info!("subscribed to fan-out");
                 loop {

@@ -65,6 +65,12 @@ impl Keyspace {
         format!("{}:tokens:{user}", self.prefix)
     }
 
+    /// The message id a sender's client id names, for the de-duplication
+    /// window. The client id is the key's last part, whatever it holds.
+    pub fn client_id(&self, sender: UserId, client_id: &str) -> String {
+        format!("{}:client-id:{sender}:{client_id}", self.prefix)
+    }
+
     /// Events for one user's connections: directed messages, session closes.
     pub fn user_channel(&self, user: UserId) -> String {
         format!("{}:user:{user}", self.prefix)

@@ -1,5 +1,6 @@
 //! Everything Redis: the command connection and its deadline, the key space,
-//! and the Redis engines (presence, fan-out, revoked tokens, rate limits), with their
+//! and the Redis engines (presence, fan-out, revoked tokens, rate limits,
+//! client ids), with their
 //! Lua scripts as `.lua` files beside them.
 
 use std::{
@@ -15,12 +16,14 @@ use redis::aio::MultiplexedConnection;
 use crate::metrics;
 
 pub mod bus;
+pub mod client_ids;
 pub mod keys;
 pub mod presence;
 pub mod ratelimit;
 pub mod revocations;
 
 pub use bus::RedisBus;
+pub use client_ids::RedisClientIds;
 pub use keys::Keyspace;
 pub use presence::RedisPresence;
 pub use ratelimit::RedisLimiter;

@@ -835,33 +835,46 @@ macro_rules! store_methods {
                     .filter_map(|(m, v)| v.as_ref().ok().map(|stranger| (m, *stranger)))
                     .collect();
                 let mut stored = Vec::with_capacity(admitted.len());
-                // SQLite binds at most 32766 parameters per statement; five per message.
-                for chunk in admitted.chunks(6000) {
+                // SQLite binds at most 32766 parameters per statement; eight per message.
+                for chunk in admitted.chunks(4000) {
                     let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO messages (sender_id, receiver_id, encrypted_content, sent_at, from_stranger) ",
+                        "INSERT INTO messages (id, sender_id, receiver_id, encrypted_content, sent_at, \
+                         from_stranger, receipt, claimed_until) ",
                     );
                     insert.push_values(chunk, |mut row, (m, stranger)| {
-                        row.push_bind(m.sender_id)
+                        row.push_bind(m.id)
+                            .push_bind(m.sender_id)
                             .push_bind(m.recipient_id)
                             .push_bind(&m.content)
                             .push_bind(m.sent_at)
-                            .push_bind(*stranger);
+                            .push_bind(*stranger)
+                            .push_bind(m.receipt)
+                            .push_bind(m.claimed_until);
                     });
+                    // Stored already (by another of the recipient's
+                    // connections, or a retry): kept as it is.
+                    insert.push(" ON CONFLICT (id) DO NOTHING");
                     insert.push(concat!(" RETURNING ", $crate::backends::sql::message_columns!()));
-                    let mut rows: Vec<$crate::store::Message> =
+                    let rows: Vec<$crate::store::Message> =
                         insert.build_query_as().fetch_all(&mut *tx).await?;
-                    // Ids grow in the order of the VALUES list.
-                    rows.sort_by_key(|m| m.id);
                     stored.extend(rows);
                 }
                 tx.commit().await?;
-                let mut stored = stored.into_iter();
-                Ok(verdicts
-                    .into_iter()
-                    .map(|v| match v {
-                        Ok(_) => $crate::store::Admission::Stored(
-                            stored.next().expect("one row per admitted message"),
-                        ),
+                let mut stored: std::collections::HashMap<i64, $crate::store::Message> =
+                    stored.into_iter().map(|m| (m.id, m)).collect();
+                Ok(messages
+                    .iter()
+                    .zip(verdicts)
+                    .map(|(m, v)| match v {
+                        Ok(_) => $crate::store::Admission::Stored(stored.remove(&m.id).unwrap_or_else(
+                            || $crate::store::Message {
+                                id: m.id,
+                                sender_id: m.sender_id,
+                                recipient_id: m.recipient_id,
+                                content: m.content.clone(),
+                                sent_at: m.sent_at,
+                            },
+                        )),
                         Err(refused) => refused,
                     })
                     .collect())
@@ -910,6 +923,7 @@ macro_rules! store_methods {
             &self,
             recipient: $crate::domain::UserId,
             lease: std::time::Duration,
+            take_over: bool,
         ) -> $crate::store::Pending<'_, Vec<$crate::store::InboxMessage>> {
             $crate::backends::sql::run(async move {
                 let now = chrono::Utc::now();
@@ -920,12 +934,12 @@ macro_rules! store_methods {
                 let mut claimed: Vec<$crate::store::InboxMessage> = sqlx::query_as(concat!(
                     "UPDATE messages SET claimed_until = $2
                      WHERE id IN (SELECT id FROM messages
-                                  WHERE receiver_id = $1 AND read_at IS NULL AND ",
+                                  WHERE receiver_id = $1 AND read_at IS NULL AND ($5 OR ",
                     $crate::backends::sql::unclaimed!("messages", "$3"),
-                    " ORDER BY id LIMIT $4", $skip_locked, ")
-                       AND read_at IS NULL AND ",
+                    ") ORDER BY id LIMIT $4", $skip_locked, ")
+                       AND read_at IS NULL AND ($5 OR ",
                     $crate::backends::sql::unclaimed!("messages", "$3"),
-                    " RETURNING ",
+                    ") RETURNING ",
                     $crate::backends::sql::message_columns!(),
                     ",
                                 (SELECT username FROM users u WHERE u.id = messages.sender_id)
@@ -935,6 +949,7 @@ macro_rules! store_methods {
                 .bind(until)
                 .bind(now)
                 .bind($crate::store::INBOX_PAGE)
+                .bind(take_over)
                 .fetch_all(&self.pool)
                 .await?;
                 claimed.sort_by_key(|m| m.message.id);
@@ -962,20 +977,42 @@ macro_rules! store_methods {
             })
         }
 
+        fn renew_claims<'a>(
+            &'a self,
+            recipient: $crate::domain::UserId,
+            ids: &'a [i64],
+            until: chrono::DateTime<chrono::Utc>,
+        ) -> $crate::store::Pending<'a, ()> {
+            $crate::backends::sql::run(async move {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut renew = sqlx::QueryBuilder::new("UPDATE messages SET claimed_until = ");
+                renew.push_bind(until);
+                renew.push(" WHERE receiver_id = ");
+                renew.push_bind(recipient);
+                renew.push(" AND id IN ");
+                $crate::backends::sql::push_id_list(&mut renew, ids);
+                renew.build().execute(&self.pool).await?;
+                Ok(())
+            })
+        }
+
         fn delete_read<'a>(
             &'a self,
             recipient: $crate::domain::UserId,
             ids: &'a [i64],
-        ) -> $crate::store::Pending<'a, u64> {
+        ) -> $crate::store::Pending<'a, Vec<$crate::store::Acked>> {
             $crate::backends::sql::run(async move {
                 if ids.is_empty() {
-                    return Ok(0);
+                    return Ok(Vec::new());
                 }
                 let mut delete = sqlx::QueryBuilder::new("DELETE FROM messages WHERE receiver_id = ");
                 delete.push_bind(recipient);
                 delete.push(" AND id IN ");
                 $crate::backends::sql::push_id_list(&mut delete, ids);
-                Ok(delete.build().execute(&self.pool).await?.rows_affected())
+                delete.push(" RETURNING id, sender_id, receipt");
+                Ok(delete.build_query_as().fetch_all(&self.pool).await?)
             })
         }
 

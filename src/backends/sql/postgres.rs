@@ -11,14 +11,17 @@ use sqlx::{
 };
 
 use crate::{
+    batch::Batcher,
     revocation::{RevocationError, Revocations},
-    store::Store,
+    store::{Pending, Store, StoreError},
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Message ids: concurrent requests share one round trip.
+    ids: Batcher<(), i64, StoreError>,
 }
 
 impl PostgresStore {
@@ -38,7 +41,21 @@ impl PostgresStore {
             .run(&pool)
             .await
             .context("applying Postgres migrations")?;
-        Ok(Self { pool })
+        let sequence = pool.clone();
+        let ids = Batcher::start(512, move |wanted: Vec<()>| {
+            let pool = sequence.clone();
+            async move {
+                let mut ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT nextval('messages_id_seq') FROM generate_series(1, $1)",
+                )
+                .bind(wanted.len() as i64)
+                .fetch_all(&pool)
+                .await?;
+                ids.sort_unstable();
+                Ok(ids)
+            }
+        });
+        Ok(Self { pool, ids })
     }
 }
 
@@ -56,6 +73,12 @@ impl Store for PostgresStore {
         // Messages being claimed or taken by one statement are passed by by others.
         " FOR UPDATE SKIP LOCKED",
     );
+
+    /// From the sequence, one call at a time: every id is greater than those
+    /// given before it on any replica, so ids follow acceptance order.
+    fn next_message_id(&self) -> Pending<'_, i64> {
+        super::run(async move { Ok(self.ids.submit(()).await?) })
+    }
 }
 
 /// Used only without Redis (then revoked tokens live there, shared by replicas).
@@ -127,6 +150,8 @@ mod tests {
         contract::presence_consent_is_one_sided(&fresh().await).await;
         contract::accounts_change_and_go(&fresh().await).await;
         contract::claimed_messages_reach_nobody_else(&fresh().await).await;
+        contract::message_ids_follow_acceptance_and_store_once(&fresh().await).await;
+        contract::held_messages_wait_for_their_connection(&fresh().await).await;
     }
 
     #[tokio::test]

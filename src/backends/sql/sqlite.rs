@@ -12,13 +12,20 @@ use sqlx::{
 
 use crate::{
     revocation::{RevocationError, Revocations},
-    store::Store,
+    store::{Pending, Store},
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// Message ids reserved at once: one write per this many messages.
+const ID_BLOCK: i64 = 4096;
+
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Message ids still free in the block reserved last: `(next, end)`.
+    ids: std::sync::Mutex<(i64, i64)>,
+    /// Held while a new block is reserved.
+    reserving: tokio::sync::Mutex<()>,
     /// Revoked token ids and when they expire.
     revoked: RwLock<HashMap<String, DateTime<Utc>>>,
 }
@@ -52,6 +59,8 @@ impl SqliteStore {
         .context("loading revoked tokens")?;
         Ok(Self {
             pool,
+            ids: std::sync::Mutex::new((0, 0)),
+            reserving: tokio::sync::Mutex::new(()),
             revoked: RwLock::new(revoked.into_iter().collect()),
         })
     }
@@ -70,9 +79,41 @@ impl Store for SqliteStore {
         "",
         "",
     );
+
+    /// From a block reserved in `sqlite_sequence` (which the database file
+    /// keeps, so a restart continues after it): one process owns the file,
+    /// so ids follow the order in which it accepted messages.
+    fn next_message_id(&self) -> Pending<'_, i64> {
+        super::run(async move {
+            loop {
+                if let Some(id) = self.free_id() {
+                    return Ok(id);
+                }
+                let _reserving = self.reserving.lock().await;
+                if let Some(id) = self.free_id() {
+                    return Ok(id);
+                }
+                let end: i64 = sqlx::query_scalar(
+                    "UPDATE sqlite_sequence SET seq = seq + $1 WHERE name = 'messages' RETURNING seq",
+                )
+                .bind(ID_BLOCK)
+                .fetch_one(&self.pool)
+                .await?;
+                *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = (end - ID_BLOCK + 1, end + 1);
+            }
+        })
+    }
 }
 
 impl SqliteStore {
+    fn free_id(&self) -> Option<i64> {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        (ids.0 < ids.1).then(|| {
+            ids.0 += 1;
+            ids.0 - 1
+        })
+    }
+
     /// Adds tokens to the set kept in memory, dropping those that expired.
     fn remember_revoked(&self, tokens: impl IntoIterator<Item = (String, DateTime<Utc>)>) {
         let now = Utc::now();
@@ -148,6 +189,8 @@ mod tests {
         contract::presence_consent_is_one_sided(&fresh().await.0).await;
         contract::accounts_change_and_go(&fresh().await.0).await;
         contract::claimed_messages_reach_nobody_else(&fresh().await.0).await;
+        contract::message_ids_follow_acceptance_and_store_once(&fresh().await.0).await;
+        contract::held_messages_wait_for_their_connection(&fresh().await.0).await;
     }
 
     #[tokio::test]

@@ -1,0 +1,324 @@
+//! Reliable delivery on the WebSocket: connections that acknowledge
+//! (`?ack=manual`), client ids with `sent` and `delivered` receipts,
+//! de-duplication, and the order of one sender's messages.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use secchat::config::Switch;
+use serde_json::{Value, json};
+
+use futures_util::StreamExt;
+
+use crate::helpers::{WsClient, spawn, spawn_with};
+
+/// The next JSON frame, presence notices (plain text) skipped.
+pub async fn frame(ws: &mut WsClient) -> Value {
+    loop {
+        let text = ws.text().await;
+        if text.starts_with("系统消息") {
+            continue;
+        }
+        return serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    }
+}
+
+/// The next message frame's `(type, id, content)`.
+pub async fn message(ws: &mut WsClient) -> (String, Option<i64>, String) {
+    let m = frame(ws).await;
+    let kind = m["type"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{m}"))
+        .to_owned();
+    assert!(
+        kind == "offline_message" || kind == "p2p_message",
+        "expected a message, got {m}"
+    );
+    (
+        kind,
+        m["id"].as_i64(),
+        m["content"].as_str().unwrap().to_owned(),
+    )
+}
+
+pub fn direct(to: &str, content: &str, client_id: Option<&str>) -> Value {
+    let mut frame = json!({"recipient_username": to, "content": content});
+    if let Some(client_id) = client_id {
+        frame["client_id"] = client_id.into();
+    }
+    frame
+}
+
+/// No frame but presence notices for a while.
+pub async fn quiet(ws: &mut WsClient) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.stream.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))))
+                if t.starts_with("系统消息") => {}
+            Ok(Some(Ok(
+                tokio_tungstenite::tungstenite::Message::Ping(_)
+                | tokio_tungstenite::tungstenite::Message::Pong(_),
+            ))) => {}
+            Ok(other) => panic!("expected no message, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn what_a_connection_did_not_acknowledge_comes_again_in_order() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let mut a = app.ws(&alice.token).await;
+    for i in 1..=3 {
+        a.send_json(direct("bob", &format!("m{i}"), None)).await;
+        assert!(frame(&mut a).await["status"].is_string(), "stored offline");
+    }
+    let mut b = app.ws_manual(&bob.token).await;
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        let (kind, id, content) = message(&mut b).await;
+        assert_eq!(
+            (kind.as_str(), content),
+            ("offline_message", format!("m{i}"))
+        );
+        ids.push(id.expect("an id for a connection that acknowledges"));
+    }
+    a.send_json(direct("bob", "m4", None)).await;
+    let (kind, id, content) = message(&mut b).await;
+    assert_eq!((kind.as_str(), content.as_str()), ("p2p_message", "m4"));
+    ids.push(id.unwrap());
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // Held for this connection: neither a fetch nor a plain socket gets them.
+    assert!(app.inbox(&bob.token).await.is_empty());
+    let mut plain = app.ws(&bob.token).await;
+    quiet(&mut plain).await;
+    drop(plain);
+
+    b.ack(&ids[..1]).await;
+    b.leave().await;
+    // The next connection gets the three not acknowledged, in order, with
+    // their ids (the live one is now stored like the others).
+    let mut b = app.ws_manual(&bob.token).await;
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        let (kind, again, content) = message(&mut b).await;
+        assert_eq!(
+            (kind.as_str(), again, content),
+            ("offline_message", Some(*id), format!("m{}", i + 1))
+        );
+    }
+    // A second device that acknowledges takes over what the first holds.
+    let mut second = app.ws_manual(&bob.token).await;
+    for id in &ids[1..] {
+        assert_eq!(message(&mut second).await.1, Some(*id));
+    }
+    // Acknowledging is idempotent, through either device.
+    second.ack(&ids[1..3]).await;
+    b.ack(&ids[1..]).await;
+    b.leave().await;
+    second.leave().await;
+    let mut b = app.ws_manual(&bob.token).await;
+    quiet(&mut b).await;
+    assert!(app.inbox(&bob.token).await.is_empty());
+    let (_, fetched) = app.get("/messages/?ack=manual", &bob.token).await;
+    assert_eq!(fetched, json!([]));
+    // A plain connection sees no ids, as before.
+    let mut plain = app.ws(&bob.token).await;
+    a.send_json(direct("bob", "plain", None)).await;
+    let live = loop {
+        let m = frame(&mut plain).await;
+        if m["content"] == "plain" {
+            break m;
+        }
+    };
+    assert!(live.get("id").is_none(), "{live}");
+    assert_eq!(message(&mut b).await.2, "plain");
+    // Bad acknowledgements are answered, and the connection stays.
+    b.send_json(json!({"type": "ack", "ids": vec![1; 1001]}))
+        .await;
+    assert!(
+        frame(&mut b).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("1000")
+    );
+    b.send_json(json!({"type": "ack", "ids": ["x"]})).await;
+    assert!(frame(&mut b).await["error"].is_string());
+    let (status, _) = app
+        .http
+        .get(app.url(&format!("/ws?token={}&ack=auto", bob.token)))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn client_ids_are_answered_with_receipts_and_never_delivered_twice() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let mut a = app.ws(&alice.token).await;
+    let mut b = app.ws_manual(&bob.token).await;
+    a.send_json(direct("bob", "hello", Some("c-1"))).await;
+    let sent = frame(&mut a).await;
+    assert_eq!(
+        (&sent["type"], &sent["client_id"]),
+        (&json!("sent"), &json!("c-1"))
+    );
+    let id = sent["id"].as_i64().unwrap();
+    assert_eq!(
+        message(&mut b).await,
+        ("p2p_message".into(), Some(id), "hello".into())
+    );
+    // The same client id again (a retry after a lost answer): the same
+    // receipt, and nothing delivered.
+    a.send_json(direct("bob", "hello", Some("c-1"))).await;
+    assert_eq!(frame(&mut a).await, sent);
+    quiet(&mut b).await;
+    // Acknowledged: the sender is told.
+    b.ack(&[id]).await;
+    assert_eq!(frame(&mut a).await, json!({"type": "delivered", "id": id}));
+    b.ack(&[id]).await;
+    quiet(&mut a).await;
+
+    // Stored offline (dave never connected): `sent` after it was stored;
+    // acknowledged over HTTP.
+    let dave = app.user("dave").await;
+    a.send_json(direct("dave", "later", Some("c-2"))).await;
+    assert!(frame(&mut a).await["status"].is_string());
+    let sent = frame(&mut a).await;
+    assert_eq!(sent["client_id"], "c-2");
+    let later = sent["id"].as_i64().unwrap();
+    let (_, fetched) = app.get("/messages/?ack=manual", &dave.token).await;
+    assert_eq!(fetched[0]["id"], later);
+    assert_eq!(fetched[0]["encrypted_content"], "later");
+    let (_, acked) = app
+        .post("/messages/ack", &dave.token, json!({"ids": [later]}))
+        .await;
+    assert_eq!(acked, json!({"acked": 1}));
+    assert_eq!(
+        frame(&mut a).await,
+        json!({"type": "delivered", "id": later})
+    );
+
+    // Without a client id: no receipts, whatever the recipient does.
+    let mut plain_sender = app.ws(&alice.token).await;
+    plain_sender.send_json(direct("bob", "no id", None)).await;
+    let (_, id, _) = message(&mut b).await;
+    b.ack(&[id.unwrap()]).await;
+    quiet(&mut plain_sender).await;
+
+    // Bad client ids are refused, and nothing is sent.
+    for bad in [json!(""), json!("x".repeat(65)), json!(7)] {
+        a.send_json(json!({"recipient_username": "bob", "content": "bad", "client_id": bad}))
+            .await;
+        assert!(frame(&mut a).await["error"].is_string(), "{bad}");
+    }
+    a.send_json(direct("bob", "long", Some(&"é".repeat(64))))
+        .await;
+    assert_eq!(frame(&mut a).await["type"], "sent", "64 characters is fine");
+    // Another sender's client id is its own.
+    let carol = app.user("carol").await;
+    let mut c = app.ws(&carol.token).await;
+    c.send_json(direct("bob", "from carol", Some("c-1"))).await;
+    let carols = frame(&mut c).await;
+    assert_eq!(carols["type"], "sent");
+    assert_ne!(carols["id"], json!(id));
+}
+
+#[tokio::test]
+async fn a_refused_message_may_be_sent_again_under_its_client_id() {
+    let app = spawn_with(|s| {
+        s.mailbox_stranger_messages = 1;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let _bob = app.user("bob").await;
+    let mut a = app.ws(&alice.token).await;
+    a.send_json(direct("bob", "first", Some("s-1"))).await;
+    assert!(frame(&mut a).await["status"].is_string());
+    assert_eq!(frame(&mut a).await["type"], "sent");
+    a.send_json(direct("bob", "second", Some("s-2"))).await;
+    assert!(
+        frame(&mut a).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("full")
+    );
+    // Refused, so not remembered: once there is room it goes through.
+    let (_, fetched) = app.get("/messages/", &_bob.token).await;
+    assert_eq!(fetched.as_array().unwrap().len(), 1);
+    a.send_json(direct("bob", "second", Some("s-2"))).await;
+    assert!(frame(&mut a).await["status"].is_string());
+    assert_eq!(frame(&mut a).await["client_id"], "s-2");
+}
+
+/// One sender's messages reach each recipient in the order sent, whether they
+/// were stored (the recipient was connecting) or relayed, on connections that
+/// acknowledge and on plain ones. Recipients connect one after another while
+/// the messages flow, each a chance for a message stored as it connects to
+/// fall behind a later one relayed live.
+#[tokio::test]
+async fn one_senders_messages_arrive_in_the_order_sent() {
+    const N: usize = 100;
+    const RECIPIENTS: usize = 6;
+    let app = spawn_with(|s| {
+        s.rate_limits = Switch::Off;
+        s.mailbox_stranger_messages = 10 * N as u64;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let mut recipients = Vec::new();
+    for r in 0..RECIPIENTS {
+        recipients.push(app.user(&format!("r{r}")).await);
+    }
+    let mut a = app.ws(&alice.token).await;
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            for r in 0..RECIPIENTS {
+                let (to, client_id) = (format!("r{r}"), format!("{r}-{i}"));
+                a.send_json(direct(&to, &format!("{i}"), Some(&client_id)))
+                    .await;
+            }
+            if i % 5 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        // Every message was taken care of before the sender stops reading.
+        let mut sent = 0;
+        while sent < RECIPIENTS * N {
+            if a.json().await["type"] == "sent" {
+                sent += 1;
+            }
+        }
+    });
+    let mut connections = Vec::new();
+    for (r, user) in recipients.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let manual = r % 2 == 0;
+        let ws = if manual {
+            app.ws_manual(&user.token).await
+        } else {
+            app.ws(&user.token).await
+        };
+        connections.push((ws, manual));
+    }
+    for (ws, manual) in &mut connections {
+        let mut got = Vec::new();
+        while got.len() < N {
+            let (_, id, content) = message(ws).await;
+            got.push(content.parse::<usize>().unwrap());
+            if *manual {
+                ws.ack(&[id.unwrap()]).await;
+            }
+        }
+        assert_eq!(got, (0..N).collect::<Vec<_>>(), "in order, each once");
+    }
+    sender.await.unwrap();
+    for ((ws, _), user) in connections.iter_mut().zip(&recipients) {
+        quiet(ws).await;
+        assert!(app.inbox(&user.token).await.is_empty());
+    }
+}
