@@ -16,7 +16,7 @@ mode=${1:-embedded}; shift || true
 replicas=1
 if [ "$mode" = cluster ]; then replicas=${1:-1}; shift || true; fi
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(ws-direct ws-direct-20k ws-broadcast ws-broadcast-64 http-online http-offline login-storm conn-capacity)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(ws-direct ws-direct-acked ws-direct-20k ws-broadcast ws-broadcast-64 http-online http-offline login-storm conn-capacity)
 
 cargo build --release --quiet --bins
 work=$(mktemp -d)
@@ -56,6 +56,7 @@ run() { target/release/loadgen "$@" "${urls[@]}" "${pids[@]}" --prefix "r$RANDOM
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
     ws-direct) run ws-direct --connections 1000 --window 8 ;;
+    ws-direct-acked) run ws-direct --connections 1000 --window 8 --acknowledged ;;
     ws-direct-20k) run ws-direct --connections 1000 --rate 20000 ;;
     ws-broadcast) run ws-broadcast --connections 1000 --window 8 ;;
     ws-broadcast-64) run ws-broadcast --connections 1000 --window 64 ;;

@@ -27,8 +27,18 @@ use crate::{
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn connect_all(users: &[User], per_user: usize, parallel: usize) -> (Vec<Socket>, usize) {
+    connect_all_with(users, per_user, parallel, "").await
+}
+
+/// Connects with `query` (`&…`) added to each WebSocket URL.
+async fn connect_all_with(
+    users: &[User],
+    per_user: usize,
+    parallel: usize,
+    query: &str,
+) -> (Vec<Socket>, usize) {
     let jobs = (0..users.len() * per_user).map(|i| {
-        let url = api::ws_url(&users[i % users.len()]);
+        let url = api::ws_url(&users[i % users.len()]) + query;
         async move { connect_async(url).await.map(|(socket, _)| socket) }
     });
     let results: Vec<_> = stream::iter(jobs).buffered(parallel).collect().await;
@@ -58,6 +68,7 @@ struct Frame<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     content: Option<Cow<'a, str>>,
+    id: Option<i64>,
 }
 
 #[derive(Args)]
@@ -72,6 +83,11 @@ pub struct DirectArgs {
     /// Messages one sender may have undelivered at once.
     #[arg(long, default_value_t = 32)]
     window: u64,
+    /// Reliable delivery: connections acknowledge (`?ack=manual`), sending
+    /// each message with a `client_id` and acknowledging what they receive
+    /// in batches; `sent` and `delivered` receipts are counted.
+    #[arg(long)]
+    acknowledged: bool,
 }
 
 /// One sender's counters, shared with the receiver of its partner.
@@ -82,6 +98,15 @@ struct Lane {
     progress: Notify,
 }
 
+/// Receipts counted by the receiving halves of acknowledging connections.
+#[derive(Default)]
+struct Receipts {
+    sent: AtomicU64,
+    delivered: AtomicU64,
+}
+
+type SharedSink = Arc<tokio::sync::Mutex<futures_util::stream::SplitSink<Socket, Message>>>;
+
 pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> {
     let n = (args.connections.max(2) / 2) * 2;
     let setup = Instant::now();
@@ -89,25 +114,32 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
     let prefix = common.prefix();
     let names = (0..n).map(|i| format!("{prefix}d{i}")).collect();
     let users = api::users(&http, names, |i| common.url(i).to_owned()).await?;
-    let (sockets, failed) = connect_all(&users, 1, 64).await;
+    let query = if args.acknowledged { "&ack=manual" } else { "" };
+    let (sockets, failed) = connect_all_with(&users, 1, 64, query).await;
     anyhow::ensure!(failed == 0, "{failed} connections failed");
     let sockets = settle(sockets).await;
     let setup_s = setup.elapsed().as_secs_f64();
 
     let lanes: Arc<Vec<Lane>> = Arc::new((0..n).map(|_| Lane::default()).collect());
+    let receipts = Arc::new(Receipts::default());
     let stop = CancellationToken::new();
     let done = CancellationToken::new();
     let epoch = Instant::now();
     let per_sender_rate = args.rate / n as f64;
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
+    let mut sinks = Vec::new();
     let window = Window::start(&common.server_pids);
     for (i, socket) in sockets.into_iter().enumerate() {
         let (sink, stream) = socket.split();
+        let sink: SharedSink = Arc::new(tokio::sync::Mutex::new(sink));
+        // Kept until the end: the connections stay open while receipts drain.
+        sinks.push(sink.clone());
         let partner = &users[i ^ 1].name;
         let frame_prefix = format!(r#"{{"recipient_username":"{partner}","content":"{i}:"#);
         senders.push(tokio::spawn(send_direct(
-            sink,
+            sink.clone(),
+            args.acknowledged,
             frame_prefix,
             lanes.clone(),
             i,
@@ -120,16 +152,17 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
         )));
         receivers.push(tokio::spawn(receive_direct(
             stream,
+            args.acknowledged.then_some(sink),
             lanes.clone(),
+            receipts.clone(),
             done.clone(),
             epoch,
         )));
     }
     tokio::time::sleep(common.window()).await;
     stop.cancel();
-    let mut sinks = Vec::new();
     for sender in senders {
-        sinks.push(sender.await?);
+        sender.await?;
     }
     let sent: u64 = lanes.iter().map(|l| l.sent.load(Ordering::Relaxed)).sum();
     let delivered = || {
@@ -139,7 +172,10 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
             .sum::<u64>()
     };
     let drain_until = Instant::now() + Duration::from_secs(10);
-    while delivered() < sent && Instant::now() < drain_until {
+    let receipted = || {
+        !args.acknowledged || receipts.delivered.load(Ordering::Relaxed) >= delivered().min(sent)
+    };
+    while (delivered() < sent || !receipted()) && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (wall, cpu) = window.finish();
@@ -151,7 +187,9 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
     }
     drop(sinks);
     Ok(json!({
-        "scenario": "ws-direct",
+        "scenario": if args.acknowledged { "ws-direct-acked" } else { "ws-direct" },
+        "sent_receipts": receipts.sent.load(Ordering::Relaxed),
+        "delivered_receipts": receipts.delivered.load(Ordering::Relaxed),
         "replicas": common.urls.len(),
         "connections": n,
         "target_rate": args.rate,
@@ -169,7 +207,8 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
 
 #[allow(clippy::too_many_arguments)]
 async fn send_direct(
-    mut sink: futures_util::stream::SplitSink<Socket, Message>,
+    sink: SharedSink,
+    with_client_ids: bool,
     frame_prefix: String,
     lanes: Arc<Vec<Lane>>,
     me: usize,
@@ -178,7 +217,7 @@ async fn send_direct(
     phase: f64,
     stop: CancellationToken,
     epoch: Instant,
-) -> futures_util::stream::SplitSink<Socket, Message> {
+) {
     let lane = &lanes[me];
     let mut ticker = (rate > 0.0).then(|| {
         let period = Duration::from_secs_f64(1.0 / rate);
@@ -207,36 +246,63 @@ async fn send_direct(
             }
             tokio::select! {
                 _ = progress => {}
-                _ = stop.cancelled() => return sink,
+                _ = stop.cancelled() => return,
             }
         };
         let burst = if ticker.is_some() { 1 } else { room };
         // Counted before sending, so a fast answer never outruns the count.
         lane.sent.fetch_add(burst, Ordering::Relaxed);
+        let mut sink = sink.lock().await;
         for _ in 0..burst {
             seq += 1;
-            let frame = format!("{frame_prefix}{seq}:{}\"}}", now_ns(epoch));
+            let frame = if with_client_ids {
+                format!(
+                    "{frame_prefix}{seq}:{}\",\"client_id\":\"{seq}\"}}",
+                    now_ns(epoch)
+                )
+            } else {
+                format!("{frame_prefix}{seq}:{}\"}}", now_ns(epoch))
+            };
             if sink.feed(Message::text(frame)).await.is_err() {
-                return sink;
+                return;
             }
         }
         if sink.flush().await.is_err() {
-            return sink;
+            return;
         }
     }
-    sink
 }
 
+/// Acknowledges `ids` in one frame.
+async fn acknowledge(sink: &SharedSink, ids: &mut Vec<i64>) {
+    let frame = json!({"type": "ack", "ids": ids}).to_string();
+    ids.clear();
+    let _ = sink.lock().await.send(Message::text(frame)).await;
+}
+
+/// Reads a connection's frames: messages (timed, and with `acks`,
+/// acknowledged in batches: at 64 ids, or when nothing more is ready) and
+/// receipts.
 async fn receive_direct(
     mut stream: futures_util::stream::SplitStream<Socket>,
+    acks: Option<SharedSink>,
     lanes: Arc<Vec<Lane>>,
+    receipts: Arc<Receipts>,
     done: CancellationToken,
     epoch: Instant,
 ) -> Histogram<u64> {
     let mut latency = measure::histogram();
+    let mut unacked = Vec::new();
     loop {
+        let idle = Duration::from_millis(if unacked.is_empty() { 3_600_000 } else { 2 });
         let frame = tokio::select! {
             frame = stream.next() => frame,
+            _ = tokio::time::sleep(idle) => {
+                if let Some(sink) = &acks {
+                    acknowledge(sink, &mut unacked).await;
+                }
+                continue;
+            }
             _ = done.cancelled() => break,
         };
         let Some(Ok(Message::Text(text))) = frame else {
@@ -248,8 +314,23 @@ async fn receive_direct(
         let Ok(frame) = serde_json::from_str::<Frame>(&text) else {
             continue;
         };
-        if frame.kind.as_deref() != Some("p2p_message") {
-            continue;
+        match frame.kind.as_deref() {
+            Some("p2p_message") => {}
+            Some("sent") => {
+                receipts.sent.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Some("delivered") => {
+                receipts.delivered.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            _ => continue,
+        }
+        if let (Some(sink), Some(id)) = (&acks, frame.id) {
+            unacked.push(id);
+            if unacked.len() >= 64 {
+                acknowledge(sink, &mut unacked).await;
+            }
         }
         let mut parts = frame.content.as_deref().unwrap_or_default().split(':');
         let (Some(Ok(from)), Some(_seq), Some(Ok(sent_ns))) = (

@@ -493,3 +493,55 @@ async fn metrics_can_move_to_an_internal_listener() {
         .unwrap();
     assert_eq!(other.status(), StatusCode::NOT_FOUND);
 }
+
+/// Tokens stay out of the logs, even at debug level: the request span names
+/// the path only, never the query string that may carry `?token=`.
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", crate::helpers::free_port());
+    let log = dir.path().join("server.log");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_secchat"))
+        .args([
+            "--bind",
+            &addr,
+            "--database-url",
+            &format!("sqlite://{}", dir.path().join("db.sqlite").display()),
+        ])
+        .env("RUST_LOG", "debug")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("server.err")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server binary starts");
+    let app = crate::helpers::TestApp::at(addr.parse().unwrap());
+    crate::helpers::eventually("the server is ready", || async {
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let mut a = app.ws(&alice.token).await;
+    a.send_json(json!({"recipient_username": "bob", "content": "hi"}))
+        .await;
+    a.json().await;
+    let mut b = app.ws_manual(&bob.token).await;
+    let pushed = b.json().await;
+    b.ack(&[pushed["id"].as_i64().unwrap()]).await;
+    // A token in the query of an HTTP request too.
+    let (status, _) = app
+        .get(&format!("/me/contacts?token={}", alice.token), &alice.token)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    drop((a, b, child));
+    let mut logged = std::fs::read_to_string(&log).unwrap();
+    logged += &std::fs::read_to_string(dir.path().join("server.err")).unwrap();
+    assert!(logged.contains("websocket open"), "the logs were written");
+    for token in [&alice.token, &bob.token] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!logged.contains(signature), "a token in the logs");
+    }
+}
