@@ -9,6 +9,8 @@
 # Cluster runs need Postgres and Redis (DATABASE_URL base, default
 # postgres://postgres@127.0.0.1:5432; REDIS_URL, default redis://127.0.0.1:6379);
 # each run gets a fresh database. Server and Redis CPU are both counted.
+# SECCHAT_BIN runs another build of the server (an earlier commit's, to compare
+# before and after on one machine); the default is this tree's release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,7 @@ scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(ws-direct ws-direct-acked ws-direct-20k ws-broadcast ws-broadcast-64 http-online http-offline login-storm conn-capacity)
 
 cargo build --release --quiet --bins
+server=${SECCHAT_BIN:-$PWD/target/release/secchat}
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; sleep 1; rm -rf "$work"' EXIT
 
@@ -39,9 +42,9 @@ for i in $(seq 1 "$replicas"); do
     env DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432}/$db" \
         REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}" REDIS_PREFIX="bench$$" \
         JWT_SECRET=benchmark-secret-benchmark-secret-0123 RUST_LOG=warn $one_address $unlimited \
-        target/release/secchat --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
+        "$server" --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
   else
-        env -C "$work" RUST_LOG=warn $one_address $unlimited "$PWD/target/release/secchat" --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
+        env -C "$work" RUST_LOG=warn $one_address $unlimited "$server" --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
   fi
   echo $! > "$work/server$i.pid"
   urls+=(--url "http://127.0.0.1:$port")

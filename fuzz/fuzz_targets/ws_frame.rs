@@ -8,7 +8,10 @@ use secchat::domain::ClientFrame;
 fuzz_target!(|text: &str| {
     match ClientFrame::parse(text) {
         ClientFrame::Broadcast(relayed) => assert_eq!(relayed, text),
-        ClientFrame::Direct { .. } | ClientFrame::Auth { .. } | ClientFrame::Malformed => {
+        ClientFrame::Direct { .. }
+        | ClientFrame::Auth { .. }
+        | ClientFrame::Ack { .. }
+        | ClientFrame::Malformed => {
             assert!(text.trim_start().starts_with('{'))
         }
     }

@@ -34,7 +34,14 @@ mod views;
         without renewal the connection closes with `1008` `WS_TOKEN_GRACE_SECS` after its token expires. A contact's \
         new public key arrives as `{\"type\": \"key_changed\", \"username\", \"public_key\"}`. A broadcast with a \
         line break is refused with `{\"error\"}`. Presence (`is_online`, `last_seen`, addresses, notices) is shown \
-        only to users the subject accepted, unless the server runs with `ADDRESS_VISIBILITY=open`."),
+        only to users the subject accepted, unless the server runs with `ADDRESS_VISIBILITY=open`.\n\n\
+        Reliable delivery (opt-in): connect with `/ws?ack=manual` and offline and directed messages carry their \
+        `\"id\"`; acknowledge with `{\"type\": \"ack\", \"ids\": [...]}` (at most 1000); what is unacknowledged when the \
+        connection ends is delivered again, oldest first, on the next connection (any replica). A directed frame may \
+        carry `\"client_id\"` (1-64 characters): the sender then gets `{\"type\": \"sent\", \"client_id\", \"id\"}` once \
+        the message was handed to a replica holding the recipient or stored, the same `sent` (and no second delivery) \
+        for a repeat within `DEDUP_WINDOW_SECS`, and `{\"type\": \"delivered\", \"id\"}` when the recipient \
+        acknowledges it. One sender's messages arrive in the order sent."),
     paths(
         accounts::register, accounts::login, accounts::logout, accounts::logout_everywhere, accounts::me,
         accounts::change_password, accounts::change_public_key, accounts::delete_account,

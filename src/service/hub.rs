@@ -304,6 +304,8 @@ struct Connection {
     jti: Arc<str>,
     at: Endpoint,
     outbox: Outbox,
+    /// `delivery.manual_ack`, kept here: read for every directed message.
+    manual_ack: bool,
     delivery: Arc<Delivery>,
 }
 
@@ -405,6 +407,7 @@ impl Hub {
             jti: jti.into(),
             at,
             outbox,
+            manual_ack: delivery.manual_ack,
             delivery,
         });
         Some(Registration { id, first_here })
@@ -485,7 +488,7 @@ impl Hub {
             undelivered: self.undelivered.clone(),
         });
         for conn in targets {
-            let item = if conn.delivery.manual_ack {
+            let item = if conn.manual_ack {
                 let frame = tracked.get_or_insert_with(|| frame(Some(message.id)));
                 Outgoing::Tracked(message.clone(), frame.clone(), receipt.clone())
             } else {

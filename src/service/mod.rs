@@ -46,7 +46,7 @@ pub use turn::TurnCredentials;
 use hub::Hub;
 use names::NameCache;
 use online::OnlineContacts;
-use writer::MessageWriter;
+use writer::{MessageWriter, ReadMarker};
 
 /// Why a flow did not go through, in terms an edge can render.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +156,11 @@ pub struct Services {
     online: OnlineContacts,
     /// Offline messages, stored in batches.
     writer: MessageWriter,
+    /// Messages held for connections that acknowledge, stored in batches
+    /// (they were accepted already: no quota).
+    holder: MessageWriter,
+    /// Read and acknowledged messages, deleted in batches.
+    reads: ReadMarker,
     settings: Arc<Settings>,
 }
 
@@ -206,6 +211,8 @@ impl Services {
             tokens,
             names: NameCache::default(),
             online: OnlineContacts::default(),
+            holder: MessageWriter::start(store.clone(), MailboxQuota::NONE),
+            reads: ReadMarker::start(store.clone()),
             writer: MessageWriter::start(
                 store.clone(),
                 MailboxQuota {

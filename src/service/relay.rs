@@ -256,7 +256,10 @@ impl Services {
         let Some(recipient) = recipient else {
             return Ok(vec![error_frame("recipient not found")]);
         };
-        let id = self.store.next_message_id().await?;
+        let id = match self.store.next_message_id_now() {
+            Some(id) => id,
+            None => self.store.next_message_id().await?,
+        };
         if let Some(client_id) = client_id {
             match self.client_ids.remember(sender.id, client_id, id).await {
                 Ok(Some(first)) => return Ok(vec![sent_frame(client_id, first)]),
@@ -613,7 +616,7 @@ impl Services {
                 format!("at most {ACK_MAX_IDS} ids at once"),
             )]));
         }
-        let acked = self.store.delete_read(user.id, ids).await?;
+        let acked = self.reads.delete(user.id, ids).await?;
         self.tell_senders(&acked).await;
         Ok(acked.len() as u64)
     }
@@ -667,7 +670,7 @@ impl Services {
         unwritten: &[i64],
     ) -> Result<()> {
         let (deleted, released) = tokio::join!(
-            self.store.delete_read(user.id, written),
+            self.reads.delete(user.id, written),
             self.store.release_claims(user.id, unwritten)
         );
         deleted?;
@@ -680,14 +683,17 @@ impl Services {
     /// accepted already: stored whatever the mailbox holds.
     pub async fn hold_for(&self, messages: &[Arc<DirectMessage>]) -> Result<()> {
         let until = crate::domain::time::after(Utc::now(), PUSH_CLAIM);
-        let rows: Vec<NewMessage> = messages
-            .iter()
-            .map(|m| NewMessage {
+        // With those of other connections: one transaction for many.
+        let held = futures_util::future::join_all(messages.iter().map(|m| {
+            self.holder.store(NewMessage {
                 claimed_until: Some(until),
                 ..NewMessage::from(&**m)
             })
-            .collect();
-        self.store.store_messages(&rows, MailboxQuota::NONE).await?;
+        }))
+        .await;
+        for admission in held {
+            admission?;
+        }
         Ok(())
     }
 

@@ -184,6 +184,11 @@ pub async fn requests_become_contacts_on_both_sides(s: &dyn Store) {
     );
 }
 
+/// `(recipient, id)` for each id.
+fn reads(recipient: i64, ids: &[i64]) -> Vec<(i64, i64)> {
+    ids.iter().map(|id| (recipient, *id)).collect()
+}
+
 /// Ids for the messages these tests write out, far above what a store's
 /// own counter gives in a test (`next_message_id` is tested on its own).
 static NEXT_ID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1 << 40);
@@ -236,14 +241,14 @@ pub async fn messages_are_read_once_in_order(s: &dyn Store) {
         .map(|m| (m.sender_id, m.content.as_str()))
         .collect();
     assert_eq!(peeked, [(a.id, "one"), (a.id, "two")]);
-    s.delete_read(a.id, &[stored[0].id]).await.unwrap();
+    s.delete_read(&reads(a.id, &[stored[0].id])).await.unwrap();
     assert_eq!(
         s.peek_unread(b.id).await.unwrap().len(),
         2,
         "only the recipient marks"
     );
-    s.delete_read(b.id, &[stored[0].id]).await.unwrap();
-    s.delete_read(b.id, &[]).await.unwrap();
+    s.delete_read(&reads(b.id, &[stored[0].id])).await.unwrap();
+    s.delete_read(&reads(b.id, &[])).await.unwrap();
     assert_eq!(s.take_unread(b.id).await.unwrap(), [stored[1].clone()]);
     assert!(s.take_unread(b.id).await.unwrap().is_empty());
     assert_eq!(s.take_unread(a.id).await.unwrap(), [stored[2].clone()]);
@@ -366,7 +371,7 @@ pub async fn mailboxes_hold_what_their_quota_allows(s: &dyn Store) {
     assert_eq!(stored(third), [Some("s4".into()), Some("s5".into())]);
     // Deleting one read, and expiring the rest, free it too.
     let unread = s.peek_unread(b.id).await.unwrap();
-    s.delete_read(b.id, &[unread[0].id]).await.unwrap();
+    s.delete_read(&reads(b.id, &[unread[0].id])).await.unwrap();
     assert_eq!(s.mailbox_usage(b.id).await.unwrap().from_strangers, 1);
     s.expire_messages(t(1000), 100).await.unwrap();
     assert_eq!(
@@ -543,9 +548,15 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
             .is_empty()
     );
     // Two were written (deleted); one goes back.
-    assert_eq!(s.delete_read(b.id, &ids[..2]).await.unwrap().len(), 2);
+    assert_eq!(
+        s.delete_read(&reads(b.id, &ids[..2])).await.unwrap().len(),
+        2
+    );
     assert!(
-        s.delete_read(a.id, &ids[2..]).await.unwrap().is_empty(),
+        s.delete_read(&reads(a.id, &ids[2..]))
+            .await
+            .unwrap()
+            .is_empty(),
         "not a's"
     );
     s.release_claims(a.id, &ids[2..]).await.unwrap();
@@ -624,17 +635,33 @@ pub async fn message_ids_follow_acceptance_and_store_once(s: &dyn Store) {
     // Acknowledging answers who asked for a receipt.
     let plain = store_all(s, &[message(&a, &b, "plain")]).await;
     let acked = s
-        .delete_read(b.id, &[later, plain[0].id, 12345])
+        .delete_read(&reads(b.id, &[later, plain[0].id, 12345]))
         .await
         .unwrap();
-    let mut acked: Vec<(i64, i64, bool)> = acked
+    let mut acked: Vec<(i64, i64, i64, bool)> = acked
         .iter()
-        .map(|x| (x.id, x.sender_id, x.receipt))
+        .map(|x| (x.id, x.recipient_id, x.sender_id, x.receipt))
         .collect();
     acked.sort_unstable();
-    assert_eq!(acked, [(later, a.id, true), (plain[0].id, a.id, false)]);
+    assert_eq!(
+        acked,
+        [(later, b.id, a.id, true), (plain[0].id, b.id, a.id, false)]
+    );
+    // Several recipients at once, each only its own.
+    let to_a = store_all(s, &[message(&b, &a, "to a")]).await[0].id;
+    let to_b = store_all(s, &[message(&a, &b, "to b")]).await[0].id;
+    let both = s
+        .delete_read(&[(a.id, to_a), (a.id, to_b), (b.id, to_b)])
+        .await
+        .unwrap();
+    let mut both: Vec<(i64, i64)> = both.iter().map(|x| (x.recipient_id, x.id)).collect();
+    both.sort_unstable();
+    assert_eq!(both, [(a.id, to_a), (b.id, to_b)]);
     assert!(
-        s.delete_read(b.id, &[later]).await.unwrap().is_empty(),
+        s.delete_read(&reads(b.id, &[later]))
+            .await
+            .unwrap()
+            .is_empty(),
         "once"
     );
 }

@@ -127,6 +127,8 @@ impl From<&crate::domain::DirectMessage> for NewMessage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct Acked {
     pub id: i64,
+    #[sqlx(rename = "receiver_id")]
+    pub recipient_id: UserId,
     pub sender_id: UserId,
     /// The sender asked for a receipt.
     pub receipt: bool,
@@ -300,8 +302,13 @@ pub trait Store: Send + Sync + 'static {
     -> Pending<'a, Vec<UserId>>;
 
     /// A new message id, greater than any this store gave before: ids
-    /// follow the order in which messages were accepted.
+    /// follow the order in which messages were accepted (across replicas,
+    /// for messages accepted more than 50 ms apart).
     fn next_message_id(&self) -> Pending<'_, i64>;
+    /// [`Store::next_message_id`] from the ids this process holds already,
+    /// without waiting: `None` means "ask `next_message_id`". The relay uses
+    /// it, so that a message pays no boxed future for its id.
+    fn next_message_id_now(&self) -> Option<i64>;
     /// Stores the messages that fit their recipients' mailboxes under
     /// `quota` (a message to a user that no longer exists is not stored), in
     /// order, in one transaction of a few round trips whatever their number;
@@ -339,9 +346,10 @@ pub trait Store: Send + Sync + 'static {
         ids: &'a [i64],
         until: DateTime<Utc>,
     ) -> Pending<'a, ()>;
-    /// Deletes these messages of `recipient`'s (they were read, or
-    /// acknowledged); others' ids are ignored. Returns those deleted.
-    fn delete_read<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, Vec<Acked>>;
+    /// Deletes these messages, each `(recipient, id)` (they were read, or
+    /// acknowledged), of any number of recipients at once; an id that is not
+    /// that recipient's is ignored. Returns those deleted.
+    fn delete_read<'a>(&'a self, reads: &'a [(UserId, i64)]) -> Pending<'a, Vec<Acked>>;
     /// Unread, unclaimed messages of `recipient`, oldest first, deleted in
     /// the same statement, so concurrent callers never receive the same
     /// message and no read message stays stored.

@@ -137,6 +137,7 @@ impl Session {
             user: user.clone(),
             delivery: self.delivery.clone(),
             unflushed: Vec::new(),
+            batch: Vec::with_capacity(WRITE_BATCH),
         };
         let mut writer = tokio::spawn(writer.run(inbox, state.settings.ws_ping_interval()));
         let mut user = user.clone();
@@ -319,6 +320,8 @@ struct Writer {
     delivery: Arc<Delivery>,
     /// Receipts of frames handed to the socket but not yet flushed.
     unflushed: Vec<Arc<Receipt>>,
+    /// The batch being written, kept to reuse its allocation.
+    batch: Vec<Outgoing>,
 }
 
 /// Why the writer stops.
@@ -369,12 +372,15 @@ impl Writer {
                     None => return Stop::Close, // every sender is gone
                     Some(Outgoing::Fetch) => self.fetch(&mut cancelled).await,
                     Some(first) => {
-                        let (batch, fetch_next) = take_batch(first, inbox);
+                        let mut batch = std::mem::take(&mut self.batch);
+                        let fetch_next = take_batch(first, inbox, &mut batch);
                         let written = tokio::select! {
                             biased;
                             _ = &mut cancelled => Err(Stop::Close),
-                            written = self.write(batch) => written,
+                            written = self.write(&mut batch) => written,
                         };
+                        batch.clear();
+                        self.batch = batch;
                         match written {
                             Ok(()) if fetch_next => self.fetch(&mut cancelled).await,
                             other => other,
@@ -415,7 +421,7 @@ impl Writer {
     /// Writes a batch of frames with one flush. A connection that
     /// acknowledges first stores the directed messages among them, held for
     /// it, so that they are delivered again if it goes without acknowledging.
-    async fn write(&mut self, batch: Vec<Outgoing>) -> Result<(), Stop> {
+    async fn write(&mut self, batch: &mut Vec<Outgoing>) -> Result<(), Stop> {
         let tracked: Vec<Arc<DirectMessage>> = batch
             .iter()
             .filter_map(|item| match item {
@@ -457,8 +463,8 @@ impl Writer {
         }
     }
 
-    async fn write_frames(&mut self, batch: Vec<Outgoing>) -> Result<(), axum::Error> {
-        for item in batch {
+    async fn write_frames(&mut self, batch: &mut Vec<Outgoing>) -> Result<(), axum::Error> {
+        for item in batch.drain(..) {
             let frame = match item {
                 Outgoing::Text(frame) => frame,
                 Outgoing::Direct(frame, receipt) => {
@@ -575,11 +581,10 @@ impl Writer {
     }
 }
 
-/// `first` and whatever frames are queued behind it, up to a batch; true when
-/// a fetch came next (it follows the batch). The bytes taken go back to the
-/// outbox's bound.
-fn take_batch(first: Outgoing, inbox: &mut Inbox) -> (Vec<Outgoing>, bool) {
-    let mut batch = Vec::with_capacity(8);
+/// `first` and whatever frames are queued behind it, up to a batch, into
+/// `batch`; true when a fetch came next (it follows the batch). The bytes
+/// taken go back to the outbox's bound.
+fn take_batch(first: Outgoing, inbox: &mut Inbox, batch: &mut Vec<Outgoing>) -> bool {
     batch.push(first);
     let mut fetch_next = false;
     while batch.len() < WRITE_BATCH {
@@ -593,5 +598,5 @@ fn take_batch(first: Outgoing, inbox: &mut Inbox) -> (Vec<Outgoing>, bool) {
         }
     }
     inbox.settle();
-    (batch, fetch_next)
+    fetch_next
 }

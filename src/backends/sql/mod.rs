@@ -1000,19 +1000,36 @@ macro_rules! store_methods {
 
         fn delete_read<'a>(
             &'a self,
-            recipient: $crate::domain::UserId,
-            ids: &'a [i64],
+            reads: &'a [($crate::domain::UserId, i64)],
         ) -> $crate::store::Pending<'a, Vec<$crate::store::Acked>> {
             $crate::backends::sql::run(async move {
-                if ids.is_empty() {
-                    return Ok(Vec::new());
+                let mut acked = Vec::new();
+                // SQLite binds at most 32766 parameters per statement; three per id.
+                for chunk in reads.chunks(8000) {
+                    // Found by id (the primary key), kept only if the recipient's.
+                    let mut delete = sqlx::QueryBuilder::new("DELETE FROM messages WHERE id IN (");
+                    let mut ids = delete.separated(", ");
+                    for (_, id) in chunk {
+                        ids.push_bind(*id);
+                    }
+                    delete.push(") AND (receiver_id, id) IN (VALUES ");
+                    let mut pairs = delete.separated(", ");
+                    for (recipient, id) in chunk {
+                        pairs.push("(");
+                        pairs.push_bind_unseparated(*recipient);
+                        pairs.push_unseparated(", ");
+                        pairs.push_bind_unseparated(*id);
+                        pairs.push_unseparated(")");
+                    }
+                    delete.push(") RETURNING id, receiver_id, sender_id, receipt");
+                    acked.extend(
+                        delete
+                            .build_query_as::<$crate::store::Acked>()
+                            .fetch_all(&self.pool)
+                            .await?,
+                    );
                 }
-                let mut delete = sqlx::QueryBuilder::new("DELETE FROM messages WHERE receiver_id = ");
-                delete.push_bind(recipient);
-                delete.push(" AND id IN ");
-                $crate::backends::sql::push_id_list(&mut delete, ids);
-                delete.push(" RETURNING id, sender_id, receipt");
-                Ok(delete.build_query_as().fetch_all(&self.pool).await?)
+                Ok(acked)
             })
         }
 

@@ -11,17 +11,46 @@ use sqlx::{
 };
 
 use crate::{
-    batch::Batcher,
     revocation::{RevocationError, Revocations},
-    store::{Pending, Store, StoreError},
+    store::{Pending, Store},
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PostgresStore {
     pool: PgPool,
-    /// Message ids: concurrent requests share one round trip.
-    ids: Batcher<(), i64, StoreError>,
+    /// Message ids taken from the sequence a block at a time.
+    ids: std::sync::Mutex<IdBlock>,
+    /// Held while a new block is fetched.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+/// How long a block of ids is used at most: ids given by different replicas
+/// follow acceptance order for messages accepted further apart than this.
+const ID_BLOCK_LIFETIME: Duration = Duration::from_millis(50);
+
+/// Ids fetched from the sequence in one round trip, given out in order.
+struct IdBlock {
+    ids: std::collections::VecDeque<i64>,
+    fetched: std::time::Instant,
+    /// How many to fetch next: doubled when a block ran out within its
+    /// lifetime, halved when most of one lapsed unused.
+    size: i64,
+}
+
+impl IdBlock {
+    const MIN: i64 = 16;
+    const MAX: i64 = 8192;
+
+    fn take(&mut self) -> Option<i64> {
+        if self.fetched.elapsed() >= ID_BLOCK_LIFETIME {
+            if self.ids.len() as i64 > self.size / 2 {
+                self.size = (self.size / 2).max(Self::MIN);
+            }
+            self.ids.clear();
+        }
+        self.ids.pop_front()
+    }
 }
 
 impl PostgresStore {
@@ -41,21 +70,21 @@ impl PostgresStore {
             .run(&pool)
             .await
             .context("applying Postgres migrations")?;
-        let sequence = pool.clone();
-        let ids = Batcher::start(512, move |wanted: Vec<()>| {
-            let pool = sequence.clone();
-            async move {
-                let mut ids: Vec<i64> = sqlx::query_scalar(
-                    "SELECT nextval('messages_id_seq') FROM generate_series(1, $1)",
-                )
-                .bind(wanted.len() as i64)
-                .fetch_all(&pool)
-                .await?;
-                ids.sort_unstable();
-                Ok(ids)
-            }
-        });
-        Ok(Self { pool, ids })
+        Ok(Self {
+            pool,
+            ids: std::sync::Mutex::new(IdBlock {
+                ids: Default::default(),
+                fetched: std::time::Instant::now(),
+                size: IdBlock::MIN,
+            }),
+            fetching: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+impl PostgresStore {
+    fn free_id(&self) -> Option<i64> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -74,10 +103,41 @@ impl Store for PostgresStore {
         " FOR UPDATE SKIP LOCKED",
     );
 
-    /// From the sequence, one call at a time: every id is greater than those
-    /// given before it on any replica, so ids follow acceptance order.
+    /// From the sequence, a block at a time (no round trip per message): a
+    /// replica's ids grow, and since a block is used for
+    /// [`ID_BLOCK_LIFETIME`] at most, an id given on any replica is greater
+    /// than every id given more than that long before.
+    fn next_message_id_now(&self) -> Option<i64> {
+        self.free_id()
+    }
+
     fn next_message_id(&self) -> Pending<'_, i64> {
-        super::run(async move { Ok(self.ids.submit(()).await?) })
+        super::run(async move {
+            loop {
+                if let Some(id) = self.free_id() {
+                    return Ok(id);
+                }
+                let _fetching = self.fetching.lock().await;
+                if let Some(id) = self.free_id() {
+                    return Ok(id);
+                }
+                let size = self.ids.lock().unwrap_or_else(|p| p.into_inner()).size;
+                let mut ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT nextval('messages_id_seq') FROM generate_series(1, $1)",
+                )
+                .bind(size)
+                .fetch_all(&self.pool)
+                .await?;
+                ids.sort_unstable();
+                let mut block = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+                // The last one ran out within its lifetime: fetch more next time.
+                if block.fetched.elapsed() < ID_BLOCK_LIFETIME {
+                    block.size = (block.size * 2).min(IdBlock::MAX);
+                }
+                block.ids = ids.into();
+                block.fetched = std::time::Instant::now();
+            }
+        })
     }
 }
 

@@ -83,6 +83,10 @@ impl Store for SqliteStore {
     /// From a block reserved in `sqlite_sequence` (which the database file
     /// keeps, so a restart continues after it): one process owns the file,
     /// so ids follow the order in which it accepted messages.
+    fn next_message_id_now(&self) -> Option<i64> {
+        self.free_id()
+    }
+
     fn next_message_id(&self) -> Pending<'_, i64> {
         super::run(async move {
             loop {
