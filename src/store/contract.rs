@@ -184,6 +184,12 @@ pub async fn requests_become_contacts_on_both_sides(s: &dyn Store) {
     );
 }
 
+/// The contents of `user`'s unread messages, taken.
+async fn taken_contents(s: &dyn Store, user: i64) -> Vec<String> {
+    let taken = s.take_unread(user).await.unwrap();
+    taken.into_iter().map(|m| m.content).collect()
+}
+
 /// `(recipient, id)` for each id.
 fn reads(recipient: i64, ids: &[i64]) -> Vec<(i64, i64)> {
     ids.iter().map(|id| (recipient, *id)).collect()
@@ -476,14 +482,11 @@ pub async fn accounts_change_and_go(s: &dyn Store) {
         s.pending_requests(c.id).await.unwrap().is_empty()
             && s.contacts(c.id, 0, 10).await.unwrap().is_empty()
     );
-    let left: Vec<String> = s
-        .take_unread(b.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.content)
-        .collect();
-    assert_eq!(left, ["from c"], "a's messages went with it");
+    assert_eq!(
+        taken_contents(s, b.id).await,
+        ["from c"],
+        "a's messages went with it"
+    );
     assert_eq!(
         s.mailbox_usage(b.id).await.unwrap(),
         MailboxUsage::default()
@@ -571,14 +574,7 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
         .unwrap();
     assert_eq!(again.len(), 1);
     // A claim that ran out (its replica died) is no claim.
-    let taken: Vec<String> = s
-        .take_unread(b.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.content)
-        .collect();
-    assert_eq!(taken, ["three"]);
+    assert_eq!(taken_contents(s, b.id).await, ["three"]);
     assert_eq!(
         s.mailbox_usage(b.id).await.unwrap(),
         MailboxUsage::default()
@@ -704,14 +700,11 @@ pub async fn held_messages_wait_for_their_connection(s: &dyn Store) {
         "not a's to renew"
     );
     s.renew_claims(b.id, &[held.id], past).await.unwrap();
-    let lapsed: Vec<String> = s
-        .take_unread(b.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.content)
-        .collect();
-    assert_eq!(lapsed, ["held"], "renewed into the past: no claim");
+    assert_eq!(
+        taken_contents(s, b.id).await,
+        ["held"],
+        "renewed into the past: no claim"
+    );
     s.release_claims(b.id, &[free.id]).await.unwrap();
     assert_eq!(s.take_unread(b.id).await.unwrap().len(), 1);
 }

@@ -56,6 +56,28 @@ pub fn run<'a, T: Send + 'a>(
     .boxed()
 }
 
+/// A message id from the block a store holds (`free`), refilling the block
+/// (`refill`, one caller at a time) when it is empty.
+pub async fn next_id<Fut>(
+    free: impl Fn() -> Option<i64>,
+    refilling: &tokio::sync::Mutex<()>,
+    refill: impl Fn() -> Fut,
+) -> StoreResult<i64>
+where
+    Fut: Future<Output = StoreResult<()>>,
+{
+    loop {
+        if let Some(id) = free() {
+            return Ok(id);
+        }
+        let _one_at_a_time = refilling.lock().await;
+        if let Some(id) = free() {
+            return Ok(id);
+        }
+        refill().await?;
+    }
+}
+
 /// A failed revocation query, counted like any store failure.
 fn revocation_failed(err: sqlx::Error) -> RevocationError {
     metrics::backend_error(metrics::Backend::Store);

@@ -112,15 +112,10 @@ impl Store for PostgresStore {
     }
 
     fn next_message_id(&self) -> Pending<'_, i64> {
-        super::run(async move {
-            loop {
-                if let Some(id) = self.free_id() {
-                    return Ok(id);
-                }
-                let _fetching = self.fetching.lock().await;
-                if let Some(id) = self.free_id() {
-                    return Ok(id);
-                }
+        super::run(super::next_id(
+            || self.free_id(),
+            &self.fetching,
+            || async {
                 let size = self.ids.lock().unwrap_or_else(|p| p.into_inner()).size;
                 let mut ids: Vec<i64> = sqlx::query_scalar(
                     "SELECT nextval('messages_id_seq') FROM generate_series(1, $1)",
@@ -136,8 +131,9 @@ impl Store for PostgresStore {
                 }
                 block.ids = ids.into();
                 block.fetched = std::time::Instant::now();
-            }
-        })
+                Ok(())
+            },
+        ))
     }
 }
 

@@ -88,15 +88,10 @@ impl Store for SqliteStore {
     }
 
     fn next_message_id(&self) -> Pending<'_, i64> {
-        super::run(async move {
-            loop {
-                if let Some(id) = self.free_id() {
-                    return Ok(id);
-                }
-                let _reserving = self.reserving.lock().await;
-                if let Some(id) = self.free_id() {
-                    return Ok(id);
-                }
+        super::run(super::next_id(
+            || self.free_id(),
+            &self.reserving,
+            || async {
                 let end: i64 = sqlx::query_scalar(
                     "UPDATE sqlite_sequence SET seq = seq + $1 WHERE name = 'messages' RETURNING seq",
                 )
@@ -104,8 +99,9 @@ impl Store for SqliteStore {
                 .fetch_one(&self.pool)
                 .await?;
                 *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = (end - ID_BLOCK + 1, end + 1);
-            }
-        })
+                Ok(())
+            },
+        ))
     }
 }
 
