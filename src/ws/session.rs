@@ -465,20 +465,20 @@ impl Writer {
 
     async fn write_frames(&mut self, batch: &mut Vec<Outgoing>) -> Result<(), axum::Error> {
         for item in batch.drain(..) {
-            let frame = match item {
-                Outgoing::Text(frame) => frame,
-                Outgoing::Direct(frame, receipt) => {
-                    self.unflushed.push(receipt);
-                    frame
-                }
+            let (frame, receipt) = match item {
+                Outgoing::Text(frame) => (frame, None),
+                Outgoing::Direct(frame, receipt) => (frame, Some(receipt)),
                 Outgoing::Tracked(_, frame, receipt) => {
                     // Stored for this connection: safe whatever the socket does.
                     receipt.settle();
-                    frame
+                    (frame, None)
                 }
                 Outgoing::Fetch => unreachable!("a batch holds frames only"),
             };
             self.sink.feed(Message::Text(frame)).await?;
+            // Only once the socket took it: a write cut short before that
+            // drops the receipt unsettled, and the message is stored.
+            self.unflushed.extend(receipt);
         }
         self.sink.flush().await
     }

@@ -1,6 +1,14 @@
 //! The embedded default: one SQLite file, nothing to install.
 
-use std::{collections::HashMap, str::FromStr, sync::RwLock, time::Duration};
+use std::{
+    collections::HashMap,
+    str::FromStr,
+    sync::{
+        RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -22,8 +30,11 @@ const ID_BLOCK: i64 = 4096;
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Message ids still free in the block reserved last: `(next, end)`.
-    ids: std::sync::Mutex<(i64, i64)>,
+    /// The next message id to give: ids below `reserved_until` are this
+    /// process's, and reservations follow one another without a gap (one
+    /// process owns the file), so taking one is a single atomic add.
+    next_id: AtomicI64,
+    reserved_until: AtomicI64,
     /// Held while a new block is reserved.
     reserving: tokio::sync::Mutex<()>,
     /// Revoked token ids and when they expire.
@@ -57,13 +68,26 @@ impl SqliteStore {
         .fetch_all(&pool)
         .await
         .context("loading revoked tokens")?;
+        let end = reserve_ids(&pool).await.context("reserving message ids")?;
         Ok(Self {
+            next_id: AtomicI64::new(end - ID_BLOCK + 1),
+            reserved_until: AtomicI64::new(end + 1),
             pool,
-            ids: std::sync::Mutex::new((0, 0)),
             reserving: tokio::sync::Mutex::new(()),
             revoked: RwLock::new(revoked.into_iter().collect()),
         })
     }
+}
+
+/// Reserves the next [`ID_BLOCK`] message ids in `sqlite_sequence`; returns
+/// the last of them.
+async fn reserve_ids(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE sqlite_sequence SET seq = seq + $1 WHERE name = 'messages' RETURNING seq",
+    )
+    .bind(ID_BLOCK)
+    .fetch_one(pool)
+    .await
 }
 
 impl Store for SqliteStore {
@@ -92,13 +116,16 @@ impl Store for SqliteStore {
             || self.free_id(),
             &self.reserving,
             || async {
-                let end: i64 = sqlx::query_scalar(
-                    "UPDATE sqlite_sequence SET seq = seq + $1 WHERE name = 'messages' RETURNING seq",
-                )
-                .bind(ID_BLOCK)
-                .fetch_one(&self.pool)
-                .await?;
-                *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = (end - ID_BLOCK + 1, end + 1);
+                if self.next_id.load(Ordering::Acquire)
+                    < self.reserved_until.load(Ordering::Acquire)
+                {
+                    return Ok(()); // reserved meanwhile
+                }
+                let end = reserve_ids(&self.pool).await?;
+                // Follows the last block; should anything else have moved the
+                // sequence, ids below the new block are skipped.
+                self.next_id.fetch_max(end - ID_BLOCK + 1, Ordering::AcqRel);
+                self.reserved_until.store(end + 1, Ordering::Release);
                 Ok(())
             },
         ))
@@ -106,12 +133,10 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// An id from the reserved block; `None` (that id skipped) once it is spent.
     fn free_id(&self) -> Option<i64> {
-        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        (ids.0 < ids.1).then(|| {
-            ids.0 += 1;
-            ids.0 - 1
-        })
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        (id < self.reserved_until.load(Ordering::Acquire)).then_some(id)
     }
 
     /// Adds tokens to the set kept in memory, dropping those that expired.
