@@ -362,11 +362,21 @@ impl Services {
     /// Tells the connections of these users, on any replica, that stored
     /// messages wait for them.
     async fn announce_unread(&self, users: &[UserId]) {
-        for &user in users {
-            if let Err(err) = self.bus.publish(Event::Unread { user }).await {
-                // They are fetched on the next connection (or `GET /messages/`).
-                tracing::debug!(error = %err, "unread notice not published");
-            }
+        // Not published: they are fetched on the next connection (or `GET /messages/`).
+        self.publish_all(
+            users.iter().map(|&user| Event::Unread { user }),
+            "unread notice",
+        )
+        .await;
+    }
+
+    /// Publishes events at once (in a cluster, one pipelined round trip for
+    /// all), logging those that fail: best-effort notices.
+    async fn publish_all(&self, events: impl IntoIterator<Item = Event>, what: &'static str) {
+        let published =
+            futures_util::future::join_all(events.into_iter().map(|e| self.bus.publish(e))).await;
+        for err in published.into_iter().filter_map(Result::err) {
+            tracing::warn!(error = %err, what, "event not published");
         }
     }
 
@@ -630,15 +640,13 @@ impl Services {
             .map(|a| (a.sender_id, a.id))
             .collect();
         receipts.sort_unstable();
-        for chunk in receipts.chunk_by(|a, b| a.0 == b.0) {
-            let event = Event::Delivered {
+        let events = receipts
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|chunk| Event::Delivered {
                 sender: chunk[0].0,
                 ids: chunk.iter().map(|(_, id)| *id).collect(),
-            };
-            if let Err(err) = self.bus.publish(event).await {
-                tracing::warn!(error = %err, "delivery receipts not published");
-            }
-        }
+            });
+        self.publish_all(events, "delivery receipts").await;
     }
 
     /// Claims the unread messages a connection fetches, with their senders'
@@ -653,11 +661,10 @@ impl Services {
         // A connection that acknowledges takes over what another of the
         // user's held (one that dropped without closing, say): it gets every
         // unacknowledged message at once, and in order.
-        let claimed = self
+        Ok(self
             .store
             .claim_unread(user.id, PUSH_CLAIM, delivery.manual_ack)
-            .await?;
-        Ok(claimed)
+            .await?)
     }
 
     /// After a plain connection's fetch: the messages written are deleted,
