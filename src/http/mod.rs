@@ -22,6 +22,7 @@ mod messages;
 mod ops;
 mod p2p;
 mod views;
+mod web;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -80,7 +81,8 @@ pub fn router(with_metrics: bool) -> Router<AppState> {
         .merge(contacts::router())
         .merge(p2p::router())
         .merge(messages::router())
-        .merge(ops::router());
+        .merge(ops::router())
+        .merge(web::router());
     if with_metrics {
         routes.merge(ops::metrics_router())
     } else {
