@@ -44,15 +44,19 @@ export async function waitFor(what, check, timeout = PATIENCE) {
 
 const ready = (url) => waitFor(`${url}/readyz`, async () => (await fetch(`${url}/readyz`)).ok);
 
-/** The embedded default: one process, a SQLite file in a directory of its own. */
-export async function embeddedServer() {
+/**
+ * The embedded default: one process, a SQLite file in a directory of its
+ * own. Registrations from this one address are allowed more often than the
+ * default (10 an hour), unless `settings` say otherwise.
+ */
+export async function embeddedServer(settings = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'secchat-web-'));
   const port = await freePort();
   // No DATABASE_URL or REDIS_URL: the embedded default, its file in `dir`.
   const { DATABASE_URL: _d, REDIS_URL: _r, ...env } = process.env;
   const child = spawn(SERVER, ['--bind', `127.0.0.1:${port}`], {
     cwd: dir,
-    env: { ...env, RUST_LOG: 'info' },
+    env: { ...env, RUST_LOG: 'info', REGISTER_RATE_PER_IP: '1000/hour', ...settings },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const log = [];

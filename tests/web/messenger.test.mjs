@@ -83,3 +83,103 @@ test('two people register, become contacts and chat both ways, online and offlin
   await alice.context.close();
   await bob.context.close();
 });
+
+test('a new key is flagged, and nothing is sent to it until the person confirms it', async () => {
+  const alice = await person(chromium, server.url, unique('alice'));
+  const bob = await person(chromium, server.url, unique('bob'));
+  await register(alice, alice.name);
+  await register(bob, bob.name);
+  await befriend(alice, bob);
+  await connected(bob);
+
+  // Alice on another browser: no key there, and the page says so.
+  const laptop = await person(chromium, server.url, alice.name);
+  await login(laptop, alice.name);
+  await laptop.page.locator('#no-key').waitFor({ timeout: PATIENCE });
+  await screenshot(laptop, 'no-key-in-this-browser');
+  await laptop.page.locator('#make-key').click();
+  await connected(laptop);
+
+  // Bob's browser hears of it at once (key_changed) and stops writing to alice.
+  await bob.page.locator(`#contacts li[data-username="${alice.name}"] .flag`).waitFor({ timeout: PATIENCE });
+  await openConversation(bob, alice.name);
+  await bob.page.locator('#key-warning').waitFor({ timeout: PATIENCE });
+  assert.ok(await bob.page.locator('#send').isDisabled(), 'sending waits for confirmation');
+  await screenshot(bob, 'key-changed');
+  await bob.page.locator('#confirm-key').click();
+  await bob.page.locator('#key-warning').waitFor({ state: 'hidden', timeout: PATIENCE });
+  await send(bob, 'to your new key');
+  await openConversation(laptop, bob.name);
+  await message(laptop, 'to your new key').waitFor({ timeout: PATIENCE });
+
+  // The first browser's key is no longer the account's: it says so too.
+  await alice.page.reload();
+  await alice.page.locator('#no-key').waitFor({ timeout: PATIENCE });
+  assert.deepEqual([...alice.errors, ...bob.errors, ...laptop.errors], []);
+  for (const who of [alice, bob, laptop]) await who.context.close();
+});
+
+test('the account page changes the password, logs out everywhere and deletes the account, at a phone\'s width', async () => {
+  const phone = { width: 390, height: 844 };
+  const name = unique('dave');
+  const dave = await person(chromium, server.url, name, { viewport: phone });
+  await screenshot(dave, 'phone-welcome');
+  await register(dave, name);
+  const tablet = await person(chromium, server.url, name);
+  await login(tablet, name, 'a wrong password');
+  await tablet.page.locator('#notice', { hasText: 'Wrong username or password' }).waitFor({ timeout: PATIENCE });
+  await login(tablet, name);
+  await tablet.page.locator('#no-key').waitFor({ timeout: PATIENCE });
+
+  await dave.page.locator('#open-account').click();
+  const form = dave.page.locator('#password-form');
+  await form.locator('[name=old]').fill('not it');
+  await form.locator('[name=new]').fill('a brand new passphrase');
+  await form.locator('button').click();
+  await dave.page.locator('#notice', { hasText: 'current password is wrong' }).waitFor({ timeout: PATIENCE });
+  await form.locator('[name=old]').fill('correct horse battery');
+  await form.locator('[name=new]').fill('a brand new passphrase');
+  await form.locator('button').click();
+  await dave.page.locator('#notice', { hasText: 'Password changed' }).waitFor({ timeout: PATIENCE });
+  await screenshot(dave, 'phone-account');
+  // The other device's token was revoked: its next request finds out.
+  await tablet.page.reload();
+  await tablet.page.locator('#welcome').waitFor({ timeout: PATIENCE });
+
+  await dave.page.locator('#logout-all').click();
+  await dave.page.locator('#welcome').waitFor({ timeout: PATIENCE });
+  await login(dave, name, 'a brand new passphrase');
+  await connected(dave);
+  await dave.page.locator('#open-account').click();
+  const deletion = dave.page.locator('#delete-form');
+  await deletion.locator('[name=password]').fill('wrong');
+  await deletion.locator('button').click();
+  await dave.page.locator('#notice', { hasText: 'not deleted' }).waitFor({ timeout: PATIENCE });
+  await deletion.locator('[name=password]').fill('a brand new passphrase');
+  await deletion.locator('button').click();
+  await dave.page.locator('#notice', { hasText: 'deleted' }).waitFor({ timeout: PATIENCE });
+  await login(dave, name, 'a brand new passphrase');
+  await dave.page.locator('#notice', { hasText: 'Wrong username or password' }).waitFor({ timeout: PATIENCE });
+  // Expected: the browser logs the refused requests themselves (401s), nothing else.
+  const unexpected = [...dave.errors, ...tablet.errors].filter((e) => !/status of 40[01]/.test(e));
+  assert.deepEqual(unexpected, []);
+  for (const who of [dave, tablet]) await who.context.close();
+});
+
+test('a rate-limited person is told how long to wait', async () => {
+  const strict = await embeddedServer({ REGISTER_RATE_PER_IP: '1/hour' });
+  try {
+    const erin = await person(chromium, strict.url, unique('erin'));
+    await register(erin, erin.name);
+    await erin.page.locator('#logout').click();
+    const form = erin.page.locator('#register-form');
+    await form.locator('[name=username]').fill(unique('frank'));
+    await form.locator('[name=email]').fill('frank@example.com');
+    await form.locator('[name=password]').fill('correct horse battery');
+    await form.locator('button[type=submit]').click();
+    await erin.page.locator('#notice', { hasText: /wait \d+ s/ }).waitFor({ timeout: PATIENCE });
+    await erin.context.close();
+  } finally {
+    await strict.stop();
+  }
+});
