@@ -11,7 +11,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
-export const SERVER = process.env.SECCHAT_BIN ?? path.join(ROOT, 'target/debug/secchat');
+export const SERVER = process.env.SECCHAT_BIN
+  ? path.resolve(process.env.SECCHAT_BIN)
+  : path.join(ROOT, 'target/debug/secchat');
 export const ARTIFACTS = path.join(ROOT, 'target/web-artifacts');
 /** How long a test waits for something a person would see; generous, for a busy CI machine. */
 export const PATIENCE = 30_000;
@@ -169,7 +171,7 @@ export async function person(browser, url, name, { viewport } = {}) {
     }
   });
   page.on('console', (msg) => {
-    if (msg.type() === 'error') errors.push(msg.text());
+    if (msg.type() === 'error') errors.push(`${name}: ${msg.text()} (${msg.location().url})`);
   });
   page.on('pageerror', (err) => errors.push(String(err)));
   await page.goto(url);
@@ -208,6 +210,7 @@ export async function befriend(from, to) {
   await from.page.locator('#search-form button').click();
   await from.page.locator(`#search-results li[data-username="${to.name}"] button`).click();
   await from.page.locator(`#contacts li[data-username="${to.name}"]`).waitFor({ timeout: PATIENCE });
+  await from.page.locator(`#search-results li[data-username="${to.name}"] .hint`, { hasText: 'contact' }).waitFor({ timeout: PATIENCE });
   // The request shows on the next refresh of `to`'s lists: a reload is one.
   await to.page.reload();
   await to.page.locator(`#requests li[data-username="${from.name}"] button`, { hasText: 'Accept' }).click({ timeout: PATIENCE });
