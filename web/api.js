@@ -22,6 +22,12 @@ function describe(body, fallback) {
 export class Api {
   constructor() {
     this.token = null;
+    this.inflight = new Set();
+  }
+
+  /** Resolves once every request sent so far has its answer. */
+  async idle() {
+    await Promise.allSettled([...this.inflight]);
   }
 
   async request(method, path, { json, form, auth = true } = {}) {
@@ -36,7 +42,10 @@ export class Api {
     }
     let response;
     try {
-      response = await fetch(path, { method, headers, body, cache: 'no-store' });
+      const call = fetch(path, { method, headers, body, cache: 'no-store' });
+      this.inflight.add(call);
+      call.finally(() => this.inflight.delete(call)).catch(() => {});
+      response = await call;
     } catch {
       throw new ApiError(0, 'You are offline, or the server cannot be reached. Try again in a moment.');
     }

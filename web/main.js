@@ -24,6 +24,7 @@ function newSession(me, identity) {
     identity, // {username, privateKey, publicKey}
     contacts: new Map(), // username -> contact entry
     flagged: new Set(), // contacts whose key differs from the one trusted here
+    found: null, // the last search's results
     unread: new Map(), // username -> count not yet seen
     current: null, // the open conversation's username
     relay: null,
@@ -141,11 +142,36 @@ async function makeKey() {
   session.me = me;
 }
 
-async function leave(message) {
-  if (session) {
-    session.relay?.stop();
-    clearInterval(session.refresh);
+/** Stops the session's connection and its periodic refresh. */
+function pause(current) {
+  current.relay?.stop();
+  clearInterval(current.refresh);
+}
+
+function resume(current) {
+  current.relay?.start();
+  current.refresh = setInterval(() => refreshContacts().catch(() => {}), REFRESH_MS);
+}
+
+/**
+ * Runs `revoke`, a request that ends this session's token, with the session
+ * quiet: no refresh or reconnect of its own can reach the server after the
+ * revocation and be refused. If `revoke` fails the session carries on.
+ */
+async function ending(revoke) {
+  const current = session;
+  pause(current);
+  await api.idle();
+  try {
+    await revoke();
+  } catch (err) {
+    if (session === current) resume(current);
+    throw err;
   }
+}
+
+async function leave(message) {
+  if (session) pause(session);
   session = null;
   api.token = null;
   sessionStorage.removeItem(TOKEN_KEY);
@@ -159,7 +185,7 @@ async function leave(message) {
 
 async function logout() {
   try {
-    await api.logout();
+    await ending(() => api.logout());
   } finally {
     await leave();
   }
@@ -179,8 +205,7 @@ async function openChat() {
     state: (up) => onConnection(current, up).catch(report),
     refused: () => { if (session === current) leave('Your session ended (logged out, or the password changed). Log in again.'); },
   });
-  session.relay.start();
-  session.refresh = setInterval(() => refreshContacts().catch(() => {}), REFRESH_MS);
+  resume(session);
 }
 
 function setConnection(up) {
@@ -210,6 +235,7 @@ async function refreshContacts() {
   for (const c of contacts) await checkKey(c.username, c.public_key);
   renderContacts();
   renderRequests(pending);
+  renderSearch();
   if (current.current) renderThreadHead();
 }
 
@@ -289,6 +315,7 @@ function onPresence(current, username, online) {
   contact.is_online = online;
   if (!online) contact.last_seen = new Date().toISOString();
   renderContacts();
+  renderSearch();
   if (current.current === username) renderThreadHead();
 }
 
@@ -373,24 +400,31 @@ function renderRequests(pending) {
 
 async function search() {
   const query = $('search').value.trim();
-  if (!query) {
-    $('search-results').replaceChildren();
+  session.found = query ? await api.search(query) : null;
+  renderSearch();
+}
+
+/** The last search's results, each a contact already or a button to ask (which makes it one on this side). */
+function renderSearch() {
+  const list = $('search-results');
+  const found = session.found;
+  if (!found) {
+    list.replaceChildren();
     return;
   }
-  const found = await api.search(query);
   if (found.length === 0) {
-    $('search-results').replaceChildren(h('li', { class: 'empty' }, 'Nobody by that name.'));
+    list.replaceChildren(h('li', { class: 'empty' }, 'Nobody by that name.'));
     return;
   }
-  $('search-results').replaceChildren(...found.map((u) => h('li', { dataset: { username: u.username } },
-    h('span', { class: u.is_online ? 'dot online' : 'dot' }),
+  // A contact's presence is kept current; a stranger's is as the search found it.
+  const online = (u) => session.contacts.get(u.username)?.is_online ?? u.is_online;
+  list.replaceChildren(...found.map((u) => h('li', { dataset: { username: u.username } },
+    h('span', { class: online(u) ? 'dot online' : 'dot', title: online(u) ? 'online' : 'offline' }),
     h('span', { class: 'name' }, u.username),
     session.contacts.has(u.username)
       ? h('span', { class: 'hint' }, 'contact')
-      : h('button', { type: 'button', on: { click: action(async (event) => {
-        const button = event.currentTarget;
+      : h('button', { type: 'button', on: { click: action(async () => {
         await api.addContact(u.id);
-        button.replaceWith(h('span', { class: 'hint' }, 'request sent'));
         notify(`Friend request sent to ${u.username}.`, 'info');
         await refreshContacts();
       }) } }, 'Add'))));
@@ -504,7 +538,7 @@ async function deleteAccount(event) {
   const form = event.currentTarget;
   const { password } = Object.fromEntries(new FormData(form));
   try {
-    await api.deleteAccount(password);
+    await ending(() => api.deleteAccount(password));
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) throw new ApiError(401, 'Wrong password: the account was not deleted.');
     throw err;
@@ -541,7 +575,7 @@ async function start() {
   $('open-account').addEventListener('click', action(openAccount));
   $('account-back').addEventListener('click', () => show(session.identity ? 'chat' : 'no-key'));
   $('password-form').addEventListener('submit', action(changePassword));
-  $('logout-all').addEventListener('click', action(async () => { await api.logoutEverywhere(); await leave('Logged out on every device.'); }));
+  $('logout-all').addEventListener('click', action(async () => { await ending(() => api.logoutEverywhere()); await leave('Logged out on every device.'); }));
   $('new-key').addEventListener('click', action(async () => {
     await makeKey();
     notify('New key made. Your contacts must confirm it before they write to you again.', 'info');
