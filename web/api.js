@@ -30,7 +30,13 @@ export class Api {
     await Promise.allSettled([...this.inflight]);
   }
 
+  /**
+   * @param {string} method
+   * @param {string} path
+   * @param {{json?: unknown, form?: Record<string, string>, auth?: boolean}} [options]
+   */
   async request(method, path, { json, form, auth = true } = {}) {
+    /** @type {Record<string, string>} */
     const headers = {};
     let body;
     if (auth && this.token) headers.Authorization = `Bearer ${this.token}`;

@@ -39,7 +39,7 @@ export function newMessageId() {
  * the browser's key store, usable only to derive shared secrets.
  */
 export async function generateIdentity() {
-  const pair = await subtle.generateKey({ name: 'X25519' }, false, ['deriveBits']);
+  const pair = /** @type {CryptoKeyPair} */ (await subtle.generateKey({ name: 'X25519' }, false, ['deriveBits']));
   return { privateKey: pair.privateKey, publicKey: await exportPublicKey(pair.publicKey) };
 }
 
@@ -104,6 +104,8 @@ function additionalData(sender, recipient, id) {
  * Encrypts `text` from `sender` (whose key pair is `own`) to `recipient`
  * (whose public key is `recipientKey`); returns the envelope, the JSON text
  * that travels as the message's content. `iv` is for test vectors only.
+ * @param {{own: {privateKey: CryptoKey, publicKey: string}, sender: string, recipient: string,
+ *   recipientKey: string, id: string, text: string, iv?: Uint8Array<ArrayBuffer>}} message
  */
 export async function seal({ own, sender, recipient, recipientKey, id, text, iv }) {
   const key = await messageKey(own.privateKey, recipientKey, own.publicKey, recipientKey);

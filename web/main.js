@@ -7,7 +7,12 @@ import * as e2e from './crypto.js';
 import { openDb } from './db.js';
 import { Relay } from './relay.js';
 
+/** The page's element with this id (index.html has every id named here). */
 const $ = (id) => document.getElementById(id);
+/** The form field with this id. */
+const field = (id) => /** @type {HTMLInputElement | HTMLTextAreaElement | HTMLButtonElement} */ ($(id));
+/** A form's fields by name, as text. */
+const fields = (form) => Object.fromEntries([...new FormData(form)].map(([name, value]) => [name, String(value)]));
 const TOKEN_KEY = 'secchat.token';
 /** How often the contact list and requests are read again (presence notices keep it current between). */
 const REFRESH_MS = 20_000;
@@ -48,13 +53,14 @@ function h(tag, props = {}, ...children) {
   return el;
 }
 
+let noticeTimer;
 function notify(message, kind = 'error') {
   const notice = $('notice');
   notice.textContent = message;
   notice.className = kind === 'info' ? 'notice info' : 'notice';
   notice.hidden = false;
-  clearTimeout(notify.timer);
-  notify.timer = setTimeout(() => { notice.hidden = true; }, 10_000);
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => { notice.hidden = true; }, 10_000);
 }
 
 function show(screen) {
@@ -99,7 +105,7 @@ function when(ms) {
 
 async function register(event) {
   const form = event.currentTarget;
-  const { username, email, password } = Object.fromEntries(new FormData(form));
+  const { username, email, password } = fields(form);
   const identity = await e2e.generateIdentity();
   const user = await api.register(username.trim(), email.trim(), password, identity.publicKey);
   await db.saveIdentity({ username: user.username, ...identity });
@@ -110,7 +116,7 @@ async function register(event) {
 
 async function login(event) {
   const form = event.currentTarget;
-  const { username, password } = Object.fromEntries(new FormData(form));
+  const { username, password } = fields(form);
   try {
     await api.login(username.trim(), password);
   } catch (err) {
@@ -346,7 +352,7 @@ async function receive({ id: serverId, sender_username: sender, content, timesta
 
 async function send() {
   const peer = session.current;
-  const input = $('compose-text');
+  const input = field('compose-text');
   const text = input.value;
   if (!peer || text.trim() === '') return;
   const contact = session.contacts.get(peer);
@@ -399,7 +405,7 @@ function renderRequests(pending) {
 }
 
 async function search() {
-  const query = $('search').value.trim();
+  const query = field('search').value.trim();
   session.found = query ? await api.search(query) : null;
   renderSearch();
 }
@@ -455,8 +461,8 @@ async function renderThreadHead() {
   const pin = await db.pin(session.me.username, peer);
   const flagged = session.flagged.has(peer);
   const usable = !!contact && !!pin && !flagged;
-  $('send').disabled = !usable;
-  $('compose-text').disabled = !usable;
+  field('send').disabled = !usable;
+  field('compose-text').disabled = !usable;
   $('remove-contact').hidden = !contact;
   $('peer-fingerprint').textContent = pin ? `Key fingerprint ${await e2e.fingerprint(pin.publicKey)}` : 'No end-to-end key: messages cannot be encrypted to this user.';
   $('key-warning').hidden = !flagged;
@@ -493,7 +499,7 @@ function appendMessage(m) {
 
 function showStatus(m) {
   if (session?.current !== m.peer) return;
-  const el = [...$('messages').children].find((li) => li.dataset.id === m.id);
+  const el = [...$('messages').children].find((li) => li instanceof HTMLElement && li.dataset.id === m.id);
   if (el) el.replaceWith(messageView(m));
 }
 
@@ -523,7 +529,7 @@ async function openAccount() {
 
 async function changePassword(event) {
   const form = event.currentTarget;
-  const { old, new: fresh } = Object.fromEntries(new FormData(form));
+  const { old, new: fresh } = fields(form);
   try {
     await api.changePassword(old, fresh);
   } catch (err) {
@@ -536,7 +542,7 @@ async function changePassword(event) {
 
 async function deleteAccount(event) {
   const form = event.currentTarget;
-  const { password } = Object.fromEntries(new FormData(form));
+  const { password } = fields(form);
   try {
     await ending(() => api.deleteAccount(password));
   } catch (err) {
@@ -562,7 +568,7 @@ async function start() {
   $('compose-text').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && !e.shiftKey) {
       e.preventDefault();
-      $('compose').requestSubmit();
+      /** @type {HTMLFormElement} */ ($('compose')).requestSubmit();
     }
   });
   $('confirm-key').addEventListener('click', action(confirmKey));
@@ -582,6 +588,7 @@ async function start() {
     await openAccount();
   }));
   $('delete-form').addEventListener('submit', action(deleteAccount));
+  window.addEventListener('offline', () => session?.relay?.networkLost());
   window.addEventListener('online', () => session?.relay?.retryNow());
 
   const saved = sessionStorage.getItem(TOKEN_KEY);

@@ -85,6 +85,19 @@ export class Relay {
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
+  /**
+   * The browser lost its network: the connection is as good as gone, though
+   * the socket may not notice for minutes. Drops it now, so that the page
+   * says so and what is written waits; reconnects on the backoff, or at once
+   * when the network is back (retryNow).
+   */
+  networkLost() {
+    const socket = this.socket;
+    if (!socket) return;
+    socket.close();
+    this.closed(socket, { code: 1006 });
+  }
+
   /** Tries again now (the browser is back online), instead of waiting out the backoff. */
   retryNow() {
     if (this.stopped || this.socket) return;

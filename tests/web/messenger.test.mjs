@@ -84,6 +84,50 @@ test('two people register, become contacts and chat both ways, online and offlin
   await bob.context.close();
 });
 
+test('a network drop: messages written offline wait, and both ways arrive once the network is back', async () => {
+  const alice = await person(chromium, server.url, unique('alice'));
+  const bob = await person(chromium, server.url, unique('bob'));
+  await register(alice, alice.name);
+  await register(bob, bob.name);
+  await befriend(alice, bob);
+  await connected(alice);
+  await connected(bob);
+  await openConversation(alice, bob.name);
+  await openConversation(bob, alice.name);
+
+  // Alice's network goes: her relay connection drops, the page says so.
+  await alice.context.setOffline(true);
+  await alice.page.locator('#connection.offline').waitFor({ timeout: PATIENCE });
+  await bob.page.locator(`#contacts li[data-username="${alice.name}"] .dot:not(.online)`).waitFor({ timeout: PATIENCE });
+  const secrets = ['written on the train', 'and one for the way back'];
+  await send(alice, secrets[0]);
+  await message(alice, secrets[0]).locator('.receipt', { hasText: 'sending' }).waitFor({ timeout: PATIENCE });
+  // A request while offline is refused in words a person understands.
+  await alice.page.locator('#search').fill(bob.name);
+  await alice.page.locator('#search-form button').click();
+  await alice.page.locator('#notice', { hasText: 'offline' }).waitFor({ timeout: PATIENCE });
+  await send(bob, secrets[1]);
+  await message(bob, secrets[1]).locator('.receipt', { hasText: 'sent' }).waitFor({ timeout: PATIENCE });
+
+  // The network is back: the relay reconnects, what waited goes, what was stored arrives.
+  await alice.context.setOffline(false);
+  await connected(alice);
+  await message(bob, secrets[0]).waitFor({ timeout: PATIENCE });
+  await message(alice, secrets[1]).waitFor({ timeout: PATIENCE });
+  await message(alice, secrets[0]).locator('.receipt', { hasText: 'delivered' }).waitFor({ timeout: PATIENCE });
+  await message(bob, secrets[1]).locator('.receipt', { hasText: 'delivered' }).waitFor({ timeout: PATIENCE });
+  for (const who of [alice, bob]) {
+    for (const text of secrets) assert.equal(await message(who, text).count(), 1, `${who.name} shows "${text}" once`);
+  }
+
+  assertNoPlaintext([alice, bob], secrets);
+  // Expected: the browser logs the requests the dropped network refused, nothing else.
+  const unexpected = [...alice.errors, ...bob.errors].filter((e) => !/ERR_INTERNET_DISCONNECTED/.test(e));
+  assert.deepEqual(unexpected, []);
+  await alice.context.close();
+  await bob.context.close();
+});
+
 test('a new key is flagged, and nothing is sent to it until the person confirms it', async () => {
   const alice = await person(chromium, server.url, unique('alice'));
   const bob = await person(chromium, server.url, unique('bob'));

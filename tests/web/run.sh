@@ -27,6 +27,9 @@ if [ -z "${SECCHAT_BIN:-}" ]; then
 fi
 (cd tests/web && npm ci --no-audit --no-fund --silent)
 
+# The messenger's JavaScript type-checks (tsc --checkJs).
+(cd tests/web && npx tsc -p tsconfig.json)
+
 # The published test vectors are what the browser's code produces.
 node tests/web/make-vectors.mjs
 git diff --exit-code -- docs/e2e-vectors.json
