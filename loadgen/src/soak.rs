@@ -9,7 +9,8 @@
 //! - 0 flooder: directed frames as fast as it can, until closed with 1008;
 //! - 1 giant: a frame over the size limit, closed with 1009;
 //! - 2 sleeper: connects and never reads, while pesters write to it;
-//! - 3 guesser: wrong passwords for its own account until locked out (429);
+//! - 3 guesser: wrong passwords for its own account; never more than 10 in a
+//!   row without being locked out (429);
 //! - 4 pester: large directed messages to sleepers, within its limits;
 //! - 5–9 regular: directed messages (and now and then `POST /messages/`) to
 //!   other regulars within the limits, reconnecting every few seconds.
@@ -114,6 +115,8 @@ struct Tally {
     giant_closed_1009: AtomicU64,
     guesses: AtomicU64,
     guesses_refused_429: AtomicU64,
+    guesses_busy_503: AtomicU64,
+    longest_unrefused_guessing: AtomicU64,
     errors: Mutex<Vec<String>>,
 }
 
@@ -384,17 +387,34 @@ async fn sleeper(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Wrong answers in a row that a working lock-out cannot let through: the
+/// server's 5 free failures, then lock-outs of 1, 2, 4, 8 and 16 s while a
+/// guesser waits 100 ms between tries.
+const UNREFUSED_GUESSES_ALLOWED: u64 = 10;
+
 async fn guesser(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
+    // Wrong-password answers since the last refusal. A 503 (the password
+    // hashers are all busy) checks nothing and counts nothing, on the server
+    // as here; on a busy machine most guesses get one, and then a guesser may
+    // never fail often enough to be locked out, which is no defect.
+    let mut unrefused = 0u64;
     while ctx.running() {
         let (status, body) = ctx.login(me, "not the password").await?;
         ctx.tally.guesses.fetch_add(1, Relaxed);
         match status {
-            StatusCode::UNAUTHORIZED => {}
+            StatusCode::UNAUTHORIZED => {
+                unrefused += 1;
+                ctx.tally
+                    .longest_unrefused_guessing
+                    .fetch_max(unrefused, Relaxed);
+            }
             StatusCode::SERVICE_UNAVAILABLE => {
+                ctx.tally.guesses_busy_503.fetch_add(1, Relaxed);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             StatusCode::TOO_MANY_REQUESTS => {
                 ctx.tally.guesses_refused_429.fetch_add(1, Relaxed);
+                unrefused = 0;
                 let wait = body["retry_after"].as_u64().unwrap_or(1).min(5);
                 tokio::time::sleep(Duration::from_secs(wait)).await;
             }
@@ -616,8 +636,11 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
     if load(&t.giant_closed_1009) != load(&t.giant_sessions) {
         failures.push("a giant frame was not closed with 1009".into());
     }
-    if load(&t.guesses_refused_429) == 0 {
-        failures.push("no guesser was locked out".into());
+    if load(&t.longest_unrefused_guessing) > UNREFUSED_GUESSES_ALLOWED {
+        failures.push(format!(
+            "a guesser had {} wrong passwords in a row without being locked out",
+            load(&t.longest_unrefused_guessing)
+        ));
     }
     if !connections_closed {
         failures.push("WebSockets were still open 60 s after the end".into());
@@ -664,6 +687,8 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
             "giant_closed_1009": load(&t.giant_closed_1009),
             "guesses": load(&t.guesses),
             "guesses_refused_429": load(&t.guesses_refused_429),
+            "guesses_busy_503": load(&t.guesses_busy_503),
+            "longest_unrefused_guessing": load(&t.longest_unrefused_guessing),
         },
         "server_rss_mb": {
             "cold": rss_before as f64 / 1048576.0,
