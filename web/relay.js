@@ -30,9 +30,12 @@ export class Relay {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
-    if (this.socket) this.socket.close(1000, 'bye');
-    this.socket = null;
-    this.ready = false;
+    const socket = this.socket;
+    if (socket) {
+      socket.close(1000, 'bye');
+      // Its close event will find it replaced: say here that it is down.
+      this.closed(socket, { code: 1000 });
+    }
   }
 
   connect() {

@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import {
-  PATIENCE, befriend, browser, cluster, connected, login, message, openConversation,
-  person, register, screenshot, send, unique,
+  PATIENCE, acquainted, assertNoConsoleErrors, browser, cluster, connected, login, message,
+  openConversation, screenshot, send,
 } from './harness.mjs';
 
 let servers;
@@ -21,13 +21,7 @@ after(async () => {
 });
 
 test('a conversation through the load balancer survives a rolling restart of the replicas', async () => {
-  const alice = await person(chromium, servers.url, unique('alice'));
-  const bob = await person(chromium, servers.url, unique('bob'));
-  await register(alice, alice.name);
-  await register(bob, bob.name);
-  await befriend(alice, bob);
-  await connected(alice);
-  await connected(bob);
+  const [alice, bob] = await acquainted(chromium, servers.url);
   await openConversation(alice, bob.name);
   await openConversation(bob, alice.name);
   const said = [];
@@ -75,7 +69,5 @@ test('a conversation through the load balancer survives a rolling restart of the
   // that refused a connection is left out for `fail_timeout`): the browser
   // logs the refused attempts (502, a failed WebSocket handshake), and the
   // page retries. Nothing else may appear.
-  const outage = /status of 502|WebSocket connection to .* failed/;
-  const unexpected = [...alice.errors, ...bob.errors].filter((e) => !outage.test(e));
-  assert.deepEqual(unexpected, []);
+  assertNoConsoleErrors([alice, bob], /status of 502|WebSocket connection to .* failed/);
 });

@@ -7,6 +7,7 @@ import { mkdtempSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 
@@ -215,6 +216,27 @@ export async function befriend(from, to) {
   await to.page.reload();
   await to.page.locator(`#requests li[data-username="${from.name}"] button`, { hasText: 'Accept' }).click({ timeout: PATIENCE });
   await to.page.locator(`#contacts li[data-username="${from.name}"]`).waitFor({ timeout: PATIENCE });
+}
+
+/** Alice and Bob, registered in browsers of their own, contacts of each other, both connected. */
+export async function acquainted(browser, url) {
+  const alice = await person(browser, url, unique('alice'));
+  const bob = await person(browser, url, unique('bob'));
+  await register(alice, alice.name);
+  await register(bob, bob.name);
+  await befriend(alice, bob);
+  await connected(alice);
+  await connected(bob);
+  return [alice, bob];
+}
+
+/**
+ * No console error in these people's browsers but those `expected` matches
+ * (what a test provoked and the browser itself logs, such as refused requests).
+ */
+export function assertNoConsoleErrors(people, expected = null) {
+  const unexpected = people.flatMap((who) => who.errors).filter((e) => !expected?.test(e));
+  assert.deepEqual(unexpected, []);
 }
 
 export async function openConversation(who, peer) {
