@@ -249,6 +249,21 @@ pub struct Settings {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Text logs on a terminal without colour codes. `NO_COLOR` set to any
+    /// non-empty value does the same (<https://no-color.org>); logs written to
+    /// a file or a pipe never carry them.
+    #[arg(
+        long,
+        env = "NO_COLOR",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "",
+        default_missing_value = "1",
+        hide_default_value = true,
+        value_parser = parse_no_color
+    )]
+    pub no_color: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -289,6 +304,12 @@ fn parse_turn_uri(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(uri.to_owned())
+}
+
+/// `NO_COLOR` means "no colour" whatever its value, unless empty; the flag
+/// alone arrives as `1`, its absence as the empty default.
+fn parse_no_color(raw: &str) -> Result<bool, String> {
+    Ok(!raw.is_empty())
 }
 
 fn parse_secret(raw: &str) -> Result<SecretString, String> {

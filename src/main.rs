@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     if settings.healthcheck {
         std::process::exit(if startup::probe(settings.bind) { 0 } else { 1 });
     }
-    telemetry::init(settings.log_format);
+    telemetry::init(settings.log_format, settings.no_color);
     let app = App::build(settings).await?;
     app.run_until_stopped(secchat::startup::shutdown_signal())
         .await

@@ -545,3 +545,83 @@ async fn tokens_never_reach_the_logs() {
         assert!(!logged.contains(signature), "a token in the logs");
     }
 }
+
+/// Text logs are coloured on a terminal only: a file or a pipe gets plain
+/// text, and `NO_COLOR` turns colour off on a terminal too. `script` gives
+/// the server a pseudo-terminal as its standard output.
+#[tokio::test]
+async fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+    use std::process::Stdio;
+    let run = |terminal: bool, no_color: Option<&'static str>| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", crate::helpers::free_port());
+        let server = format!(
+            "{} --bind {addr} --database-url sqlite://{}",
+            env!("CARGO_BIN_EXE_secchat"),
+            dir.path().join("db.sqlite").display()
+        );
+        let pid_file = dir.path().join("pid");
+        let mut command = if terminal {
+            let mut script = tokio::process::Command::new("script");
+            script.args([
+                "-qfec",
+                &format!("echo $$ > {}; exec {server}", pid_file.display()),
+                "/dev/null",
+            ]);
+            script
+        } else {
+            let mut shell = tokio::process::Command::new("sh");
+            shell.args([
+                "-c",
+                &format!("echo $$ > {}; exec {server}", pid_file.display()),
+            ]);
+            shell
+        };
+        command.env_remove("NO_COLOR").env_remove("RUST_LOG");
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("script (util-linux) and the server start");
+        let app = crate::helpers::TestApp::at(addr.parse().unwrap());
+        crate::helpers::eventually("the server is ready", || async {
+            app.http
+                .get(app.url("/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+        // A request logged at info level, then a clean stop.
+        let (status, _) = app.call(Method::GET, "/nowhere", None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", pid.trim()])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let output = child.wait_with_output().await.unwrap();
+        let logged = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(logged.contains("INFO"), "the logs were written: {logged}");
+        logged
+    };
+    let escape = "\u{1b}[";
+    let piped = run(false, None).await;
+    assert!(!piped.contains(escape), "colour codes in a pipe: {piped:?}");
+    let terminal = run(true, None).await;
+    assert!(terminal.contains(escape), "no colour on a terminal: {terminal:?}");
+    for value in ["1", "0"] {
+        let plain = run(true, Some(value)).await;
+        assert!(!plain.contains(escape), "NO_COLOR={value}: {plain:?}");
+    }
+    let empty = run(true, Some("")).await;
+    assert!(empty.contains(escape), "an empty NO_COLOR keeps colour");
+}
