@@ -139,6 +139,23 @@ pub struct Settings {
     #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30)]
     pub body_read_timeout_secs: u64,
 
+    /// How long a request may take from its head to the last byte of its
+    /// answer read by the client; a connection whose answer is not read by
+    /// then is dropped (and so is one that sends no whole request within
+    /// `HEADER_READ_TIMEOUT_SECS` of connecting, on any protocol).
+    #[arg(long, env = "ANSWER_TIMEOUT_SECS", default_value_t = 60)]
+    pub answer_timeout_secs: u64,
+
+    /// How long a connection may stay open with no request in flight; HTTP/2
+    /// connections are then closed gracefully (HTTP/1 keep-alive connections
+    /// wait only `HEADER_READ_TIMEOUT_SECS` for their next request).
+    #[arg(long, env = "CONNECTION_IDLE_SECS", default_value_t = 60)]
+    pub connection_idle_secs: u64,
+
+    /// HTTP/2 streams (requests) one connection may have open at once.
+    #[arg(long, env = "HTTP2_MAX_STREAMS", default_value_t = 32)]
+    pub http2_max_streams: u32,
+
     /// Idle time after which the server pings a WebSocket; a connection silent for
     /// two intervals is dropped.
     #[arg(long, env = "WS_PING_SECS", default_value_t = 30)]
@@ -207,6 +224,27 @@ pub struct Settings {
     #[arg(long, env = "WS_FRAME_RATE_PER_USER", default_value = "200/10s")]
     pub ws_frame_rate_per_user: Rate,
 
+    /// `GET /messages/` and `POST /messages/ack` requests of one user.
+    #[arg(long, env = "INBOX_RATE_PER_USER", default_value = "120/min")]
+    pub inbox_rate_per_user: Rate,
+
+    /// Friend requests, acceptances and removals of one user.
+    #[arg(long, env = "CONTACT_RATE_PER_USER", default_value = "30/min")]
+    pub contact_rate_per_user: Rate,
+
+    /// Heartbeats (`PUT /me/connection-info`) of one user (clients send one
+    /// a minute or so).
+    #[arg(long, env = "HEARTBEAT_RATE_PER_USER", default_value = "20/min")]
+    pub heartbeat_rate_per_user: Rate,
+
+    /// TURN credentials (`GET /me/turn-credentials`) handed to one user.
+    #[arg(long, env = "TURN_RATE_PER_USER", default_value = "10/min")]
+    pub turn_rate_per_user: Rate,
+
+    /// Public-key changes of one user.
+    #[arg(long, env = "KEY_CHANGE_RATE_PER_USER", default_value = "5/hour")]
+    pub key_change_rate_per_user: Rate,
+
     /// Frames refused in a row (each answered with an error frame) after
     /// which the connection is closed with 1008.
     #[arg(long, env = "WS_REFUSALS_BEFORE_CLOSE", default_value_t = 32)]
@@ -215,6 +253,12 @@ pub struct Settings {
     /// Shortest query `GET /users/search/{query}` accepts, in characters.
     #[arg(long, env = "SEARCH_MIN_CHARS", default_value_t = 3)]
     pub search_min_chars: usize,
+
+    /// Bytes of message content one fetch of stored messages hands out at
+    /// most (`GET /messages/`, or a push on connect): the rest follows on the
+    /// next page. A page holds at least one message.
+    #[arg(long, env = "MESSAGE_PAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub message_page_bytes: u64,
 
     /// Unread offline messages one user's mailbox holds at most.
     #[arg(long, env = "MAILBOX_MAX_MESSAGES", default_value_t = 1000)]
@@ -365,6 +409,14 @@ impl Settings {
 
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_secs(self.body_read_timeout_secs.max(1))
+    }
+
+    pub fn answer_timeout(&self) -> Duration {
+        Duration::from_secs(self.answer_timeout_secs.max(1))
+    }
+
+    pub fn connection_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.connection_idle_secs.max(1))
     }
 
     /// [`Settings::max_concurrent_hashes`], or half the CPUs (at least one), so

@@ -107,6 +107,12 @@ pub fn messages_stored(via: StoredVia, count: usize) {
     counter!("secchat_messages_stored_total", "via" => via).increment(count as u64);
 }
 
+/// Messages relayed to a connection that acknowledges but not held for it:
+/// the recipient's mailbox had no room.
+pub fn held_over_quota(count: usize) {
+    counter!("secchat_messages_unheld_total").increment(count as u64);
+}
+
 pub fn login(success: bool) {
     let result = if success { "success" } else { "failure" };
     counter!("secchat_logins_total", "result" => result).increment(1);
@@ -148,6 +154,13 @@ impl Drop for WsConnectionGauge {
 /// A connection refused because the replica holds as many as it may.
 pub fn connection_refused() {
     counter!("secchat_connections_refused_total").increment(1);
+}
+
+/// A connection dropped by its watch: `no_request` (nothing whole arrived
+/// within the header deadline) or `answer_unread` (an answer not taken within
+/// the answer deadline).
+pub fn connection_dropped(reason: &'static str) {
+    counter!("secchat_connections_dropped_total", "reason" => reason).increment(1);
 }
 
 pub fn slow_consumer_closed() {

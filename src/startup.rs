@@ -135,6 +135,9 @@ impl App {
             max_connections: state.settings.connection_cap(),
             header_read_timeout: state.settings.header_read_timeout(),
             body_read_timeout: state.settings.body_read_timeout(),
+            answer_timeout: state.settings.answer_timeout(),
+            idle_timeout: state.settings.connection_idle_timeout(),
+            max_streams: state.settings.http2_max_streams,
         };
         let shutdown = state.shutdown.clone();
         crate::serve::serve(listener, app, limits, async move {

@@ -4,6 +4,8 @@
 use axum::{
     Json, Router,
     extract::State,
+    http::header,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
@@ -61,24 +63,56 @@ pub struct FetchParams {
     /// Absent: marked read as they are returned (exactly once).
     #[param(value_type = Option<String>, pattern = "^manual$")]
     ack: Option<AckMode>,
+    /// With `ack=manual`: only messages with a greater id (the next page
+    /// after the last id of the previous one; the `Link` header names it).
+    after: Option<i64>,
 }
 
-/// The caller's unread messages, oldest first (at most 1000 a call): marked
-/// read as they are returned, or with `?ack=manual`, left unread until
-/// acknowledged.
+/// The caller's unread messages, oldest first, a page a call (at most 1000
+/// messages, and no more once their contents reach `MESSAGE_PAGE_BYTES`):
+/// marked read as they are returned, or with `?ack=manual`, left unread until
+/// acknowledged. When a next page may hold more, the answer carries
+/// `Link: <…>; rel="next"`; clients that ignore it get the rest on their
+/// next call.
 #[utoipa::path(get, path = "/messages/", tag = "messages", security(("bearer" = [])),
     params(FetchParams),
-    responses((status = 200, body = [MessageOut]), (status = 401, body = Detail), (status = 422)))]
+    responses((status = 200, body = [MessageOut],
+               headers(("link" = String, description = "`<URL>; rel=\"next\"` when another page may follow"))),
+              (status = 401, body = Detail), (status = 422),
+              (status = 429, body = Detail, description = "Too many inbox requests; wait `Retry-After` seconds")))]
 async fn fetch(
     State(state): State<AppState>,
     user: AuthUser,
     QueryParams(params): QueryParams<FetchParams>,
-) -> Result<Json<Vec<MessageOut>>, ApiError> {
-    let messages = match params.ack {
-        None => state.services.take_inbox(&user).await?,
-        Some(AckMode::Manual) => state.services.peek_inbox(&user).await?,
+) -> Result<Response, ApiError> {
+    let (page, next) = match params.ack {
+        None => (state.services.take_inbox(&user).await?, None),
+        Some(AckMode::Manual) => {
+            let page = state
+                .services
+                .peek_inbox(&user, params.after.unwrap_or(0))
+                .await?;
+            let last = page.messages.last().map(|m| m.id);
+            (page, last)
+        }
     };
-    Ok(Json(messages.into_iter().map(Into::into).collect()))
+    let link = match (page.more, next) {
+        (false, _) => None,
+        (true, None) => Some("</messages/>; rel=\"next\"".to_owned()),
+        (true, Some(last)) => Some(format!(
+            "</messages/?ack=manual&after={last}>; rel=\"next\""
+        )),
+    };
+    let body = Json(
+        page.messages
+            .into_iter()
+            .map(MessageOut::from)
+            .collect::<Vec<_>>(),
+    );
+    Ok(match link {
+        Some(link) => ([(header::LINK, link)], body).into_response(),
+        None => body.into_response(),
+    })
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -99,13 +133,14 @@ pub struct AckOut {
 /// caller's unread messages are ignored.
 #[utoipa::path(post, path = "/messages/ack", tag = "messages", security(("bearer" = [])),
     request_body = AckRequest,
-    responses((status = 200, body = AckOut), (status = 401, body = Detail), (status = 422)))]
+    responses((status = 200, body = AckOut), (status = 401, body = Detail), (status = 422),
+              (status = 429, body = Detail, description = "Too many inbox requests; wait `Retry-After` seconds")))]
 async fn ack(
     State(state): State<AppState>,
     user: AuthUser,
     JsonBody(body): JsonBody<AckRequest>,
 ) -> Result<Json<AckOut>, ApiError> {
     let ids: Vec<i64> = body.ids.iter().map(|id| id.0).collect();
-    let acked = state.services.ack_inbox(&user, &ids).await?;
+    let acked = state.services.ack_inbox_over_http(&user, &ids).await?;
     Ok(Json(AckOut { acked }))
 }

@@ -26,21 +26,40 @@ pub enum Limit {
     OfflinePerSender = 3,
     /// Directed and broadcast WebSocket frames, per user.
     FramesPerUser = 4,
+    /// Inbox fetches and acknowledgements over HTTP, per user.
+    InboxPerUser = 5,
+    /// Friend requests, acceptances and removals, per user.
+    ContactsPerUser = 6,
+    /// Heartbeats (`PUT /me/connection-info`), per user.
+    HeartbeatPerUser = 7,
+    /// TURN credentials handed out, per user.
+    TurnPerUser = 8,
+    /// Public-key changes, per user.
+    KeyChangePerUser = 9,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 5] = [
+    pub const ALL: [Limit; 10] = [
         Limit::LoginPerIp,
         Limit::RegisterPerIp,
         Limit::SearchPerUser,
         Limit::OfflinePerSender,
         Limit::FramesPerUser,
+        Limit::InboxPerUser,
+        Limit::ContactsPerUser,
+        Limit::HeartbeatPerUser,
+        Limit::TurnPerUser,
+        Limit::KeyChangePerUser,
     ];
 
-    /// Whether events pass while the counters cannot be reached: messages do
-    /// (other bounds hold them), logins, registrations and searches do not.
+    /// Whether events pass while the counters cannot be reached: messages
+    /// and the inbox do (other bounds hold them, and offline delivery keeps
+    /// working), the rest do not.
     pub fn fails_open(self) -> bool {
-        matches!(self, Limit::OfflinePerSender | Limit::FramesPerUser)
+        matches!(
+            self,
+            Limit::OfflinePerSender | Limit::FramesPerUser | Limit::InboxPerUser
+        )
     }
 
     /// The metric label and key segment.
@@ -51,6 +70,11 @@ impl Limit {
             Limit::SearchPerUser => "search_per_user",
             Limit::OfflinePerSender => "offline_per_sender",
             Limit::FramesPerUser => "ws_frames_per_user",
+            Limit::InboxPerUser => "inbox_per_user",
+            Limit::ContactsPerUser => "contacts_per_user",
+            Limit::HeartbeatPerUser => "heartbeat_per_user",
+            Limit::TurnPerUser => "turn_per_user",
+            Limit::KeyChangePerUser => "key_change_per_user",
         }
     }
 }
@@ -67,6 +91,11 @@ impl Rates {
             s.search_rate_per_user,
             s.offline_rate_per_sender,
             s.ws_frame_rate_per_user,
+            s.inbox_rate_per_user,
+            s.contact_rate_per_user,
+            s.heartbeat_rate_per_user,
+            s.turn_rate_per_user,
+            s.key_change_rate_per_user,
         ])
     }
 

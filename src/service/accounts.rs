@@ -449,5 +449,10 @@ fn refusal(limit: Limit) -> &'static str {
         Limit::SearchPerUser => "Too many searches; try again later",
         Limit::OfflinePerSender => "Too many offline messages; try again later",
         Limit::FramesPerUser => "Too many messages; slow down",
+        Limit::InboxPerUser => "Too many inbox requests; try again later",
+        Limit::ContactsPerUser => "Too many contact changes; try again later",
+        Limit::HeartbeatPerUser => "Too many heartbeats; one a minute is enough",
+        Limit::TurnPerUser => "Too many TURN credential requests; try again later",
+        Limit::KeyChangePerUser => "Too many key changes; try again later",
     }
 }

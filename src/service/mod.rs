@@ -40,7 +40,7 @@ pub use accounts::{AuthUser, Login};
 pub use contacts::ContactTarget;
 pub use hub::message_frame;
 pub use online::{Card, Online};
-pub use relay::{FrameBudget, PUSH_CLAIM, authenticated_frame, error_frame};
+pub use relay::{FrameBudget, InboxPage, PUSH_CLAIM, authenticated_frame, error_frame};
 pub use turn::TurnCredentials;
 
 use hub::Hub;
@@ -154,11 +154,9 @@ pub struct Services {
     names: NameCache,
     /// Contact lists of the online panel, kept current with presence.
     online: OnlineContacts,
-    /// Offline messages, stored in batches.
+    /// Offline messages, and messages held for connections that acknowledge,
+    /// stored in batches under the mailbox quota.
     writer: MessageWriter,
-    /// Messages held for connections that acknowledge, stored in batches
-    /// (they were accepted already: no quota).
-    holder: MessageWriter,
     /// Read and acknowledged messages, deleted in batches.
     reads: ReadMarker,
     settings: Arc<Settings>,
@@ -211,7 +209,6 @@ impl Services {
             tokens,
             names: NameCache::default(),
             online: OnlineContacts::default(),
-            holder: MessageWriter::start(store.clone(), MailboxQuota::NONE),
             reads: ReadMarker::start(store.clone()),
             writer: MessageWriter::start(
                 store.clone(),

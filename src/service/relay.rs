@@ -16,7 +16,7 @@ use crate::{
     domain::{ClientFrame, DirectMessage, Endpoint, MessageContent, UserId, time::iso},
     metrics::{self, StoredVia, messages_stored},
     ratelimit::{Limit, LocalBudget},
-    store::{Acked, Admission, InboxMessage, MailboxQuota, Message, NewMessage},
+    store::{Acked, Admission, InboxMessage, MailboxQuota, Message, NewMessage, Page},
 };
 use chrono::Utc;
 use serde_json::json;
@@ -54,6 +54,20 @@ pub fn error_frame(message: &str) -> String {
 /// the message the client named `client_id`.
 fn sent_frame(client_id: &str, id: i64) -> String {
     json!({"type": "sent", "client_id": client_id, "id": id}).to_string()
+}
+
+/// One page of an inbox fetch.
+pub struct InboxPage {
+    pub messages: Vec<Message>,
+    /// Whether a next page may hold more.
+    pub more: bool,
+}
+
+impl InboxPage {
+    fn of(page: Page, messages: Vec<Message>) -> Self {
+        let more = page.is_full(messages.iter().map(|m| m.content.as_str()));
+        Self { messages, more }
+    }
 }
 
 /// What became of a directed message the server accepted.
@@ -605,15 +619,35 @@ impl Services {
         Ok(stored)
     }
 
-    /// `GET /messages/`: the caller's unread messages, oldest first, now read.
-    pub async fn take_inbox(&self, user: &AuthUser) -> Result<Vec<Message>> {
-        Ok(self.store.take_unread(user.id).await?)
+    /// `GET /messages/`: a page of the caller's unread messages, oldest
+    /// first, now read.
+    pub async fn take_inbox(&self, user: &AuthUser) -> Result<InboxPage> {
+        self.spend(Limit::InboxPerUser, &user.id.to_string())
+            .await?;
+        let page = Page::first(self.settings.message_page_bytes);
+        let messages = self.store.take_unread(user.id, page).await?;
+        Ok(InboxPage::of(page, messages))
     }
 
-    /// `GET /messages/?ack=manual`: the caller's unread messages, oldest
-    /// first, left unread until acknowledged.
-    pub async fn peek_inbox(&self, user: &AuthUser) -> Result<Vec<Message>> {
-        Ok(self.store.peek_unread(user.id).await?)
+    /// `GET /messages/?ack=manual`: a page of the caller's unread messages
+    /// after the id `after`, oldest first, left unread until acknowledged.
+    pub async fn peek_inbox(&self, user: &AuthUser, after: i64) -> Result<InboxPage> {
+        self.spend(Limit::InboxPerUser, &user.id.to_string())
+            .await?;
+        let page = Page {
+            after,
+            max_bytes: self.settings.message_page_bytes,
+        };
+        let messages = self.store.peek_unread(user.id, page).await?;
+        Ok(InboxPage::of(page, messages))
+    }
+
+    /// `POST /messages/ack`: [`Services::ack_inbox`] under the caller's
+    /// inbox budget (the `ack` frame spends the frame budget instead).
+    pub async fn ack_inbox_over_http(&self, user: &AuthUser, ids: &[i64]) -> Result<u64> {
+        self.spend(Limit::InboxPerUser, &user.id.to_string())
+            .await?;
+        self.ack_inbox(user, ids).await
     }
 
     /// `POST /messages/ack` and the `ack` frame: these of the caller's unread
@@ -657,13 +691,14 @@ impl Services {
         &self,
         user: &AuthUser,
         delivery: &Delivery,
+        page: Page,
     ) -> Result<Vec<InboxMessage>> {
         // A connection that acknowledges takes over what another of the
         // user's held (one that dropped without closing, say): it gets every
         // unacknowledged message at once, and in order.
         Ok(self
             .store
-            .claim_unread(user.id, PUSH_CLAIM, delivery.manual_ack)
+            .claim_unread(user.id, PUSH_CLAIM, delivery.manual_ack, page)
             .await?)
     }
 
@@ -686,22 +721,32 @@ impl Services {
 
     /// Stores directed messages for a connection that acknowledges, claimed
     /// for it, before it writes them (a copy stored already is kept): so
-    /// what it has not acknowledged when it goes is delivered again. They were
-    /// accepted already: stored whatever the mailbox holds.
-    pub async fn hold_for(&self, messages: &[Arc<DirectMessage>]) -> Result<()> {
+    /// what it has not acknowledged when it goes is delivered again. They
+    /// count against the recipient's mailbox like offline messages, so that
+    /// no sender grows a mailbox past its quota through a client that never
+    /// acknowledges: returns the ids of those that did not fit, which the
+    /// connection writes all the same but holds for nobody.
+    pub async fn hold_for(&self, messages: &[Arc<DirectMessage>]) -> Result<Vec<i64>> {
         let until = crate::domain::time::after(Utc::now(), PUSH_CLAIM);
         // With those of other connections: one transaction for many.
         let held = futures_util::future::join_all(messages.iter().map(|m| {
-            self.holder.store(NewMessage {
+            self.writer.store(NewMessage {
                 claimed_until: Some(until),
                 ..NewMessage::from(&**m)
             })
         }))
         .await;
-        for admission in held {
-            admission?;
+        let mut unheld = Vec::new();
+        for (message, admission) in messages.iter().zip(held) {
+            match admission? {
+                Admission::Stored(_) => {}
+                Admission::MailboxFull | Admission::NoRecipient => unheld.push(message.id),
+            }
         }
-        Ok(())
+        if !unheld.is_empty() {
+            metrics::held_over_quota(unheld.len());
+        }
+        Ok(unheld)
     }
 
     /// The connection holding these messages unacknowledged is alive: its

@@ -186,7 +186,7 @@ pub async fn requests_become_contacts_on_both_sides(s: &dyn Store) {
 
 /// The contents of `user`'s unread messages, taken.
 async fn taken_contents(s: &dyn Store, user: i64) -> Vec<String> {
-    let taken = s.take_unread(user).await.unwrap();
+    let taken = s.take_unread(user, Page::WHOLE).await.unwrap();
     taken.into_iter().map(|m| m.content).collect()
 }
 
@@ -241,7 +241,7 @@ pub async fn messages_are_read_once_in_order(s: &dyn Store) {
     assert!(stored.windows(2).all(|w| w[0].id < w[1].id));
     assert_eq!((stored[0].recipient_id, stored[0].sent_at), (b.id, t(1)));
 
-    let unread = s.peek_unread(b.id).await.unwrap();
+    let unread = s.peek_unread(b.id, Page::WHOLE).await.unwrap();
     let peeked: Vec<_> = unread
         .iter()
         .map(|m| (m.sender_id, m.content.as_str()))
@@ -249,22 +249,31 @@ pub async fn messages_are_read_once_in_order(s: &dyn Store) {
     assert_eq!(peeked, [(a.id, "one"), (a.id, "two")]);
     s.delete_read(&reads(a.id, &[stored[0].id])).await.unwrap();
     assert_eq!(
-        s.peek_unread(b.id).await.unwrap().len(),
+        s.peek_unread(b.id, Page::WHOLE).await.unwrap().len(),
         2,
         "only the recipient marks"
     );
     s.delete_read(&reads(b.id, &[stored[0].id])).await.unwrap();
     s.delete_read(&reads(b.id, &[])).await.unwrap();
-    assert_eq!(s.take_unread(b.id).await.unwrap(), [stored[1].clone()]);
-    assert!(s.take_unread(b.id).await.unwrap().is_empty());
-    assert_eq!(s.take_unread(a.id).await.unwrap(), [stored[2].clone()]);
+    assert_eq!(
+        s.take_unread(b.id, Page::WHOLE).await.unwrap(),
+        [stored[1].clone()]
+    );
+    assert!(s.take_unread(b.id, Page::WHOLE).await.unwrap().is_empty());
+    assert_eq!(
+        s.take_unread(a.id, Page::WHOLE).await.unwrap(),
+        [stored[2].clone()]
+    );
 }
 
 pub async fn concurrent_takes_never_share_a_message(s: &dyn Store) {
     let (a, b) = (user(s, "a").await, user(s, "b").await);
     let batch: Vec<_> = (0..60).map(|i| message(&a, &b, &format!("m{i}"))).collect();
     store_all(s, &batch).await;
-    let (x, y) = tokio::join!(s.take_unread(b.id), s.take_unread(b.id));
+    let (x, y) = tokio::join!(
+        s.take_unread(b.id, Page::WHOLE),
+        s.take_unread(b.id, Page::WHOLE)
+    );
     let mut ids: Vec<i64> = x
         .unwrap()
         .into_iter()
@@ -290,7 +299,7 @@ pub async fn old_messages_expire(s: &dyn Store) {
     );
     assert_eq!(s.expire_messages(t(50), 10).await.unwrap(), 1);
     assert_eq!(s.expire_messages(t(50), 10).await.unwrap(), 0);
-    let left: Vec<_> = s.take_unread(b.id).await.unwrap();
+    let left: Vec<_> = s.take_unread(b.id, Page::WHOLE).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].content, "new");
 }
@@ -365,7 +374,7 @@ pub async fn mailboxes_hold_what_their_quota_allows(s: &dyn Store) {
         .unwrap();
     assert_eq!(stored(second), [None, Some("sixxxx".into()), None]);
     // Reading frees the mailbox, and the stranger budget with it.
-    assert_eq!(s.take_unread(b.id).await.unwrap().len(), 4);
+    assert_eq!(s.take_unread(b.id, Page::WHOLE).await.unwrap().len(), 4);
     assert_eq!(
         s.mailbox_usage(b.id).await.unwrap(),
         MailboxUsage::default()
@@ -376,7 +385,7 @@ pub async fn mailboxes_hold_what_their_quota_allows(s: &dyn Store) {
         .unwrap();
     assert_eq!(stored(third), [Some("s4".into()), Some("s5".into())]);
     // Deleting one read, and expiring the rest, free it too.
-    let unread = s.peek_unread(b.id).await.unwrap();
+    let unread = s.peek_unread(b.id, Page::WHOLE).await.unwrap();
     s.delete_read(&reads(b.id, &[unread[0].id])).await.unwrap();
     assert_eq!(s.mailbox_usage(b.id).await.unwrap().from_strangers, 1);
     s.expire_messages(t(1000), 100).await.unwrap();
@@ -535,17 +544,17 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
     .await;
     let ids: Vec<i64> = stored.iter().map(|m| m.id).collect();
     let claimed = s
-        .claim_unread(b.id, std::time::Duration::from_secs(60), false)
+        .claim_unread(b.id, std::time::Duration::from_secs(60), false, Page::WHOLE)
         .await
         .unwrap();
     let claimed_ids: Vec<i64> = claimed.iter().map(|m| m.message.id).collect();
     assert_eq!(claimed_ids, ids, "all of them, oldest first");
     assert_eq!(claimed[0].sender_username, "a");
     // Nobody else gets them while the claim holds.
-    assert!(s.take_unread(b.id).await.unwrap().is_empty());
-    assert!(s.peek_unread(b.id).await.unwrap().is_empty());
+    assert!(s.take_unread(b.id, Page::WHOLE).await.unwrap().is_empty());
+    assert!(s.peek_unread(b.id, Page::WHOLE).await.unwrap().is_empty());
     assert!(
-        s.claim_unread(b.id, std::time::Duration::from_secs(60), false)
+        s.claim_unread(b.id, std::time::Duration::from_secs(60), false, Page::WHOLE)
             .await
             .unwrap()
             .is_empty()
@@ -564,12 +573,12 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
     );
     s.release_claims(a.id, &ids[2..]).await.unwrap();
     assert!(
-        s.take_unread(b.id).await.unwrap().is_empty(),
+        s.take_unread(b.id, Page::WHOLE).await.unwrap().is_empty(),
         "only b releases b's"
     );
     s.release_claims(b.id, &ids[2..]).await.unwrap();
     let again = s
-        .claim_unread(b.id, std::time::Duration::ZERO, false)
+        .claim_unread(b.id, std::time::Duration::ZERO, false, Page::WHOLE)
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -586,9 +595,9 @@ pub async fn claimed_messages_reach_nobody_else(s: &dyn Store) {
     store_all(s, &many).await;
     let lease = std::time::Duration::from_secs(60);
     let (x, y, z) = tokio::join!(
-        s.claim_unread(b.id, lease, false),
-        s.take_unread(b.id),
-        s.claim_unread(b.id, lease, false)
+        s.claim_unread(b.id, lease, false, Page::WHOLE),
+        s.take_unread(b.id, Page::WHOLE),
+        s.claim_unread(b.id, lease, false, Page::WHOLE)
     );
     let mut seen: Vec<i64> = x.unwrap().iter().map(|m| m.message.id).collect();
     seen.extend(y.unwrap().iter().map(|m| m.id));
@@ -626,7 +635,7 @@ pub async fn message_ids_follow_acceptance_and_store_once(s: &dyn Store) {
     let again = store_all(s, &[m.clone(), m.clone()]).await;
     assert_eq!(again, [first[0].clone(), first[0].clone()]);
     assert_eq!(s.mailbox_usage(b.id).await.unwrap().messages, 1);
-    assert_eq!(s.peek_unread(b.id).await.unwrap(), first);
+    assert_eq!(s.peek_unread(b.id, Page::WHOLE).await.unwrap(), first);
 
     // Acknowledging answers who asked for a receipt.
     let plain = store_all(s, &[message(&a, &b, "plain")]).await;
@@ -673,7 +682,7 @@ pub async fn held_messages_wait_for_their_connection(s: &dyn Store) {
     store_all(s, &[held.clone(), free.clone()]).await;
     // Stored claimed: no fetch, take or plain claim gets it.
     assert_eq!(
-        s.peek_unread(b.id)
+        s.peek_unread(b.id, Page::WHOLE)
             .await
             .unwrap()
             .iter()
@@ -681,13 +690,19 @@ pub async fn held_messages_wait_for_their_connection(s: &dyn Store) {
             .collect::<Vec<_>>(),
         [free.id]
     );
-    let plain = s.claim_unread(b.id, lease, false).await.unwrap();
+    let plain = s
+        .claim_unread(b.id, lease, false, Page::WHOLE)
+        .await
+        .unwrap();
     assert_eq!(
         plain.iter().map(|m| m.message.id).collect::<Vec<_>>(),
         [free.id]
     );
     // A connection that acknowledges takes over every claim, in order.
-    let taken_over = s.claim_unread(b.id, lease, true).await.unwrap();
+    let taken_over = s
+        .claim_unread(b.id, lease, true, Page::WHOLE)
+        .await
+        .unwrap();
     assert_eq!(
         taken_over.iter().map(|m| m.message.id).collect::<Vec<_>>(),
         [held.id, free.id]
@@ -696,7 +711,7 @@ pub async fn held_messages_wait_for_their_connection(s: &dyn Store) {
     let past = Utc::now() - chrono::Duration::seconds(1);
     s.renew_claims(a.id, &[held.id], past).await.unwrap();
     assert!(
-        s.take_unread(b.id).await.unwrap().is_empty(),
+        s.take_unread(b.id, Page::WHOLE).await.unwrap().is_empty(),
         "not a's to renew"
     );
     s.renew_claims(b.id, &[held.id], past).await.unwrap();
@@ -706,5 +721,62 @@ pub async fn held_messages_wait_for_their_connection(s: &dyn Store) {
         "renewed into the past: no claim"
     );
     s.release_claims(b.id, &[free.id]).await.unwrap();
-    assert_eq!(s.take_unread(b.id).await.unwrap().len(), 1);
+    assert_eq!(s.take_unread(b.id, Page::WHOLE).await.unwrap().len(), 1);
+}
+
+/// Fetches hand out a page at a time: bounded by bytes (the message that
+/// reaches the bound included, so at least one), and continued after the
+/// last id given.
+pub async fn unread_messages_come_a_page_at_a_time(s: &dyn Store) {
+    let (a, b) = (user(s, "a").await, user(s, "b").await);
+    let hundred = "x".repeat(100);
+    let stored = store_all(
+        s,
+        &(0..5)
+            .map(|_| message(&a, &b, &hundred))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let ids = |page: &[Message]| page.iter().map(|m| m.id).collect::<Vec<_>>();
+    let first = s.peek_unread(b.id, Page::first(250)).await.unwrap();
+    assert_eq!(
+        ids(&first),
+        ids(&stored[..3]),
+        "0, 100 and 200 bytes before"
+    );
+    assert!(Page::first(250).is_full(first.iter().map(|m| m.content.as_str())));
+    let next = Page {
+        after: first[2].id,
+        max_bytes: 250,
+    };
+    let rest = s.peek_unread(b.id, next).await.unwrap();
+    assert_eq!(ids(&rest), ids(&stored[3..]));
+    assert!(!next.is_full(rest.iter().map(|m| m.content.as_str())));
+    assert_eq!(
+        ids(&s.peek_unread(b.id, Page::first(1)).await.unwrap()),
+        ids(&stored[..1])
+    );
+    // Claims and takes page alike.
+    let lease = std::time::Duration::from_secs(60);
+    let claimed = s
+        .claim_unread(b.id, lease, false, Page::first(150))
+        .await
+        .unwrap();
+    let claimed_ids: Vec<i64> = claimed.iter().map(|m| m.message.id).collect();
+    assert_eq!(claimed_ids, ids(&stored[..2]));
+    let after = Page {
+        after: stored[2].id,
+        max_bytes: 1,
+    };
+    let claimed = s.claim_unread(b.id, lease, false, after).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|m| m.message.id).collect::<Vec<_>>(),
+        ids(&stored[3..4])
+    );
+    let taken = s.take_unread(b.id, Page::first(150)).await.unwrap();
+    assert_eq!(
+        ids(&taken),
+        [stored[2].id, stored[4].id],
+        "claimed ones passed by"
+    );
 }

@@ -16,6 +16,40 @@ pub mod contract;
 /// Most unread messages one fetch hands out; the rest wait for the next fetch.
 pub const INBOX_PAGE: i64 = 1000;
 
+/// Which unread messages one fetch hands out: those after `after` (an id),
+/// oldest first, at most [`INBOX_PAGE`] of them, and no more once their
+/// contents reach `max_bytes` (the message that reaches it included, so a
+/// page holds at least one message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after: i64,
+    pub max_bytes: u64,
+}
+
+impl Page {
+    /// The first page, bounded by count only.
+    pub const WHOLE: Self = Self::first(u64::MAX);
+
+    pub const fn first(max_bytes: u64) -> Self {
+        Self {
+            after: 0,
+            max_bytes,
+        }
+    }
+
+    /// Whether `messages`, this page, may have left some out: a fetch after
+    /// its last id may find more.
+    pub fn is_full<'a>(&self, contents: impl ExactSizeIterator<Item = &'a str>) -> bool {
+        let count = contents.len() as i64;
+        count >= INBOX_PAGE || contents.map(|c| c.len() as u64).sum::<u64>() >= self.max_bytes
+    }
+
+    /// The byte bound as SQL binds it.
+    pub fn max_bytes_sql(&self) -> i64 {
+        i64::try_from(self.max_bytes).unwrap_or(i64::MAX)
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct User {
     pub id: UserId,
@@ -322,10 +356,10 @@ pub trait Store: Send + Sync + 'static {
     /// What `user`'s mailbox holds.
     fn mailbox_usage(&self, user: UserId) -> Pending<'_, MailboxUsage>;
     /// Unread messages of `recipient` that no push has claimed, oldest first,
-    /// left unread.
-    fn peek_unread(&self, recipient: UserId) -> Pending<'_, Vec<Message>>;
+    /// one page, left unread.
+    fn peek_unread(&self, recipient: UserId, page: Page) -> Pending<'_, Vec<Message>>;
     /// Claims `recipient`'s unread messages that no one else has claimed,
-    /// oldest first (a page at most), for `lease`, in one statement: until
+    /// oldest first (one page), for `lease`, in one statement: until
     /// the claim is released or runs out, no other claim or take gets them.
     /// With `take_over`, claimed messages are claimed anew too (a connection
     /// that acknowledges takes over what an earlier one of the user's held).
@@ -334,6 +368,7 @@ pub trait Store: Send + Sync + 'static {
         recipient: UserId,
         lease: std::time::Duration,
         take_over: bool,
+        page: Page,
     ) -> Pending<'_, Vec<InboxMessage>>;
     /// Releases the claims on these messages of `recipient`'s (they were not
     /// delivered); others' ids are ignored.
@@ -350,10 +385,10 @@ pub trait Store: Send + Sync + 'static {
     /// acknowledged), of any number of recipients at once; an id that is not
     /// that recipient's is ignored. Returns those deleted.
     fn delete_read<'a>(&'a self, reads: &'a [(UserId, i64)]) -> Pending<'a, Vec<Acked>>;
-    /// Unread, unclaimed messages of `recipient`, oldest first, deleted in
-    /// the same statement, so concurrent callers never receive the same
-    /// message and no read message stays stored.
-    fn take_unread(&self, recipient: UserId) -> Pending<'_, Vec<Message>>;
+    /// Unread, unclaimed messages of `recipient`, oldest first, one page,
+    /// deleted in the same statement, so concurrent callers never receive the
+    /// same message and no read message stays stored.
+    fn take_unread(&self, recipient: UserId, page: Page) -> Pending<'_, Vec<Message>>;
     /// Deletes up to `limit` messages sent before `sent_before`, oldest first;
     /// returns how many.
     fn expire_messages(&self, sent_before: DateTime<Utc>, limit: i64) -> Pending<'_, u64>;

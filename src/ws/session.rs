@@ -27,6 +27,7 @@ use crate::{
         message_frame,
     },
     state::AppState,
+    store::Page,
 };
 
 /// Frames written before one flush; bounds the latency a burst adds.
@@ -397,13 +398,21 @@ impl Writer {
                             return Stop::Close;
                         }
                     }
+                    // Under the deadline like every write: a client that
+                    // stopped reading (its socket full of pongs, say) is let go.
+                    let ping = self.sink.send(Message::Ping(Default::default()));
                     let pinged = tokio::select! {
                         biased;
                         _ = &mut cancelled => return Stop::Close,
-                        sent = self.sink.send(Message::Ping(Default::default())) => sent,
+                        sent = tokio::time::timeout(WRITE_DEADLINE, ping) => sent,
                     };
-                    if pinged.is_err() {
-                        return Stop::Broken;
+                    match pinged {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Stop::Broken,
+                        Err(_) => {
+                            self.closer.close(Disconnect::TooSlow);
+                            return Stop::Close;
+                        }
                     }
                     if renewed.elapsed() >= PUSH_CLAIM / 3 {
                         renewed = tokio::time::Instant::now();
@@ -435,7 +444,8 @@ impl Writer {
             self.hold(tracked.iter().map(|m| m.id))?;
             let held = tokio::time::timeout(WRITE_DEADLINE, self.state.services.hold_for(&tracked));
             match held.await {
-                Ok(Ok(())) => {}
+                // Over the mailbox quota: written, but held by nobody.
+                Ok(Ok(unheld)) => self.delivery.acknowledged(&unheld),
                 Ok(Err(err)) => {
                     // Its messages go back through their receipts.
                     tracing::warn!(error = format!("{err:#}"), "holding messages failed");
@@ -503,8 +513,23 @@ impl Writer {
         cancelled: &mut std::pin::Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Result<(), Stop> {
         self.delivery.fetch_taken();
+        // A page at a time, so that a full mailbox is never in memory at once.
+        let mut page = Page::first(self.state.settings.message_page_bytes);
+        while let Some(last) = self.fetch_page(cancelled, page).await? {
+            page.after = last;
+        }
+        Ok(())
+    }
+
+    /// Writes one page of stored messages (see [`Writer::fetch`]); the last
+    /// id of a full page, after which more may wait.
+    async fn fetch_page(
+        &mut self,
+        cancelled: &mut std::pin::Pin<&mut WaitForCancellationFuture<'_>>,
+        page: Page,
+    ) -> Result<Option<i64>, Stop> {
         let services = self.state.services.clone();
-        let claimed = match services.claim_inbox(&self.user, &self.delivery).await {
+        let claimed = match services.claim_inbox(&self.user, &self.delivery, page).await {
             Ok(claimed) => claimed,
             Err(err) => {
                 // They wait for the next fetch, connection or `GET /messages/`.
@@ -512,9 +537,13 @@ impl Writer {
                     error = format!("{err:#}"),
                     "fetching stored messages failed"
                 );
-                return Ok(());
+                return Ok(None);
             }
         };
+        let next = claimed
+            .last()
+            .map(|item| item.message.id)
+            .filter(|_| page.is_full(claimed.iter().map(|item| item.message.content.as_str())));
         let manual = self.delivery.manual_ack;
         let already: std::collections::HashSet<i64> = if manual {
             self.delivery.unacked().into_iter().collect()
@@ -566,7 +595,7 @@ impl Writer {
             // Unsettled claims run out, and the messages are handed out again.
             tracing::warn!(error = format!("{err:#}"), "settling a fetch failed");
         }
-        failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(next), Err)
     }
 
     /// Keeps the claims on the messages held for this connection alive.

@@ -322,3 +322,51 @@ async fn one_senders_messages_arrive_in_the_order_sent() {
         assert!(app.inbox(&user.token).await.is_empty());
     }
 }
+
+/// Messages held for a connection that acknowledges count against the
+/// recipient's mailbox: a stranger cannot grow it past the stranger quota
+/// through a client that reads everything and acknowledges nothing. What
+/// does not fit is still written live, but held for nobody.
+#[tokio::test]
+async fn held_messages_count_against_the_mailbox_quota() {
+    let app = spawn_with(|s| {
+        s.mailbox_stranger_messages = 5;
+        s.rate_limits = Switch::Off;
+    })
+    .await;
+    let unheld = "secchat_messages_unheld_total";
+    let before = app.metric(unheld).await;
+    let mallory = app.user("mallory").await;
+    let bob = app.user("bob").await;
+    let mut reader = app.ws_manual(&bob.token).await;
+    let mut sender = app.ws(&mallory.token).await;
+    for i in 0..20 {
+        sender
+            .send_json(json!({"recipient_username": "bob", "content": format!("m{i:02}")}))
+            .await;
+    }
+    for i in 0..20 {
+        let (kind, id, content) = message(&mut reader).await;
+        assert_eq!(
+            (kind.as_str(), content),
+            ("p2p_message", format!("m{i:02}"))
+        );
+        assert!(id.is_some());
+    }
+    reader.leave().await;
+    // Released when the connection went: only the five that fit were held.
+    crate::helpers::eventually("the held messages are released", || async {
+        app.get("/messages/?ack=manual", &bob.token).await.1 != json!([])
+    })
+    .await;
+    let (status, kept) = app.get("/messages/?ack=manual", &bob.token).await;
+    assert_eq!(status, StatusCode::OK);
+    let kept: Vec<&str> = kept
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["encrypted_content"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, ["m00", "m01", "m02", "m03", "m04"]);
+    assert!(app.metric(unheld).await >= before + 15.0);
+}

@@ -330,6 +330,17 @@ impl TestApp {
         response.text().await.unwrap()
     }
 
+    /// The value of one series of `/metrics` (`name{labels}` as exported),
+    /// 0 when it is not there yet. Every server of a test process shares one
+    /// recorder: compare a value before and after, never an exact count.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.text("/metrics").await;
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Some(token), None).await
     }

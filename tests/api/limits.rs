@@ -300,3 +300,157 @@ async fn a_body_that_stops_arriving_gets_408() {
         "{answer}"
     );
 }
+
+/// Connections that send nothing, half the HTTP/2 preface, or the whole
+/// preface and then nothing hold a place under the cap only until the header
+/// deadline: protocol detection and the HTTP/2 handshake are under it too.
+#[tokio::test]
+async fn silent_connections_are_dropped_whatever_they_began() {
+    let app = spawn_with(|s| {
+        s.header_read_timeout_secs = 1;
+        // The three silent ones and the test client's own pooled connection.
+        s.max_connections = Some(4);
+    })
+    .await;
+    let dropped = r#"secchat_connections_dropped_total{reason="no_request"}"#;
+    let before = app.metric(dropped).await;
+    let openings: [&[u8]; 3] = [b"", b"PRI * HTTP/2", H2_PREFACE];
+    let mut silent = Vec::new();
+    for opening in openings {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(opening).await.unwrap();
+        silent.push(stream);
+    }
+    for stream in &mut silent {
+        until_closed(stream, Duration::from_secs(20)).await;
+    }
+    eventually("a request gets a place again", || async {
+        reqwest::get(app.url("/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    let after = app.metric(dropped).await;
+    assert!(after >= before + 3.0, "{before} -> {after}");
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/2 client connection (prior knowledge, as `h2c`), with the
+/// flow-control window it opens for each answer.
+async fn h2_client(
+    app: &TestApp,
+    window: u32,
+) -> (
+    h2::client::SendRequest<axum::body::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(app.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    (client, tokio::spawn(connection))
+}
+
+fn h2_get(path: &str) -> http::Request<()> {
+    http::Request::get(format!("http://localhost{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// HTTP/2 connections are capped in streams, and one with nothing in flight
+/// for the idle time is closed (gracefully: it is told with GOAWAY).
+#[tokio::test]
+async fn http2_streams_are_capped_and_idle_connections_closed() {
+    let app = spawn_with(|s| {
+        s.http2_max_streams = 4;
+        s.connection_idle_secs = 2;
+    })
+    .await;
+    let (client, connection) = h2_client(&app, 65_535).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client.send_request(h2_get("/healthz"), true).unwrap();
+    let mut response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    while let Some(chunk) = response.body_mut().data().await {
+        let chunk = chunk.unwrap();
+        let _ = response
+            .body_mut()
+            .flow_control()
+            .release_capacity(chunk.len());
+    }
+    assert_eq!(client.current_max_send_streams(), 4);
+    tokio::time::timeout(Duration::from_secs(20), connection)
+        .await
+        .expect("an idle HTTP/2 connection is closed")
+        .unwrap()
+        .expect("closed gracefully");
+}
+
+/// An answer the client never takes (here an HTTP/2 client that opens no
+/// flow-control window, so not one byte of it can be sent) is not held: the
+/// connection is dropped at the answer deadline.
+#[tokio::test]
+async fn an_answer_never_read_is_dropped_at_the_answer_deadline() {
+    let app = spawn_with(|s| s.answer_timeout_secs = 2).await;
+    let dropped = r#"secchat_connections_dropped_total{reason="answer_unread"}"#;
+    let before = app.metric(dropped).await;
+    let (client, connection) = h2_client(&app, 0).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client.send_request(h2_get("/healthz"), true).unwrap();
+    // The head is not flow-controlled; the body is.
+    let read_body = async move {
+        let mut response = response.await?;
+        while let Some(chunk) = response.body_mut().data().await {
+            chunk?;
+        }
+        Ok::<_, h2::Error>(())
+    };
+    let (read, closed) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(read_body, connection)
+    })
+    .await
+    .expect("the connection was dropped");
+    assert!(read.is_err(), "the answer never completed");
+    drop(closed);
+    assert!(app.metric(dropped).await >= before + 1.0);
+}
+
+/// A client that floods pings and then neither reads nor sends: the pongs
+/// fill its socket, so the server's keep-alive ping cannot be written either.
+/// That write has the write deadline too: the client is let go (its contact
+/// sees it leave) instead of holding its connection until its token lapses.
+#[tokio::test]
+async fn a_client_that_stops_reading_after_a_ping_burst_is_let_go() {
+    let app = spawn_with(|s| s.ws_ping_secs = 1).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let mut watcher = app.ws(&bob.token).await;
+    let (mut to_server, _from_server) = app.ws(&alice.token).await.stream.split();
+    assert_eq!(watcher.text().await, "系统消息: 用户 alice 已上线。");
+    // About 12 MB of pongs: more than the socket buffers take.
+    let ping = vec![7u8; 125];
+    for _ in 0..100_000 {
+        to_server
+            .feed(Message::Ping(ping.clone().into()))
+            .await
+            .unwrap();
+    }
+    to_server.flush().await.unwrap();
+    let left = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match watcher.stream.next().await {
+                Some(Ok(Message::Text(text)))
+                    if text.as_str() == "系统消息: 用户 alice 已下线。" =>
+                {
+                    return;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the watcher lost its connection: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(left.is_ok(), "the silent client was never let go");
+}

@@ -617,7 +617,10 @@ async fn logs_are_coloured_only_on_a_terminal_without_no_color() {
     let piped = run(false, None).await;
     assert!(!piped.contains(escape), "colour codes in a pipe: {piped:?}");
     let terminal = run(true, None).await;
-    assert!(terminal.contains(escape), "no colour on a terminal: {terminal:?}");
+    assert!(
+        terminal.contains(escape),
+        "no colour on a terminal: {terminal:?}"
+    );
     for value in ["1", "0"] {
         let plain = run(true, Some(value)).await;
         assert!(!plain.contains(escape), "NO_COLOR={value}: {plain:?}");

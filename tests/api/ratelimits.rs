@@ -112,11 +112,8 @@ fn refused(answer: &Answer) -> Duration {
 
 /// The server's count of refusals by `limit`.
 async fn refusals(app: &TestApp, limit: &str) -> u64 {
-    let text = app.text("/metrics").await;
-    let prefix = format!("secchat_rate_limited_total{{limit=\"{limit}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    app.metric(&format!("secchat_rate_limited_total{{limit=\"{limit}\"}}"))
+        .await as u64
 }
 
 #[tokio::test]

@@ -236,6 +236,27 @@ macro_rules! message_columns {
     };
 }
 
+/// The ids of one page of messages (`Page`): those matching `$condition`,
+/// oldest first, at most `$limit` (a placeholder) of them, up to and including
+/// the one whose content reaches `$max_bytes` (a placeholder) with those
+/// before it. The candidates are locked (`$lock`, Postgres: `FOR UPDATE SKIP
+/// LOCKED`) in a level of their own, since a window function may not stand
+/// beside a lock.
+macro_rules! page_ids {
+    ($condition:expr, $limit:literal, $max_bytes:literal, $lock:literal) => {
+        concat!(
+            "SELECT id FROM (SELECT id, SUM(OCTET_LENGTH(encrypted_content)) OVER (ORDER BY id)
+                                        - OCTET_LENGTH(encrypted_content) AS earlier
+                             FROM (SELECT id, encrypted_content FROM messages WHERE ",
+            $condition,
+            " ORDER BY id LIMIT ",
+            $limit,
+            $lock,
+            ") AS candidates) AS page WHERE earlier < ",
+            $max_bytes
+        )
+    };
+}
 /// A message (of table or alias `$t`) that no push holds a live claim on at
 /// `$now` (a placeholder).
 macro_rules! unclaimed {
@@ -253,7 +274,7 @@ macro_rules! unclaimed {
 }
 
 pub(crate) use {
-    message_columns, unclaimed, user_columns, user_json_fields, visible_contacts_where,
+    message_columns, page_ids, unclaimed, user_columns, user_json_fields, visible_contacts_where,
 };
 
 /// `%needle%` for `LIKE … ESCAPE '\'`, with the needle's own wildcards escaped.
@@ -923,19 +944,29 @@ macro_rules! store_methods {
         fn peek_unread(
             &self,
             recipient: $crate::domain::UserId,
+            page: $crate::store::Page,
         ) -> $crate::store::Pending<'_, Vec<$crate::store::Message>> {
             $crate::backends::sql::run(async move {
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     $crate::backends::sql::message_columns!(),
-                    " FROM messages
-                     WHERE receiver_id = $1 AND read_at IS NULL AND ",
-                    $crate::backends::sql::unclaimed!("messages", "$3"),
-                    " ORDER BY id LIMIT $2"
+                    " FROM messages WHERE id IN (",
+                    $crate::backends::sql::page_ids!(
+                        concat!(
+                            "receiver_id = $1 AND read_at IS NULL AND id > $4 AND ",
+                            $crate::backends::sql::unclaimed!("messages", "$3")
+                        ),
+                        "$2",
+                        "$5",
+                        ""
+                    ),
+                    ") ORDER BY id"
                 ))
                 .bind(recipient)
                 .bind($crate::store::INBOX_PAGE)
                 .bind(chrono::Utc::now())
+                .bind(page.after)
+                .bind(page.max_bytes_sql())
                 .fetch_all(&self.pool)
                 .await?)
             })
@@ -946,6 +977,7 @@ macro_rules! store_methods {
             recipient: $crate::domain::UserId,
             lease: std::time::Duration,
             take_over: bool,
+            page: $crate::store::Page,
         ) -> $crate::store::Pending<'_, Vec<$crate::store::InboxMessage>> {
             $crate::backends::sql::run(async move {
                 let now = chrono::Utc::now();
@@ -954,12 +986,18 @@ macro_rules! store_methods {
                 // SKIP LOCKED), and the outer condition is checked again on
                 // the rows taken, so no message is claimed twice.
                 let mut claimed: Vec<$crate::store::InboxMessage> = sqlx::query_as(concat!(
-                    "UPDATE messages SET claimed_until = $2
-                     WHERE id IN (SELECT id FROM messages
-                                  WHERE receiver_id = $1 AND read_at IS NULL AND ($5 OR ",
-                    $crate::backends::sql::unclaimed!("messages", "$3"),
-                    ") ORDER BY id LIMIT $4", $skip_locked, ")
-                       AND read_at IS NULL AND ($5 OR ",
+                    "UPDATE messages SET claimed_until = $2 WHERE id IN (",
+                    $crate::backends::sql::page_ids!(
+                        concat!(
+                            "receiver_id = $1 AND read_at IS NULL AND id > $6 AND ($5 OR ",
+                            $crate::backends::sql::unclaimed!("messages", "$3"),
+                            ")"
+                        ),
+                        "$4",
+                        "$7",
+                        $skip_locked
+                    ),
+                    ") AND read_at IS NULL AND ($5 OR ",
                     $crate::backends::sql::unclaimed!("messages", "$3"),
                     ") RETURNING ",
                     $crate::backends::sql::message_columns!(),
@@ -972,6 +1010,8 @@ macro_rules! store_methods {
                 .bind(now)
                 .bind($crate::store::INBOX_PAGE)
                 .bind(take_over)
+                .bind(page.after)
+                .bind(page.max_bytes_sql())
                 .fetch_all(&self.pool)
                 .await?;
                 claimed.sort_by_key(|m| m.message.id);
@@ -1076,6 +1116,7 @@ macro_rules! store_methods {
         fn take_unread(
             &self,
             recipient: $crate::domain::UserId,
+            page: $crate::store::Page,
         ) -> $crate::store::Pending<'_, Vec<$crate::store::Message>> {
             $crate::backends::sql::run(async move {
                 // One statement. SQLite runs writers one at a time; in Postgres a
@@ -1086,10 +1127,17 @@ macro_rules! store_methods {
                 // Claimed messages are being pushed: passed by, here too (the
                 // outer condition is checked again on a row claimed meanwhile).
                 let mut taken: Vec<$crate::store::Message> = sqlx::query_as(concat!(
-                    "DELETE FROM messages
-                     WHERE id IN (SELECT id FROM messages WHERE receiver_id = $1 AND read_at IS NULL AND ",
-                    $crate::backends::sql::unclaimed!("messages", "$3"),
-                    " ORDER BY id LIMIT $2", $skip_locked, ") AND ",
+                    "DELETE FROM messages WHERE id IN (",
+                    $crate::backends::sql::page_ids!(
+                        concat!(
+                            "receiver_id = $1 AND read_at IS NULL AND id > $4 AND ",
+                            $crate::backends::sql::unclaimed!("messages", "$3")
+                        ),
+                        "$2",
+                        "$5",
+                        $skip_locked
+                    ),
+                    ") AND ",
                     $crate::backends::sql::unclaimed!("messages", "$3"),
                     " RETURNING ",
                     $crate::backends::sql::message_columns!()
@@ -1097,6 +1145,8 @@ macro_rules! store_methods {
                 .bind(recipient)
                 .bind($crate::store::INBOX_PAGE)
                 .bind(chrono::Utc::now())
+                .bind(page.after)
+                .bind(page.max_bytes_sql())
                 .fetch_all(&self.pool)
                 .await?;
                 taken.sort_by_key(|m| m.id);

@@ -208,6 +208,7 @@ mod tests {
         contract::claimed_messages_reach_nobody_else(&fresh().await).await;
         contract::message_ids_follow_acceptance_and_store_once(&fresh().await).await;
         contract::held_messages_wait_for_their_connection(&fresh().await).await;
+        contract::unread_messages_come_a_page_at_a_time(&fresh().await).await;
     }
 
     #[tokio::test]

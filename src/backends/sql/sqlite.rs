@@ -216,6 +216,7 @@ mod tests {
         contract::claimed_messages_reach_nobody_else(&fresh().await.0).await;
         contract::message_ids_follow_acceptance_and_store_once(&fresh().await.0).await;
         contract::held_messages_wait_for_their_connection(&fresh().await.0).await;
+        contract::unread_messages_come_a_page_at_a_time(&fresh().await.0).await;
     }
 
     #[tokio::test]
