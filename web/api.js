@@ -90,6 +90,8 @@ export class Api {
   changePassword(oldPassword, newPassword) {
     return this.request('PUT', '/users/me/password', { json: { old_password: oldPassword, new_password: newPassword } });
   }
-  publishKey(publicKey) { return this.request('PUT', '/users/me/public-key', { json: { public_key: publicKey } }); }
+  publishKey(publicKey, password) {
+    return this.request('PUT', '/users/me/public-key', { json: { public_key: publicKey, password } });
+  }
   deleteAccount(password) { return this.request('DELETE', '/users/me', { json: { password } }); }
 }

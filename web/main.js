@@ -140,9 +140,19 @@ async function enter() {
   await openChat();
 }
 
-async function makeKey() {
+/** A new key for this browser, published with the password that confirms it. */
+async function makeKey(event) {
+  const form = event.currentTarget;
+  const { password } = fields(form);
   const identity = await e2e.generateIdentity();
-  const me = await api.publishKey(identity.publicKey);
+  let me;
+  try {
+    me = await api.publishKey(identity.publicKey, password);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) throw new ApiError(401, 'Wrong password: the key was not replaced.');
+    throw err;
+  }
+  form.reset();
   await db.saveIdentity({ username: me.username, ...identity });
   session.identity = { username: me.username, ...identity };
   session.me = me;
@@ -562,7 +572,7 @@ async function start() {
   $('register-form').addEventListener('submit', action(register));
   $('logout').addEventListener('click', action(logout));
   $('no-key-logout').addEventListener('click', action(logout));
-  $('make-key').addEventListener('click', action(async () => { await makeKey(); await openChat(); }));
+  $('make-key-form').addEventListener('submit', action(async (event) => { await makeKey(event); await openChat(); }));
   $('search-form').addEventListener('submit', action(search));
   $('compose').addEventListener('submit', action(send));
   $('compose-text').addEventListener('keydown', (e) => {
@@ -582,8 +592,8 @@ async function start() {
   $('account-back').addEventListener('click', () => show(session.identity ? 'chat' : 'no-key'));
   $('password-form').addEventListener('submit', action(changePassword));
   $('logout-all').addEventListener('click', action(async () => { await ending(() => api.logoutEverywhere()); await leave('Logged out on every device.'); }));
-  $('new-key').addEventListener('click', action(async () => {
-    await makeKey();
+  $('new-key-form').addEventListener('submit', action(async (event) => {
+    await makeKey(event);
     notify('New key made. Your contacts must confirm it before they write to you again.', 'info');
     await openAccount();
   }));

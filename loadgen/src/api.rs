@@ -104,6 +104,19 @@ pub async fn befriend(http: &Client, owner: &User, others: &[User]) -> anyhow::R
         .collect()
 }
 
+/// Users `2k` and `2k + 1` accept each other, for every `k`.
+pub async fn befriend_pairs(http: &Client, users: &[User]) -> anyhow::Result<()> {
+    let jobs = users
+        .chunks_exact(2)
+        .map(|pair| befriend(http, &pair[0], &pair[1..]));
+    stream::iter(jobs)
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// One `GET /messages/`: the caller's unread messages, now read.
 pub async fn fetch_inbox(http: &Client, url: &str, token: &str) -> anyhow::Result<Vec<Value>> {
     Ok(http

@@ -114,6 +114,8 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
     let prefix = common.prefix();
     let names = (0..n).map(|i| format!("{prefix}d{i}")).collect();
     let users = api::users(&http, names, |i| common.url(i).to_owned()).await?;
+    // Partners accept each other: a stranger's messages are always stored.
+    api::befriend_pairs(&http, &users).await?;
     let query = if args.acknowledged { "&ack=manual" } else { "" };
     let (sockets, failed) = connect_all_with(&users, 1, 64, query).await;
     anyhow::ensure!(failed == 0, "{failed} connections failed");

@@ -27,6 +27,27 @@ pub enum ClientFrame<'a> {
     Malformed,
 }
 
+/// Whether a broadcast may carry `c`: not a control character (C0, C1: ESC,
+/// backspace, NUL, line breaks), not a format character (bidi overrides and
+/// isolates, zero-width spaces), not a line or paragraph separator. So a
+/// broadcast is one line that shows what it says and nothing that a terminal
+/// or a page could turn into someone else's line, or into the server's own
+/// notice. The zero-width joiner is the one exception: emoji sequences need it.
+pub fn is_broadcastable(c: char) -> bool {
+    use icu_properties::{CodePointMapData, props::GeneralCategory};
+    if c.is_ascii() {
+        return !c.is_ascii_control();
+    }
+    c == '\u{200d}'
+        || !matches!(
+            CodePointMapData::<GeneralCategory>::new().get(c),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+}
+
 #[derive(Deserialize)]
 struct AuthFields<'a> {
     #[serde(borrow)]
@@ -76,6 +97,24 @@ impl<'a> ClientFrame<'a> {
                 // Text that merely starts like JSON is still a broadcast.
                 _ => Self::Broadcast(text),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod broadcastable {
+    use super::is_broadcastable;
+
+    #[test]
+    fn controls_formats_and_separators_are_not_broadcast() {
+        for c in [
+            '\n', '\r', '\t', '\u{0}', '\u{8}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}', '\u{200b}',
+            '\u{200e}', '\u{202e}', '\u{2066}', '\u{feff}', '\u{2028}', '\u{2029}',
+        ] {
+            assert!(!is_broadcastable(c), "{:?}", c);
+        }
+        for c in ['a', ' ', '系', '統', 'é', '😀', '\u{200d}', '\u{fe0f}'] {
+            assert!(is_broadcastable(c), "{:?}", c);
         }
     }
 }

@@ -20,7 +20,7 @@ mod whole;
 
 pub use disconnect::Disconnect;
 pub use endpoint::{Endpoint, client_key};
-pub use frame::ClientFrame;
+pub use frame::{ClientFrame, is_broadcastable};
 pub use message::{AckMode, DirectMessage};
 pub use rate::Rate;
 pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username};

@@ -12,9 +12,11 @@ pub const PUBLIC_KEY_MAX_BYTES: usize = 16 * 1024;
 pub struct Username(String);
 
 /// Names no user may take, nor anything that looks like them: the relay's own
-/// notices speak as `系统消息`, and the others are what users take for staff.
-const RESERVED: [&str; 9] = [
+/// notices speak as `系统消息` (which reads the same in traditional
+/// characters), and the others are what users take for staff.
+const RESERVED: [&str; 10] = [
     "系统消息",
+    "系統消息",
     "system",
     "admin",
     "administrator",
@@ -262,6 +264,7 @@ mod tests {
             "ali\u{202e}ce", // right-to-left override
             "\u{212a}ate",   // Kelvin sign
             "系统消息",
+            "系統消息",
             "System",
             "ADMIN",
             "аdmin",  // Cyrillic а

@@ -261,13 +261,19 @@ pub struct PublicKeyChange {
     /// Base64 text, or a PEM block; at most 16,384 bytes.
     #[schema(min_length = 1, max_length = 16384, pattern = "^[A-Za-z0-9+/=_-]+$")]
     public_key: String,
+    /// The caller's password: a token alone (a stolen one, say) cannot swap
+    /// the key contacts encrypt to.
+    password: String,
 }
 
-/// Publish a new public key. Contacts online receive `{"type": "key_changed",
-/// "username", "public_key"}`; contact entries carry `key_changed_at`.
+/// Publish a new public key, confirmed with the caller's password (a wrong
+/// one counts as a failed login). Contacts online receive `{"type":
+/// "key_changed", "username", "public_key"}`; contact entries carry
+/// `key_changed_at`. At most `KEY_CHANGE_RATE_PER_USER` (5 an hour).
 #[utoipa::path(put, path = "/users/me/public-key", tag = "accounts", security(("bearer" = [])),
     request_body = PublicKeyChange,
-    responses((status = 200, body = UserOut), (status = 401, body = Detail), (status = 422)))]
+    responses((status = 200, body = UserOut), (status = 401, body = Detail), (status = 422),
+              (status = 429, body = Detail, description = "Too many key changes, or failed logins; wait `Retry-After` seconds")))]
 async fn change_public_key(
     State(state): State<AppState>,
     user: AuthUser,
@@ -275,7 +281,7 @@ async fn change_public_key(
 ) -> Result<Json<UserOut>, ApiError> {
     let (changed, online) = state
         .services
-        .change_public_key(&user, body.public_key)
+        .change_public_key(&user, body.public_key, body.password)
         .await?;
     Ok(Json(UserOut::new(changed, online)))
 }

@@ -22,7 +22,7 @@ async fn turn_credentials(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<TurnCredentialsOut>, ApiError> {
-    Ok(Json(state.services.turn_credentials(&user)?.into()))
+    Ok(Json(state.services.turn_credentials(&user).await?.into()))
 }
 
 /// A user's public key, IP and P2P port. Unknown, offline and not visible to the

@@ -116,7 +116,10 @@ impl Services {
     /// name nobody holds, so that the limiter tells nothing either.
     pub async fn login(&self, login: Login, peer: Endpoint) -> Result<String> {
         self.spend(Limit::LoginPerIp, &client_key(peer.ip)).await?;
-        let Some((id, username)) = self.check_password(&login.username, login.password).await?
+        let attempt = Attempt::Login(peer.ip);
+        let Some((id, username)) = self
+            .check_password(&login.username, login.password, attempt)
+            .await?
         else {
             metrics::login(false);
             return Err(Error::BAD_CREDENTIALS);
@@ -136,16 +139,20 @@ impl Services {
 
     /// The user `name` names if `password` is its password: checked at the
     /// same cost whether or not the user exists. Failures in a row lock the
-    /// account out for longer and longer, the same for a name nobody holds, so
-    /// that the limiter tells nothing either; a locked-out account is refused
-    /// without checking.
+    /// account out for longer and longer, for that one source of attempts
+    /// (the client address of a login, the session of an account control),
+    /// the same for a name nobody holds, so that the limiter tells nothing
+    /// either; a locked-out source is refused without checking. Nobody's
+    /// failures lock the owner out of its own address or session.
     async fn check_password(
         &self,
         name: &str,
         password: Password,
+        attempt: Attempt<'_>,
     ) -> Result<Option<(UserId, String)>> {
         let key = Username::lookup_key(name);
-        let account = key.as_deref().unwrap_or(UNREGISTRABLE);
+        let account = attempt.lockout_key(key.as_deref().unwrap_or(UNREGISTRABLE));
+        let account = account.as_str();
         if let Some(wait) = self.limiter.locked_for(account).await? {
             metrics::rate_limited(metrics::LOGIN_LOCKOUT, 1);
             return Err(Error::Limited(
@@ -172,8 +179,9 @@ impl Services {
 
     /// The caller's password, confirmed before an account control.
     async fn confirm_password(&self, user: &AuthUser, password: String) -> Result<()> {
+        let attempt = Attempt::Session(&user.jti);
         match self
-            .check_password(&user.username, Password::to_verify(password))
+            .check_password(&user.username, Password::to_verify(password), attempt)
             .await?
         {
             Some((id, _)) if id == user.id => Ok(()),
@@ -193,6 +201,8 @@ impl Services {
 
     /// The heartbeat: the user is at `peer`'s IP and `port`, seen now.
     pub async fn heartbeat(&self, user: &AuthUser, peer: Endpoint, port: Port) -> Result<()> {
+        self.spend(Limit::HeartbeatPerUser, &user.id.to_string())
+            .await?;
         self.seen_at(
             user.id,
             Endpoint {
@@ -261,16 +271,21 @@ impl Services {
         Ok(())
     }
 
-    /// Publishes a new public key for the caller. Users who have it as a
-    /// contact and are connected receive a `key_changed` frame; the others
-    /// see `key_changed_at` in their contact list.
+    /// Publishes a new public key for the caller once its password is
+    /// confirmed, under the key-change budget. Users who have it as a contact
+    /// and are connected receive a `key_changed` frame; the others see
+    /// `key_changed_at` in their contact list.
     /// Returns the user, and whether it is online.
     pub async fn change_public_key(
         &self,
         user: &AuthUser,
         public_key: String,
+        password: String,
     ) -> Result<(User, bool)> {
         let key = PublicKey::parse(public_key)?;
+        self.spend(Limit::KeyChangePerUser, &user.id.to_string())
+            .await?;
+        self.confirm_password(user, password).await?;
         let changed = self
             .store
             .set_public_key(user.id, key.as_str(), Utc::now())
@@ -438,6 +453,25 @@ impl Services {
                 (item, shown && at.is_some())
             })
             .collect())
+    }
+}
+
+/// Where a password check comes from, which its failures lock out.
+#[derive(Clone, Copy)]
+enum Attempt<'a> {
+    /// A login from this client address (an IPv6 /64 counts as one).
+    Login(std::net::IpAddr),
+    /// An account control of the session holding this token id.
+    Session(&'a str),
+}
+
+impl Attempt<'_> {
+    /// The lock-out key of `account` (a look-up key) for attempts from here.
+    fn lockout_key(self, account: &str) -> String {
+        match self {
+            Attempt::Login(ip) => format!("{account}@{}", client_key(ip)),
+            Attempt::Session(jti) => format!("{account}#{jti}"),
+        }
     }
 }
 

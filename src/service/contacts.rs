@@ -3,6 +3,7 @@
 use super::{Error, Result, Services, online::Online};
 use crate::{
     domain::{Endpoint, UserId, Username},
+    ratelimit::Limit,
     store::{Contact, StoreError, User},
 };
 
@@ -20,6 +21,7 @@ impl Services {
         user: &super::AuthUser,
         target: ContactTarget,
     ) -> Result<(Contact, bool)> {
+        self.spend_contact_change(user).await?;
         let friend = match target {
             ContactTarget::Name(name) => self
                 .names
@@ -74,6 +76,7 @@ impl Services {
         user: &super::AuthUser,
         requester: UserId,
     ) -> Result<(Contact, bool)> {
+        self.spend_contact_change(user).await?;
         let contact = self
             .store
             .accept_request(user.id, requester)
@@ -87,15 +90,23 @@ impl Services {
 
     /// Removes a contact, or rejects or cancels a request, on both sides.
     pub async fn remove_contact(&self, user: &super::AuthUser, other: UserId) -> Result<()> {
+        self.spend_contact_change(user).await?;
         if !self.store.remove_contact(user.id, other).await? {
             return Err(Error::NotFound("Contact not found"));
         }
         self.contacts_changed(user.id, other).await
     }
 
+    /// Friend requests, acceptances and removals share one budget per user.
+    async fn spend_contact_change(&self, user: &super::AuthUser) -> Result<()> {
+        self.spend(Limit::ContactsPerUser, &user.id.to_string())
+            .await
+    }
+
     /// After the store changed the relation of `a` and `b`: both lists are
     /// stale wherever the online panel has them cached, on every replica.
     async fn contacts_changed(&self, a: UserId, b: UserId) -> Result<()> {
+        self.consents.forget(a, b);
         Ok(self.presence.contacts_changed(&[a, b]).await?)
     }
 

@@ -28,6 +28,7 @@ use crate::{
 };
 
 mod accounts;
+mod consent;
 mod contacts;
 pub mod hub;
 mod names;
@@ -43,6 +44,7 @@ pub use online::{Card, Online};
 pub use relay::{FrameBudget, InboxPage, PUSH_CLAIM, authenticated_frame, error_frame};
 pub use turn::TurnCredentials;
 
+use consent::ConsentCache;
 use hub::Hub;
 use names::NameCache;
 use online::OnlineContacts;
@@ -152,6 +154,8 @@ pub struct Services {
     tokens: Tokens,
     /// Usernames resolved to ids without a store round trip.
     names: NameCache,
+    /// Which recipients accepted which senders, for the relay.
+    consents: ConsentCache,
     /// Contact lists of the online panel, kept current with presence.
     online: OnlineContacts,
     /// Offline messages, and messages held for connections that acknowledge,
@@ -208,6 +212,7 @@ impl Services {
             )?,
             tokens,
             names: NameCache::default(),
+            consents: ConsentCache::default(),
             online: OnlineContacts::default(),
             reads: ReadMarker::start(store.clone()),
             writer: MessageWriter::start(

@@ -13,7 +13,9 @@ use crate::{
     bus::{Audience, Event},
     client_ids::CLIENT_ID_MAX_CHARS,
     config::{Switch, Visibility},
-    domain::{ClientFrame, DirectMessage, Endpoint, MessageContent, UserId, time::iso},
+    domain::{
+        ClientFrame, DirectMessage, Endpoint, MessageContent, UserId, is_broadcastable, time::iso,
+    },
     metrics::{self, StoredVia, messages_stored},
     ratelimit::{Limit, LocalBudget},
     store::{Acked, Admission, InboxMessage, MailboxQuota, Message, NewMessage, Page},
@@ -30,14 +32,6 @@ const ACK_MAX_IDS: usize = crate::store::INBOX_PAGE as usize;
 /// its replica dies, they are handed out again after this. A connection that
 /// acknowledges renews the claims on those it holds while it lives.
 pub const PUSH_CLAIM: Duration = Duration::from_secs(5 * 60);
-
-/// CR, LF, and the other characters that end a line on some screen.
-fn is_line_break(c: char) -> bool {
-    matches!(
-        c,
-        '\n' | '\r' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}'
-    )
-}
 
 /// `{"type": "authenticated", "expires_at"}`: the connection now stands on
 /// `user`'s token (an `auth` frame was accepted).
@@ -194,11 +188,12 @@ impl Services {
                     }
                 };
             }
-            // One line per sender: a line break would let it write a line that
-            // looks like someone else's, or like the server's own notices.
-            ClientFrame::Broadcast(text) if text.contains(is_line_break) => {
+            // One line per sender of what it says: a line break, an escape
+            // or a bidi override would let it write a line that looks like
+            // someone else's, or like the server's own notices.
+            ClientFrame::Broadcast(text) if !text.chars().all(is_broadcastable) => {
                 return vec![error_frame(
-                    "a broadcast must be one line: line breaks are not relayed",
+                    "a broadcast must be one line of printable text: line breaks, control and format characters are not relayed",
                 )];
             }
             ClientFrame::Broadcast(text) => {
@@ -270,6 +265,15 @@ impl Services {
         let Some(recipient) = recipient else {
             return Ok(vec![error_frame("recipient not found")]);
         };
+        // Under `contacts` visibility, a sender the recipient has not accepted
+        // learns nothing of its presence from the answer: its messages are
+        // always stored (and fetched at once by the recipient's open
+        // connections), answered alike, and earn no delivery receipt.
+        let stranger = self.settings.address_visibility == Visibility::Contacts
+            && !self
+                .consents
+                .accepts(self.store.as_ref(), recipient.id, sender.id)
+                .await?;
         let id = match self.store.next_message_id_now() {
             Some(id) => id,
             None => self.store.next_message_id().await?,
@@ -289,10 +293,10 @@ impl Services {
             recipient_id: recipient.id,
             content,
             sent_at: Utc::now(),
-            receipt: client_id.is_some(),
+            receipt: client_id.is_some() && !stranger,
         });
         let outcome = self
-            .relay_or_store(sender, message, &recipient.username)
+            .relay_or_store(sender, message, &recipient.username, !stranger)
             .await;
         let forget = |client_id| async move {
             if let Err(err) = self.client_ids.forget(sender.id, client_id, id).await {
@@ -320,20 +324,24 @@ impl Services {
         Ok(replies)
     }
 
+    /// Relays the message live when `live` and the recipient is connected
+    /// somewhere; stores it otherwise.
     async fn relay_or_store(
         &self,
         sender: &AuthUser,
         message: Arc<DirectMessage>,
         recipient_username: &str,
+        live: bool,
     ) -> Result<Outcome> {
-        let delivered = match self.bus.publish(Event::Direct(message.clone())).await {
-            Ok(delivered) => delivered,
-            Err(err) => {
-                // Fan-out is down: keep the message rather than lose it.
-                tracing::warn!(error = %err, "fan-out unavailable; storing the message");
-                false
-            }
-        };
+        let delivered = live
+            && match self.bus.publish(Event::Direct(message.clone())).await {
+                Ok(delivered) => delivered,
+                Err(err) => {
+                    // Fan-out is down: keep the message rather than lose it.
+                    tracing::warn!(error = %err, "fan-out unavailable; storing the message");
+                    false
+                }
+            };
         if delivered {
             return Ok(Outcome::Relayed);
         }

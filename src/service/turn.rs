@@ -11,6 +11,7 @@ use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 
 use super::{AuthUser, Error, Result, Services};
+use crate::ratelimit::Limit;
 
 /// Credentials for the configured TURN servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,14 +25,15 @@ pub struct TurnCredentials {
 }
 
 impl Services {
-    /// Credentials valid for the configured time; not found when no TURN
-    /// server is configured.
-    pub fn turn_credentials(&self, user: &AuthUser) -> Result<TurnCredentials> {
+    /// Credentials valid for the configured time, under the user's budget;
+    /// not found when no TURN server is configured.
+    pub async fn turn_credentials(&self, user: &AuthUser) -> Result<TurnCredentials> {
         let secret = self
             .settings
             .turn_secret
             .as_ref()
             .ok_or(Error::NotFound("No TURN server is configured"))?;
+        self.spend(Limit::TurnPerUser, &user.id.to_string()).await?;
         let ttl = self.settings.turn_ttl;
         let expiry = Utc::now().timestamp().saturating_add_unsigned(ttl);
         let username = format!("{expiry}:{}", user.id);

@@ -83,13 +83,60 @@ async fn wrong_old_passwords_are_counted_like_failed_logins() {
             StatusCode::UNAUTHORIZED
         );
     }
+    // That session is locked out of its account controls...
     assert_eq!(
         change_password(&app, &alice.token, &password_of("alice"), "x").await,
         StatusCode::TOO_MANY_REQUESTS
     );
+    // ...but not the owner: a login works, and its session may change the
+    // password with the right one.
+    let fresh = app.login("alice", None).await;
+    assert_eq!(
+        change_password(&app, &fresh, &password_of("alice"), "n3w-password").await,
+        StatusCode::OK
+    );
+}
+
+/// Failed logins from anywhere lock out their own address, never the owner's
+/// account controls nor its logins from elsewhere: someone who knows only a
+/// name cannot keep its owner out.
+#[tokio::test]
+async fn nobody_elses_failed_logins_lock_the_owner_out() {
+    let app = spawn_with(|s| {
+        s.login_free_failures = 2;
+        s.login_lockout_secs = 60;
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let guess = |password: &'static str| {
+        app.http
+            .post(app.url("/token"))
+            .header("X-Forwarded-For", "203.0.113.66")
+            .form(&[("username", "alice"), ("password", password)])
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            guess("guess").await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        guess("guess").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        guess("also locked").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     assert_eq!(
         app.try_login("alice", &password_of("alice"), None).await,
-        StatusCode::TOO_MANY_REQUESTS
+        StatusCode::OK
+    );
+    assert_eq!(
+        change_password(&app, &alice.token, &password_of("alice"), "n3w-password").await,
+        StatusCode::OK
     );
 }
 
@@ -152,7 +199,7 @@ async fn a_new_public_key_reaches_contacts_online_and_offline() {
         .put(
             "/users/me/public-key",
             &alice.token,
-            Some(json!({"public_key": "bad\u{1b}key"})),
+            Some(json!({"public_key": "bad\u{1b}key", "password": password_of("alice")})),
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -160,7 +207,7 @@ async fn a_new_public_key_reaches_contacts_online_and_offline() {
         .put(
             "/users/me/public-key/",
             &alice.token,
-            Some(json!({"public_key": "bmV3LWtleQ=="})),
+            Some(json!({"public_key": "bmV3LWtleQ==", "password": password_of("alice")})),
         )
         .await;
     assert_eq!(
@@ -380,4 +427,36 @@ async fn the_default_grace_keeps_seed_clients_connected() {
     b.send_json(json!({"recipient_username": "alice", "content": "still here"}))
         .await;
     assert_eq!(a.json().await["content"], "still here");
+}
+
+/// A token alone cannot swap the key contacts encrypt to: the password must
+/// come with it (a wrong one counts as a failed login), and key changes have
+/// a budget, so that no account floods its contacts with them.
+#[tokio::test]
+async fn a_key_change_needs_the_password_and_has_a_budget() {
+    let app = spawn_with(|s| s.key_change_rate_per_user = "2/hour".parse().unwrap()).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let mut bob_ws = app.ws(&bob.token).await;
+    let change =
+        |body: serde_json::Value| app.put("/users/me/public-key", &alice.token, Some(body));
+    let (status, _) = change(json!({"public_key": "a2V5MQ=="})).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the password is required"
+    );
+    let (status, body) = change(json!({"public_key": "a2V5MQ==", "password": "not hers"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (_, me) = app.get("/users/me", &alice.token).await;
+    assert_eq!(me["public_key"], "pk-alice", "nothing changed");
+    bob_ws.silent_for(Duration::from_millis(200)).await;
+    let (status, _) =
+        change(json!({"public_key": "a2V5Mg==", "password": password_of("alice")})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bob_ws.json().await["public_key"], "a2V5Mg==");
+    // Two changes an hour here (the wrong password spent one).
+    let (status, body) =
+        change(json!({"public_key": "a2V5Mw==", "password": password_of("alice")})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    bob_ws.silent_for(Duration::from_millis(200)).await;
 }

@@ -461,7 +461,7 @@ async fn account_controls_reach_every_replica() {
         .put(
             "/users/me/public-key",
             &alice.token,
-            Some(json!({"public_key": "a2V5Mg=="})),
+            Some(json!({"public_key": "a2V5Mg==", "password": "n3w"})),
         )
         .await;
     assert_eq!(status, StatusCode::OK);

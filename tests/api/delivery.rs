@@ -183,9 +183,10 @@ async fn client_ids_are_answered_with_receipts_and_never_delivered_twice() {
     b.ack(&[id]).await;
     quiet(&mut a).await;
 
-    // Stored offline (dave never connected): `sent` after it was stored;
-    // acknowledged over HTTP.
+    // Stored offline (dave, who accepted alice, never connected): `sent`
+    // after it was stored; acknowledged over HTTP.
     let dave = app.user("dave").await;
+    app.add_contact(&dave.token, "alice").await;
     a.send_json(direct("dave", "later", Some("c-2"))).await;
     assert!(frame(&mut a).await["status"].is_string());
     let sent = frame(&mut a).await;
@@ -221,6 +222,7 @@ async fn client_ids_are_answered_with_receipts_and_never_delivered_twice() {
     assert_eq!(frame(&mut a).await["type"], "sent", "64 characters is fine");
     // Another sender's client id is its own.
     let carol = app.user("carol").await;
+    app.add_contact(&bob.token, "carol").await;
     let mut c = app.ws(&carol.token).await;
     c.send_json(direct("bob", "from carol", Some("c-1"))).await;
     let carols = frame(&mut c).await;
@@ -324,22 +326,21 @@ async fn one_senders_messages_arrive_in_the_order_sent() {
 }
 
 /// Messages held for a connection that acknowledges count against the
-/// recipient's mailbox: a stranger cannot grow it past the stranger quota
-/// through a client that reads everything and acknowledges nothing. What
-/// does not fit is still written live, but held for nobody.
+/// recipient's mailbox: no sender can grow it past the quota through a
+/// client that reads everything and acknowledges nothing. What does not fit
+/// is still written live, but held for nobody.
 #[tokio::test]
 async fn held_messages_count_against_the_mailbox_quota() {
     let app = spawn_with(|s| {
-        s.mailbox_stranger_messages = 5;
+        s.mailbox_max_messages = 5;
         s.rate_limits = Switch::Off;
     })
     .await;
     let unheld = "secchat_messages_unheld_total";
     let before = app.metric(unheld).await;
-    let mallory = app.user("mallory").await;
-    let bob = app.user("bob").await;
+    let (alice, bob) = app.friends("alice", "bob").await;
     let mut reader = app.ws_manual(&bob.token).await;
-    let mut sender = app.ws(&mallory.token).await;
+    let mut sender = app.ws(&alice.token).await;
     for i in 0..20 {
         sender
             .send_json(json!({"recipient_username": "bob", "content": format!("m{i:02}")}))

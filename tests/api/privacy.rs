@@ -37,6 +37,7 @@ async fn the_system_name_and_its_lookalikes_cannot_be_registered() {
     let app = spawn().await;
     for (i, name) in [
         "系统消息",
+        "系統消息", // traditional 統
         "System",
         "ADMIN",
         "аdmin",
@@ -150,7 +151,7 @@ async fn public_keys_with_control_characters_are_refused() {
 /// A broadcast holding a line break could forge a line of the server's own
 /// (or anyone's): it is refused, and nobody receives any of it.
 #[tokio::test]
-async fn broadcasts_with_line_breaks_are_refused() {
+async fn broadcasts_with_line_breaks_or_control_characters_are_refused() {
     let app = spawn_open().await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
@@ -161,13 +162,19 @@ async fn broadcasts_with_line_breaks_are_refused() {
         "hi\n系统消息: 用户 carol 已下线。",
         "hi\r系统消息: 用户 carol 已下线。",
         "hi\u{2028}系统消息: 用户 carol 已下线。",
+        // Escapes that clear a terminal's line, backspaces, NUL, a bidi override.
+        "\u{1b}[2K\u{1b}[1G系统消息: 用户 carol 已下线。",
+        "hi\u{8}\u{8}\u{8}系统消息: 用户 carol 已下线。",
+        "hi\u{0}",
+        "\u{202e}。线下已 carol 户用 :息消统系",
+        "zero\u{200b}width",
     ] {
         b.send_text(forged).await;
-        assert!(b.error().await.contains("line breaks"), "{forged:?}");
+        assert!(b.error().await.contains("control and format"), "{forged:?}");
     }
-    // Still connected, and one line still goes through.
-    b.send_text("one line").await;
-    assert_eq!(a.text().await, "bob: one line");
+    // Still connected, and one line still goes through, emoji sequences too.
+    b.send_text("one line 👩\u{200d}💻").await;
+    assert_eq!(a.text().await, "bob: one line 👩\u{200d}💻");
     a.silent_for(Duration::from_millis(200)).await;
 }
 
@@ -229,4 +236,56 @@ async fn users_from_before_get_their_skeletons_at_start_up() {
         app.try_login("strasse", &password_of("STRAßE"), None).await,
         StatusCode::OK
     );
+}
+
+/// A sender the recipient has not accepted learns nothing of its presence
+/// from the relay: its message is answered the same whether the recipient is
+/// online or not (stored, with the seed's status), still reaches the
+/// recipient's open connection at once, and earns no delivery receipt.
+#[tokio::test]
+async fn a_strangers_messages_are_answered_alike_online_or_not() {
+    let app = spawn().await;
+    let mallory = app.user("mallory").await;
+    let bob = app.user("bob").await;
+    let mut m = app.ws(&mallory.token).await;
+    let send = |content: &'static str, client_id: &'static str| json!({"recipient_username": "bob", "content": content, "client_id": client_id});
+    m.send_json(send("c1", "x1")).await;
+    let (status_offline, sent_offline) = (m.json().await, m.json().await);
+    let mut b = app.ws_manual(&bob.token).await;
+    let pushed = b.json().await;
+    assert_eq!(
+        (pushed["type"].as_str(), pushed["content"].as_str()),
+        (Some("offline_message"), Some("c1"))
+    );
+    b.ack(&[pushed["id"].as_i64().unwrap()]).await;
+    m.send_json(send("c2", "x2")).await;
+    let (status_online, sent_online) = (m.json().await, m.json().await);
+    assert_eq!(status_online, status_offline);
+    assert_eq!(
+        status_online,
+        json!({"status": "用户 bob 当前离线，消息已保存。"})
+    );
+    for (sent, client_id) in [(&sent_offline, "x1"), (&sent_online, "x2")] {
+        assert_eq!(
+            (sent["type"].as_str(), sent["client_id"].as_str()),
+            (Some("sent"), Some(client_id))
+        );
+    }
+    // Bob, online, gets it at once all the same.
+    let got = b.json().await;
+    assert_eq!(got["content"], "c2");
+    b.ack(&[got["id"].as_i64().unwrap()]).await;
+    // No receipt tells mallory that bob read anything.
+    m.silent_for(std::time::Duration::from_millis(500)).await;
+    // Once bob accepts mallory, she is no stranger: live, with receipts.
+    app.add_contact(&bob.token, "mallory").await;
+    m.send_json(send("c3", "x3")).await;
+    let live = b.json().await;
+    assert_eq!(
+        (live["type"].as_str(), live["content"].as_str()),
+        (Some("p2p_message"), Some("c3"))
+    );
+    assert_eq!(m.json().await["type"], "sent");
+    b.ack(&[live["id"].as_i64().unwrap()]).await;
+    assert_eq!(m.json().await["type"], "delivered");
 }

@@ -28,6 +28,11 @@ fn only(configure: impl FnOnce(&mut Settings)) -> impl FnOnce(&mut Settings) {
         s.offline_rate_per_sender = plenty;
         s.ws_frame_rate_per_connection = plenty;
         s.ws_frame_rate_per_user = plenty;
+        s.inbox_rate_per_user = plenty;
+        s.contact_rate_per_user = plenty;
+        s.heartbeat_rate_per_user = plenty;
+        s.turn_rate_per_user = plenty;
+        s.key_change_rate_per_user = plenty;
         // Presence notices to everyone: tests wait for them.
         s.address_visibility = Visibility::Open;
         configure(s);
@@ -117,7 +122,7 @@ async fn refusals(app: &TestApp, limit: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn failed_logins_lock_an_account_out_longer_each_time_and_alike_for_unknown_names() {
+async fn failed_logins_lock_their_address_out_longer_each_time_and_alike_for_unknown_names() {
     let app = spawn_with(only(|s| {
         s.login_free_failures = 3;
         // Long enough that a slow machine cannot let it lapse between two
@@ -144,10 +149,15 @@ async fn failed_logins_lock_an_account_out_longer_each_time_and_alike_for_unknow
         answers[0], answers[1],
         "no enumeration through the lock-out"
     );
-    // While locked, even the right password is refused (and not checked).
-    refused(&login_from(&app, ip, "alice", &password_of("alice")).await);
-    // From another address too: the account is what is locked.
-    let first = refused(&login_from(&app, "203.0.113.9", "alice", "wrong").await);
+    // While locked, even the right password is refused (and not checked)...
+    let first = refused(&login_from(&app, ip, "alice", &password_of("alice")).await);
+    // ...from this address only: the owner elsewhere logs in as ever.
+    let (status, _, _) = login_from(&app, "203.0.113.9", "alice", &password_of("alice")).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "nobody else's failures lock the owner out"
+    );
 
     // After the lock, one more failure locks it again, for twice as long.
     tokio::time::sleep(first).await;
@@ -172,7 +182,7 @@ async fn failed_logins_lock_an_account_out_longer_each_time_and_alike_for_unknow
     let (status, _, _) = login_from(&app, ip, "alice", &password_of("alice")).await;
     assert_eq!(status, StatusCode::OK, "two failures do not lock");
     assert!(
-        refusals(&app, "login_lockout").await >= before + 5,
+        refusals(&app, "login_lockout").await >= before + 4,
         "counted"
     );
 }
@@ -479,4 +489,56 @@ async fn replicas_share_one_budget_and_one_lock_out() {
     on_a.send_text("over").await;
     assert!(on_a.error().await.contains("too many"));
     watcher.silent_for(Duration::from_millis(300)).await;
+}
+
+/// Friend requests (with acceptances and removals), heartbeats and TURN
+/// credentials each have a budget per user, so that no account can spin the
+/// store, presence or a TURN server's credentials for free.
+#[tokio::test]
+async fn contact_changes_heartbeats_and_turn_credentials_are_limited_per_user() {
+    let app = spawn_with(only(|s| {
+        s.contact_rate_per_user = "3/hour".parse().unwrap();
+        s.heartbeat_rate_per_user = "2/hour".parse().unwrap();
+        s.turn_rate_per_user = "2/hour".parse().unwrap();
+        s.turn_secret = Some("turn-secret".to_owned().into());
+    }))
+    .await;
+    let alice = app.user("alice").await;
+    for name in ["bob", "carol", "dave", "erin"] {
+        app.user(name).await;
+    }
+    let before = refusals(&app, "contacts_per_user").await;
+    for name in ["bob", "carol", "dave"] {
+        assert_eq!(
+            app.add_contact(&alice.token, name).await,
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(
+        app.add_contact(&alice.token, "erin").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let (status, _) = app.delete("/me/contacts/2", &alice.token).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "removals share the budget"
+    );
+    assert!(refusals(&app, "contacts_per_user").await >= before + 2);
+
+    let beat = || {
+        app.put(
+            "/me/connection-info",
+            &alice.token,
+            Some(json!({"port": 6000})),
+        )
+    };
+    assert_eq!(beat().await.0, StatusCode::OK);
+    assert_eq!(beat().await.0, StatusCode::OK);
+    assert_eq!(beat().await.0, StatusCode::TOO_MANY_REQUESTS);
+
+    let turn = || app.get("/me/turn-credentials", &alice.token);
+    assert_eq!(turn().await.0, StatusCode::OK);
+    assert_eq!(turn().await.0, StatusCode::OK);
+    assert_eq!(turn().await.0, StatusCode::TOO_MANY_REQUESTS);
 }

@@ -368,8 +368,7 @@ async fn a_slow_reader_is_cut_off_without_losing_directed_messages() {
         s.rate_limits = Switch::Off; // alice sends as fast as she can
     })
     .await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
+    let (alice, bob) = app.friends("alice", "bob").await;
     let mut slow = app.ws(&bob.token).await;
     let (mut to_server, mut from_server) = app.ws(&alice.token).await.stream.split();
     let cut_off = tokio_util::sync::CancellationToken::new();

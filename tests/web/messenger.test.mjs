@@ -135,6 +135,12 @@ test('a new key is flagged, and nothing is sent to it until the person confirms 
   await login(laptop, alice.name);
   await laptop.page.locator('#no-key').waitFor({ timeout: PATIENCE });
   await screenshot(laptop, 'no-key-in-this-browser');
+  // A key change needs the password: a wrong one changes nothing.
+  const keyForm = laptop.page.locator('#make-key-form');
+  await keyForm.locator('[name=password]').fill('not the password');
+  await laptop.page.locator('#make-key').click();
+  await laptop.page.locator('#notice', { hasText: 'Wrong password' }).waitFor({ timeout: PATIENCE });
+  await keyForm.locator('[name=password]').fill('correct horse battery');
   await laptop.page.locator('#make-key').click();
   await connected(laptop);
 
@@ -159,7 +165,9 @@ test('a new key is flagged, and nothing is sent to it until the person confirms 
   // The first browser's key is no longer the account's: it says so too.
   await alice.page.reload();
   await alice.page.locator('#no-key').waitFor({ timeout: PATIENCE });
-  assertNoConsoleErrors([alice, bob, carol, laptop]);
+  assertNoConsoleErrors([alice, bob, carol]);
+  // Expected: the refused key change with the wrong password (a 401).
+  assertNoConsoleErrors([laptop], /status of 401/);
   for (const who of [alice, bob, carol, laptop]) await who.context.close();
 });
 
