@@ -162,7 +162,7 @@ pub struct Settings {
     pub ws_ping_secs: u64,
 
     /// Peers whose `X-Forwarded-For` is believed (comma-separated IPs or CIDRs).
-    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
     pub trusted_proxies: Vec<IpNet>,
 
     /// Browser origins allowed by CORS (comma-separated); `*` allows any.
@@ -244,6 +244,12 @@ pub struct Settings {
     /// Public-key changes of one user.
     #[arg(long, env = "KEY_CHANGE_RATE_PER_USER", default_value = "5/hour")]
     pub key_change_rate_per_user: Rate,
+
+    /// Broadcast fan-out of one user: each broadcast costs one unit per
+    /// user connected, for every KiB of its text (so 100 users and a line of
+    /// text cost 100), and is refused beyond it.
+    #[arg(long, env = "BROADCAST_FANOUT_PER_USER", default_value = "20000/min")]
+    pub broadcast_fanout_per_user: Rate,
 
     /// Frames refused in a row (each answered with an error frame) after
     /// which the connection is closed with 1008.
@@ -328,6 +334,14 @@ pub enum Switch {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A CIDR (`10.0.0.0/8`), or a plain address, which is a network of one.
+fn parse_network(raw: &str) -> Result<IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{raw:?} is neither an IP address nor a CIDR network"))
 }
 
 fn parse_turn_secret(raw: &str) -> Result<SecretString, String> {
@@ -475,6 +489,19 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let parsed =
+            Settings::from_args(["--trusted-proxies", "127.0.0.1,10.0.0.0/8, ::1"]).unwrap();
+        let shown: Vec<String> = parsed
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        assert!(Settings::from_args(["--trusted-proxies", "nowhere"]).is_err());
+    }
 
     #[test]
     fn derived_limits_follow_the_machine_unless_set() {

@@ -19,7 +19,7 @@ mod user;
 mod whole;
 
 pub use disconnect::Disconnect;
-pub use endpoint::{Endpoint, client_key};
+pub use endpoint::{Endpoint, client_group, client_key};
 pub use frame::{ClientFrame, is_broadcastable};
 pub use message::{AckMode, DirectMessage};
 pub use rate::Rate;

@@ -36,10 +36,12 @@ pub enum Limit {
     TurnPerUser = 8,
     /// Public-key changes, per user.
     KeyChangePerUser = 9,
+    /// Broadcast fan-out, per user: a receiver times a KiB of text is one.
+    BroadcastPerUser = 10,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 11] = [
         Limit::LoginPerIp,
         Limit::RegisterPerIp,
         Limit::SearchPerUser,
@@ -50,6 +52,7 @@ impl Limit {
         Limit::HeartbeatPerUser,
         Limit::TurnPerUser,
         Limit::KeyChangePerUser,
+        Limit::BroadcastPerUser,
     ];
 
     /// Whether events pass while the counters cannot be reached: messages
@@ -58,7 +61,10 @@ impl Limit {
     pub fn fails_open(self) -> bool {
         matches!(
             self,
-            Limit::OfflinePerSender | Limit::FramesPerUser | Limit::InboxPerUser
+            Limit::OfflinePerSender
+                | Limit::FramesPerUser
+                | Limit::InboxPerUser
+                | Limit::BroadcastPerUser
         )
     }
 
@@ -75,6 +81,7 @@ impl Limit {
             Limit::HeartbeatPerUser => "heartbeat_per_user",
             Limit::TurnPerUser => "turn_per_user",
             Limit::KeyChangePerUser => "key_change_per_user",
+            Limit::BroadcastPerUser => "broadcast_per_user",
         }
     }
 }
@@ -96,6 +103,7 @@ impl Rates {
             s.heartbeat_rate_per_user,
             s.turn_rate_per_user,
             s.key_change_rate_per_user,
+            s.broadcast_fanout_per_user,
         ])
     }
 

@@ -55,8 +55,8 @@ impl Services {
             Password::parse(password),
             PublicKey::parse(public_key),
         );
-        self.spend(Limit::RegisterPerIp, &client_key(client.ip))
-            .await?;
+        // Invalid fields say nothing about other users: they are answered
+        // without spending the address's registrations.
         let (username, email, password, public_key) = match checks {
             (Ok(u), Ok(e), Ok(p), Ok(k)) => (u, e, p, k),
             (u, e, p, k) => {
@@ -64,6 +64,8 @@ impl Services {
                 return Err(Error::Invalid(errors.collect()));
             }
         };
+        self.spend(Limit::RegisterPerIp, &client_key(client.ip))
+            .await?;
         let password_hash = self.passwords.hash(password).await?;
         self.store
             .create_user(NewUser {
@@ -488,5 +490,6 @@ fn refusal(limit: Limit) -> &'static str {
         Limit::HeartbeatPerUser => "Too many heartbeats; one a minute is enough",
         Limit::TurnPerUser => "Too many TURN credential requests; try again later",
         Limit::KeyChangePerUser => "Too many key changes; try again later",
+        Limit::BroadcastPerUser => "Too many broadcasts for this many listeners; slow down",
     }
 }

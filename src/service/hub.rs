@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{Audience, Event, EventSink, Sessions},
-    domain::{DirectMessage, Disconnect, Endpoint, UserId, time::iso},
+    domain::{DirectMessage, Disconnect, Endpoint, UserId, client_group, time::iso},
     presence,
 };
 
@@ -395,7 +395,8 @@ impl Hub {
     ) -> Option<Registration> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut held = self.connections.write().unwrap_or_else(|p| p.into_inner());
-        let from_ip = held.by_ip.entry(at.ip).or_default();
+        // A /64 counts as one address, like the rate limits count it.
+        let from_ip = held.by_ip.entry(client_group(at.ip)).or_default();
         if *from_ip >= max_per_ip {
             return None;
         }
@@ -421,7 +422,7 @@ impl Hub {
             return true;
         };
         if let Some(at) = list.iter().position(|c| c.id == id) {
-            let ip = list.swap_remove(at).at.ip;
+            let ip = client_group(list.swap_remove(at).at.ip);
             if let Some(count) = by_ip.get_mut(&ip) {
                 *count -= 1;
                 if *count == 0 {
@@ -435,6 +436,12 @@ impl Hub {
         } else {
             false
         }
+    }
+
+    /// How many users hold a connection here.
+    pub fn users_here(&self) -> usize {
+        let held = self.connections.read().unwrap_or_else(|p| p.into_inner());
+        held.by_user.len()
     }
 
     /// The connections held here, per user and token, for presence renewal.

@@ -156,6 +156,9 @@ pub struct Services {
     names: NameCache,
     /// Which recipients accepted which senders, for the relay.
     consents: ConsentCache,
+    /// Users online on every replica, as presence last counted them: the
+    /// audience of a broadcast.
+    online_count: std::sync::atomic::AtomicU64,
     /// Contact lists of the online panel, kept current with presence.
     online: OnlineContacts,
     /// Offline messages, and messages held for connections that acknowledge,
@@ -213,6 +216,7 @@ impl Services {
             tokens,
             names: NameCache::default(),
             consents: ConsentCache::default(),
+            online_count: Default::default(),
             online: OnlineContacts::default(),
             reads: ReadMarker::start(store.clone()),
             writer: MessageWriter::start(
@@ -252,6 +256,8 @@ impl Services {
         }
         if let Ok(online) = self.presence.count_online().await {
             metrics::online_users(online);
+            self.online_count
+                .store(online, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -197,8 +197,20 @@ impl Services {
                 )];
             }
             ClientFrame::Broadcast(text) => {
-                self.broadcast(sender, text).await;
-                return Vec::new();
+                return match self.spend_fanout(sender, text.len()).await {
+                    Ok(()) => {
+                        self.broadcast(sender, text).await;
+                        Vec::new()
+                    }
+                    Err(Error::Limited(refusal, wait)) => vec![error_frame(&format!(
+                        "{refusal}: not relayed; retry in {} s",
+                        wait.as_secs_f64().ceil().max(1.0)
+                    ))],
+                    Err(err) => {
+                        tracing::warn!(error = format!("{err:#}"), "broadcast limiter failed");
+                        vec![error_frame("broadcast not relayed; try again")]
+                    }
+                };
             }
             ClientFrame::Malformed => {
                 return vec![error_frame(
@@ -278,8 +290,11 @@ impl Services {
             Some(id) => id,
             None => self.store.next_message_id().await?,
         };
-        if let Some(client_id) = client_id {
-            match self.client_ids.remember(sender.id, client_id, id).await {
+        // A client id names one message to one recipient: the same id sent to
+        // another recipient is another message.
+        let client_key = client_id.map(|client_id| format!("{}/{client_id}", recipient.id));
+        if let (Some(client_id), Some(key)) = (client_id, &client_key) {
+            match self.client_ids.remember(sender.id, key, id).await {
                 Ok(Some(first)) => return Ok(vec![sent_frame(client_id, first)]),
                 Ok(None) => {}
                 // Delivered, possibly twice, rather than refused.
@@ -298,8 +313,10 @@ impl Services {
         let outcome = self
             .relay_or_store(sender, message, &recipient.username, !stranger)
             .await;
-        let forget = |client_id| async move {
-            if let Err(err) = self.client_ids.forget(sender.id, client_id, id).await {
+        let forget = || async {
+            if let Some(key) = &client_key
+                && let Err(err) = self.client_ids.forget(sender.id, key, id).await
+            {
                 tracing::warn!(error = %err, "client ids unavailable");
             }
         };
@@ -308,15 +325,11 @@ impl Services {
             Ok(Outcome::Relayed) => {}
             Ok(Outcome::Stored(status)) => replies.push(status),
             Ok(Outcome::Refused(error)) => {
-                if let Some(client_id) = client_id {
-                    forget(client_id).await;
-                }
+                forget().await;
                 return Ok(vec![error]);
             }
             Err(err) => {
-                if let Some(client_id) = client_id {
-                    forget(client_id).await;
-                }
+                forget().await;
                 return Err(err);
             }
         }
@@ -400,6 +413,39 @@ impl Services {
         for err in published.into_iter().filter_map(Result::err) {
             tracing::warn!(error = %err, what, "event not published");
         }
+    }
+
+    /// Spends a broadcast's fan-out from the sender's budget: a unit per
+    /// user it reaches (those connected here, or online anywhere, whichever
+    /// is more) for every KiB of text, at most a whole budget. What a
+    /// refused broadcast was granted stays spent.
+    async fn spend_fanout(&self, sender: &AuthUser, bytes: usize) -> Result<()> {
+        if self.settings.rate_limits == Switch::Off {
+            return Ok(());
+        }
+        let online = self.online_count.load(std::sync::atomic::Ordering::Relaxed);
+        let audience = (self.hub.users_here() as u64).max(online).max(2) - 1;
+        let kib = (bytes as u64).div_ceil(1024).max(1);
+        let budget = self.settings.broadcast_fanout_per_user.count.get();
+        let cost = u32::try_from(audience.saturating_mul(kib)).map_or(budget, |c| c.min(budget));
+        let limit = Limit::BroadcastPerUser;
+        let grant = match self.limiter.take(limit, &sender.id.to_string(), cost).await {
+            Ok(grant) => grant,
+            // Like every relay budget (`Limit::fails_open`): the frame
+            // budgets still hold.
+            Err(err) => {
+                tracing::warn!(error = %err, "broadcast limiter unavailable");
+                return Ok(());
+            }
+        };
+        if grant.granted == cost {
+            return Ok(());
+        }
+        metrics::rate_limited(limit.name(), 1);
+        Err(Error::Limited(
+            "Too many broadcasts for this many listeners; slow down",
+            grant.retry_after,
+        ))
     }
 
     async fn broadcast(&self, sender: &AuthUser, text: &str) {

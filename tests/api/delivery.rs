@@ -371,3 +371,28 @@ async fn held_messages_count_against_the_mailbox_quota() {
     assert_eq!(kept, ["m00", "m01", "m02", "m03", "m04"]);
     assert!(app.metric(unheld).await >= before + 15.0);
 }
+
+/// A client id names one message to one recipient: the same id sent to two
+/// recipients is two messages, each delivered (it used to drop the second and
+/// answer it with the first's receipt).
+#[tokio::test]
+async fn one_client_id_to_two_recipients_is_two_messages() {
+    let app = spawn().await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let carol = app.user("carol").await;
+    app.add_contact(&carol.token, "alice").await;
+    let mut a = app.ws(&alice.token).await;
+    let mut b = app.ws(&bob.token).await;
+    let mut c = app.ws(&carol.token).await;
+    a.send_json(direct("bob", "to bob", Some("same"))).await;
+    let to_bob = frame(&mut a).await;
+    a.send_json(direct("carol", "to carol", Some("same"))).await;
+    let to_carol = frame(&mut a).await;
+    assert_eq!(
+        (to_bob["type"].as_str(), to_carol["type"].as_str()),
+        (Some("sent"), Some("sent"))
+    );
+    assert_ne!(to_bob["id"], to_carol["id"]);
+    assert_eq!(message(&mut b).await.2, "to bob");
+    assert_eq!(message(&mut c).await.2, "to carol");
+}

@@ -454,3 +454,48 @@ async fn a_client_that_stops_reading_after_a_ping_burst_is_let_go() {
     .await;
     assert!(left.is_ok(), "the silent client was never let go");
 }
+
+/// The per-address WebSocket cap counts an IPv6 /64 as one address, as the
+/// rate limits do: a client cannot pass it by using more of its own /64.
+#[tokio::test]
+async fn the_websocket_cap_counts_an_ipv6_64_as_one_address() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = spawn_with(|s| {
+        s.max_ws_per_ip = 2;
+        s.max_ws_per_user = 100;
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let from = |address: &'static str| {
+        let mut request = app
+            .ws_url(&format!("?token={}", alice.token))
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", address.parse().unwrap());
+        async move {
+            let (stream, _) = connect_async(request).await.unwrap();
+            let mut client = WsClient { stream };
+            client
+                .send_json(json!({"recipient_username": "nobody", "content": "x"}))
+                .await;
+            match client.stream.next().await {
+                Some(Ok(Message::Text(_))) => Some(client),
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), 1013);
+                    None
+                }
+                other => panic!("neither admitted nor refused: {other:?}"),
+            }
+        }
+    };
+    let _one = from("2001:db8:1:2::1").await.expect("the first of the /64");
+    let _two = from("2001:db8:1:2:ffff::9").await.expect("the second");
+    assert!(
+        from("2001:db8:1:2::3").await.is_none(),
+        "a third of the same /64"
+    );
+    let _other = from("2001:db8:1:3::1").await.expect("another /64");
+}

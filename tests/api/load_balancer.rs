@@ -127,9 +127,12 @@ async fn the_local_cluster_serves_through_one_address() {
     let ready = http.get(cluster.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     assert!(ready.headers().contains_key("x-request-id"));
-    // Metrics are never served to the outside through the balancer.
-    let metrics = http.get(cluster.url("/metrics")).send().await.unwrap();
-    assert_eq!(metrics.status(), StatusCode::NOT_FOUND);
+    // Metrics are never served to the outside through the balancer, in any
+    // spelling of the path.
+    for path in ["/metrics", "/metrics/", "/metrics/x"] {
+        let metrics = http.get(cluster.url(path)).send().await.unwrap();
+        assert_eq!(metrics.status(), StatusCode::NOT_FOUND, "{path}");
+    }
 
     // nginx hands connections round-robin to three replicas: of bob's two
     // sockets at least one is on another replica than alice's, and both receive.

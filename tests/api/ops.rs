@@ -36,6 +36,12 @@ async fn docs_and_openapi_are_served_from_the_binary() {
     for path in ["/docs", "/docs/"] {
         let page = app.http.get(app.url(path)).send().await.unwrap();
         assert_eq!(page.status(), StatusCode::OK, "{path}: no redirect");
+        // On the messenger's origin: a policy of its own, no framing, no sniffing.
+        let headers = page.headers();
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("frame-ancestors 'none'") && policy.contains("script-src 'self'"));
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["x-frame-options"], "DENY");
         let html = page.text().await.unwrap();
         assert!(
             html.contains("swagger-ui") && !html.contains("cdn"),

@@ -33,6 +33,7 @@ fn only(configure: impl FnOnce(&mut Settings)) -> impl FnOnce(&mut Settings) {
         s.heartbeat_rate_per_user = plenty;
         s.turn_rate_per_user = plenty;
         s.key_change_rate_per_user = plenty;
+        s.broadcast_fanout_per_user = plenty;
         // Presence notices to everyone: tests wait for them.
         s.address_visibility = Visibility::Open;
         configure(s);
@@ -218,6 +219,13 @@ async fn logins_are_limited_per_address_and_recover() {
 async fn registrations_are_limited_per_address_and_recover() {
     let app = spawn_with(only(|s| s.register_rate_per_ip = rate("2/10s"))).await;
     let before = refusals(&app, "register_per_ip").await;
+    // Invalid registrations (422) spend nothing.
+    for invalid in ["sуstem", "a b", "admin"] {
+        assert_eq!(
+            register_from(&app, "198.51.100.1", invalid).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
     for name in ["one", "two"] {
         assert_eq!(
             register_from(&app, "198.51.100.1", name).await.0,
@@ -541,4 +549,46 @@ async fn contact_changes_heartbeats_and_turn_credentials_are_limited_per_user() 
     assert_eq!(turn().await.0, StatusCode::OK);
     assert_eq!(turn().await.0, StatusCode::OK);
     assert_eq!(turn().await.0, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A broadcast's fan-out counts against its sender: a unit per listener for
+/// every KiB, so that one account within its frame rate cannot flood every
+/// connected user with large lines.
+#[tokio::test]
+async fn broadcast_fan_out_is_counted_against_the_sender() {
+    let app = spawn_with(only(|s| s.broadcast_fanout_per_user = rate("40/hour"))).await;
+    let alice = app.user("alice").await;
+    let mut listeners = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let user = app.user(name).await;
+        listeners.push(app.ws(&user.token).await);
+    }
+    let mut a = app.ws(&alice.token).await;
+    let before = refusals(&app, "broadcast_per_user").await;
+    // Three listeners: 10 KiB costs 30, then 1 KiB costs 3; 3 KiB (9) is too much.
+    let (big, small, refused_line) = ("b".repeat(10 * 1024), "s".repeat(1000), "r".repeat(3000));
+    for line in [&big, &small] {
+        a.send_text(line).await;
+        for listener in &mut listeners {
+            loop {
+                let text = listener.text().await;
+                if !text.starts_with("系统消息") {
+                    assert_eq!(text, format!("alice: {line}"));
+                    break;
+                }
+            }
+        }
+    }
+    a.send_text(&refused_line).await;
+    loop {
+        let text = a.text().await;
+        if !text.starts_with("系统消息") {
+            assert!(text.contains("Too many broadcasts"), "{text}");
+            break;
+        }
+    }
+    for listener in &mut listeners {
+        listener.silent_for(Duration::from_millis(200)).await;
+    }
+    assert!(refusals(&app, "broadcast_per_user").await > before);
 }

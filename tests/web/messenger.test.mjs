@@ -238,3 +238,12 @@ test('a rate-limited person is told how long to wait', async () => {
     await strict.stop();
   }
 });
+
+test('the API documentation renders under its own content security policy', async () => {
+  const reader = await person(chromium, `${server.url}/docs`, 'docs-reader');
+  await reader.page.locator('#swagger-ui .information-container').waitFor({ timeout: PATIENCE });
+  await reader.page.locator('#swagger-ui .opblock').first().waitFor({ timeout: PATIENCE });
+  // A CSP violation would show as a console error.
+  assertNoConsoleErrors([reader]);
+  await reader.context.close();
+});
