@@ -87,8 +87,10 @@ pub struct Settings {
     #[arg(long, env = "TURN_URIS", value_delimiter = ',', value_parser = parse_turn_uri)]
     pub turn_uris: Vec<String>,
 
-    /// How long TURN credentials stay valid, in seconds.
-    #[arg(long, env = "TURN_TTL", default_value_t = 86400)]
+    /// How long TURN credentials stay valid, in seconds. They cannot be
+    /// revoked (the TURN server checks them alone), so they outlive a logout
+    /// by up to this long: keep it short; clients fetch new ones.
+    #[arg(long, env = "TURN_TTL", default_value_t = 3600)]
     pub turn_ttl: u64,
 
     /// Serve `/metrics` on this address (an internal port, such as

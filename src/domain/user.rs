@@ -47,8 +47,11 @@ impl Username {
             return Err(invalid("must contain a letter, a digit, '_' or '-'"));
         }
         let name = Self(raw.to_owned());
-        let skeleton = name.skeleton();
-        if RESERVED.iter().any(|r| skeleton_of(r) == skeleton) {
+        let (skeleton, shape) = (name.skeleton(), name.shape());
+        if RESERVED
+            .iter()
+            .any(|r| skeleton_of(r) == skeleton || shape_of(r) == shape)
+        {
             return Err(invalid("is reserved"));
         }
         Ok(name)
@@ -69,6 +72,14 @@ impl Username {
     /// folded name, so that `аlice` (Cyrillic а), `a1ice` and `alice` are one.
     pub fn skeleton(&self) -> String {
         skeleton_of(&self.0)
+    }
+
+    /// The second form uniqueness goes by: the confusable skeleton of the
+    /// name as written, then folded, so that `aIice` (a capital I, which
+    /// looks like an l) and `alice` are one, although folding alone makes
+    /// the I an i.
+    pub fn shape(&self) -> String {
+        shape_of(&self.0)
     }
 
     /// The look-up key of a name (or part of one, to search for) a client
@@ -119,7 +130,17 @@ fn fold_unicode(s: &str) -> String {
 /// The folded skeleton of `s`, folded again until it stops changing (a
 /// prototype may be a capital, as `0` → `O`).
 fn skeleton_of(s: &str) -> String {
-    let mut current = fold(s);
+    settle(fold(s))
+}
+
+/// The skeleton of `s` as written, folded, then settled like
+/// [`skeleton_of`].
+fn shape_of(s: &str) -> String {
+    settle(fold(&unicode_security::skeleton(s).collect::<String>()))
+}
+
+/// Skeleton and fold, again, until the text stops changing.
+fn settle(mut current: String) -> String {
     for _ in 0..4 {
         let next = fold(&unicode_security::skeleton(&current).collect::<String>());
         if next == current {
@@ -282,6 +303,12 @@ mod tests {
             assert_eq!(skeleton(lookalike), alice, "{lookalike:?}");
         }
         assert_ne!(skeleton("alicia"), alice);
+        // Folding first makes a capital I an i; as written it reads as an l.
+        assert_ne!(skeleton("aIice"), alice);
+        for lookalike in ["aIice", "AIice", "a1ice", "аlice"] {
+            assert_eq!(shape_of(lookalike), shape_of("alice"), "{lookalike:?}");
+        }
+        assert_ne!(shape_of("ali"), shape_of("all"), "a dotted i is not an l");
         assert_eq!(skeleton("STRAßE"), skeleton("strasse"));
         assert_eq!(
             Username::parse("STRAßE").unwrap().key(),

@@ -71,6 +71,7 @@ impl Services {
             .create_user(NewUser {
                 username_key: username.key(),
                 username_skeleton: username.skeleton(),
+                username_shape: username.shape(),
                 username: username.as_str().to_owned(),
                 email_key: email.key(),
                 email: email.as_str().to_owned(),
@@ -100,8 +101,12 @@ impl Services {
             after = last;
             for (id, name) in batch {
                 let name = Username::registered(&name);
-                let (key, skeleton) = (name.key(), name.skeleton());
-                if !self.store.set_username_keys(id, &key, &skeleton).await? {
+                let (key, skeleton, shape) = (name.key(), name.skeleton(), name.shape());
+                if !self
+                    .store
+                    .set_username_keys(id, &key, &skeleton, &shape)
+                    .await?
+                {
                     tracing::warn!(
                         user_id = id,
                         "an earlier user's name looks like another's; it keeps its old key"

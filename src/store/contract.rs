@@ -11,6 +11,7 @@ fn new_user(name: &str, email: &str) -> NewUser {
         username: name.into(),
         username_key: name.to_lowercase(),
         username_skeleton: format!("skeleton-of-{}", name.to_lowercase()),
+        username_shape: format!("shape-of-{name}"),
         email: email.into(),
         email_key: email.to_lowercase(),
         password_hash: format!("hash-of-{name}"),
@@ -407,13 +408,30 @@ pub async fn lookalike_names_are_duplicates(s: &dyn Store) {
         s.create_user(lookalike).await,
         Err(StoreError::Duplicate)
     ));
-    // Users from before skeletons get theirs, unless another holds it.
+    // Alike as written is a duplicate too.
+    let mut shaped = new_user("aIice", "third@example.com");
+    shaped.username_shape = "shape-of-alice".into();
+    assert!(matches!(
+        s.create_user(shaped).await,
+        Err(StoreError::Duplicate)
+    ));
+    // Users from before skeletons get theirs, unless another holds one.
     let (bob, carol) = (user(s, "bob").await, user(s, "carol").await);
-    for id in [bob.id, carol.id] {
-        assert!(s.set_username_keys(id, "x", "y").await.is_ok());
+    for (id, n) in [(bob.id, "b"), (carol.id, "c")] {
+        let (key, skeleton, shape) = (format!("x{n}"), format!("y{n}"), format!("z{n}"));
+        assert!(
+            s.set_username_keys(id, &key, &skeleton, &shape)
+                .await
+                .unwrap()
+        );
     }
     assert!(
-        !s.set_username_keys(carol.id, "x2", "skeleton-of-alice")
+        !s.set_username_keys(carol.id, "x2", "skeleton-of-alice", "z2")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_username_keys(carol.id, "x2", "y2", "shape-of-alice")
             .await
             .unwrap()
     );

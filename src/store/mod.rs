@@ -73,8 +73,10 @@ pub struct Credentials {
 pub struct NewUser {
     pub username: String,
     pub username_key: String,
-    /// Unique: no two users' names look alike.
+    /// Unique: no two users' names look alike once case is folded.
     pub username_skeleton: String,
+    /// Unique: no two users' names look alike as written.
+    pub username_shape: String,
     pub email: String,
     pub email_key: String,
     pub password_hash: String,
@@ -276,16 +278,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Pending<'a, Vec<User>>;
     fn touch_last_seen(&self, id: UserId, at: DateTime<Utc>) -> Pending<'_, ()>;
 
-    /// Users whose name has no skeleton yet (registered before skeletons
+    /// Users whose name has no skeleton or shape yet (registered before they
     /// existed), with ids above `after`, by id: `(id, username)`.
     fn unkeyed_users(&self, after: UserId, limit: i64) -> Pending<'_, Vec<(UserId, String)>>;
-    /// Sets a user's look-up key and skeleton; false (and nothing changed) when
-    /// another user holds either.
+    /// Sets a user's look-up key, skeleton and shape; false (and nothing
+    /// changed) when another user holds any of them.
     fn set_username_keys<'a>(
         &'a self,
         id: UserId,
         key: &'a str,
         skeleton: &'a str,
+        shape: &'a str,
     ) -> Pending<'a, bool>;
     fn set_password_hash<'a>(&'a self, id: UserId, hash: &'a str) -> Pending<'a, ()>;
     /// Replaces the user's public key and records when; `None` when the user is gone.

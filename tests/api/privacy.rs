@@ -57,7 +57,7 @@ async fn the_system_name_and_its_lookalikes_cannot_be_registered() {
 async fn lookalike_and_blank_usernames_are_refused() {
     // Many registrations from one address.
     let app = spawn_with(|s| s.rate_limits = Switch::Off).await;
-    for name in ["alice", "kate", "STRAßE"] {
+    for name in ["alice", "kate", "STRAßE", "paypal"] {
         app.register(name).await;
     }
     // Invisible, filler and styled characters: no such name at all.
@@ -78,9 +78,12 @@ async fn lookalike_and_blank_usernames_are_refused() {
         assert_eq!(invalid_field(&body), "username");
     }
     // Valid letters, but they look like a name that exists: taken.
-    for (i, name) in ["аlice", "ALICE", "a1ice", "strasse", "Strasse", "KATE"]
-        .into_iter()
-        .enumerate()
+    for (i, name) in [
+        "аlice", "ALICE", "a1ice", "strasse", "Strasse", "KATE", // folded alike
+        "aIice", "paypaI", "AIice", // a capital I that reads as an l
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (status, body) = register_as(&app, name, &format!("t{i}@example.com"), "pk").await;
         assert_eq!(

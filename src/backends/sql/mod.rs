@@ -372,10 +372,10 @@ macro_rules! store_methods {
                 let created = sqlx::query_as(
                     concat!(
                         "INSERT INTO users (username, username_key, username_skeleton, email, email_key,
-                                                 password_hash, public_key, created_at)
-                         SELECT $1, $2, $3, $4, $5, $6, $7, $8
+                                                 password_hash, public_key, created_at, username_shape)
+                         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
                          WHERE NOT EXISTS (SELECT 1 FROM retired_usernames
-                                           WHERE username_skeleton = $3 AND until > $8)
+                                           WHERE username_skeleton IN ($3, $9) AND until > $8)
                          RETURNING ",
                         $crate::backends::sql::user_columns!("")
                     ),
@@ -388,6 +388,7 @@ macro_rules! store_methods {
                 .bind(&user.password_hash)
                 .bind(&user.public_key)
                 .bind(chrono::Utc::now())
+                .bind(&user.username_shape)
                 .fetch_optional(&self.pool)
                 .await;
                 match created {
@@ -492,7 +493,8 @@ macro_rules! store_methods {
         ) -> $crate::store::Pending<'_, Vec<($crate::domain::UserId, String)>> {
             $crate::backends::sql::run(async move {
                 Ok(sqlx::query_as(
-                    "SELECT id, username FROM users WHERE username_skeleton IS NULL AND id > $1
+                    "SELECT id, username FROM users
+                     WHERE (username_skeleton IS NULL OR username_shape IS NULL) AND id > $1
                      ORDER BY id LIMIT $2",
                 )
                 .bind(after)
@@ -507,14 +509,17 @@ macro_rules! store_methods {
             id: $crate::domain::UserId,
             key: &'a str,
             skeleton: &'a str,
+            shape: &'a str,
         ) -> $crate::store::Pending<'a, bool> {
             $crate::backends::sql::run(async move {
                 let set = sqlx::query(
-                    "UPDATE users SET username_key = $1, username_skeleton = $2 WHERE id = $3",
+                    "UPDATE users SET username_key = $1, username_skeleton = $2, username_shape = $4
+                     WHERE id = $3",
                 )
                 .bind(key)
                 .bind(skeleton)
                 .bind(id)
+                .bind(shape)
                 .execute(&self.pool)
                 .await;
                 match set {
@@ -569,6 +574,7 @@ macro_rules! store_methods {
                 sqlx::query(
                     "INSERT INTO retired_usernames (username_skeleton, until)
                      SELECT username_skeleton, $2 FROM users WHERE id = $1 AND username_skeleton IS NOT NULL
+                     UNION SELECT username_shape, $2 FROM users WHERE id = $1 AND username_shape IS NOT NULL
                      ON CONFLICT (username_skeleton) DO UPDATE SET until = EXCLUDED.until",
                 )
                 .bind(id)
