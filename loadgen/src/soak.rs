@@ -13,7 +13,9 @@
 //!   row without being locked out (429);
 //! - 4 pester: large directed messages to sleepers, within its limits;
 //! - 5–9 regular: directed messages (and now and then `POST /messages/`) to
-//!   other regulars within the limits, reconnecting every few seconds.
+//!   the regulars it is a contact of (a ring, three each side: a stranger's
+//!   messages are always stored), within the limits, reconnecting every few
+//!   seconds.
 
 use std::{
     collections::HashMap,
@@ -219,7 +221,7 @@ fn on_regular_frame(tally: &Tally, text: &str) {
     }
 }
 
-async fn regular(ctx: Arc<Ctx>, me: usize, regulars: Arc<Vec<usize>>) -> anyhow::Result<()> {
+async fn regular(ctx: Arc<Ctx>, me: usize, friends: Vec<usize>) -> anyhow::Result<()> {
     let mut rng = Rng(me as u64 * 7919 + 1);
     let mut seq = 0u64;
     while ctx.running() {
@@ -238,7 +240,7 @@ async fn regular(ctx: Arc<Ctx>, me: usize, regulars: Arc<Vec<usize>>) -> anyhow:
                     if Instant::now() >= session_end {
                         break;
                     }
-                    let to = regulars[rng.below(regulars.len() as u64) as usize];
+                    let to = friends[rng.below(friends.len() as u64) as usize];
                     seq += 1;
                     let id = format!("soak:{}:{me}:{seq}", ctx.round);
                     if rng.below(5) == 0 {
@@ -511,6 +513,70 @@ async fn drain(ctx: &Ctx, i: usize, into: &Mutex<HashMap<String, u32>>) -> anyho
     }
 }
 
+/// Regulars on each side of a regular in the ring of contacts.
+const RING_NEIGHBOURS: usize = 3;
+
+/// Makes each regular a mutual contact of the next [`RING_NEIGHBOURS`] in
+/// `regulars` (a ring); returns each one's contacts.
+async fn befriend_ring(
+    http: &Client,
+    url: &str,
+    names: &[String],
+    ids: &[i64],
+    regulars: &[usize],
+) -> anyhow::Result<HashMap<usize, Vec<usize>>> {
+    let setup = Ctx {
+        round: 0,
+        http: http.clone(),
+        url: url.to_owned(),
+        names: names.to_vec(),
+        deadline: Instant::now(),
+        tally: Arc::default(),
+    };
+    let tokens: Vec<String> = stream::iter(regulars.iter().map(|&i| setup.token(i)))
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let n = regulars.len();
+    let mut friends: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut pairs = Vec::new();
+    for p in 0..n {
+        for k in 1..=RING_NEIGHBOURS.min(n.saturating_sub(1) / 2) {
+            let q = (p + k) % n;
+            friends.entry(regulars[p]).or_default().push(regulars[q]);
+            friends.entry(regulars[q]).or_default().push(regulars[p]);
+            pairs.push((p, q));
+        }
+    }
+    let jobs = pairs.into_iter().map(|(p, q)| {
+        let (owner, other) = (regulars[p], regulars[q]);
+        let (owner_token, other_token) = (&tokens[p], &tokens[q]);
+        async move {
+            http.post(format!("{url}/me/contacts/"))
+                .bearer_auth(owner_token)
+                .json(&json!({"friend_id": ids[other]}))
+                .send()
+                .await?
+                .error_for_status()?;
+            http.put(format!("{url}/me/contacts/{}", ids[owner]))
+                .bearer_auth(other_token)
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(())
+        }
+    });
+    stream::iter(jobs)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<()>>()?;
+    Ok(friends)
+}
+
 pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
     let n = args.clients.clamp(10, 768);
     let http = api::client();
@@ -531,15 +597,16 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
             if !response.status().is_success() {
                 bail!("registering {name}: {}", response.text().await?);
             }
-            anyhow::Ok(())
+            let user: Value = response.json().await?;
+            user["id"].as_i64().context("a user id")
         }
     });
-    stream::iter(jobs)
-        .buffer_unordered(16)
+    let ids: Vec<i64> = stream::iter(jobs)
+        .buffered(16)
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<anyhow::Result<()>>()?;
+        .collect::<anyhow::Result<_>>()?;
     let setup_s = setup.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = measure::rss_bytes(&common.server_pids);
@@ -550,6 +617,7 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
     let tally = Arc::new(Tally::default());
     let of = |r: Role| Arc::new((0..n).filter(|&i| role(i) == r).collect::<Vec<_>>());
     let (regulars, sleepers) = (of(Role::Regular), of(Role::Sleeper));
+    let friends = befriend_ring(&http, &url, &names, &ids, &regulars).await?;
     let mut rss_between_rounds = Vec::new();
     let mut connections_closed = true;
     for round in 0..2 {
@@ -564,7 +632,10 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
         let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let ctx = ctx.clone();
-                let (regulars, sleepers) = (regulars.clone(), sleepers.clone());
+                let (friends, sleepers) = (
+                    friends.get(&i).cloned().unwrap_or_default(),
+                    sleepers.clone(),
+                );
                 tokio::spawn(async move {
                     let result = match role(i) {
                         Role::Flooder => flooder(ctx.clone(), i).await,
@@ -572,7 +643,7 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
                         Role::Sleeper => sleeper(ctx.clone(), i).await,
                         Role::Guesser => guesser(ctx.clone(), i).await,
                         Role::Pester => pester(ctx.clone(), i, sleepers).await,
-                        Role::Regular => regular(ctx.clone(), i, regulars).await,
+                        Role::Regular => regular(ctx.clone(), i, friends).await,
                     };
                     if let Err(err) = result {
                         ctx.tally

@@ -282,6 +282,7 @@ impl Services {
         // always stored (and fetched at once by the recipient's open
         // connections), answered alike, and earn no delivery receipt.
         let stranger = self.settings.address_visibility == Visibility::Contacts
+            && recipient.id != sender.id
             && !self
                 .consents
                 .accepts(self.store.as_ref(), recipient.id, sender.id)
