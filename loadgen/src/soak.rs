@@ -550,24 +550,19 @@ async fn befriend_ring(
             pairs.push((p, q));
         }
     }
-    let jobs = pairs.into_iter().map(|(p, q)| {
-        let (owner, other) = (regulars[p], regulars[q]);
-        let (owner_token, other_token) = (&tokens[p], &tokens[q]);
-        async move {
-            http.post(format!("{url}/me/contacts/"))
-                .bearer_auth(owner_token)
-                .json(&json!({"friend_id": ids[other]}))
-                .send()
-                .await?
-                .error_for_status()?;
-            http.put(format!("{url}/me/contacts/{}", ids[owner]))
-                .bearer_auth(other_token)
-                .send()
-                .await?
-                .error_for_status()?;
-            anyhow::Ok(())
-        }
-    });
+    let users: Vec<api::User> = regulars
+        .iter()
+        .zip(tokens)
+        .map(|(&i, token)| api::User {
+            id: ids[i],
+            name: names[i].clone(),
+            token,
+            url: url.to_owned(),
+        })
+        .collect();
+    let jobs = pairs
+        .into_iter()
+        .map(|(p, q)| api::befriend(http, &users[p], std::slice::from_ref(&users[q])));
     stream::iter(jobs)
         .buffer_unordered(16)
         .collect::<Vec<_>>()

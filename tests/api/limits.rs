@@ -193,6 +193,27 @@ async fn pings_from_a_client_that_never_reads_do_not_grow_the_server() {
     assert!(grown < 32.0, "the server grew by {grown:.0} MB");
 }
 
+/// Whether a new WebSocket is let in: an open one answers a frame; one over
+/// a cap is closed with 1013 "too many connections".
+async fn admitted(
+    request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+) -> Option<WsClient> {
+    let (stream, _) = connect_async(request).await.unwrap();
+    let mut client = WsClient { stream };
+    client
+        .send_json(json!({"recipient_username": "nobody", "content": "x"}))
+        .await;
+    match client.stream.next().await {
+        Some(Ok(Message::Text(_))) => Some(client),
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1013);
+            assert_eq!(frame.reason.as_str(), "too many connections");
+            None
+        }
+        other => panic!("neither admitted nor refused: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn websockets_per_user_and_per_address_are_capped() {
     let app = spawn_with(|s| {
@@ -202,26 +223,8 @@ async fn websockets_per_user_and_per_address_are_capped() {
     .await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
-    // Whether a new connection of `token` is let in: an open one answers a frame.
-    let admitted = |token: String| {
-        let url = app.ws_url(&format!("?token={token}"));
-        async move {
-            let (stream, _) = connect_async(url).await.unwrap();
-            let mut client = WsClient { stream };
-            client
-                .send_json(json!({"recipient_username": "nobody", "content": "x"}))
-                .await;
-            match client.stream.next().await {
-                Some(Ok(Message::Text(_))) => Some(client),
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    assert_eq!(u16::from(frame.code), 1013);
-                    assert_eq!(frame.reason.as_str(), "too many connections");
-                    None
-                }
-                other => panic!("neither admitted nor refused: {other:?}"),
-            }
-        }
-    };
+    // Whether a new connection of `token` is let in.
+    let admitted = |token: String| admitted(app.ws_url(&format!("?token={token}")));
     let first = admitted(alice.token.clone()).await.expect("alice's first");
     let _second = admitted(alice.token.clone()).await.expect("alice's second");
     assert!(
@@ -475,21 +478,7 @@ async fn the_websocket_cap_counts_an_ipv6_64_as_one_address() {
         request
             .headers_mut()
             .insert("x-forwarded-for", address.parse().unwrap());
-        async move {
-            let (stream, _) = connect_async(request).await.unwrap();
-            let mut client = WsClient { stream };
-            client
-                .send_json(json!({"recipient_username": "nobody", "content": "x"}))
-                .await;
-            match client.stream.next().await {
-                Some(Ok(Message::Text(_))) => Some(client),
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    assert_eq!(u16::from(frame.code), 1013);
-                    None
-                }
-                other => panic!("neither admitted nor refused: {other:?}"),
-            }
-        }
+        admitted(request)
     };
     let _one = from("2001:db8:1:2::1").await.expect("the first of the /64");
     let _two = from("2001:db8:1:2:ffff::9").await.expect("the second");
