@@ -12,7 +12,13 @@
 //! - 3 guesser: wrong passwords for its own account; never more than 10 in a
 //!   row without being locked out (429);
 //! - 4 pester: large directed messages to sleepers, within its limits;
-//! - 5–9 regular: directed messages (and now and then `POST /messages/`) to
+//! - 9 lurker: holds what the server must not let it hold, in turn: a socket
+//!   that sends nothing, half the HTTP/2 preface, the whole preface and
+//!   nothing more, an inbox fetch whose answer it does not read, and a
+//!   WebSocket that floods pings and then neither reads nor sends; each must
+//!   be closed by the server (the sockets within 30 s, the WebSockets by the
+//!   end of the round);
+//! - 5–8 regular: directed messages (and now and then `POST /messages/`) to
 //!   the regulars it is a contact of (a ring, three each side: a stranger's
 //!   messages are always stored), within the limits, reconnecting every few
 //!   seconds.
@@ -31,7 +37,10 @@ use clap::Args;
 use futures_util::{SinkExt, StreamExt, stream};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async,
     tungstenite::{Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
@@ -59,6 +68,7 @@ enum Role {
     Sleeper,
     Guesser,
     Pester,
+    Lurker,
     Regular,
 }
 
@@ -69,6 +79,7 @@ fn role(i: usize) -> Role {
         2 => Role::Sleeper,
         3 => Role::Guesser,
         4 => Role::Pester,
+        9 => Role::Lurker,
         _ => Role::Regular,
     }
 }
@@ -119,6 +130,8 @@ struct Tally {
     guesses_refused_429: AtomicU64,
     guesses_busy_503: AtomicU64,
     longest_unrefused_guessing: AtomicU64,
+    lurks: AtomicU64,
+    lurks_dropped: AtomicU64,
     errors: Mutex<Vec<String>>,
 }
 
@@ -132,6 +145,9 @@ impl Tally {
 }
 
 struct Ctx {
+    /// WebSockets lurkers left unread: kept open by the client until the
+    /// server has closed every connection (or the check gives up).
+    unread_sockets: Mutex<Vec<Socket>>,
     http: Client,
     url: String,
     names: Vec<String>,
@@ -359,6 +375,65 @@ async fn giant(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the server may take to drop a socket a lurker holds: its header
+/// deadline (the soak sets 5 s) with room for a busy machine.
+const LURK_DEADLINE: Duration = Duration::from_secs(30);
+
+async fn lurker(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
+    let server = ctx.url.trim_start_matches("http://").to_owned();
+    let mut turn = me / 10;
+    while ctx.running() {
+        turn += 1;
+        ctx.tally.lurks.fetch_add(1, Relaxed);
+        if turn % 5 == 4 {
+            // A ping burst (12 MB of pongs, more than the socket buffers
+            // take), then silence: the socket is kept, never read.
+            let (mut ws, _) = ctx.connect(me).await?;
+            for _ in 0..100_000 {
+                ws.feed(Message::Ping(vec![7u8; 125].into())).await?;
+            }
+            ws.flush().await?;
+            ctx.unread_sockets.lock().unwrap().push(ws);
+            ctx.tally.lurks_dropped.fetch_add(1, Relaxed); // checked at the end
+            continue;
+        }
+        let mut socket = TcpStream::connect(&server).await?;
+        let opening = match turn % 5 {
+            0 => Vec::new(),
+            1 => b"PRI * HTTP/2".to_vec(),
+            2 => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            _ => format!(
+                "GET /messages/?ack=manual HTTP/1.1\r\nHost: soak\r\nAuthorization: Bearer {}\r\nX-Forwarded-For: {}\r\n\r\n",
+                ctx.token(me).await?,
+                address(me)
+            )
+            .into_bytes(),
+        };
+        socket.write_all(&opening).await?;
+        // Nothing read for a while; then only to see whether the server let go.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(LURK_DEADLINE, async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if closed.is_ok() {
+            ctx.tally.lurks_dropped.fetch_add(1, Relaxed);
+        } else {
+            ctx.tally.error(format!(
+                "a lurker's socket (turn {}) was held {LURK_DEADLINE:?}",
+                turn % 5
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn sleeper(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
     let (mut ws, _) = ctx.connect(me).await?;
     tokio::time::sleep_until(ctx.deadline.into()).await;
@@ -526,6 +601,7 @@ async fn befriend_ring(
     regulars: &[usize],
 ) -> anyhow::Result<HashMap<usize, Vec<usize>>> {
     let setup = Ctx {
+        unread_sockets: Mutex::default(),
         round: 0,
         http: http.clone(),
         url: url.to_owned(),
@@ -617,6 +693,7 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
     let mut connections_closed = true;
     for round in 0..2 {
         let ctx = Arc::new(Ctx {
+            unread_sockets: Mutex::default(),
             round,
             http: http.clone(),
             url: url.clone(),
@@ -638,6 +715,7 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
                         Role::Sleeper => sleeper(ctx.clone(), i).await,
                         Role::Guesser => guesser(ctx.clone(), i).await,
                         Role::Pester => pester(ctx.clone(), i, sleepers).await,
+                        Role::Lurker => lurker(ctx.clone(), i).await,
                         Role::Regular => regular(ctx.clone(), i, friends).await,
                     };
                     if let Err(err) = result {
@@ -652,7 +730,9 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
         // background, and a cut-off client's socket gets a grace period to
         // take its close frame: wait for both, then take every mailbox.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // The lurkers' unread WebSockets too: the server must have let them go.
         connections_closed &= wait_for_no_connections(&ctx).await;
+        ctx.unread_sockets.lock().unwrap().clear();
         for &i in regulars.iter() {
             drain(&ctx, i, &ctx.tally.received).await?;
         }
@@ -664,6 +744,7 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
     }
     let (rss_warm, rss_after) = (rss_between_rounds[0], rss_between_rounds[1]);
     let ctx = Ctx {
+        unread_sockets: Mutex::default(),
         http,
         url,
         names,
@@ -711,6 +792,13 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
     if !connections_closed {
         failures.push("WebSockets were still open 60 s after the end".into());
     }
+    if load(&t.lurks_dropped) != load(&t.lurks) {
+        failures.push(format!(
+            "{} of {} lurkers' sockets were held past their deadline",
+            load(&t.lurks) - load(&t.lurks_dropped),
+            load(&t.lurks)
+        ));
+    }
     if load(&t.unexpected_closes) > 0 {
         failures.push("a well-behaved client was disconnected".into());
     }
@@ -750,6 +838,8 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
             "flood_closed_1008": load(&t.flood_closed_1008),
             "flood_error_frames": load(&t.flood_error_frames),
             "giant_sessions": load(&t.giant_sessions),
+            "lurks": load(&t.lurks),
+            "lurks_dropped": load(&t.lurks_dropped),
             "giant_closed_1009": load(&t.giant_closed_1009),
             "guesses": load(&t.guesses),
             "guesses_refused_429": load(&t.guesses_refused_429),
