@@ -35,7 +35,12 @@ trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # Each client speaks from an address of its own, through "this proxy".
-settings=(TRUSTED_PROXIES=127.0.0.1/32 RUST_LOG=warn)
+# Small mailboxes, so that a lurker that never acknowledges meets its quota;
+# pings every 10 s, so that a lurker's silent WebSocket is let go within the
+# round (two silent intervals after the first ping) rather than 90 s later.
+mailbox_max_messages=50
+settings=(TRUSTED_PROXIES=127.0.0.1/32 RUST_LOG=warn MAILBOX_MAX_MESSAGES=$mailbox_max_messages
+          WS_PING_SECS=10)
 if [ "$mode" = cluster ]; then
   base=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
   db=soak_$$
@@ -49,7 +54,8 @@ for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/readyz" &&
 
 status=0
 "$bin/loadgen" soak --url "http://127.0.0.1:$port" --server-pid "$(cat "$work/server.pid")" \
-  --duration "$duration" --clients "$clients" --threads 2 || status=$?
+  --duration "$duration" --clients "$clients" --mailbox-max-messages "$mailbox_max_messages" \
+  --threads 2 || status=$?
 if grep -E "panicked|internal error" "$work/server.log"; then
   echo "the server logged a panic or an internal error" >&2
   status=1

@@ -14,10 +14,11 @@
 //! - 4 pester: large directed messages to sleepers, within its limits;
 //! - 9 lurker: holds what the server must not let it hold, in turn: a socket
 //!   that sends nothing, half the HTTP/2 preface, the whole preface and
-//!   nothing more, an inbox fetch whose answer it does not read, and a
-//!   WebSocket that floods pings and then neither reads nor sends; each must
-//!   be closed by the server (the sockets within 30 s, the WebSockets by the
-//!   end of the round);
+//!   nothing more, an inbox fetch whose answer it does not read, a WebSocket
+//!   that floods pings and then neither reads nor sends (each must be closed
+//!   by the server: the sockets within 30 s, the WebSockets by the end of the
+//!   round), and an acknowledging WebSocket that reads messages to itself and
+//!   acknowledges none (its mailbox must stay within its quota);
 //! - 5–8 regular: directed messages (and now and then `POST /messages/`) to
 //!   the regulars it is a contact of (a ring, three each side: a stranger's
 //!   messages are always stored), within the limits, reconnecting every few
@@ -59,6 +60,9 @@ pub struct SoakArgs {
     /// Clients, each a user at an address of its own (at most 768).
     #[arg(long, default_value_t = 300)]
     clients: usize,
+    /// The server's `MAILBOX_MAX_MESSAGES`: no lurker's mailbox may hold more.
+    #[arg(long, default_value_t = 1000)]
+    mailbox_max_messages: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +135,7 @@ struct Tally {
     guesses_busy_503: AtomicU64,
     longest_unrefused_guessing: AtomicU64,
     lurks: AtomicU64,
-    lurks_dropped: AtomicU64,
+    lurks_contained: AtomicU64,
     errors: Mutex<Vec<String>>,
 }
 
@@ -145,6 +149,8 @@ impl Tally {
 }
 
 struct Ctx {
+    /// The server's mailbox quota in messages.
+    mailbox_max_messages: usize,
     /// WebSockets lurkers left unread: kept open by the client until the
     /// server has closed every connection (or the check gives up).
     unread_sockets: Mutex<Vec<Socket>>,
@@ -198,8 +204,16 @@ impl Ctx {
 
     /// A WebSocket of client `i`'s, and the token it was opened with.
     async fn connect(&self, i: usize) -> anyhow::Result<(Socket, String)> {
+        self.connect_with(i, "").await
+    }
+
+    /// The same, with more of a query (`&ack=manual`).
+    async fn connect_with(&self, i: usize, query: &str) -> anyhow::Result<(Socket, String)> {
         let token = self.token(i).await?;
-        let url = format!("{}/ws?token={token}", self.url.replacen("http", "ws", 1));
+        let url = format!(
+            "{}/ws?token={token}{query}",
+            self.url.replacen("http", "ws", 1)
+        );
         let mut request = url.into_client_request()?;
         request
             .headers_mut()
@@ -385,20 +399,25 @@ async fn lurker(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
     while ctx.running() {
         turn += 1;
         ctx.tally.lurks.fetch_add(1, Relaxed);
-        if turn % 5 == 4 {
-            // A ping burst (12 MB of pongs, more than the socket buffers
-            // take), then silence: the socket is kept, never read.
+        if turn % 6 == 5 {
+            hoard(&ctx, me).await?;
+            continue;
+        }
+        if turn % 6 == 4 {
+            // A ping burst (2.5 MB), then silence: the socket is kept, never
+            // read. The server lets it go whether its pongs filled the socket
+            // (its own ping cannot be written) or not (the client is silent).
             let (mut ws, _) = ctx.connect(me).await?;
-            for _ in 0..100_000 {
+            for _ in 0..20_000 {
                 ws.feed(Message::Ping(vec![7u8; 125].into())).await?;
             }
             ws.flush().await?;
             ctx.unread_sockets.lock().unwrap().push(ws);
-            ctx.tally.lurks_dropped.fetch_add(1, Relaxed); // checked at the end
+            ctx.tally.lurks_contained.fetch_add(1, Relaxed); // checked at the end
             continue;
         }
         let mut socket = TcpStream::connect(&server).await?;
-        let opening = match turn % 5 {
+        let opening = match turn % 6 {
             0 => Vec::new(),
             1 => b"PRI * HTTP/2".to_vec(),
             2 => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
@@ -423,13 +442,69 @@ async fn lurker(ctx: Arc<Ctx>, me: usize) -> anyhow::Result<()> {
         })
         .await;
         if closed.is_ok() {
-            ctx.tally.lurks_dropped.fetch_add(1, Relaxed);
+            ctx.tally.lurks_contained.fetch_add(1, Relaxed);
         } else {
             ctx.tally.error(format!(
                 "a lurker's socket (turn {}) was held {LURK_DEADLINE:?}",
-                turn % 5
+                turn % 6
             ));
         }
+    }
+    Ok(())
+}
+
+/// A connection that acknowledges, reads what it sends itself and
+/// acknowledges none of it: what the server holds for it counts against its
+/// mailbox, which must stay within the quota once the connection is gone.
+async fn hoard(ctx: &Ctx, me: usize) -> anyhow::Result<()> {
+    let (mut ws, token) = ctx.connect_with(me, "&ack=manual").await?;
+    let frame =
+        json!({"recipient_username": ctx.names[me], "content": "h".repeat(1024)}).to_string();
+    // Within the frame budget (100 a connection at once), and past the quota
+    // the soak gives mailboxes (50).
+    for _ in 0..90 {
+        ws.feed(Message::text(frame.clone())).await?;
+    }
+    ws.flush().await?;
+    // Reads (never acknowledging) until the frames stop coming.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {}
+    let _ = ws.close(None).await;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    drop(ws);
+    // Released when the connection went: what the mailbox holds now.
+    let mut held = 0;
+    let mut next = format!("{}/messages/?ack=manual", ctx.url);
+    loop {
+        let response = ctx
+            .http
+            .get(&next)
+            .header("X-Forwarded-For", address(me))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let link = response
+            .headers()
+            .get("link")
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| Some(l.strip_prefix('<')?.split_once('>')?.0.to_owned()));
+        let page: Vec<Value> = response.error_for_status()?.json().await?;
+        held += page.len();
+        match link {
+            Some(path) if !page.is_empty() => next = format!("{}{path}", ctx.url),
+            _ => break,
+        }
+    }
+    if held <= ctx.mailbox_max_messages {
+        ctx.tally.lurks_contained.fetch_add(1, Relaxed);
+    } else {
+        ctx.tally.error(format!(
+            "a hoarder's mailbox holds {held} messages, over the quota of {}",
+            ctx.mailbox_max_messages
+        ));
     }
     Ok(())
 }
@@ -601,6 +676,7 @@ async fn befriend_ring(
     regulars: &[usize],
 ) -> anyhow::Result<HashMap<usize, Vec<usize>>> {
     let setup = Ctx {
+        mailbox_max_messages: usize::MAX,
         unread_sockets: Mutex::default(),
         round: 0,
         http: http.clone(),
@@ -694,6 +770,7 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
     for round in 0..2 {
         let ctx = Arc::new(Ctx {
             unread_sockets: Mutex::default(),
+            mailbox_max_messages: args.mailbox_max_messages,
             round,
             http: http.clone(),
             url: url.clone(),
@@ -744,6 +821,7 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
     }
     let (rss_warm, rss_after) = (rss_between_rounds[0], rss_between_rounds[1]);
     let ctx = Ctx {
+        mailbox_max_messages: args.mailbox_max_messages,
         unread_sockets: Mutex::default(),
         http,
         url,
@@ -792,10 +870,10 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
     if !connections_closed {
         failures.push("WebSockets were still open 60 s after the end".into());
     }
-    if load(&t.lurks_dropped) != load(&t.lurks) {
+    if load(&t.lurks_contained) != load(&t.lurks) {
         failures.push(format!(
-            "{} of {} lurkers' sockets were held past their deadline",
-            load(&t.lurks) - load(&t.lurks_dropped),
+            "{} of {} lurks got past a bound (a socket held, a mailbox over its quota)",
+            load(&t.lurks) - load(&t.lurks_contained),
             load(&t.lurks)
         ));
     }
@@ -839,7 +917,7 @@ pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<Value> {
             "flood_error_frames": load(&t.flood_error_frames),
             "giant_sessions": load(&t.giant_sessions),
             "lurks": load(&t.lurks),
-            "lurks_dropped": load(&t.lurks_dropped),
+            "lurks_contained": load(&t.lurks_contained),
             "giant_closed_1009": load(&t.giant_closed_1009),
             "guesses": load(&t.guesses),
             "guesses_refused_429": load(&t.guesses_refused_429),
