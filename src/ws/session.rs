@@ -545,13 +545,18 @@ impl Writer {
             .map(|item| item.message.id)
             .filter(|_| page.is_full(claimed.iter().map(|item| item.message.content.as_str())));
         let manual = self.delivery.manual_ack;
-        let already: std::collections::HashSet<i64> = if manual {
-            self.delivery.unacked().into_iter().collect()
+        let already = if manual {
+            self.delivery.passed()
         } else {
             Default::default()
         };
         if manual {
-            self.hold(claimed.iter().map(|item| item.message.id))?;
+            self.hold(
+                claimed
+                    .iter()
+                    .map(|item| item.message.id)
+                    .filter(|id| !already.contains(id)),
+            )?;
         }
         let mut written = Vec::with_capacity(claimed.len());
         let mut unwritten = Vec::new();
