@@ -160,6 +160,7 @@ test('a new key is flagged, and nothing is sent to it until the person confirms 
   await login(carol, carol.name);
   await carol.page.locator(`#contacts li[data-username="${alice.name}"] .flag`).waitFor({ timeout: PATIENCE });
   await openConversation(carol, alice.name);
+  await carol.page.locator('#key-warning').waitFor({ timeout: PATIENCE });
   assert.ok(await carol.page.locator('#send').isDisabled(), 'sending waits for confirmation');
 
   // The first browser's key is no longer the account's: it says so too.
