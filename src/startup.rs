@@ -62,9 +62,12 @@ impl App {
             .key_earlier_usernames()
             .await
             .context("giving earlier users their name skeletons")?;
-        let listener = TcpListener::bind(settings.bind)
-            .await
-            .with_context(|| format!("binding {}", settings.bind))?;
+        let listener = TcpListener::bind(settings.bind).await.with_context(|| {
+            format!(
+                "cannot listen on {} (another server there? choose another address with BIND=HOST:PORT)",
+                settings.bind
+            )
+        })?;
         let metrics_listener = match settings.metrics_bind {
             Some(at) => Some(
                 TcpListener::bind(at)
@@ -319,8 +322,12 @@ pub fn probe(bind: SocketAddr) -> bool {
 
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
+    // A signal that cannot be watched never arrives: it must not stop the
+    // server at once.
     let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
