@@ -8,6 +8,7 @@ mod contacts;
 mod delivery;
 mod e2e_vectors;
 mod flows;
+mod frames;
 mod fuzz;
 mod helpers;
 mod limits;
