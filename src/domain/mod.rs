@@ -14,6 +14,7 @@ mod endpoint;
 mod frame;
 mod message;
 mod rate;
+mod server_frame;
 pub mod time;
 mod user;
 mod whole;
@@ -23,6 +24,7 @@ pub use endpoint::{Endpoint, client_group, client_key};
 pub use frame::{ClientFrame, is_broadcastable};
 pub use message::{AckMode, DirectMessage};
 pub use rate::Rate;
+pub use server_frame::{Arrival, ServerFrame};
 pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username};
 pub use whole::{Whole, whole_number};
 

@@ -5,13 +5,14 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 
 use super::{Error, Result, Services};
 use crate::{
     bus::{Audience, Event, Sessions},
     config::Visibility,
-    domain::{Email, Endpoint, Password, Port, PublicKey, UserId, Username, client_key},
+    domain::{
+        Email, Endpoint, Password, Port, PublicKey, ServerFrame, UserId, Username, client_key,
+    },
     metrics,
     ratelimit::Limit,
     store::{NewUser, StoreError, User},
@@ -301,16 +302,16 @@ impl Services {
         let watchers = self.store.watchers(user.id).await?;
         // Their online panels show the key: read again, on every replica.
         self.presence.contacts_changed(&watchers).await?;
-        let frame = json!({
-            "type": "key_changed",
-            "username": changed.username,
-            "public_key": changed.public_key,
-        });
+        let frame = ServerFrame::KeyChanged {
+            username: &changed.username,
+            public_key: &changed.public_key,
+        }
+        .to_text();
         if !watchers.is_empty()
             && let Err(err) = self
                 .bus
                 .publish(Event::Text {
-                    text: frame.to_string(),
+                    text: frame,
                     audience: Audience::Users(watchers),
                 })
                 .await

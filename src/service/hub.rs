@@ -16,13 +16,12 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{Audience, Event, EventSink, Sessions},
-    domain::{DirectMessage, Disconnect, Endpoint, UserId, client_group, time::iso},
+    domain::{Arrival, DirectMessage, Disconnect, Endpoint, ServerFrame, UserId, client_group},
     presence,
 };
 
@@ -348,35 +347,6 @@ impl Connection {
     }
 }
 
-#[derive(Serialize)]
-struct DirectFrame<'a> {
-    r#type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<i64>,
-    sender_username: &'a str,
-    content: &'a str,
-    timestamp: String,
-}
-
-/// The JSON frame a recipient receives for a directed or an offline message;
-/// with its `id` for a connection that acknowledges.
-pub fn message_frame(
-    kind: &'static str,
-    id: Option<i64>,
-    sender_username: &str,
-    content: &str,
-    at: chrono::DateTime<chrono::Utc>,
-) -> String {
-    serde_json::to_string(&DirectFrame {
-        r#type: kind,
-        id,
-        sender_username,
-        content,
-        timestamp: iso(at),
-    })
-    .expect("a frame of strings serializes")
-}
-
 pub struct Hub {
     connections: RwLock<Held>,
     next_id: AtomicU64,
@@ -509,13 +479,16 @@ impl Hub {
         // Rendered once for the connections of each kind.
         let (mut plain, mut tracked) = (None, None);
         let frame = |id| {
-            Utf8Bytes::from(message_frame(
-                "p2p_message",
-                id,
-                &message.sender_username,
-                &message.content,
-                message.sent_at,
-            ))
+            Utf8Bytes::from(
+                ServerFrame::Message {
+                    arrival: Arrival::Live,
+                    id,
+                    sender_username: &message.sender_username,
+                    content: &message.content,
+                    sent_at: message.sent_at,
+                }
+                .to_text(),
+            )
         };
         let receipt = Arc::new(Receipt {
             message: Some(message.clone()),
@@ -587,11 +560,7 @@ impl Hub {
         };
         let frames: Vec<Utf8Bytes> = ids
             .iter()
-            .map(|id| {
-                serde_json::json!({"type": "delivered", "id": id})
-                    .to_string()
-                    .into()
-            })
+            .map(|&id| ServerFrame::Delivered { id }.to_text().into())
             .collect();
         for conn in conns
             .iter()

@@ -39,9 +39,8 @@ mod writer;
 
 pub use accounts::{AuthUser, Login};
 pub use contacts::ContactTarget;
-pub use hub::message_frame;
 pub use online::{Card, Online};
-pub use relay::{FrameBudget, InboxPage, PUSH_CLAIM, authenticated_frame, error_frame};
+pub use relay::{FrameBudget, InboxPage, PUSH_CLAIM};
 pub use turn::TurnCredentials;
 
 use consent::ConsentCache;

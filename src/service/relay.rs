@@ -14,14 +14,13 @@ use crate::{
     client_ids::CLIENT_ID_MAX_CHARS,
     config::{Switch, Visibility},
     domain::{
-        ClientFrame, DirectMessage, Endpoint, MessageContent, UserId, is_broadcastable, time::iso,
+        ClientFrame, DirectMessage, Endpoint, MessageContent, ServerFrame, UserId, is_broadcastable,
     },
     metrics::{self, StoredVia, messages_stored},
     ratelimit::{Limit, LocalBudget},
     store::{Acked, Admission, InboxMessage, MailboxQuota, Message, NewMessage, Page},
 };
 use chrono::Utc;
-use serde_json::json;
 
 const TOO_MANY: Error = Error::Limited("Too many connections", Duration::from_secs(1));
 
@@ -32,23 +31,6 @@ const ACK_MAX_IDS: usize = crate::store::INBOX_PAGE as usize;
 /// its replica dies, they are handed out again after this. A connection that
 /// acknowledges renews the claims on those it holds while it lives.
 pub const PUSH_CLAIM: Duration = Duration::from_secs(5 * 60);
-
-/// `{"type": "authenticated", "expires_at"}`: the connection now stands on
-/// `user`'s token (an `auth` frame was accepted).
-pub fn authenticated_frame(user: &AuthUser) -> String {
-    json!({"type": "authenticated", "expires_at": iso(user.expires_at)}).to_string()
-}
-
-/// `{"error": "..."}`, the frame that answers a client's mistake.
-pub fn error_frame(message: &str) -> String {
-    json!({ "error": message }).to_string()
-}
-
-/// `{"type": "sent", "client_id", "id"}`: the server took responsibility for
-/// the message the client named `client_id`.
-fn sent_frame(client_id: &str, id: i64) -> String {
-    json!({"type": "sent", "client_id": client_id, "id": id}).to_string()
-}
 
 /// One page of an inbox fetch.
 pub struct InboxPage {
@@ -161,14 +143,19 @@ impl Services {
                     match self.renew_connection(sender, connection, &token).await {
                         Ok(renewed) => {
                             *sender = renewed;
-                            authenticated_frame(sender)
+                            ServerFrame::Authenticated {
+                                expires_at: sender.expires_at,
+                            }
+                            .to_text()
                         }
-                        Err(Error::Unauthenticated(why)) => {
-                            error_frame(&format!("{why}; the connection keeps its current token"))
-                        }
+                        Err(Error::Unauthenticated(why)) => ServerFrame::Error(&format!(
+                            "{why}; the connection keeps its current token"
+                        ))
+                        .to_text(),
                         Err(err) => {
                             tracing::warn!(error = format!("{err:#}"), "renewal failed");
-                            error_frame("the token could not be checked; try again")
+                            ServerFrame::Error("the token could not be checked; try again")
+                                .to_text()
                         }
                     },
                 ];
@@ -179,12 +166,16 @@ impl Services {
                         delivery.acknowledged(&ids);
                         Vec::new()
                     }
-                    Err(Error::Invalid(_)) => vec![error_frame(&format!(
-                        "an ack names at most {ACK_MAX_IDS} ids"
-                    ))],
+                    Err(Error::Invalid(_)) => vec![
+                        ServerFrame::Error(&format!("an ack names at most {ACK_MAX_IDS} ids"))
+                            .to_text(),
+                    ],
                     Err(err) => {
                         tracing::warn!(error = format!("{err:#}"), "acknowledgement failed");
-                        vec![error_frame("the acknowledgement failed; send it again")]
+                        vec![
+                            ServerFrame::Error("the acknowledgement failed; send it again")
+                                .to_text(),
+                        ]
                     }
                 };
             }
@@ -192,9 +183,9 @@ impl Services {
             // or a bidi override would let it write a line that looks like
             // someone else's, or like the server's own notices.
             ClientFrame::Broadcast(text) if !text.chars().all(is_broadcastable) => {
-                return vec![error_frame(
+                return vec![ServerFrame::Error(
                     "a broadcast must be one line of printable text: line breaks, control and format characters are not relayed",
-                )];
+                ).to_text()];
             }
             ClientFrame::Broadcast(text) => {
                 return match self.spend_fanout(sender, text.len()).await {
@@ -202,20 +193,26 @@ impl Services {
                         self.broadcast(sender, text).await;
                         Vec::new()
                     }
-                    Err(Error::Limited(refusal, wait)) => vec![error_frame(&format!(
-                        "{refusal}: not relayed; retry in {} s",
-                        wait.as_secs_f64().ceil().max(1.0)
-                    ))],
+                    Err(Error::Limited(refusal, wait)) => vec![
+                        ServerFrame::Error(&format!(
+                            "{refusal}: not relayed; retry in {} s",
+                            wait.as_secs_f64().ceil().max(1.0)
+                        ))
+                        .to_text(),
+                    ],
                     Err(err) => {
                         tracing::warn!(error = format!("{err:#}"), "broadcast limiter failed");
-                        vec![error_frame("broadcast not relayed; try again")]
+                        vec![ServerFrame::Error("broadcast not relayed; try again").to_text()]
                     }
                 };
             }
             ClientFrame::Malformed => {
-                return vec![error_frame(
-                    "a JSON frame needs string fields \"recipient_username\" and \"content\"",
-                )];
+                return vec![
+                    ServerFrame::Error(
+                        "a JSON frame needs string fields \"recipient_username\" and \"content\"",
+                    )
+                    .to_text(),
+                ];
             }
             ClientFrame::Direct {
                 recipient_username,
@@ -226,9 +223,12 @@ impl Services {
         if let Some(client_id) = &client_id {
             let chars = client_id.chars().count();
             if chars == 0 || chars > CLIENT_ID_MAX_CHARS {
-                return vec![error_frame(&format!(
-                    "client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters"
-                ))];
+                return vec![
+                    ServerFrame::Error(&format!(
+                        "client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters"
+                    ))
+                    .to_text(),
+                ];
             }
             delivery.want_receipts();
         }
@@ -244,7 +244,7 @@ impl Services {
             Ok(replies) => replies,
             Err(err) => {
                 tracing::warn!(error = format!("{err:#}"), "directed message failed");
-                vec![error_frame("message could not be delivered; try again")]
+                vec![ServerFrame::Error("message could not be delivered; try again").to_text()]
             }
         }
     }
@@ -265,7 +265,9 @@ impl Services {
             match MessageContent::parse(content, self.settings.max_message_bytes, "content") {
                 Ok(content) => content.into_inner(),
                 Err(invalid) => {
-                    return Ok(vec![error_frame(&format!("content {}", invalid.message))]);
+                    return Ok(vec![
+                        ServerFrame::Error(&format!("content {}", invalid.message)).to_text(),
+                    ]);
                 }
             };
         let recipient = self
@@ -275,7 +277,7 @@ impl Services {
         // The client's input is not echoed back: a reply stays small whatever
         // the frame held.
         let Some(recipient) = recipient else {
-            return Ok(vec![error_frame("recipient not found")]);
+            return Ok(vec![ServerFrame::Error("recipient not found").to_text()]);
         };
         // Under `contacts` visibility, a sender the recipient has not accepted
         // learns nothing of its presence from the answer: its messages are
@@ -296,7 +298,15 @@ impl Services {
         let client_key = client_id.map(|client_id| format!("{}/{client_id}", recipient.id));
         if let (Some(client_id), Some(key)) = (client_id, &client_key) {
             match self.client_ids.remember(sender.id, key, id).await {
-                Ok(Some(first)) => return Ok(vec![sent_frame(client_id, first)]),
+                Ok(Some(first)) => {
+                    return Ok(vec![
+                        ServerFrame::Sent {
+                            client_id,
+                            id: first,
+                        }
+                        .to_text(),
+                    ]);
+                }
                 Ok(None) => {}
                 // Delivered, possibly twice, rather than refused.
                 Err(err) => tracing::warn!(error = %err, "client ids unavailable"),
@@ -334,7 +344,7 @@ impl Services {
                 return Err(err);
             }
         }
-        replies.extend(client_id.map(|client_id| sent_frame(client_id, id)));
+        replies.extend(client_id.map(|client_id| ServerFrame::Sent { client_id, id }.to_text()));
         Ok(replies)
     }
 
@@ -365,10 +375,13 @@ impl Services {
         {
             Ok(()) => {}
             Err(Error::Limited(refusal, wait)) => {
-                return Ok(Outcome::Refused(error_frame(&format!(
-                    "{refusal} (in {} s); the message was not stored",
-                    wait.as_secs_f64().ceil().max(1.0)
-                ))));
+                return Ok(Outcome::Refused(
+                    ServerFrame::Error(&format!(
+                        "{refusal} (in {} s); the message was not stored",
+                        wait.as_secs_f64().ceil().max(1.0)
+                    ))
+                    .to_text(),
+                ));
             }
             Err(other) => return Err(other),
         }
@@ -377,12 +390,15 @@ impl Services {
         match self.writer.store(NewMessage::from(&*message)).await? {
             Admission::Stored(_) => {}
             Admission::MailboxFull => {
-                return Ok(Outcome::Refused(error_frame(
-                    "recipient's mailbox is full; the message was not stored",
-                )));
+                return Ok(Outcome::Refused(
+                    ServerFrame::Error("recipient's mailbox is full; the message was not stored")
+                        .to_text(),
+                ));
             }
             Admission::NoRecipient => {
-                return Ok(Outcome::Refused(error_frame("recipient not found")));
+                return Ok(Outcome::Refused(
+                    ServerFrame::Error("recipient not found").to_text(),
+                ));
             }
         }
         messages_stored(StoredVia::Offline, 1);
@@ -390,8 +406,7 @@ impl Services {
         // connections fetch the message (before any later one is relayed).
         self.announce_unread(&[message.recipient_id]).await;
         Ok(Outcome::Stored(
-            json!({ "status": format!("用户 {recipient_username} 当前离线，消息已保存。") })
-                .to_string(),
+            ServerFrame::StoredOffline { recipient_username }.to_text(),
         ))
     }
 
@@ -448,7 +463,11 @@ impl Services {
 
     async fn broadcast(&self, sender: &AuthUser, text: &str) {
         let event = Event::Text {
-            text: format!("{}: {}", sender.username, text),
+            text: ServerFrame::Broadcast {
+                sender_username: &sender.username,
+                text,
+            }
+            .to_text(),
             audience: Audience::AllExcept(sender.id),
         };
         if let Err(err) = self.bus.publish(event).await {
@@ -514,7 +533,7 @@ impl Services {
             .await?;
         self.record_seen(user, now).await;
         if connections == 1 {
-            self.notify(user, "已上线").await;
+            self.notify(user, true).await;
         }
         Ok(connections)
     }
@@ -564,7 +583,7 @@ impl Services {
             .connection_closed(user.id, &user.jti, now)
             .await
         {
-            Ok(0) => self.notify(user, "已下线").await,
+            Ok(0) => self.notify(user, false).await,
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "presence update failed"),
         }
@@ -579,15 +598,19 @@ impl Services {
         }
     }
 
-    /// `系统消息: 用户 {username} 已上线。` (or 已下线) to those who may see the
-    /// user's presence: everyone under `open` visibility, the users it has
-    /// accepted under `contacts`.
-    async fn notify(&self, user: &AuthUser, what: &str) {
+    /// The user's presence notice (whether it is now `online`) to those who
+    /// may see its presence: everyone under `open` visibility, the users it
+    /// has accepted under `contacts`.
+    async fn notify(&self, user: &AuthUser, online: bool) {
         let audience = match self.settings.address_visibility {
             Visibility::Open => Ok(Audience::AllExcept(user.id)),
             Visibility::Contacts => self.store.consented(user.id).await.map(Audience::Users),
         };
-        let text = format!("系统消息: 用户 {} {what}。", user.username);
+        let text = ServerFrame::Presence {
+            username: &user.username,
+            online,
+        }
+        .to_text();
         let result = match audience {
             Ok(audience) => self
                 .bus

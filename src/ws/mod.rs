@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::{
-    domain::{AckMode, ClientFrame, Disconnect, Endpoint},
+    domain::{AckMode, ClientFrame, Disconnect, Endpoint, ServerFrame},
     extract::{Peer, QueryParams, bearer_token},
     service::{self, AuthUser},
     state::AppState,
@@ -135,7 +135,13 @@ async fn authenticate_in_band(
         Ok(user) => user,
         Err(why) => return close(socket, why).await,
     };
-    let accepted = Message::Text(service::authenticated_frame(&user).into());
+    let accepted = Message::Text(
+        ServerFrame::Authenticated {
+            expires_at: user.expires_at,
+        }
+        .to_text()
+        .into(),
+    );
     match session::Session::open(state.clone(), user, peer, manual_ack).await {
         Ok(session) => {
             if socket.send(accepted).await.is_ok() {

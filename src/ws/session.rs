@@ -19,12 +19,11 @@ use tracing::Instrument;
 
 use super::close_frame;
 use crate::{
-    domain::{DirectMessage, Disconnect, Endpoint},
+    domain::{Arrival, DirectMessage, Disconnect, Endpoint, ServerFrame},
     metrics::WsConnectionGauge,
     service::{
         self, AuthUser, PUSH_CLAIM,
         hub::{self, Closer, Delivery, Inbox, Outbox, Outgoing, Receipt},
-        message_frame,
     },
     state::AppState,
     store::Page,
@@ -256,15 +255,18 @@ async fn read_loop(
                         closer.close(Disconnect::RateLimited);
                         return;
                     }
-                    vec![service::error_frame(&format!(
-                        "too many messages: not relayed; slow down and retry in {} s",
-                        wait.as_secs_f64().ceil().max(1.0)
-                    ))]
+                    vec![
+                        ServerFrame::Error(&format!(
+                            "too many messages: not relayed; slow down and retry in {} s",
+                            wait.as_secs_f64().ceil().max(1.0)
+                        ))
+                        .to_text(),
+                    ]
                 }
             },
-            Some(Ok(Message::Binary(_))) => vec![service::error_frame(
-                "binary frames are not supported; send text",
-            )],
+            Some(Ok(Message::Binary(_))) => {
+                vec![ServerFrame::Error("binary frames are not supported; send text").to_text()]
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Vec::new(),
         };
         // A client that sends faster than its replies are written waits; one
@@ -567,13 +569,14 @@ impl Writer {
                 unwritten.push(m.id);
                 continue;
             }
-            let frame = message_frame(
-                "offline_message",
-                manual.then_some(m.id),
-                &item.sender_username,
-                &m.content,
-                m.sent_at,
-            );
+            let frame = ServerFrame::Message {
+                arrival: Arrival::Stored,
+                id: manual.then_some(m.id),
+                sender_username: &item.sender_username,
+                content: &m.content,
+                sent_at: m.sent_at,
+            }
+            .to_text();
             let send =
                 tokio::time::timeout(WRITE_DEADLINE, self.sink.send(Message::Text(frame.into())));
             let sent = tokio::select! {
