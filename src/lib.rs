@@ -22,6 +22,8 @@ pub mod bus;
 pub mod client_ids;
 /// Typed settings, read from the environment and command-line flags.
 pub mod config;
+/// A WebSocket connection's outbox, receipts and closing, shared by the hub and the session.
+pub mod connection;
 /// The vocabulary: ids, validated values, endpoints, messages, disconnect reasons.
 pub mod domain;
 /// The one error type of the edges, rendered as FastAPI-style bodies.

@@ -7,323 +7,23 @@
 //! stored as an offline message, so nothing is lost.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::HashMap,
     net::IpAddr,
     sync::{
-        Arc, Mutex, OnceLock, RwLock,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
     },
 };
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{Audience, Event, EventSink, Sessions},
+    connection::{Delivery, Outbox, Outgoing, Receipt},
     domain::{Arrival, DirectMessage, Disconnect, Endpoint, ServerFrame, UserId, client_group},
     presence,
 };
-
-/// A frame, or work, waiting in a connection's outbox.
-pub enum Outgoing {
-    Text(Utf8Bytes),
-    /// A directed message: once written, its receipt is signed.
-    Direct(Utf8Bytes, Arc<Receipt>),
-    /// A directed message for a connection that acknowledges: stored (held
-    /// for it) before it is written, then its receipt is signed.
-    Tracked(Arc<DirectMessage>, Utf8Bytes, Arc<Receipt>),
-    /// Fetch the stored messages waiting for the user and write them.
-    Fetch,
-}
-
-/// Shared by the copies of one directed message queued to its recipient's
-/// connections. When the last copy goes away with none written (or stored for
-/// a connection that acknowledges), the message goes back to be stored
-/// offline.
-pub struct Receipt {
-    message: Option<Arc<DirectMessage>>,
-    settled: AtomicBool,
-    undelivered: mpsc::UnboundedSender<Arc<DirectMessage>>,
-}
-
-impl Receipt {
-    /// The message is safe: written to a connection, or stored for one.
-    pub fn settle(&self) {
-        self.settled.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Receipt {
-    fn drop(&mut self) {
-        if !self.settled.load(Ordering::Relaxed)
-            && let Some(message) = self.message.take()
-        {
-            let _ = self.undelivered.send(message);
-        }
-    }
-}
-
-/// Most messages one connection may hold unacknowledged: beyond, it is
-/// closed (they wait for its next connection).
-pub const MAX_UNACKED: usize = 2 * crate::store::INBOX_PAGE as usize;
-
-/// How a connection takes its messages, shared by the hub and its session.
-#[derive(Default)]
-pub struct Delivery {
-    /// Opened with `?ack=manual`: messages carry ids and are held until the
-    /// client acknowledges them.
-    pub manual_ack: bool,
-    /// Gets `delivered` receipts: acknowledges, or has sent a `client_id`.
-    receipts: AtomicBool,
-    /// A [`Outgoing::Fetch`] is queued already.
-    fetch_queued: AtomicBool,
-    /// Messages written (or about to be) and held for it, not yet
-    /// acknowledged, and those acknowledged since the writer's last fetch.
-    held: Mutex<Holding>,
-}
-
-#[derive(Default)]
-struct Holding {
-    unacked: BTreeSet<i64>,
-    /// A fetch that claimed a message just before its acknowledgement was
-    /// stored still gets it: these are not written again.
-    acked_since_fetch: HashSet<i64>,
-}
-
-impl Delivery {
-    pub fn new(manual_ack: bool) -> Self {
-        Self {
-            manual_ack,
-            receipts: AtomicBool::new(manual_ack),
-            ..Self::default()
-        }
-    }
-
-    /// The client sent a `client_id`: it understands receipts.
-    pub fn want_receipts(&self) {
-        self.receipts.store(true, Ordering::Relaxed);
-    }
-
-    /// The writer takes the queued fetch: later notices queue another. An
-    /// acknowledgement stored before this cannot be behind the fetch's claim.
-    pub fn fetch_taken(&self) {
-        self.fetch_queued.store(false, Ordering::Release);
-        self.held().acked_since_fetch.clear();
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, Holding> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records messages held for this connection; false when it now holds
-    /// more than [`MAX_UNACKED`].
-    pub fn hold(&self, ids: impl IntoIterator<Item = i64>) -> bool {
-        let mut held = self.held();
-        held.unacked.extend(ids);
-        held.unacked.len() <= MAX_UNACKED
-    }
-
-    /// These messages were acknowledged (and their deletion stored), or
-    /// will never be held: they are not written to this connection again.
-    pub fn acknowledged(&self, ids: &[i64]) {
-        let mut held = self.held();
-        for id in ids {
-            held.unacked.remove(id);
-            held.acked_since_fetch.insert(*id);
-        }
-    }
-
-    /// The messages held, oldest first.
-    pub fn unacked(&self) -> Vec<i64> {
-        self.held().unacked.iter().copied().collect()
-    }
-
-    /// The messages a fetch must not write: held already, or acknowledged
-    /// since the fetch began.
-    pub fn passed(&self) -> HashSet<i64> {
-        let held = self.held();
-        held.unacked
-            .iter()
-            .chain(&held.acked_since_fetch)
-            .copied()
-            .collect()
-    }
-}
-
-/// Asks a connection to close, saying why.
-#[derive(Clone, Default)]
-pub struct Closer {
-    token: CancellationToken,
-    reason: Arc<OnceLock<Disconnect>>,
-    shutdown: CancellationToken,
-}
-
-impl Closer {
-    /// A closer that also fires when `shutdown` is cancelled.
-    pub fn child_of(shutdown: &CancellationToken) -> Self {
-        Self {
-            token: shutdown.child_token(),
-            reason: Arc::default(),
-            shutdown: shutdown.clone(),
-        }
-    }
-
-    /// Closes for this reason, unless a reason was given already; true when
-    /// this was the first. A connection closed as too slow is counted here,
-    /// once, whichever path found it slow.
-    pub fn close(&self, why: Disconnect) -> bool {
-        let first = self.reason.set(why).is_ok();
-        self.token.cancel();
-        if first && why == Disconnect::TooSlow {
-            crate::metrics::slow_consumer_closed();
-        }
-        first
-    }
-
-    /// Ends the connection with no reason of its own (the client left).
-    pub fn finish(&self) {
-        self.token.cancel();
-    }
-
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
-    pub fn reason(&self) -> Disconnect {
-        match self.reason.get() {
-            Some(reason) => *reason,
-            None if self.shutdown.is_cancelled() => Disconnect::ShuttingDown,
-            None => Disconnect::Normal,
-        }
-    }
-}
-
-/// A connection's queue of frames to write, bounded in frames and in bytes.
-/// Offering never waits: a queue that is full closes its connection as too
-/// slow (the client reads too slowly, or not at all).
-#[derive(Clone)]
-pub struct Outbox {
-    frames: mpsc::Sender<Outgoing>,
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
-    closer: Closer,
-}
-
-/// The writer's end of an [`Outbox`]. The bytes of the frames it takes are
-/// given back to the bound in one step per batch ([`Inbox::settle`]), so that
-/// the writer touches the shared count once per flush, not once per frame.
-pub struct Inbox {
-    frames: mpsc::Receiver<Outgoing>,
-    bytes: Arc<AtomicUsize>,
-    taken: usize,
-}
-
-/// A new outbox of at most `max_frames` frames and `max_bytes` bytes, which
-/// closes its connection through `closer`.
-pub fn outbox(max_frames: usize, max_bytes: usize, closer: Closer) -> (Outbox, Inbox) {
-    let (frames, receiver) = mpsc::channel(max_frames.max(1));
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let outbox = Outbox {
-        frames,
-        bytes: bytes.clone(),
-        max_bytes,
-        closer,
-    };
-    (
-        outbox,
-        Inbox {
-            frames: receiver,
-            bytes,
-            taken: 0,
-        },
-    )
-}
-
-impl Outgoing {
-    fn len(&self) -> usize {
-        match self {
-            Self::Text(frame) | Self::Direct(frame, _) | Self::Tracked(_, frame, _) => frame.len(),
-            Self::Fetch => 0,
-        }
-    }
-}
-
-impl Outbox {
-    /// Queues a frame. False when it was not queued: the queue was full (the
-    /// connection is now closing as too slow) or the connection is gone.
-    pub fn offer(&self, item: Outgoing) -> bool {
-        let size = item.len();
-        if !self.take_bytes(size) {
-            return false;
-        }
-        match self.frames.try_send(item) {
-            Ok(()) => true,
-            Err(full_or_closed) => {
-                self.bytes.fetch_sub(size, Ordering::Relaxed);
-                if let mpsc::error::TrySendError::Full(_) = full_or_closed {
-                    self.too_slow();
-                }
-                false
-            }
-        }
-    }
-
-    /// Queues a frame of the connection's own (a reply), waiting while the
-    /// queue is full of frames: a client that sends faster than it is written
-    /// to is slowed down, not cut off. Its caller bounds the wait. False when
-    /// the frame was not queued (over the byte bound: the connection is now
-    /// closing as too slow; or the connection is gone).
-    pub async fn send(&self, item: Outgoing) -> bool {
-        let Ok(place) = self.frames.reserve().await else {
-            return false;
-        };
-        if !self.take_bytes(item.len()) {
-            return false;
-        }
-        place.send(item);
-        true
-    }
-
-    /// Counts `size` more bytes queued; over the bound, counts nothing and
-    /// closes the connection as too slow.
-    fn take_bytes(&self, size: usize) -> bool {
-        if self.bytes.fetch_add(size, Ordering::Relaxed) + size <= self.max_bytes {
-            return true;
-        }
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
-        self.too_slow();
-        false
-    }
-
-    fn too_slow(&self) {
-        self.closer.close(Disconnect::TooSlow);
-    }
-
-    pub fn closer(&self) -> &Closer {
-        &self.closer
-    }
-}
-
-impl Inbox {
-    pub async fn recv(&mut self) -> Option<Outgoing> {
-        let item = self.frames.recv().await?;
-        self.taken += item.len();
-        Some(item)
-    }
-
-    pub fn try_recv(&mut self) -> Option<Outgoing> {
-        let item = self.frames.try_recv().ok()?;
-        self.taken += item.len();
-        Some(item)
-    }
-
-    /// Gives the bytes of the frames taken since the last call back to the bound.
-    pub fn settle(&mut self) {
-        self.bytes
-            .fetch_sub(std::mem::take(&mut self.taken), Ordering::Relaxed);
-    }
-}
 
 #[derive(Clone)]
 struct Connection {
@@ -339,9 +39,7 @@ struct Connection {
 impl Connection {
     /// Queues a fetch of stored messages unless one is queued already.
     fn fetch(&self) {
-        if !self.delivery.fetch_queued.swap(true, Ordering::AcqRel)
-            && !self.outbox.offer(Outgoing::Fetch)
-        {
+        if self.delivery.queue_fetch() && !self.outbox.offer(Outgoing::Fetch) {
             self.delivery.fetch_taken();
         }
     }
@@ -490,11 +188,7 @@ impl Hub {
                 .to_text(),
             )
         };
-        let receipt = Arc::new(Receipt {
-            message: Some(message.clone()),
-            settled: AtomicBool::new(false),
-            undelivered: self.undelivered.clone(),
-        });
+        let receipt = Arc::new(Receipt::new(message.clone(), self.undelivered.clone()));
         for conn in targets {
             let item = if conn.manual_ack {
                 let frame = tracked.get_or_insert_with(|| frame(Some(message.id)));
@@ -562,10 +256,7 @@ impl Hub {
             .iter()
             .map(|&id| ServerFrame::Delivered { id }.to_text().into())
             .collect();
-        for conn in conns
-            .iter()
-            .filter(|c| c.delivery.receipts.load(Ordering::Relaxed))
-        {
+        for conn in conns.iter().filter(|c| c.delivery.wants_receipts()) {
             for frame in &frames {
                 conn.outbox.offer(Outgoing::Text(frame.clone()));
             }
@@ -654,8 +345,9 @@ impl EventSink for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::{Closer, OutboxReader, outbox};
 
-    fn queue(frames: usize) -> (Outbox, Inbox) {
+    fn queue(frames: usize) -> (Outbox, OutboxReader) {
         outbox(frames, usize::MAX, Closer::default())
     }
 
@@ -749,47 +441,6 @@ mod tests {
         assert_eq!(closer.reason(), Disconnect::TooSlow);
     }
 
-    #[tokio::test]
-    async fn replies_wait_for_room_in_frames_but_not_in_bytes() {
-        let closer = Closer::default();
-        let (outbox, mut inbox) = outbox(1, 10, closer.clone());
-        let frame = |n: usize| Outgoing::Text(Utf8Bytes::from("x".repeat(n)));
-        assert!(outbox.send(frame(4)).await);
-        let waiting = tokio::spawn({
-            let outbox = outbox.clone();
-            async move { outbox.send(frame(4)).await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "one frame fills the queue");
-        assert!(inbox.recv().await.is_some());
-        assert!(waiting.await.unwrap(), "queued once there was room");
-        assert!(inbox.recv().await.is_some());
-        inbox.settle();
-        assert!(!outbox.send(frame(11)).await, "over the byte bound");
-        assert_eq!(closer.reason(), Disconnect::TooSlow);
-    }
-
-    /// The slow-consumer metric counts connections: one connection that drops
-    /// many frames, and is found slow again by the writer, counts once.
-    #[test]
-    fn a_slow_connection_counts_once_however_many_frames_it_drops() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || {
-            let (outbox, _inbox) = queue(1);
-            for _ in 0..5 {
-                outbox.offer(Outgoing::Text(Utf8Bytes::from("x")));
-            }
-            outbox.closer().close(Disconnect::TooSlow);
-            queue(1).0.closer().close(Disconnect::TooSlow);
-        });
-        let rendered = handle.render();
-        let count = rendered
-            .lines()
-            .find_map(|l| l.strip_prefix("secchat_ws_slow_consumers_closed_total "));
-        assert_eq!(count, Some("2"), "{rendered}");
-    }
-
     #[test]
     fn an_address_holds_at_most_its_share() {
         let (hub, _undelivered) = Hub::new();
@@ -807,21 +458,6 @@ mod tests {
             hub.register(3, "c", here(), queue(1).0, Arc::default(), 2)
                 .is_some()
         );
-    }
-
-    #[test]
-    fn an_outbox_is_bounded_in_bytes_too() {
-        let closer = Closer::default();
-        let (outbox, mut inbox) = outbox(100, 10, closer.clone());
-        let frame = |n: usize| Outgoing::Text(Utf8Bytes::from("x".repeat(n)));
-        assert!(outbox.offer(frame(6)));
-        assert!(outbox.offer(frame(4)));
-        assert!(!closer.token().is_cancelled());
-        assert!(inbox.try_recv().is_some());
-        inbox.settle();
-        assert!(outbox.offer(frame(6)));
-        assert!(!outbox.offer(frame(1)), "11 bytes would be queued");
-        assert_eq!(closer.reason(), Disconnect::TooSlow);
     }
 
     #[test]
@@ -861,26 +497,5 @@ mod tests {
             sessions: Sessions::AllBut(None),
         });
         assert!(closers.iter().all(|c| c.token().is_cancelled()));
-    }
-}
-
-#[cfg(test)]
-mod delivery_tests {
-    use super::Delivery;
-
-    /// A fetch may claim a message just before its acknowledgement is
-    /// stored; until the next fetch begins, such a message is passed over
-    /// (CI once saw one written twice on a busy machine).
-    #[test]
-    fn an_acknowledged_message_is_passed_over_until_the_next_fetch() {
-        let delivery = Delivery::new(true);
-        assert!(delivery.hold([1, 2]));
-        delivery.acknowledged(&[1]);
-        assert_eq!(delivery.unacked(), [2]);
-        let passed = delivery.passed();
-        assert!(passed.contains(&1) && passed.contains(&2));
-        delivery.fetch_taken();
-        assert!(!delivery.passed().contains(&1));
-        assert!(delivery.passed().contains(&2));
     }
 }

@@ -5,14 +5,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{
-    AuthUser, Error, Result, Services,
-    hub::{Delivery, Outbox},
-};
+use super::{AuthUser, Error, Result, Services};
 use crate::{
     bus::{Audience, Event},
     client_ids::CLIENT_ID_MAX_CHARS,
     config::{Switch, Visibility},
+    connection::{Delivery, Outbox},
     domain::{
         ClientFrame, DirectMessage, Endpoint, MessageContent, ServerFrame, UserId, is_broadcastable,
     },

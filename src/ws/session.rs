@@ -19,12 +19,10 @@ use tracing::Instrument;
 
 use super::close_frame;
 use crate::{
+    connection::{self, Closer, Delivery, Outbox, OutboxReader, Outgoing, Receipt},
     domain::{Arrival, DirectMessage, Disconnect, Endpoint, ServerFrame},
     metrics::WsConnectionGauge,
-    service::{
-        self, AuthUser, PUSH_CLAIM,
-        hub::{self, Closer, Delivery, Inbox, Outbox, Outgoing, Receipt},
-    },
+    service::{self, AuthUser, PUSH_CLAIM},
     state::AppState,
     store::Page,
 };
@@ -52,7 +50,7 @@ pub struct Session {
     delivery: Arc<Delivery>,
     /// Also holds the connection's closer.
     outbox: Outbox,
-    inbox: Option<Inbox>,
+    inbox: Option<OutboxReader>,
     /// Undoes `open`; taken when the session closes, run from `Drop` otherwise.
     teardown: Option<Teardown>,
     /// The upgrade request's span (with its request id), parent of the session's.
@@ -83,7 +81,7 @@ impl Session {
         peer: Endpoint,
         manual_ack: bool,
     ) -> service::Result<Self> {
-        let (outbox, inbox) = hub::outbox(
+        let (outbox, inbox) = connection::outbox(
             state.settings.ws_queue_len,
             state.settings.ws_queue_bytes,
             Closer::child_of(&state.shutdown),
@@ -341,7 +339,7 @@ impl Writer {
     /// is dropped (its directed messages go back to be stored offline through
     /// their receipts), and the frames already handed to the socket are
     /// followed by the close frame, within [`CLOSE_GRACE`].
-    async fn run(mut self, mut inbox: Inbox, ping_every: Duration) {
+    async fn run(mut self, mut inbox: OutboxReader, ping_every: Duration) {
         let stop = self.serve(&mut inbox, ping_every).await;
         drop(inbox);
         if let Stop::Close = stop {
@@ -353,7 +351,7 @@ impl Writer {
         }
     }
 
-    async fn serve(&mut self, inbox: &mut Inbox, ping_every: Duration) -> Stop {
+    async fn serve(&mut self, inbox: &mut OutboxReader, ping_every: Duration) -> Stop {
         // Registered once: a fresh `cancelled()` per step would lock the token each time.
         let token = self.closer.token().clone();
         let cancelled: WaitForCancellationFuture = token.cancelled();
@@ -621,7 +619,7 @@ impl Writer {
 /// `first` and whatever frames are queued behind it, up to a batch, into
 /// `batch`; true when a fetch came next (it follows the batch). The bytes
 /// taken go back to the outbox's bound.
-fn take_batch(first: Outgoing, inbox: &mut Inbox, batch: &mut Vec<Outgoing>) -> bool {
+fn take_batch(first: Outgoing, inbox: &mut OutboxReader, batch: &mut Vec<Outgoing>) -> bool {
     batch.push(first);
     let mut fetch_next = false;
     while batch.len() < WRITE_BATCH {
