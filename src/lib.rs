@@ -18,6 +18,8 @@ pub mod backends;
 pub mod batch;
 /// Fan-out of WebSocket events to every replica that holds the addressees: the trait.
 pub mod bus;
+/// The list of backends, one per capability, as traits.
+pub mod capabilities;
 /// The message ids senders' client ids name, for de-duplication: the trait.
 pub mod client_ids;
 /// Typed settings, read from the environment and command-line flags.

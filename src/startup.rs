@@ -25,7 +25,7 @@ use crate::{
     config::Settings,
     domain::DirectMessage,
     serve::ConnectionLimits,
-    service::{Engines, Services, hub::Hub},
+    service::{Services, hub::Hub},
     state::AppState,
 };
 
@@ -44,19 +44,13 @@ impl App {
         let (hub, undelivered) = Hub::new();
         let hub = Arc::new(hub);
         let shutdown = CancellationToken::new();
-        let backends = backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
+        let (backends, jwt_secret) =
+            backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
         let services = Services::new(
             settings.clone(),
-            Engines {
-                store: backends.store,
-                revocations: backends.revocations,
-                presence: backends.presence,
-                bus: backends.bus,
-                limiter: backends.limiter,
-                client_ids: backends.client_ids,
-            },
+            backends,
             hub,
-            Tokens::new(&backends.jwt_secret, settings.token_ttl()),
+            Tokens::new(&jwt_secret, settings.token_ttl()),
         )?;
         services
             .key_earlier_usernames()

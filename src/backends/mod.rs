@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{Bus, EventSink},
+    capabilities::Backends,
     client_ids::ClientIds,
     config::{Settings, Switch},
     presence::Presence,
@@ -27,26 +28,16 @@ pub mod memory;
 pub mod redis;
 pub mod sql;
 
-pub struct Backends {
-    pub store: Arc<dyn Store>,
-    pub revocations: Arc<dyn Revocations>,
-    pub presence: Arc<dyn Presence>,
-    pub bus: Arc<dyn Bus>,
-    pub limiter: Arc<dyn Limiter>,
-    pub client_ids: Arc<dyn ClientIds>,
-    pub jwt_secret: SecretString,
-}
-
 /// Connects what the settings name: Postgres or SQLite for the store; Redis or
 /// this process for presence and fan-out; Redis or the store for revoked
 /// tokens; Redis or this process for rate limits (none with
-/// `RATE_LIMITS=off`). `sink` receives the events fan-out brings to this
+/// `RATE_LIMITS=off`); and the secret tokens are signed with. `sink` receives the events fan-out brings to this
 /// replica; `shutdown` stops the subscriber.
 pub async fn connect(
     settings: &Settings,
     sink: Arc<dyn EventSink>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Backends> {
+) -> anyhow::Result<(Backends, SecretString)> {
     let jwt_secret = match &settings.jwt_secret {
         Some(secret) => secret.clone(),
         None if settings.uses_postgres() => {
@@ -125,15 +116,15 @@ pub async fn connect(
         rate_limits = ?settings.rate_limits,
         "backends ready"
     );
-    Ok(Backends {
+    let backends = Backends {
         store,
         revocations,
         presence,
         bus,
         limiter,
         client_ids,
-        jwt_secret,
-    })
+    };
+    Ok((backends, jwt_secret))
 }
 
 /// The store, and the revoked-token set it keeps (used when there is no Redis).

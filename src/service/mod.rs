@@ -17,6 +17,7 @@ use crate::{
         password::{HashError, PasswordHasher},
     },
     bus::{Bus, BusError},
+    capabilities::Backends,
     client_ids::ClientIds,
     config::Settings,
     domain::Invalid,
@@ -168,16 +169,6 @@ pub struct Services {
     settings: Arc<Settings>,
 }
 
-/// The backends the flows run over, one per capability.
-pub struct Engines {
-    pub store: Arc<dyn Store>,
-    pub revocations: Arc<dyn Revocations>,
-    pub presence: Arc<dyn Presence>,
-    pub bus: Arc<dyn Bus>,
-    pub limiter: Arc<dyn Limiter>,
-    pub client_ids: Arc<dyn ClientIds>,
-}
-
 /// Which backends answer, for `/readyz`.
 pub struct Readiness {
     pub store: bool,
@@ -190,18 +181,18 @@ impl Services {
     /// built with.
     pub fn new(
         settings: Arc<Settings>,
-        engines: Engines,
+        backends: Backends,
         hub: Arc<Hub>,
         tokens: Tokens,
     ) -> anyhow::Result<Self> {
-        let Engines {
+        let Backends {
             store,
             revocations,
             presence,
             bus,
             limiter,
             client_ids,
-        } = engines;
+        } = backends;
         anyhow::ensure!(
             settings.deleted_name_retention() >= names::TIME_TO_LIVE,
             "DELETED_NAME_RETENTION_SECS must be at least {} s: replicas may remember a name that long",
