@@ -94,20 +94,20 @@ impl From<Invalid> for ApiError {
     }
 }
 
-impl From<service::Error> for ApiError {
-    fn from(err: service::Error) -> Self {
+impl From<service::error::Error> for ApiError {
+    fn from(err: service::error::Error) -> Self {
         match err {
-            service::Error::Unauthenticated(m) => Self::Unauthorized(m),
-            service::Error::NotFound(m) => Self::NotFound(m),
-            service::Error::Refused(m) => Self::BadRequest(m),
-            service::Error::Limited(m, wait) => Self::TooManyRequests(m, wait),
-            service::Error::Busy(m) => Self::Busy(m),
-            service::Error::Full(m) => Self::Conflict(m),
-            service::Error::Invalid(fields) => {
+            service::error::Error::Unauthenticated(m) => Self::Unauthorized(m),
+            service::error::Error::NotFound(m) => Self::NotFound(m),
+            service::error::Error::Refused(m) => Self::BadRequest(m),
+            service::error::Error::Limited(m, wait) => Self::TooManyRequests(m, wait),
+            service::error::Error::Busy(m) => Self::Busy(m),
+            service::error::Error::Full(m) => Self::Conflict(m),
+            service::error::Error::Invalid(fields) => {
                 Self::Validation(fields.into_iter().map(ValidationItem::body).collect())
             }
-            service::Error::Unavailable(e) => Self::Unavailable(e),
-            service::Error::Internal(e) => Self::Internal(e),
+            service::error::Error::Unavailable(e) => Self::Unavailable(e),
+            service::error::Error::Internal(e) => Self::Internal(e),
         }
     }
 }

@@ -15,6 +15,24 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Drains the recorder's histograms into their summaries every few seconds
+/// (what the exporter's own upkeep task does when it installs itself), until
+/// shutdown.
+pub fn spawn_upkeep(
+    handle: PrometheusHandle,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => handle.run_upkeep(),
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    })
+}
+
 /// Installs the process-wide recorder (once) and returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
     HANDLE

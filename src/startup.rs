@@ -53,6 +53,7 @@ impl App {
             Tokens::new(&jwt_secret, settings.token_ttl()),
         )?;
         services
+            .accounts
             .key_earlier_usernames()
             .await
             .context("giving earlier users their name skeletons")?;
@@ -125,8 +126,14 @@ impl App {
         } = self;
         tracing::info!(address = %listener.local_addr()?, "listening");
         let metrics = metrics_listener.map(|listener| serve_metrics(listener, &state));
-        let background = spawn_background(&state, undelivered);
-        let expiry = spawn_expiry(&state);
+        let shutdown = state.shutdown.clone();
+        let background = [
+            state
+                .inbox
+                .spawn(undelivered, shutdown.clone(), state.sessions.clone()),
+            state.relay.spawn(shutdown.clone()),
+            crate::metrics::spawn_upkeep(state.metrics.clone(), shutdown),
+        ];
         let app = application(state.clone());
         let limits = ConnectionLimits {
             max_connections: state.settings.connection_cap(),
@@ -152,7 +159,7 @@ impl App {
         {
             tracing::warn!("WebSocket sessions still open after the grace period");
         }
-        let _ = tokio::join!(background, expiry);
+        futures_util::future::join_all(background).await;
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }
@@ -207,70 +214,6 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
         path = %request.uri().path(),
         request_id = %id
     )
-}
-
-/// The periodic lease renewal of WebSocket users, and the storing of directed
-/// messages no connection managed to write. Ends, having stored everything
-/// queued, once shutdown began.
-fn spawn_background(
-    state: &AppState,
-    mut undelivered: mpsc::UnboundedReceiver<Arc<DirectMessage>>,
-) -> JoinHandle<()> {
-    let state = state.clone();
-    tokio::spawn(async move {
-        let services = &state.services;
-        let mut renew = tokio::time::interval(state.settings.presence_lease() / 3);
-        let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                _ = renew.tick() => {
-                    services.renew_presence().await;
-                    state.metrics.run_upkeep();
-                }
-
-                n = undelivered.recv_many(&mut batch, 512) => {
-                    if n == 0 {
-                        break;
-                    }
-                    services.store_undelivered(std::mem::take(&mut batch)).await;
-                }
-                _ = state.shutdown.cancelled() => {
-                    // Sessions closing now hand back what they could not write.
-                    let grace = state.settings.shutdown_grace();
-                    let _ = tokio::time::timeout(grace, state.sessions.wait()).await;
-                    break;
-                }
-            }
-        }
-        while let Ok(message) = undelivered.try_recv() {
-            batch.push(message);
-        }
-        if !batch.is_empty() {
-            services.store_undelivered(batch).await;
-        }
-    })
-}
-
-/// Deletes unread messages past their time to live, on a task of its own so
-/// that a long sweep delays nothing else; ends when shutdown begins.
-fn spawn_expiry(state: &AppState) -> JoinHandle<()> {
-    let state = state.clone();
-    // Often enough that a message outlives its time to live by little.
-    let every =
-        (state.settings.message_ttl() / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = state.shutdown.cancelled() => break,
-                _ = tick.tick() => match state.services.expire_messages().await {
-                    Ok(0) => {}
-                    Ok(expired) => tracing::info!(expired, "unread messages expired"),
-                    Err(err) => tracing::warn!(error = %err, "expiring messages failed"),
-                },
-            }
-        }
-    })
 }
 
 fn cors(settings: &Settings) -> CorsLayer {

@@ -5,7 +5,7 @@ use axum::{
     http::{header, request::Parts},
 };
 
-use crate::{error::ApiError, service::AuthUser, state::AppState};
+use crate::{error::ApiError, service::authn::AuthUser, state::AppState};
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
@@ -16,7 +16,7 @@ impl FromRequestParts<AppState> for AuthUser {
     ) -> Result<Self, Self::Rejection> {
         let token =
             bearer_token(&parts.headers).ok_or(ApiError::Unauthorized("Not authenticated"))?;
-        Ok(state.services.authenticate(token).await?)
+        Ok(state.accounts.authenticate(token).await?)
     }
 }
 

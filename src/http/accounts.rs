@@ -15,7 +15,7 @@ use crate::{
     domain::{Invalid, Password, Port},
     error::{ApiError, ValidationItem},
     extract::{JsonBody, PathParam, Peer, QueryParams, body_rejection, whole_number},
-    service::{AuthUser, Login},
+    service::{accounts::Login, authn::AuthUser},
     state::AppState,
 };
 
@@ -64,7 +64,7 @@ async fn register(
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<Json<UserOut>, ApiError> {
     let user = state
-        .services
+        .accounts
         .register(
             peer,
             &body.username,
@@ -196,7 +196,7 @@ async fn login(
     Peer(peer): Peer,
     LoginRequest(login): LoginRequest,
 ) -> Result<Json<TokenOut>, ApiError> {
-    let access_token = state.services.login(login, peer).await?;
+    let access_token = state.accounts.login(login, peer).await?;
     Ok(Json(TokenOut {
         access_token,
         token_type: "bearer",
@@ -207,7 +207,7 @@ async fn login(
 #[utoipa::path(post, path = "/logout", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, body = Detail), (status = 401, body = Detail)))]
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<Json<Detail>, ApiError> {
-    state.services.logout(&user).await?;
+    state.accounts.logout(&user).await?;
     Ok(Json(Detail {
         detail: "Logged out successfully",
     }))
@@ -221,7 +221,7 @@ async fn logout_everywhere(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<Detail>, ApiError> {
-    state.services.logout_everywhere(&user).await?;
+    state.accounts.logout_everywhere(&user).await?;
     Ok(Json(Detail {
         detail: "Logged out everywhere",
     }))
@@ -248,7 +248,7 @@ async fn change_password(
     JsonBody(body): JsonBody<PasswordChange>,
 ) -> Result<Json<Detail>, ApiError> {
     state
-        .services
+        .accounts
         .change_password(&user, body.old_password, body.new_password)
         .await?;
     Ok(Json(Detail {
@@ -280,7 +280,7 @@ async fn change_public_key(
     JsonBody(body): JsonBody<PublicKeyChange>,
 ) -> Result<Json<UserOut>, ApiError> {
     let (changed, online) = state
-        .services
+        .accounts
         .change_public_key(&user, body.public_key, body.password)
         .await?;
     Ok(Json(UserOut::new(changed, online)))
@@ -303,7 +303,7 @@ async fn delete_account(
     user: AuthUser,
     JsonBody(body): JsonBody<AccountDeletion>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    state.services.delete_account(&user, body.password).await?;
+    state.accounts.delete_account(&user, body.password).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
@@ -311,7 +311,7 @@ async fn delete_account(
 #[utoipa::path(get, path = "/users/me", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, body = UserOut), (status = 401, body = Detail)))]
 async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<UserOut>, ApiError> {
-    let (found, online) = state.services.me(&user).await?;
+    let (found, online) = state.accounts.me(&user).await?;
     Ok(Json(UserOut::new(found, online)))
 }
 
@@ -346,7 +346,7 @@ async fn search(
         }]));
     }
     let limit = params.limit.unwrap_or(20).min(100);
-    let found = state.services.search(&user, &query, limit).await?;
+    let found = state.accounts.search(&user, &query, limit).await?;
     Ok(Json(
         found
             .into_iter()
@@ -380,7 +380,7 @@ async fn heartbeat(
     // Anything that is not a whole number in range is refused alike (0).
     let whole = whole_number(&body.port);
     let port = Port::parse(whole.unwrap_or(0), "port")?;
-    state.services.heartbeat(&user, peer, port).await?;
+    state.accounts.heartbeat(&user, peer, port).await?;
     Ok(Json(UserBrief {
         id: user.id,
         username: user.username,

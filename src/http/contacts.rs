@@ -15,7 +15,7 @@ use crate::{
     domain::UserId,
     error::ApiError,
     extract::{JsonBody, PathParam, QueryParams, Whole},
-    service::{AuthUser, ContactTarget},
+    service::{authn::AuthUser, contacts::ContactTarget},
     state::AppState,
 };
 
@@ -97,7 +97,7 @@ async fn add(
         (None, Some(Whole(id))) => ContactTarget::Id(id),
         (None, None) => return Err(ApiError::missing("body", "friend_username")),
     };
-    let (contact, online) = state.services.add_contact(&user, target).await?;
+    let (contact, online) = state.contacts.add_contact(&user, target).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(ContactEntry::new(user.id, contact, online)),
@@ -125,7 +125,7 @@ async fn list(
     QueryParams(page): QueryParams<Page>,
 ) -> Result<Json<Vec<ContactEntry>>, ApiError> {
     let (skip, limit) = (page.skip.unwrap_or(0), page.limit.unwrap_or(100).min(1000));
-    let contacts = state.services.contacts(&user, skip, limit).await?;
+    let contacts = state.contacts.contacts(&user, skip, limit).await?;
     Ok(Json(
         contacts
             .into_iter()
@@ -141,7 +141,7 @@ async fn pending(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<Vec<PendingEntry>>, ApiError> {
-    let requests = state.services.pending_requests(&user).await?;
+    let requests = state.contacts.pending_requests(&user).await?;
     Ok(Json(
         requests
             .into_iter()
@@ -160,7 +160,7 @@ async fn accept(
     user: AuthUser,
     PathParam(requester): PathParam<UserId>,
 ) -> Result<Json<ContactEntry>, ApiError> {
-    let (contact, online) = state.services.accept_request(&user, requester).await?;
+    let (contact, online) = state.contacts.accept_request(&user, requester).await?;
     Ok(Json(ContactEntry::new(user.id, contact, online)))
 }
 
@@ -174,7 +174,7 @@ async fn remove(
     user: AuthUser,
     PathParam(other): PathParam<UserId>,
 ) -> Result<StatusCode, ApiError> {
-    state.services.remove_contact(&user, other).await?;
+    state.contacts.remove_contact(&user, other).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -184,7 +184,7 @@ async fn remove(
 #[utoipa::path(get, path = "/me/contacts/online", tag = "contacts", security(("bearer" = [])),
     responses((status = 200, body = [OnlineContact]), (status = 401, body = Detail)))]
 async fn online(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
-    let online = state.services.online_contacts(&user).await?;
+    let online = state.contacts.online_contacts(&user).await?;
     let entries: Vec<_> = online
         .iter()
         .map(|(card, seen)| OnlineContact::new(card, seen))

@@ -16,7 +16,7 @@ use crate::{
     domain::AckMode,
     error::ApiError,
     extract::{JsonBody, QueryParams, Whole},
-    service::AuthUser,
+    service::authn::AuthUser,
     state::AppState,
 };
 
@@ -49,7 +49,7 @@ async fn send(
     JsonBody(body): JsonBody<SendRequest>,
 ) -> Result<Json<MessageOut>, ApiError> {
     let stored = state
-        .services
+        .inbox
         .send_offline(&user, &body.recipient_username, body.encrypted_content)
         .await?;
     Ok(Json(stored.into()))
@@ -86,10 +86,10 @@ async fn fetch(
     QueryParams(params): QueryParams<FetchParams>,
 ) -> Result<Response, ApiError> {
     let (page, next) = match params.ack {
-        None => (state.services.take_inbox(&user).await?, None),
+        None => (state.inbox.take_inbox(&user).await?, None),
         Some(AckMode::Manual) => {
             let page = state
-                .services
+                .inbox
                 .peek_inbox(&user, params.after.unwrap_or(0))
                 .await?;
             let last = page.messages.last().map(|m| m.id);
@@ -141,6 +141,6 @@ async fn ack(
     JsonBody(body): JsonBody<AckRequest>,
 ) -> Result<Json<AckOut>, ApiError> {
     let ids: Vec<i64> = body.ids.iter().map(|id| id.0).collect();
-    let acked = state.services.ack_inbox_over_http(&user, &ids).await?;
+    let acked = state.inbox.ack_inbox_over_http(&user, &ids).await?;
     Ok(Json(AckOut { acked }))
 }

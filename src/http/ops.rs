@@ -66,11 +66,11 @@ async fn healthz() -> Json<serde_json::Value> {
 /// shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 async fn readyz(State(state): State<AppState>) -> Response {
-    let service::Readiness {
+    let service::health::Readiness {
         store,
         presence,
         bus,
-    } = state.services.readiness().await;
+    } = state.health.readiness().await;
     let draining = state.shutdown.is_cancelled();
     let ready = store && presence && bus && !draining;
     let body = json!({

@@ -4,7 +4,7 @@
 use axum::{Json, Router, extract::State, routing::get};
 
 use super::views::{ConnectionInfo, Detail, TurnCredentialsOut};
-use crate::{error::ApiError, extract::PathParam, service::AuthUser, state::AppState};
+use crate::{error::ApiError, extract::PathParam, service::authn::AuthUser, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -22,7 +22,7 @@ async fn turn_credentials(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<TurnCredentialsOut>, ApiError> {
-    Ok(Json(state.services.turn_credentials(&user).await?.into()))
+    Ok(Json(state.accounts.turn_credentials(&user).await?.into()))
 }
 
 /// A user's public key, IP and P2P port. Unknown, offline and not visible to the
@@ -35,7 +35,7 @@ async fn connection_info(
     user: AuthUser,
     PathParam(username): PathParam<String>,
 ) -> Result<Json<ConnectionInfo>, ApiError> {
-    let (target, at) = state.services.connection_info(&user, &username).await?;
+    let (target, at) = state.contacts.connection_info(&user, &username).await?;
     Ok(Json(ConnectionInfo {
         username: target.username,
         public_key: target.public_key,

@@ -12,7 +12,7 @@ use crate::{
         time::{iso8601, iso8601_opt},
     },
     presence::Sighting,
-    service::Card,
+    service::online::Card,
     store::{Contact, Message, User},
 };
 
@@ -209,8 +209,8 @@ pub struct TurnCredentialsOut {
     pub uris: Vec<String>,
 }
 
-impl From<crate::service::TurnCredentials> for TurnCredentialsOut {
-    fn from(c: crate::service::TurnCredentials) -> Self {
+impl From<crate::service::turn::TurnCredentials> for TurnCredentialsOut {
+    fn from(c: crate::service::turn::TurnCredentials) -> Self {
         Self {
             username: c.username,
             password: c.password,

@@ -2,35 +2,36 @@
 //! the caller's profile, user search, and the account controls (password,
 //! logging out everywhere, the public key, deletion).
 
-use std::collections::HashSet;
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
-use super::{Error, Result, Services};
+use super::{
+    authn::{AuthUser, Authenticator},
+    budget::spend,
+    error::{Error, Result},
+    names::NameCache,
+    visible::PresenceView,
+};
 use crate::{
-    bus::{Audience, Event, Sessions},
-    config::Visibility,
+    auth::password::PasswordHasher,
+    bus::{Audience, Bus, Event, Sessions},
+    config::Settings,
     domain::{
         Email, Endpoint, Password, Port, PublicKey, ServerFrame, UserId, Username, client_key,
     },
     metrics,
+    presence::Presence,
     ratelimit::Limit,
+    ratelimit::Limiter,
+    revocation::Revocations,
+    store::Store,
     store::{NewUser, StoreError, User},
 };
 
 /// The lock-out key of every name that cannot be registered: such an account
 /// cannot exist, so sharing one run of failures among them hides nothing.
 const UNREGISTRABLE: &str = "\u{0}";
-
-/// The caller named by a valid, unrevoked token of an existing user.
-#[derive(Debug, Clone)]
-pub struct AuthUser {
-    pub id: UserId,
-    /// As registered.
-    pub username: String,
-    pub jti: String,
-    pub expires_at: DateTime<Utc>,
-}
 
 /// A login attempt, as the edge read it.
 pub struct Login {
@@ -40,7 +41,22 @@ pub struct Login {
     pub port: Option<Port>,
 }
 
-impl Services {
+/// The accounts flow.
+pub struct Accounts {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) revocations: Arc<dyn Revocations>,
+    pub(super) presence: Arc<dyn Presence>,
+    pub(super) bus: Arc<dyn Bus>,
+    pub(super) limiter: Arc<dyn Limiter>,
+    pub(super) passwords: PasswordHasher,
+    pub(super) authn: Arc<Authenticator>,
+    /// Usernames resolved to ids without a store round trip.
+    pub(super) names: Arc<NameCache>,
+    pub(super) view: PresenceView,
+    pub(super) settings: Arc<Settings>,
+}
+
+impl Accounts {
     /// Registers a user from `client`; every invalid field is reported at once.
     pub async fn register(
         &self,
@@ -65,8 +81,12 @@ impl Services {
                 return Err(Error::Invalid(errors.collect()));
             }
         };
-        self.spend(Limit::RegisterPerIp, &client_key(client.ip))
-            .await?;
+        spend(
+            self.limiter.as_ref(),
+            Limit::RegisterPerIp,
+            &client_key(client.ip),
+        )
+        .await?;
         let password_hash = self.passwords.hash(password).await?;
         self.store
             .create_user(NewUser {
@@ -123,7 +143,12 @@ impl Services {
     /// in a row lock the account out for longer and longer: the same for a
     /// name nobody holds, so that the limiter tells nothing either.
     pub async fn login(&self, login: Login, peer: Endpoint) -> Result<String> {
-        self.spend(Limit::LoginPerIp, &client_key(peer.ip)).await?;
+        spend(
+            self.limiter.as_ref(),
+            Limit::LoginPerIp,
+            &client_key(peer.ip),
+        )
+        .await?;
         let attempt = Attempt::Login(peer.ip);
         let Some((id, username)) = self
             .check_password(&login.username, login.password, attempt)
@@ -132,7 +157,7 @@ impl Services {
             metrics::login(false);
             return Err(Error::BAD_CREDENTIALS);
         };
-        let token = self.issue_token(id, &username).await?;
+        let token = self.authn.issue(id, &username).await?;
         // Its first request then costs no store read to authenticate.
         self.names.remember(id, &username);
         let at = Endpoint {
@@ -197,20 +222,14 @@ impl Services {
         }
     }
 
-    /// A new token for the user, recorded so that it can be revoked with all
-    /// the user's others.
-    async fn issue_token(&self, id: UserId, username: &str) -> Result<String> {
-        let (token, claims) = self.tokens.issue(id, username).map_err(Error::Internal)?;
-        self.revocations
-            .issued(id, &claims.jti, claims.expires_at())
-            .await?;
-        Ok(token)
-    }
-
     /// The heartbeat: the user is at `peer`'s IP and `port`, seen now.
     pub async fn heartbeat(&self, user: &AuthUser, peer: Endpoint, port: Port) -> Result<()> {
-        self.spend(Limit::HeartbeatPerUser, &user.id.to_string())
-            .await?;
+        spend(
+            self.limiter.as_ref(),
+            Limit::HeartbeatPerUser,
+            &user.id.to_string(),
+        )
+        .await?;
         self.seen_at(
             user.id,
             Endpoint {
@@ -291,8 +310,12 @@ impl Services {
         password: String,
     ) -> Result<(User, bool)> {
         let key = PublicKey::parse(public_key)?;
-        self.spend(Limit::KeyChangePerUser, &user.id.to_string())
-            .await?;
+        spend(
+            self.limiter.as_ref(),
+            Limit::KeyChangePerUser,
+            &user.id.to_string(),
+        )
+        .await?;
         self.confirm_password(user, password).await?;
         let changed = self
             .store
@@ -353,24 +376,9 @@ impl Services {
         Ok(())
     }
 
-    /// The caller a token names: well signed (HS256), unexpired, not revoked,
-    /// and naming an existing user by both its id and its name. The name is
-    /// checked through the name cache, so a valid token costs no store read.
+    /// The caller a token names (see [`Authenticator::authenticate`]).
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser> {
-        let claims = self.tokens.verify(token).ok_or(Error::BAD_TOKEN)?;
-        if self.revocations.is_revoked(&claims.jti).await? {
-            return Err(Error::BAD_TOKEN);
-        }
-        let named = self.names.resolve(self.store.as_ref(), &claims.sub).await?;
-        let Some(named) = named.filter(|n| n.id == claims.uid) else {
-            return Err(Error::BAD_TOKEN);
-        };
-        Ok(AuthUser {
-            id: named.id,
-            username: named.username.to_string(),
-            expires_at: claims.expires_at(),
-            jti: claims.jti,
-        })
+        self.authn.authenticate(token).await
     }
 
     /// The caller's own user, and whether it is online.
@@ -390,8 +398,12 @@ impl Services {
         query: &str,
         limit: u32,
     ) -> Result<Vec<(User, bool)>> {
-        self.spend(Limit::SearchPerUser, &user.id.to_string())
-            .await?;
+        spend(
+            self.limiter.as_ref(),
+            Limit::SearchPerUser,
+            &user.id.to_string(),
+        )
+        .await?;
         let Some(needle) = Username::lookup_key(query).filter(|_| limit > 0) else {
             return Ok(Vec::new()); // nothing can match
         };
@@ -399,68 +411,7 @@ impl Services {
             .store
             .search_users(&needle, user.id, i64::from(limit))
             .await?;
-        self.with_presence(user.id, users, |u| u).await
-    }
-
-    /// Spends one event of `key`'s budget under `limit`, or refuses with the
-    /// time until the budget allows one. Without its counters (Redis away), a
-    /// limit on messages lets them through (they are still bounded by the
-    /// connection's own frame budget and the mailbox quota, and an offline
-    /// message is what keeps a message when fan-out is down); the others
-    /// refuse with 503.
-    pub(super) async fn spend(&self, limit: Limit, key: &str) -> Result<()> {
-        let grant = match self.limiter.take(limit, key, 1).await {
-            Ok(grant) => grant,
-            Err(err) if limit.fails_open() => {
-                tracing::warn!(error = %err, limit = limit.name(), "rate limiter unavailable");
-                return Ok(());
-            }
-            Err(err) => return Err(err.into()),
-        };
-        if grant.granted == 1 {
-            return Ok(());
-        }
-        metrics::rate_limited(limit.name(), 1);
-        Err(Error::Limited(refusal(limit), grant.retry_after))
-    }
-
-    /// Pairs each item with whether the user it names is online, as `viewer`
-    /// may see it: under `contacts` visibility, a user that has not accepted
-    /// the viewer shows as offline and never seen (its `last_seen` is
-    /// cleared). One presence round trip and, under `contacts`, one store
-    /// query, whatever the number of items.
-    pub(super) async fn with_presence<T>(
-        &self,
-        viewer: UserId,
-        mut items: Vec<T>,
-        user_of: impl Fn(&mut T) -> &mut User,
-    ) -> Result<Vec<(T, bool)>> {
-        let ids: Vec<UserId> = items.iter_mut().map(|item| user_of(item).id).collect();
-        let consenting = async {
-            match self.settings.address_visibility {
-                Visibility::Open => Ok(None),
-                Visibility::Contacts if ids.is_empty() => Ok(Some(HashSet::new())),
-                Visibility::Contacts => self
-                    .store
-                    .consenting(viewer, &ids)
-                    .await
-                    .map(|ids| Some(ids.into_iter().collect::<HashSet<_>>())),
-            }
-        };
-        let (online, consenting) = tokio::join!(self.presence.locate(&ids), consenting);
-        let (online, consenting) = (online?, consenting?);
-        Ok(items
-            .into_iter()
-            .zip(online)
-            .map(|(mut item, at)| {
-                let user = user_of(&mut item);
-                let shown = consenting.as_ref().is_none_or(|c| c.contains(&user.id));
-                if !shown {
-                    user.last_seen = None;
-                }
-                (item, shown && at.is_some())
-            })
-            .collect())
+        self.view.with_presence(user.id, users, |u| u).await
     }
 }
 
@@ -480,22 +431,5 @@ impl Attempt<'_> {
             Attempt::Login(ip) => format!("{account}@{}", client_key(ip)),
             Attempt::Session(jti) => format!("{account}#{jti}"),
         }
-    }
-}
-
-/// What a client over `limit` is told.
-fn refusal(limit: Limit) -> &'static str {
-    match limit {
-        Limit::LoginPerIp => "Too many login attempts; try again later",
-        Limit::RegisterPerIp => "Too many registrations; try again later",
-        Limit::SearchPerUser => "Too many searches; try again later",
-        Limit::OfflinePerSender => "Too many offline messages; try again later",
-        Limit::FramesPerUser => "Too many messages; slow down",
-        Limit::InboxPerUser => "Too many inbox requests; try again later",
-        Limit::ContactsPerUser => "Too many contact changes; try again later",
-        Limit::HeartbeatPerUser => "Too many heartbeats; one a minute is enough",
-        Limit::TurnPerUser => "Too many TURN credential requests; try again later",
-        Limit::KeyChangePerUser => "Too many key changes; try again later",
-        Limit::BroadcastPerUser => "Too many broadcasts for this many listeners; slow down",
     }
 }

@@ -1,10 +1,22 @@
 //! Contacts and friend requests, with the presence each answer shows.
 
-use super::{Error, Result, Services, online::Online};
+use std::sync::Arc;
+
+use super::{
+    authn::AuthUser,
+    budget::spend,
+    consent::ConsentCache,
+    error::{Error, Result},
+    names::NameCache,
+    online::{Online, OnlineContacts},
+    visible::PresenceView,
+};
 use crate::{
+    config::Visibility,
     domain::{Endpoint, UserId, Username},
-    ratelimit::Limit,
-    store::{Contact, StoreError, User},
+    presence::Presence,
+    ratelimit::{Limit, Limiter},
+    store::{Contact, Store, StoreError, User},
 };
 
 /// Whom a new contact names: the seed's username or the revision's id.
@@ -13,12 +25,27 @@ pub enum ContactTarget {
     Id(UserId),
 }
 
-impl Services {
+/// The contacts flow.
+pub struct Contacts {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) presence: Arc<dyn Presence>,
+    pub(super) limiter: Arc<dyn Limiter>,
+    pub(super) names: Arc<NameCache>,
+    /// Which recipients accepted which senders, for the relay: forgotten
+    /// here when a relation changes.
+    pub(super) consents: Arc<ConsentCache>,
+    /// Contact lists of the online panel, kept current with presence.
+    pub(super) online: OnlineContacts,
+    pub(super) view: PresenceView,
+    pub(super) visibility: Visibility,
+}
+
+impl Contacts {
     /// Adds a contact: accepted on the caller's side; the other user gets a
     /// request (or, if it had asked already, both sides are accepted).
     pub async fn add_contact(
         &self,
-        user: &super::AuthUser,
+        user: &AuthUser,
         target: ContactTarget,
     ) -> Result<(Contact, bool)> {
         self.spend_contact_change(user).await?;
@@ -43,7 +70,8 @@ impl Services {
                 other => other.into(),
             })?;
         self.contacts_changed(user.id, friend).await?;
-        self.with_presence(user.id, vec![contact], |c| &mut c.other)
+        self.view
+            .with_presence(user.id, vec![contact], |c| &mut c.other)
             .await
             .map(|mut one| one.remove(0))
     }
@@ -51,7 +79,7 @@ impl Services {
     /// The caller's accepted contacts, by name, each with whether it is online.
     pub async fn contacts(
         &self,
-        user: &super::AuthUser,
+        user: &AuthUser,
         skip: u32,
         limit: u32,
     ) -> Result<Vec<(Contact, bool)>> {
@@ -59,21 +87,23 @@ impl Services {
             .store
             .contacts(user.id, i64::from(skip), i64::from(limit))
             .await?;
-        self.with_presence(user.id, contacts, |c| &mut c.other)
+        self.view
+            .with_presence(user.id, contacts, |c| &mut c.other)
             .await
     }
 
     /// Requests others sent the caller that it has not answered, oldest first.
-    pub async fn pending_requests(&self, user: &super::AuthUser) -> Result<Vec<(Contact, bool)>> {
+    pub async fn pending_requests(&self, user: &AuthUser) -> Result<Vec<(Contact, bool)>> {
         let requests = self.store.pending_requests(user.id).await?;
-        self.with_presence(user.id, requests, |c| &mut c.other)
+        self.view
+            .with_presence(user.id, requests, |c| &mut c.other)
             .await
     }
 
     /// Accepts `requester`'s request: both sides become accepted.
     pub async fn accept_request(
         &self,
-        user: &super::AuthUser,
+        user: &AuthUser,
         requester: UserId,
     ) -> Result<(Contact, bool)> {
         self.spend_contact_change(user).await?;
@@ -83,13 +113,14 @@ impl Services {
             .await?
             .ok_or(Error::NotFound("Friend request not found"))?;
         self.contacts_changed(user.id, requester).await?;
-        self.with_presence(user.id, vec![contact], |c| &mut c.other)
+        self.view
+            .with_presence(user.id, vec![contact], |c| &mut c.other)
             .await
             .map(|mut one| one.remove(0))
     }
 
     /// Removes a contact, or rejects or cancels a request, on both sides.
-    pub async fn remove_contact(&self, user: &super::AuthUser, other: UserId) -> Result<()> {
+    pub async fn remove_contact(&self, user: &AuthUser, other: UserId) -> Result<()> {
         self.spend_contact_change(user).await?;
         if !self.store.remove_contact(user.id, other).await? {
             return Err(Error::NotFound("Contact not found"));
@@ -98,9 +129,13 @@ impl Services {
     }
 
     /// Friend requests, acceptances and removals share one budget per user.
-    async fn spend_contact_change(&self, user: &super::AuthUser) -> Result<()> {
-        self.spend(Limit::ContactsPerUser, &user.id.to_string())
-            .await
+    async fn spend_contact_change(&self, user: &AuthUser) -> Result<()> {
+        spend(
+            self.limiter.as_ref(),
+            Limit::ContactsPerUser,
+            &user.id.to_string(),
+        )
+        .await
     }
 
     /// After the store changed the relation of `a` and `b`: both lists are
@@ -111,13 +146,13 @@ impl Services {
     }
 
     /// The caller's contacts that are online now and whose address it may see.
-    pub async fn online_contacts(&self, user: &super::AuthUser) -> Result<Online> {
+    pub async fn online_contacts(&self, user: &AuthUser) -> Result<Online> {
         self.online
             .of(
                 self.store.as_ref(),
                 self.presence.as_ref(),
                 user.id,
-                self.settings.address_visibility,
+                self.visibility,
             )
             .await
     }
@@ -126,14 +161,14 @@ impl Services {
     /// the caller are one and the same answer, so strangers cannot probe.
     pub async fn connection_info(
         &self,
-        user: &super::AuthUser,
+        user: &AuthUser,
         username: &str,
     ) -> Result<(User, Endpoint)> {
         const UNAVAILABLE: Error = Error::NotFound("User not found or offline");
         let key = Username::lookup_key(username).ok_or(UNAVAILABLE)?;
         let target = self
             .store
-            .visible_user(user.id, &key, self.settings.address_visibility)
+            .visible_user(user.id, &key, self.visibility)
             .await?
             .ok_or(UNAVAILABLE)?;
         let at = self.presence.locate(&[target.id]).await?[0]

@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 
 use moka::sync::Cache;
 
-use super::Result;
+use super::error::Result;
 use crate::{
     config::Visibility,
     domain::UserId,

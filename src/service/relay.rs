@@ -1,47 +1,62 @@
-//! The relay's flows: directed messages (delivered, or stored offline, or
-//! handed back by a connection that could not write them), broadcasts,
-//! connections opening and closing with their presence notices, and the inbox
-//! of offline messages.
+//! The relay: directed messages (delivered live, or handed to the inbox to
+//! store), broadcasts, in-band token renewal, connections opening and closing
+//! with their presence notices, and the presence leases of the users
+//! connected here.
 
-use std::{sync::Arc, time::Duration};
-
-use super::{AuthUser, Error, Result, Services};
-use crate::{
-    bus::{Audience, Event},
-    client_ids::CLIENT_ID_MAX_CHARS,
-    config::{Switch, Visibility},
-    connection::{Delivery, Outbox},
-    domain::{
-        ClientFrame, DirectMessage, Endpoint, MessageContent, ServerFrame, UserId, is_broadcastable,
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
     },
-    metrics::{self, StoredVia, messages_stored},
-    ratelimit::{Limit, LocalBudget},
-    store::{Acked, Admission, InboxMessage, MailboxQuota, Message, NewMessage, Page},
+    time::Duration,
 };
+
 use chrono::Utc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    authn::{AuthUser, Authenticator},
+    consent::ConsentCache,
+    error::{Error, Result},
+    hub::Hub,
+    inbox::{ACK_MAX_IDS, Inbox},
+    names::NameCache,
+};
+use crate::{
+    bus::{Audience, Bus, Event},
+    client_ids::{CLIENT_ID_MAX_CHARS, ClientIds},
+    config::{Settings, Switch, Visibility},
+    connection::{Delivery, Outbox},
+    domain::{ClientFrame, DirectMessage, Endpoint, MessageContent, ServerFrame, is_broadcastable},
+    metrics,
+    presence::Presence,
+    ratelimit::{Limit, Limiter, LocalBudget},
+    store::{Admission, Store},
+};
 
 const TOO_MANY: Error = Error::Limited("Too many connections", Duration::from_secs(1));
 
-/// Most message ids one acknowledgement names: a fetch returns no more.
-const ACK_MAX_IDS: usize = crate::store::INBOX_PAGE as usize;
-
-/// How long a connection's claim on the stored messages it writes lasts: if
-/// its replica dies, they are handed out again after this. A connection that
-/// acknowledges renews the claims on those it holds while it lives.
-pub const PUSH_CLAIM: Duration = Duration::from_secs(5 * 60);
-
-/// One page of an inbox fetch.
-pub struct InboxPage {
-    pub messages: Vec<Message>,
-    /// Whether a next page may hold more.
-    pub more: bool,
-}
-
-impl InboxPage {
-    fn of(page: Page, messages: Vec<Message>) -> Self {
-        let more = page.is_full(messages.iter().map(|m| m.content.as_str()));
-        Self { messages, more }
-    }
+/// The relay flow of one replica, over its hub.
+pub struct Relay {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) presence: Arc<dyn Presence>,
+    pub(super) bus: Arc<dyn Bus>,
+    pub(super) limiter: Arc<dyn Limiter>,
+    /// Which message each sender's recent client ids name.
+    pub(super) client_ids: Arc<dyn ClientIds>,
+    /// This replica's WebSocket connections.
+    pub(super) hub: Arc<Hub>,
+    pub(super) authn: Arc<Authenticator>,
+    pub(super) names: Arc<NameCache>,
+    /// Which recipients accepted which senders.
+    pub(super) consents: Arc<ConsentCache>,
+    /// Where what is not relayed live is stored, and acknowledgements go.
+    pub(super) inbox: Arc<Inbox>,
+    /// Users online on every replica, as presence last counted them: the
+    /// audience of a broadcast.
+    pub(super) online_count: AtomicU64,
+    pub(super) settings: Arc<Settings>,
 }
 
 /// What became of a directed message the server accepted.
@@ -72,7 +87,7 @@ pub struct FrameBudget {
     credits_until: std::time::Instant,
 }
 
-impl Services {
+impl Relay {
     /// The budgets of a new connection of `user`'s.
     pub fn frame_budget(&self, user: &AuthUser) -> FrameBudget {
         let connection = (self.settings.rate_limits == Switch::On)
@@ -159,7 +174,7 @@ impl Services {
                 ];
             }
             ClientFrame::Ack { ids } => {
-                return match self.ack_inbox(sender, &ids).await {
+                return match self.inbox.ack_inbox(sender, &ids).await {
                     Ok(_) => {
                         delivery.acknowledged(&ids);
                         Vec::new()
@@ -320,7 +335,7 @@ impl Services {
             receipt: client_id.is_some() && !stranger,
         });
         let outcome = self
-            .relay_or_store(sender, message, &recipient.username, !stranger)
+            .relay_or_store(message, &recipient.username, !stranger)
             .await;
         let forget = || async {
             if let Some(key) = &client_key
@@ -350,7 +365,6 @@ impl Services {
     /// somewhere; stores it otherwise.
     async fn relay_or_store(
         &self,
-        sender: &AuthUser,
         message: Arc<DirectMessage>,
         recipient_username: &str,
         live: bool,
@@ -367,66 +381,26 @@ impl Services {
         if delivered {
             return Ok(Outcome::Relayed);
         }
-        match self
-            .spend(Limit::OfflinePerSender, &sender.id.to_string())
-            .await
-        {
-            Ok(()) => {}
-            Err(Error::Limited(refusal, wait)) => {
-                return Ok(Outcome::Refused(
-                    ServerFrame::Error(&format!(
-                        "{refusal} (in {} s); the message was not stored",
-                        wait.as_secs_f64().ceil().max(1.0)
-                    ))
+        Ok(match self.inbox.store_relayed(&message).await {
+            Ok(Admission::Stored(_)) => {
+                Outcome::Stored(ServerFrame::StoredOffline { recipient_username }.to_text())
+            }
+            Ok(Admission::MailboxFull) => Outcome::Refused(
+                ServerFrame::Error("recipient's mailbox is full; the message was not stored")
                     .to_text(),
-                ));
+            ),
+            Ok(Admission::NoRecipient) => {
+                Outcome::Refused(ServerFrame::Error("recipient not found").to_text())
             }
+            Err(Error::Limited(refusal, wait)) => Outcome::Refused(
+                ServerFrame::Error(&format!(
+                    "{refusal} (in {} s); the message was not stored",
+                    wait.as_secs_f64().ceil().max(1.0)
+                ))
+                .to_text(),
+            ),
             Err(other) => return Err(other),
-        }
-        // Batched with the other offline messages being stored, like `POST
-        // /messages/`.
-        match self.writer.store(NewMessage::from(&*message)).await? {
-            Admission::Stored(_) => {}
-            Admission::MailboxFull => {
-                return Ok(Outcome::Refused(
-                    ServerFrame::Error("recipient's mailbox is full; the message was not stored")
-                        .to_text(),
-                ));
-            }
-            Admission::NoRecipient => {
-                return Ok(Outcome::Refused(
-                    ServerFrame::Error("recipient not found").to_text(),
-                ));
-            }
-        }
-        messages_stored(StoredVia::Offline, 1);
-        // The recipient may have connected since the publish found none: its
-        // connections fetch the message (before any later one is relayed).
-        self.announce_unread(&[message.recipient_id]).await;
-        Ok(Outcome::Stored(
-            ServerFrame::StoredOffline { recipient_username }.to_text(),
-        ))
-    }
-
-    /// Tells the connections of these users, on any replica, that stored
-    /// messages wait for them.
-    async fn announce_unread(&self, users: &[UserId]) {
-        // Not published: they are fetched on the next connection (or `GET /messages/`).
-        self.publish_all(
-            users.iter().map(|&user| Event::Unread { user }),
-            "unread notice",
-        )
-        .await;
-    }
-
-    /// Publishes events at once (in a cluster, one pipelined round trip for
-    /// all), logging those that fail: best-effort notices.
-    async fn publish_all(&self, events: impl IntoIterator<Item = Event>, what: &'static str) {
-        let published =
-            futures_util::future::join_all(events.into_iter().map(|e| self.bus.publish(e))).await;
-        for err in published.into_iter().filter_map(Result::err) {
-            tracing::warn!(error = %err, what, "event not published");
-        }
+        })
     }
 
     /// Spends a broadcast's fan-out from the sender's budget: a unit per
@@ -434,7 +408,7 @@ impl Services {
     /// is more) for every KiB of text, at most a whole budget. What a
     /// refused broadcast was granted stays spent.
     async fn spend_fanout(&self, sender: &AuthUser, bytes: usize) -> Result<()> {
-        let online = self.online_count.load(std::sync::atomic::Ordering::Relaxed);
+        let online = self.online_count.load(Ordering::Relaxed);
         let audience = (self.hub.users_here() as u64).max(online).max(2) - 1;
         let kib = (bytes as u64).div_ceil(1024).max(1);
         let budget = self.settings.broadcast_fanout_per_user.count.get();
@@ -547,7 +521,7 @@ impl Services {
         connection: u64,
         token: &str,
     ) -> Result<AuthUser> {
-        let renewed = self.authenticate(token).await?;
+        let renewed = self.authn.authenticate(token).await?;
         if renewed.id != user.id {
             return Err(Error::Unauthenticated("The token names another user"));
         }
@@ -567,7 +541,7 @@ impl Services {
         Ok(renewed)
     }
 
-    /// The reverse of [`Services::open_connection`]: lets the connection go,
+    /// The reverse of [`Relay::open_connection`]: lets the connection go,
     /// and tells others if it was the user's last anywhere.
     pub async fn close_connection(&self, user: &AuthUser, connection: u64) {
         if self.hub.unregister(user.id, connection)
@@ -623,231 +597,29 @@ impl Services {
         }
     }
 
-    /// Stores directed messages that no connection managed to write, retrying
-    /// a store that is briefly away.
-    pub async fn store_undelivered(&self, messages: Vec<Arc<DirectMessage>>) {
-        let count = messages.len();
-        let rows: Vec<NewMessage> = messages.iter().map(|m| NewMessage::from(&**m)).collect();
-        for attempt in 1..=5u32 {
-            // Accepted already (the sender was not told otherwise): stored
-            // whatever the mailbox holds.
-            match self.store.store_messages(&rows, MailboxQuota::NONE).await {
-                Ok(_) => {
-                    messages_stored(StoredVia::Undelivered, count);
-                    let mut recipients: Vec<UserId> = rows.iter().map(|m| m.recipient_id).collect();
-                    recipients.sort_unstable();
-                    recipients.dedup();
-                    // Another connection of theirs may be open (or open now).
-                    self.announce_unread(&recipients).await;
-                    return;
+    /// Renews the presence leases of the users connected here, and refreshes
+    /// the online-users gauge (and the count a broadcast's cost is taken from).
+    async fn renew_presence(&self) {
+        if let Err(err) = self.presence.renew(&self.hub.held()).await {
+            tracing::warn!(error = %err, "presence renewal failed");
+        }
+        if let Ok(online) = self.presence.count_online().await {
+            metrics::online_users(online);
+            self.online_count.store(online, Ordering::Relaxed);
+        }
+    }
+
+    /// Renews presence every third of a lease until shutdown.
+    pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
+        let relay = self.clone();
+        tokio::spawn(async move {
+            let mut renew = tokio::time::interval(relay.settings.presence_lease() / 3);
+            loop {
+                tokio::select! {
+                    _ = renew.tick() => relay.renew_presence().await,
+                    _ = shutdown.cancelled() => break,
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, attempt, "storing undelivered messages failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
-                        .await;
-                }
             }
-        }
-        tracing::error!(count, "undelivered messages dropped after retries");
-    }
-
-    /// `POST /messages/`: stores a message for `recipient_username` to fetch
-    /// later, batched with whatever else is being stored.
-    pub async fn send_offline(
-        &self,
-        sender: &AuthUser,
-        recipient_username: &str,
-        content: String,
-    ) -> Result<Message> {
-        let content = MessageContent::parse(
-            content,
-            self.settings.max_message_bytes,
-            "encrypted_content",
-        )?;
-        let recipient = self
-            .names
-            .resolve(self.store.as_ref(), recipient_username)
-            .await?
-            .ok_or(Error::NotFound("Recipient not found"))?;
-        self.spend(Limit::OfflinePerSender, &sender.id.to_string())
-            .await?;
-        let admission = self
-            .writer
-            .store(NewMessage {
-                id: self.store.next_message_id().await?,
-                sender_id: sender.id,
-                recipient_id: recipient.id,
-                content: content.into_inner(),
-                sent_at: Utc::now(),
-                receipt: false,
-                claimed_until: None,
-            })
-            .await?;
-        let stored = match admission {
-            Admission::Stored(stored) => stored,
-            Admission::MailboxFull => return Err(Error::MAILBOX_FULL),
-            Admission::NoRecipient => return Err(Error::NotFound("Recipient not found")),
-        };
-        messages_stored(StoredVia::Http, 1);
-        Ok(stored)
-    }
-
-    /// `GET /messages/`: a page of the caller's unread messages, oldest
-    /// first, now read.
-    pub async fn take_inbox(&self, user: &AuthUser) -> Result<InboxPage> {
-        self.spend(Limit::InboxPerUser, &user.id.to_string())
-            .await?;
-        let page = Page::first(self.settings.message_page_bytes);
-        let messages = self.store.take_unread(user.id, page).await?;
-        Ok(InboxPage::of(page, messages))
-    }
-
-    /// `GET /messages/?ack=manual`: a page of the caller's unread messages
-    /// after the id `after`, oldest first, left unread until acknowledged.
-    pub async fn peek_inbox(&self, user: &AuthUser, after: i64) -> Result<InboxPage> {
-        self.spend(Limit::InboxPerUser, &user.id.to_string())
-            .await?;
-        let page = Page {
-            after,
-            max_bytes: self.settings.message_page_bytes,
-        };
-        let messages = self.store.peek_unread(user.id, page).await?;
-        Ok(InboxPage::of(page, messages))
-    }
-
-    /// `POST /messages/ack`: [`Services::ack_inbox`] under the caller's
-    /// inbox budget (the `ack` frame spends the frame budget instead).
-    pub async fn ack_inbox_over_http(&self, user: &AuthUser, ids: &[i64]) -> Result<u64> {
-        self.spend(Limit::InboxPerUser, &user.id.to_string())
-            .await?;
-        self.ack_inbox(user, ids).await
-    }
-
-    /// `POST /messages/ack` and the `ack` frame: these of the caller's unread
-    /// messages were received; they are deleted, and senders that asked are
-    /// told. Returns how many there were.
-    pub async fn ack_inbox(&self, user: &AuthUser, ids: &[i64]) -> Result<u64> {
-        if ids.len() > ACK_MAX_IDS {
-            return Err(Error::Invalid(vec![crate::domain::Invalid::new(
-                "ids",
-                format!("at most {ACK_MAX_IDS} ids at once"),
-            )]));
-        }
-        let acked = self.reads.delete(user.id, ids).await?;
-        self.tell_senders(&acked).await;
-        Ok(acked.len() as u64)
-    }
-
-    /// `{"type": "delivered", "id"}` to the senders that asked, on whatever
-    /// replica they are connected.
-    async fn tell_senders(&self, acked: &[Acked]) {
-        let mut receipts: Vec<(UserId, i64)> = acked
-            .iter()
-            .filter(|a| a.receipt)
-            .map(|a| (a.sender_id, a.id))
-            .collect();
-        receipts.sort_unstable();
-        let events = receipts
-            .chunk_by(|a, b| a.0 == b.0)
-            .map(|chunk| Event::Delivered {
-                sender: chunk[0].0,
-                ids: chunk.iter().map(|(_, id)| *id).collect(),
-            });
-        self.publish_all(events, "delivery receipts").await;
-    }
-
-    /// Claims the unread messages a connection fetches, with their senders'
-    /// names: until [`Services::settle_push`] (or, for a connection that
-    /// acknowledges, until acknowledged or released), no `GET /messages/`
-    /// and no other plain connection gets them.
-    pub async fn claim_inbox(
-        &self,
-        user: &AuthUser,
-        delivery: &Delivery,
-        page: Page,
-    ) -> Result<Vec<InboxMessage>> {
-        // A connection that acknowledges takes over what another of the
-        // user's held (one that dropped without closing, say): it gets every
-        // unacknowledged message at once, and in order.
-        Ok(self
-            .store
-            .claim_unread(user.id, PUSH_CLAIM, delivery.manual_ack, page)
-            .await?)
-    }
-
-    /// After a plain connection's fetch: the messages written are deleted,
-    /// ciphertext and all; the claims on the others are released for the
-    /// next fetch or push.
-    pub async fn settle_push(
-        &self,
-        user: &AuthUser,
-        written: &[i64],
-        unwritten: &[i64],
-    ) -> Result<()> {
-        let (deleted, released) = tokio::join!(
-            self.reads.delete(user.id, written),
-            self.store.release_claims(user.id, unwritten)
-        );
-        deleted?;
-        Ok(released?)
-    }
-
-    /// Stores directed messages for a connection that acknowledges, claimed
-    /// for it, before it writes them (a copy stored already is kept): so
-    /// what it has not acknowledged when it goes is delivered again. They
-    /// count against the recipient's mailbox like offline messages, so that
-    /// no sender grows a mailbox past its quota through a client that never
-    /// acknowledges: returns the ids of those that did not fit, which the
-    /// connection writes all the same but holds for nobody.
-    pub async fn hold_for(&self, messages: &[Arc<DirectMessage>]) -> Result<Vec<i64>> {
-        let until = crate::domain::time::after(Utc::now(), PUSH_CLAIM);
-        // With those of other connections: one transaction for many.
-        let held = futures_util::future::join_all(messages.iter().map(|m| {
-            self.writer.store(NewMessage {
-                claimed_until: Some(until),
-                ..NewMessage::from(&**m)
-            })
-        }))
-        .await;
-        let mut unheld = Vec::new();
-        for (message, admission) in messages.iter().zip(held) {
-            match admission? {
-                Admission::Stored(_) => {}
-                Admission::MailboxFull | Admission::NoRecipient => unheld.push(message.id),
-            }
-        }
-        if !unheld.is_empty() {
-            metrics::held_over_quota(unheld.len());
-        }
-        Ok(unheld)
-    }
-
-    /// The connection holding these messages unacknowledged is alive: its
-    /// claims last another [`PUSH_CLAIM`].
-    pub async fn renew_holds(&self, user: &AuthUser, ids: &[i64]) -> Result<()> {
-        let until = crate::domain::time::after(Utc::now(), PUSH_CLAIM);
-        Ok(self.store.renew_claims(user.id, ids, until).await?)
-    }
-
-    /// The connection holding these messages unacknowledged is gone: they
-    /// wait for the next connection, in their order.
-    pub async fn release_holds(&self, user: &AuthUser, ids: &[i64]) -> Result<()> {
-        Ok(self.store.release_claims(user.id, ids).await?)
-    }
-
-    /// Deletes the unread messages older than the time to live, a batch at a
-    /// time so that no statement holds the store for long; returns how many.
-    pub async fn expire_messages(&self) -> Result<u64> {
-        const BATCH: i64 = 1000;
-        let before = crate::domain::time::before(Utc::now(), self.settings.message_ttl());
-        let mut expired = 0;
-        loop {
-            let deleted = self.store.expire_messages(before, BATCH).await?;
-            expired += deleted;
-            if deleted < BATCH as u64 {
-                return Ok(expired);
-            }
-            tokio::task::yield_now().await;
-        }
+        })
     }
 }

@@ -10,7 +10,12 @@ use chrono::Utc;
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 
-use super::{AuthUser, Error, Result, Services};
+use super::{
+    accounts::Accounts,
+    authn::AuthUser,
+    budget::spend,
+    error::{Error, Result},
+};
 use crate::ratelimit::Limit;
 
 /// Credentials for the configured TURN servers.
@@ -24,7 +29,7 @@ pub struct TurnCredentials {
     pub uris: Vec<String>,
 }
 
-impl Services {
+impl Accounts {
     /// Credentials valid for the configured time, under the user's budget;
     /// not found when no TURN server is configured.
     pub async fn turn_credentials(&self, user: &AuthUser) -> Result<TurnCredentials> {
@@ -33,7 +38,12 @@ impl Services {
             .turn_secret
             .as_ref()
             .ok_or(Error::NotFound("No TURN server is configured"))?;
-        self.spend(Limit::TurnPerUser, &user.id.to_string()).await?;
+        spend(
+            self.limiter.as_ref(),
+            Limit::TurnPerUser,
+            &user.id.to_string(),
+        )
+        .await?;
         let ttl = self.settings.turn_ttl;
         let expiry = Utc::now().timestamp().saturating_add_unsigned(ttl);
         let username = format!("{expiry}:{}", user.id);

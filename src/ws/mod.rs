@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::{
     domain::{AckMode, ClientFrame, Disconnect, Endpoint, ServerFrame},
     extract::{Peer, QueryParams, bearer_token},
-    service::{self, AuthUser},
+    service::{self, authn::AuthUser},
     state::AppState,
 };
 
@@ -82,18 +82,18 @@ async fn upgrade(
 
 /// The user a token names, or why the connection is refused.
 async fn authenticated(state: &AppState, token: &str) -> Result<AuthUser, Disconnect> {
-    match state.services.authenticate(token).await {
+    match state.accounts.authenticate(token).await {
         _ if state.shutdown.is_cancelled() => Err(Disconnect::ShuttingDown),
         Ok(user) => Ok(user),
-        Err(service::Error::Unauthenticated(_)) => Err(Disconnect::InvalidToken),
+        Err(service::error::Error::Unauthenticated(_)) => Err(Disconnect::InvalidToken),
         Err(_) => Err(Disconnect::Unavailable),
     }
 }
 
 /// Why a session could not open.
-fn not_opened(err: service::Error) -> Disconnect {
+fn not_opened(err: service::error::Error) -> Disconnect {
     match err {
-        service::Error::Limited(..) => Disconnect::TooManyConnections,
+        service::error::Error::Limited(..) => Disconnect::TooManyConnections,
         err => {
             tracing::warn!(
                 error = format!("{err:#}"),

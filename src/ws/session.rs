@@ -22,7 +22,7 @@ use crate::{
     connection::{self, Closer, Delivery, Outbox, OutboxReader, Outgoing, Receipt},
     domain::{Arrival, DirectMessage, Disconnect, Endpoint, ServerFrame},
     metrics::WsConnectionGauge,
-    service::{self, AuthUser, PUSH_CLAIM},
+    service::{self, authn::AuthUser, inbox::PUSH_CLAIM},
     state::AppState,
     store::Page,
 };
@@ -67,7 +67,7 @@ struct Teardown {
 impl Teardown {
     async fn run(self) {
         self.state
-            .services
+            .relay
             .close_connection(&self.user, self.connection)
             .await;
     }
@@ -80,7 +80,7 @@ impl Session {
         user: AuthUser,
         peer: Endpoint,
         manual_ack: bool,
-    ) -> service::Result<Self> {
+    ) -> service::error::Result<Self> {
         let (outbox, inbox) = connection::outbox(
             state.settings.ws_queue_len,
             state.settings.ws_queue_bytes,
@@ -88,7 +88,7 @@ impl Session {
         );
         let delivery = Arc::new(Delivery::new(manual_ack));
         let connection = state
-            .services
+            .relay
             .open_connection(&user, peer, outbox.clone(), delivery.clone())
             .await?;
         let teardown = Teardown {
@@ -171,7 +171,7 @@ impl Session {
         tokio::join!(writer_done, drain_until_closed(&mut stream));
         // What it held unacknowledged waits for the next connection.
         let held = self.delivery.unacked();
-        if let Err(err) = state.services.release_holds(&user, &held).await {
+        if let Err(err) = state.inbox.release_holds(&user, &held).await {
             // The claims run out by themselves.
             tracing::warn!(error = format!("{err:#}"), "releasing held messages failed");
         }
@@ -208,7 +208,7 @@ async fn read_loop(
     closer: &Closer,
     heard: &AtomicBool,
 ) {
-    let mut budget = state.services.frame_budget(user);
+    let mut budget = state.relay.frame_budget(user);
     let mut refused_in_a_row = 0;
     // Registered once: a fresh `cancelled()` per frame would lock the token each time.
     let cancelled = closer.token().cancelled();
@@ -234,12 +234,12 @@ async fn read_loop(
                 }
                 return;
             }
-            Some(Ok(Message::Text(text))) => match state.services.admit_frame(&mut budget).await {
+            Some(Ok(Message::Text(text))) => match state.relay.admit_frame(&mut budget).await {
                 Ok(()) => {
                     refused_in_a_row = 0;
                     let jti = user.jti.clone();
                     let replies = state
-                        .services
+                        .relay
                         .on_text(user, connection, delivery, text.as_str())
                         .await;
                     if user.jti != jti {
@@ -442,7 +442,7 @@ impl Writer {
             // Recorded first: if storing is cut short after all, they are
             // released when the connection goes, not left claimed.
             self.hold(tracked.iter().map(|m| m.id))?;
-            let held = tokio::time::timeout(WRITE_DEADLINE, self.state.services.hold_for(&tracked));
+            let held = tokio::time::timeout(WRITE_DEADLINE, self.state.inbox.hold_for(&tracked));
             match held.await {
                 // Over the mailbox quota: written, but held by nobody.
                 Ok(Ok(unheld)) => self.delivery.acknowledged(&unheld),
@@ -528,8 +528,8 @@ impl Writer {
         cancelled: &mut std::pin::Pin<&mut WaitForCancellationFuture<'_>>,
         page: Page,
     ) -> Result<Option<i64>, Stop> {
-        let services = self.state.services.clone();
-        let claimed = match services.claim_inbox(&self.user, &self.delivery, page).await {
+        let inbox = self.state.inbox.clone();
+        let claimed = match inbox.claim_inbox(&self.user, &self.delivery, page).await {
             Ok(claimed) => claimed,
             Err(err) => {
                 // They wait for the next fetch, connection or `GET /messages/`.
@@ -597,7 +597,7 @@ impl Writer {
                 }
             }
         }
-        if !manual && let Err(err) = services.settle_push(&self.user, &written, &unwritten).await {
+        if !manual && let Err(err) = inbox.settle_push(&self.user, &written, &unwritten).await {
             // Unsettled claims run out, and the messages are handed out again.
             tracing::warn!(error = format!("{err:#}"), "settling a fetch failed");
         }
@@ -610,7 +610,7 @@ impl Writer {
         if held.is_empty() {
             return;
         }
-        if let Err(err) = self.state.services.renew_holds(&self.user, &held).await {
+        if let Err(err) = self.state.inbox.renew_holds(&self.user, &held).await {
             tracing::warn!(error = format!("{err:#}"), "renewing held messages failed");
         }
     }
