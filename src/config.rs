@@ -1,11 +1,13 @@
-//! Every setting the server reads, in one typed struct.
+//! Every setting the server reads: one typed struct of settings by concern,
+//! each group flattened into the one command line (its own heading in
+//! `--help`), under the same flags and environment names.
 //!
 //! Each field comes from a `--flag` or, failing that, from the environment variable
 //! named beside it; nothing else in the crate reads the environment.
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use ipnet::IpNet;
 use secrecy::SecretString;
 
@@ -21,110 +23,43 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://secchat.db";
 #[derive(Parser, Debug, Clone)]
 #[command(name = "secchat", version, about = "Secure instant-messaging server")]
 pub struct Settings {
+    /// Probe the server at BIND (`/healthz`) and exit 0 if it answers: a health
+    /// check for images that have no curl.
+    #[arg(long)]
+    pub healthcheck: bool,
+
+    #[command(flatten)]
+    pub listen: ListenSettings,
+
+    #[command(flatten)]
+    pub storage: StorageSettings,
+
+    #[command(flatten)]
+    pub accounts: AccountSettings,
+
+    #[command(flatten)]
+    pub presence: PresenceSettings,
+
+    #[command(flatten)]
+    pub delivery: DeliverySettings,
+
+    #[command(flatten)]
+    pub rates: RateSettings,
+
+    #[command(flatten)]
+    pub turn: TurnSettings,
+
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+}
+
+/// Where the server listens, and the limits on each connection.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Listening and connections")]
+pub struct ListenSettings {
     /// Address to listen on.
     #[arg(long, env = "BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
-
-    /// `sqlite://FILE` (the embedded default) or `postgres://…`.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
-    pub database_url: String,
-
-    /// `redis://…` for presence and fan-out shared by replicas; unset keeps both in process.
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
-
-    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "secchat")]
-    pub redis_prefix: String,
-
-    /// HS256 signing secret (at least 32 bytes). Unset on SQLite: generated and kept
-    /// beside the database file. Required with Postgres.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
-    pub jwt_secret: Option<SecretString>,
-
-    /// Lifetime of an access token, in seconds.
-    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 30 * 60)]
-    pub token_ttl_secs: u64,
-
-    /// Presence lease: a client not heard from for this long is offline.
-    #[arg(long, env = "PRESENCE_LEASE_SECS", default_value_t = 120)]
-    pub presence_lease_secs: u64,
-
-    /// Who learns a user's presence: its IP address and port, whether it is
-    /// online, when it was last seen, and its online/offline notices.
-    #[arg(long, env = "ADDRESS_VISIBILITY", value_enum, default_value_t = Visibility::Contacts)]
-    pub address_visibility: Visibility,
-
-    /// How long a WebSocket stays open after the token it was opened (or last
-    /// renewed in-band) with expires. Clients that never renew, such as the
-    /// seed's, keep their connection this long.
-    #[arg(long, env = "WS_TOKEN_GRACE_SECS", default_value_t = 24 * 60 * 60)]
-    pub ws_token_grace_secs: u64,
-
-    /// How long a WebSocket opened without a token (in the URL or the
-    /// `Authorization` header) has to send its `auth` frame.
-    #[arg(long, env = "WS_AUTH_TIMEOUT_SECS", default_value_t = 10)]
-    pub ws_auth_timeout_secs: u64,
-
-    /// How long a directed message's `client_id` is remembered: the same id
-    /// sent again by the same sender within this time is answered with the
-    /// first message's `sent` receipt and not delivered twice.
-    #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 10 * 60)]
-    pub dedup_window_secs: u64,
-
-    /// How long the name of a deleted account stays unavailable to others.
-    #[arg(long, env = "DELETED_NAME_RETENTION_SECS", default_value_t = 30 * 24 * 60 * 60)]
-    pub deleted_name_retention_secs: u64,
-
-    /// The secret shared with a TURN server (coturn's `static-auth-secret`,
-    /// its REST API): with it, `GET /me/turn-credentials` hands out
-    /// short-lived relay credentials; unset, that route answers 404.
-    #[arg(long, env = "TURN_SECRET", hide_env_values = true, value_parser = parse_turn_secret)]
-    pub turn_secret: Option<SecretString>,
-
-    /// The TURN and STUN servers clients are told to use (comma-separated
-    /// `turn:`, `turns:` or `stun:` URIs).
-    #[arg(long, env = "TURN_URIS", value_delimiter = ',', value_parser = parse_turn_uri)]
-    pub turn_uris: Vec<String>,
-
-    /// How long TURN credentials stay valid, in seconds. They cannot be
-    /// revoked (the TURN server checks them alone), so they outlive a logout
-    /// by up to this long: keep it short; clients fetch new ones.
-    #[arg(long, env = "TURN_TTL", default_value_t = 3600)]
-    pub turn_ttl: u64,
-
-    /// Serve `/metrics` on this address (an internal port, such as
-    /// `0.0.0.0:9100`) and not on the API's; unset, the API port serves it.
-    #[arg(long, env = "METRICS_BIND")]
-    pub metrics_bind: Option<SocketAddr>,
-
-    /// Unread offline messages are deleted this long after they were sent.
-    #[arg(long, env = "MESSAGE_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
-    pub message_ttl_secs: u64,
-
-    /// Largest accepted HTTP request body, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
-    pub max_body_bytes: usize,
-
-    /// Largest WebSocket frame and largest message content, in bytes.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
-    pub max_message_bytes: usize,
-
-    /// Frames queued for one WebSocket before the connection counts as too slow and is closed.
-    #[arg(long, env = "WS_QUEUE_LEN", default_value_t = 1024)]
-    pub ws_queue_len: usize,
-
-    /// Bytes queued for one WebSocket before the connection counts as too slow and is closed.
-    #[arg(long, env = "WS_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
-    pub ws_queue_bytes: usize,
-
-    /// WebSockets one user may hold open at once, on all replicas together.
-    #[arg(long, env = "MAX_WS_PER_USER", default_value_t = 16)]
-    pub max_ws_per_user: u32,
-
-    /// WebSockets one client address may hold open on one replica.
-    #[arg(long, env = "MAX_WS_PER_IP", default_value_t = 256)]
-    pub max_ws_per_ip: usize,
 
     /// Open connections (HTTP and WebSocket) one replica holds at most; beyond
     /// it a new connection gets `503` at once. Defaults to the process's
@@ -158,10 +93,9 @@ pub struct Settings {
     #[arg(long, env = "HTTP2_MAX_STREAMS", default_value_t = 32)]
     pub http2_max_streams: u32,
 
-    /// Idle time after which the server pings a WebSocket; a connection silent for
-    /// two intervals is dropped.
-    #[arg(long, env = "WS_PING_SECS", default_value_t = 30)]
-    pub ws_ping_secs: u64,
+    /// Largest accepted HTTP request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
 
     /// Peers whose `X-Forwarded-For` is believed (comma-separated IPs or CIDRs).
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
@@ -170,6 +104,85 @@ pub struct Settings {
     /// Browser origins allowed by CORS (comma-separated); `*` allows any.
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+
+    /// WebSockets one user may hold open at once, on all replicas together.
+    #[arg(long, env = "MAX_WS_PER_USER", default_value_t = 16)]
+    pub max_ws_per_user: u32,
+
+    /// WebSockets one client address may hold open on one replica.
+    #[arg(long, env = "MAX_WS_PER_IP", default_value_t = 256)]
+    pub max_ws_per_ip: usize,
+
+    /// Frames queued for one WebSocket before the connection counts as too slow and is closed.
+    #[arg(long, env = "WS_QUEUE_LEN", default_value_t = 1024)]
+    pub ws_queue_len: usize,
+
+    /// Bytes queued for one WebSocket before the connection counts as too slow and is closed.
+    #[arg(long, env = "WS_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub ws_queue_bytes: usize,
+
+    /// Idle time after which the server pings a WebSocket; a connection silent for
+    /// two intervals is dropped.
+    #[arg(long, env = "WS_PING_SECS", default_value_t = 30)]
+    pub ws_ping_secs: u64,
+
+    /// How long a WebSocket opened without a token (in the URL or the
+    /// `Authorization` header) has to send its `auth` frame.
+    #[arg(long, env = "WS_AUTH_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_auth_timeout_secs: u64,
+
+    /// How long shutdown waits for in-flight requests and WebSockets.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Where durable data, presence and fan-out live.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Storage")]
+pub struct StorageSettings {
+    /// `sqlite://FILE` (the embedded default) or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Store connections kept open.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: u32,
+
+    /// `redis://…` for presence and fan-out shared by replicas; unset keeps both in process.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "secchat")]
+    pub redis_prefix: String,
+
+    /// Redis connections kept open for commands (subscriptions use one more).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 32)]
+    pub redis_pool_size: usize,
+}
+
+/// Tokens, password hashing, and the names of deleted accounts.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Accounts and tokens")]
+pub struct AccountSettings {
+    /// HS256 signing secret (at least 32 bytes). Unset on SQLite: generated and kept
+    /// beside the database file. Required with Postgres.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: Option<SecretString>,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 30 * 60)]
+    pub token_ttl_secs: u64,
+
+    /// How long a WebSocket stays open after the token it was opened (or last
+    /// renewed in-band) with expires. Clients that never renew, such as the
+    /// seed's, keep their connection this long.
+    #[arg(long, env = "WS_TOKEN_GRACE_SECS", default_value_t = 24 * 60 * 60)]
+    pub ws_token_grace_secs: u64,
+
+    /// How long the name of a deleted account stays unavailable to others.
+    #[arg(long, env = "DELETED_NAME_RETENTION_SECS", default_value_t = 30 * 24 * 60 * 60)]
+    pub deleted_name_retention_secs: u64,
 
     /// Password hashes computed at once; defaults to half the CPUs (at least one).
     #[arg(long, env = "MAX_CONCURRENT_HASHES")]
@@ -180,6 +193,67 @@ pub struct Settings {
     #[arg(long, env = "MAX_QUEUED_HASHES", default_value_t = 64)]
     pub max_queued_hashes: usize,
 
+    /// Shortest query `GET /users/search/{query}` accepts, in characters.
+    #[arg(long, env = "SEARCH_MIN_CHARS", default_value_t = 3)]
+    pub search_min_chars: usize,
+}
+
+/// Who is online, and who may see it.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Presence and privacy")]
+pub struct PresenceSettings {
+    /// Presence lease: a client not heard from for this long is offline.
+    #[arg(long, env = "PRESENCE_LEASE_SECS", default_value_t = 120)]
+    pub presence_lease_secs: u64,
+
+    /// Who learns a user's presence: its IP address and port, whether it is
+    /// online, when it was last seen, and its online/offline notices.
+    #[arg(long, env = "ADDRESS_VISIBILITY", value_enum, default_value_t = Visibility::Contacts)]
+    pub address_visibility: Visibility,
+}
+
+/// Messages: their size, their life in the store, mailboxes and pages.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Delivery")]
+pub struct DeliverySettings {
+    /// Largest WebSocket frame and largest message content, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Unread offline messages are deleted this long after they were sent.
+    #[arg(long, env = "MESSAGE_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
+    pub message_ttl_secs: u64,
+
+    /// How long a directed message's `client_id` is remembered: the same id
+    /// sent again by the same sender within this time is answered with the
+    /// first message's `sent` receipt and not delivered twice.
+    #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 10 * 60)]
+    pub dedup_window_secs: u64,
+
+    /// Bytes of message content one fetch of stored messages hands out at
+    /// most (`GET /messages/`, or a push on connect): the rest follows on the
+    /// next page. A page holds at least one message.
+    #[arg(long, env = "MESSAGE_PAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub message_page_bytes: u64,
+
+    /// Unread offline messages one user's mailbox holds at most.
+    #[arg(long, env = "MAILBOX_MAX_MESSAGES", default_value_t = 1000)]
+    pub mailbox_max_messages: u64,
+
+    /// Bytes of unread offline messages one user's mailbox holds at most.
+    #[arg(long, env = "MAILBOX_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub mailbox_max_bytes: u64,
+
+    /// Of those, how many may come from senders the user has not accepted as
+    /// contacts (all such senders together).
+    #[arg(long, env = "MAILBOX_STRANGER_MESSAGES", default_value_t = 100)]
+    pub mailbox_stranger_messages: u64,
+}
+
+/// Budgets per client address, user or connection, and login lock-outs.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Rate limits")]
+pub struct RateSettings {
     /// `on` enforces every rate limit and login lock-out below; `off` turns
     /// them all off, for load generators and outside test suites that sign up
     /// hundreds of users from one address. Connection caps, mailbox quotas and
@@ -257,46 +331,38 @@ pub struct Settings {
     /// which the connection is closed with 1008.
     #[arg(long, env = "WS_REFUSALS_BEFORE_CLOSE", default_value_t = 32)]
     pub ws_refusals_before_close: u32,
+}
 
-    /// Shortest query `GET /users/search/{query}` accepts, in characters.
-    #[arg(long, env = "SEARCH_MIN_CHARS", default_value_t = 3)]
-    pub search_min_chars: usize,
+/// Relay credentials for P2P connections (coturn's REST API).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "TURN")]
+pub struct TurnSettings {
+    /// The secret shared with a TURN server (coturn's `static-auth-secret`,
+    /// its REST API): with it, `GET /me/turn-credentials` hands out
+    /// short-lived relay credentials; unset, that route answers 404.
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true, value_parser = parse_turn_secret)]
+    pub turn_secret: Option<SecretString>,
 
-    /// Bytes of message content one fetch of stored messages hands out at
-    /// most (`GET /messages/`, or a push on connect): the rest follows on the
-    /// next page. A page holds at least one message.
-    #[arg(long, env = "MESSAGE_PAGE_BYTES", default_value_t = 1024 * 1024)]
-    pub message_page_bytes: u64,
+    /// The TURN and STUN servers clients are told to use (comma-separated
+    /// `turn:`, `turns:` or `stun:` URIs).
+    #[arg(long, env = "TURN_URIS", value_delimiter = ',', value_parser = parse_turn_uri)]
+    pub turn_uris: Vec<String>,
 
-    /// Unread offline messages one user's mailbox holds at most.
-    #[arg(long, env = "MAILBOX_MAX_MESSAGES", default_value_t = 1000)]
-    pub mailbox_max_messages: u64,
+    /// How long TURN credentials stay valid, in seconds. They cannot be
+    /// revoked (the TURN server checks them alone), so they outlive a logout
+    /// by up to this long: keep it short; clients fetch new ones.
+    #[arg(long, env = "TURN_TTL", default_value_t = 3600)]
+    pub turn_ttl: u64,
+}
 
-    /// Bytes of unread offline messages one user's mailbox holds at most.
-    #[arg(long, env = "MAILBOX_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
-    pub mailbox_max_bytes: u64,
-
-    /// Of those, how many may come from senders the user has not accepted as
-    /// contacts (all such senders together).
-    #[arg(long, env = "MAILBOX_STRANGER_MESSAGES", default_value_t = 100)]
-    pub mailbox_stranger_messages: u64,
-
-    /// Store connections kept open.
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
-    pub database_pool_size: u32,
-
-    /// Redis connections kept open for commands (subscriptions use one more).
-    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 32)]
-    pub redis_pool_size: usize,
-
-    /// How long shutdown waits for in-flight requests and WebSockets.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
-    pub shutdown_grace_secs: u64,
-
-    /// Probe the server at BIND (`/healthz`) and exit 0 if it answers: a health
-    /// check for images that have no curl.
-    #[arg(long)]
-    pub healthcheck: bool,
+/// Metrics and logs.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Telemetry")]
+pub struct TelemetrySettings {
+    /// Serve `/metrics` on this address (an internal port, such as
+    /// `0.0.0.0:9100`) and not on the API's; unset, the API port serves it.
+    #[arg(long, env = "METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
 
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -404,50 +470,50 @@ impl Settings {
     }
 
     pub fn token_ttl(&self) -> Duration {
-        Duration::from_secs(self.token_ttl_secs)
+        Duration::from_secs(self.accounts.token_ttl_secs)
     }
 
     pub fn presence_lease(&self) -> Duration {
-        Duration::from_secs(self.presence_lease_secs.max(1))
+        Duration::from_secs(self.presence.presence_lease_secs.max(1))
     }
 
     pub fn ws_ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ws_ping_secs.max(1))
+        Duration::from_secs(self.listen.ws_ping_secs.max(1))
     }
 
     pub fn message_ttl(&self) -> Duration {
-        Duration::from_secs(self.message_ttl_secs.max(1))
+        Duration::from_secs(self.delivery.message_ttl_secs.max(1))
     }
 
     pub fn header_read_timeout(&self) -> Duration {
-        Duration::from_secs(self.header_read_timeout_secs.max(1))
+        Duration::from_secs(self.listen.header_read_timeout_secs.max(1))
     }
 
     pub fn body_read_timeout(&self) -> Duration {
-        Duration::from_secs(self.body_read_timeout_secs.max(1))
+        Duration::from_secs(self.listen.body_read_timeout_secs.max(1))
     }
 
     pub fn answer_timeout(&self) -> Duration {
-        Duration::from_secs(self.answer_timeout_secs.max(1))
+        Duration::from_secs(self.listen.answer_timeout_secs.max(1))
     }
 
     pub fn connection_idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.connection_idle_secs.max(1))
+        Duration::from_secs(self.listen.connection_idle_secs.max(1))
     }
 
-    /// [`Settings::max_concurrent_hashes`], or half the CPUs (at least one), so
+    /// [`AccountSettings::max_concurrent_hashes`], or half the CPUs (at least one), so
     /// that a login storm never takes the whole machine.
     pub fn hash_concurrency(&self) -> usize {
-        self.max_concurrent_hashes.unwrap_or_else(|| {
+        self.accounts.max_concurrent_hashes.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map_or(1, |n| n.get() / 2)
                 .max(1)
         })
     }
 
-    /// [`Settings::max_connections`], or what the file-descriptor limit leaves.
+    /// [`ListenSettings::max_connections`], or what the file-descriptor limit leaves.
     pub fn connection_cap(&self) -> usize {
-        self.max_connections.unwrap_or_else(|| {
+        self.listen.max_connections.unwrap_or_else(|| {
             // SAFETY: getrlimit writes the limit into the struct it is given.
             let mut limit = libc::rlimit {
                 rlim_cur: 0,
@@ -463,28 +529,28 @@ impl Settings {
     }
 
     pub fn ws_token_grace(&self) -> Duration {
-        Duration::from_secs(self.ws_token_grace_secs)
+        Duration::from_secs(self.accounts.ws_token_grace_secs)
     }
 
     pub fn ws_auth_timeout(&self) -> Duration {
-        Duration::from_secs(self.ws_auth_timeout_secs.max(1))
+        Duration::from_secs(self.listen.ws_auth_timeout_secs.max(1))
     }
 
     pub fn dedup_window(&self) -> Duration {
-        Duration::from_secs(self.dedup_window_secs.max(1))
+        Duration::from_secs(self.delivery.dedup_window_secs.max(1))
     }
 
     pub fn deleted_name_retention(&self) -> Duration {
-        Duration::from_secs(self.deleted_name_retention_secs)
+        Duration::from_secs(self.accounts.deleted_name_retention_secs)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
+        Duration::from_secs(self.listen.shutdown_grace_secs)
     }
 
     pub fn uses_postgres(&self) -> bool {
-        self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://")
+        self.storage.database_url.starts_with("postgres://")
+            || self.storage.database_url.starts_with("postgresql://")
     }
 }
 
@@ -497,6 +563,7 @@ mod tests {
         let parsed =
             Settings::from_args(["--trusted-proxies", "127.0.0.1,10.0.0.0/8, ::1"]).unwrap();
         let shown: Vec<String> = parsed
+            .listen
             .trusted_proxies
             .iter()
             .map(ToString::to_string)
@@ -520,11 +587,9 @@ mod tests {
         let soft = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
         assert_eq!(defaults.connection_cap(), soft.saturating_sub(128).max(64));
         assert!(defaults.hash_concurrency() >= 1);
-        let set = Settings {
-            max_connections: Some(7),
-            max_concurrent_hashes: Some(3),
-            ..Settings::default()
-        };
+        let mut set = Settings::default();
+        set.listen.max_connections = Some(7);
+        set.accounts.max_concurrent_hashes = Some(3);
         assert_eq!((set.connection_cap(), set.hash_concurrency()), (7, 3));
     }
 }

@@ -11,9 +11,13 @@ static GLOBAL: MiMalloc = MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     if settings.healthcheck {
-        std::process::exit(if startup::probe(settings.bind) { 0 } else { 1 });
+        std::process::exit(if startup::probe(settings.listen.bind) {
+            0
+        } else {
+            1
+        });
     }
-    telemetry::init(settings.log_format, settings.no_color);
+    telemetry::init(settings.telemetry.log_format, settings.telemetry.no_color);
     let app = App::build(settings).await?;
     app.run_until_stopped(secchat::startup::shutdown_signal())
         .await

@@ -57,13 +57,13 @@ impl App {
             .key_earlier_usernames()
             .await
             .context("giving earlier users their name skeletons")?;
-        let listener = TcpListener::bind(settings.bind).await.with_context(|| {
+        let listener = TcpListener::bind(settings.listen.bind).await.with_context(|| {
             format!(
                 "cannot listen on {} (another server there? choose another address with BIND=HOST:PORT)",
-                settings.bind
+                settings.listen.bind
             )
         })?;
-        let metrics_listener = match settings.metrics_bind {
+        let metrics_listener = match settings.telemetry.metrics_bind {
             Some(at) => Some(
                 TcpListener::bind(at)
                     .await
@@ -141,7 +141,7 @@ impl App {
             body_read_timeout: state.settings.body_read_timeout(),
             answer_timeout: state.settings.answer_timeout(),
             idle_timeout: state.settings.connection_idle_timeout(),
-            max_streams: state.settings.http2_max_streams,
+            max_streams: state.settings.listen.http2_max_streams,
         };
         let shutdown = state.shutdown.clone();
         crate::serve::serve(listener, app, limits, async move {
@@ -186,7 +186,7 @@ fn serve_metrics(listener: TcpListener, state: &AppState) -> JoinHandle<()> {
 
 /// Every route, HTTP and WebSocket, inside the layers all requests pass.
 fn application(state: AppState) -> NormalizePath<Router> {
-    let with_metrics = state.settings.metrics_bind.is_none();
+    let with_metrics = state.settings.telemetry.metrics_bind.is_none();
     let routes = crate::http::router(with_metrics).merge(crate::ws::router());
     let router = crate::http::finish(routes, state.clone()).layer(
         ServiceBuilder::new()
@@ -217,7 +217,7 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
 }
 
 fn cors(settings: &Settings) -> CorsLayer {
-    let origins = &settings.cors_origins;
+    let origins = &settings.listen.cors_origins;
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {

@@ -30,12 +30,10 @@ static APP: OnceLock<(App, String)> = OnceLock::new();
 fn app() -> &'static (App, String) {
     APP.get_or_init(|| {
         RUNTIME.block_on(async {
-            let settings = Settings {
-                bind: "127.0.0.1:0".parse().unwrap(),
-                database_url: "sqlite::memory:".into(),
-                rate_limits: Switch::Off,
-                ..Settings::default()
-            };
+            let mut settings = Settings::default();
+            settings.listen.bind = "127.0.0.1:0".parse().unwrap();
+            settings.storage.database_url = "sqlite::memory:".into();
+            settings.rates.rate_limits = Switch::Off;
             let app = App::build(settings).await.expect("the app builds");
             let register = Request::post("/users/")
                 .header("content-type", "application/json")

@@ -11,14 +11,15 @@ use serde_json::Value;
 
 /// An embedded server on a free port, with its own database.
 async fn server(dir: &tempfile::TempDir) -> String {
-    let settings = Settings {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("smoke.db").display()),
-        address_visibility: Visibility::Contacts,
+    let settings = {
+        let mut s = Settings::default();
+        s.listen.bind = "127.0.0.1:0".parse().unwrap();
+        s.storage.database_url = format!("sqlite://{}", dir.path().join("smoke.db").display());
+        s.presence.address_visibility = Visibility::Contacts;
         // A load generator signs up and sends from one address, as fast as it can.
-        rate_limits: Switch::Off,
-        max_ws_per_ip: 1_000_000,
-        ..Settings::default()
+        s.rates.rate_limits = Switch::Off;
+        s.listen.max_ws_per_ip = 1_000_000;
+        s
     };
     let app = App::build(settings).await.expect("the server builds");
     let url = format!("http://{}", app.local_addr());

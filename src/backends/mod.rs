@@ -38,26 +38,26 @@ pub async fn connect(
     sink: Arc<dyn EventSink>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Backends, SecretString)> {
-    let jwt_secret = match &settings.jwt_secret {
+    let jwt_secret = match &settings.accounts.jwt_secret {
         Some(secret) => secret.clone(),
         None if settings.uses_postgres() => {
             bail!(
                 "JWT_SECRET is required with Postgres: every replica must sign with the same secret"
             )
         }
-        None => sqlite_secret(&settings.database_url)?,
+        None => sqlite_secret(&settings.storage.database_url)?,
     };
     let (store, store_revocations) = connect_store(settings).await?;
     let (rates, policy) = (
         Rates::from_settings(settings),
         LockoutPolicy::from_settings(settings),
     );
-    let limits_on = settings.rate_limits == Switch::On;
+    let limits_on = settings.rates.rate_limits == Switch::On;
     let window = settings.dedup_window();
-    let (presence, revocations, bus, limiter, client_ids) = match &settings.redis_url {
+    let (presence, revocations, bus, limiter, client_ids) = match &settings.storage.redis_url {
         Some(url) => {
-            let commands = redis::RedisCommands::open(url, settings.redis_pool_size)?;
-            let keys = redis::Keyspace::new(&settings.redis_prefix);
+            let commands = redis::RedisCommands::open(url, settings.storage.redis_pool_size)?;
+            let keys = redis::Keyspace::new(&settings.storage.redis_prefix);
             let replica = uuid::Uuid::new_v4().simple().to_string();
             let presence = redis::RedisPresence::connect(
                 commands.clone(),
@@ -100,7 +100,7 @@ pub async fn connect(
             Arc::new(memory::MemoryClientIds::new(window)) as Arc<dyn ClientIds>,
         ),
     };
-    let shared = if settings.redis_url.is_some() {
+    let shared = if settings.storage.redis_url.is_some() {
         "redis"
     } else {
         "memory"
@@ -113,7 +113,7 @@ pub async fn connect(
         },
         presence = shared,
         bus = shared,
-        rate_limits = ?settings.rate_limits,
+        rate_limits = ?settings.rates.rate_limits,
         "backends ready"
     );
     let backends = Backends {
@@ -131,7 +131,10 @@ pub async fn connect(
 async fn connect_store(
     settings: &Settings,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Revocations>)> {
-    let (url, pool_size) = (&settings.database_url, settings.database_pool_size);
+    let (url, pool_size) = (
+        &settings.storage.database_url,
+        settings.storage.database_pool_size,
+    );
     Ok(if settings.uses_postgres() {
         let pg = Arc::new(sql::postgres::PostgresStore::connect(url, pool_size).await?);
         (pg.clone(), pg)

@@ -34,7 +34,7 @@ impl FromRequestParts<AppState> for Peer {
         Ok(Peer(client_endpoint(
             direct,
             &parts.headers,
-            &state.settings.trusted_proxies,
+            &state.settings.listen.trusted_proxies,
         )))
     }
 }

@@ -337,7 +337,7 @@ async fn search(
     PathParam(query): PathParam<String>,
     QueryParams(params): QueryParams<SearchParams>,
 ) -> Result<Json<Vec<UserBrief>>, ApiError> {
-    let min = state.settings.search_min_chars;
+    let min = state.settings.accounts.search_min_chars;
     if query.chars().count() < min {
         return Err(ApiError::Validation(vec![ValidationItem {
             loc: vec!["path".into(), "query".into()],

@@ -98,7 +98,7 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.settings.listen.max_body_bytes))
         .layer(middleware::from_fn(record_metrics))
         .with_state(state)
 }

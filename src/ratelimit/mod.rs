@@ -93,17 +93,17 @@ pub struct Rates([Rate; Limit::ALL.len()]);
 impl Rates {
     pub fn from_settings(s: &Settings) -> Self {
         Self([
-            s.login_rate_per_ip,
-            s.register_rate_per_ip,
-            s.search_rate_per_user,
-            s.offline_rate_per_sender,
-            s.ws_frame_rate_per_user,
-            s.inbox_rate_per_user,
-            s.contact_rate_per_user,
-            s.heartbeat_rate_per_user,
-            s.turn_rate_per_user,
-            s.key_change_rate_per_user,
-            s.broadcast_fanout_per_user,
+            s.rates.login_rate_per_ip,
+            s.rates.register_rate_per_ip,
+            s.rates.search_rate_per_user,
+            s.rates.offline_rate_per_sender,
+            s.rates.ws_frame_rate_per_user,
+            s.rates.inbox_rate_per_user,
+            s.rates.contact_rate_per_user,
+            s.rates.heartbeat_rate_per_user,
+            s.rates.turn_rate_per_user,
+            s.rates.key_change_rate_per_user,
+            s.rates.broadcast_fanout_per_user,
         ])
     }
 
@@ -130,9 +130,9 @@ pub struct LockoutPolicy {
 impl LockoutPolicy {
     pub fn from_settings(s: &Settings) -> Self {
         Self {
-            free: s.login_free_failures,
-            first: Duration::from_secs(s.login_lockout_secs),
-            max: Duration::from_secs(s.login_lockout_max_secs),
+            free: s.rates.login_free_failures,
+            first: Duration::from_secs(s.rates.login_lockout_secs),
+            max: Duration::from_secs(s.rates.login_lockout_max_secs),
         }
     }
 

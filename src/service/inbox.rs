@@ -121,7 +121,7 @@ impl Inbox {
     ) -> Result<Message> {
         let content = MessageContent::parse(
             content,
-            self.settings.max_message_bytes,
+            self.settings.delivery.max_message_bytes,
             "encrypted_content",
         )?;
         let recipient = self
@@ -165,7 +165,7 @@ impl Inbox {
             &user.id.to_string(),
         )
         .await?;
-        let page = Page::first(self.settings.message_page_bytes);
+        let page = Page::first(self.settings.delivery.message_page_bytes);
         let messages = self.store.take_unread(user.id, page).await?;
         Ok(InboxPage::of(page, messages))
     }
@@ -181,7 +181,7 @@ impl Inbox {
         .await?;
         let page = Page {
             after,
-            max_bytes: self.settings.message_page_bytes,
+            max_bytes: self.settings.delivery.message_page_bytes,
         };
         let messages = self.store.peek_unread(user.id, page).await?;
         Ok(InboxPage::of(page, messages))

@@ -89,7 +89,7 @@ impl Services {
         let view = || PresenceView {
             store: store.clone(),
             presence: presence.clone(),
-            visibility: settings.address_visibility,
+            visibility: settings.presence.address_visibility,
         };
         let authn = Arc::new(Authenticator {
             tokens,
@@ -105,9 +105,9 @@ impl Services {
             writer: MessageWriter::start(
                 store.clone(),
                 MailboxQuota {
-                    messages: settings.mailbox_max_messages,
-                    bytes: settings.mailbox_max_bytes,
-                    from_strangers: settings.mailbox_stranger_messages,
+                    messages: settings.delivery.mailbox_max_messages,
+                    bytes: settings.delivery.mailbox_max_bytes,
+                    from_strangers: settings.delivery.mailbox_stranger_messages,
                 },
             ),
             reads: ReadMarker::start(store.clone()),
@@ -122,7 +122,7 @@ impl Services {
                 limiter: limiter.clone(),
                 passwords: PasswordHasher::new(
                     settings.hash_concurrency(),
-                    settings.max_queued_hashes,
+                    settings.accounts.max_queued_hashes,
                 )?,
                 authn: authn.clone(),
                 names: names.clone(),
@@ -137,7 +137,7 @@ impl Services {
                 consents: consents.clone(),
                 online: OnlineContacts::default(),
                 view: view(),
-                visibility: settings.address_visibility,
+                visibility: settings.presence.address_visibility,
             },
             relay: Arc::new(Relay {
                 store: store.clone(),

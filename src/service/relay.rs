@@ -90,9 +90,9 @@ pub struct FrameBudget {
 impl Relay {
     /// The budgets of a new connection of `user`'s.
     pub fn frame_budget(&self, user: &AuthUser) -> FrameBudget {
-        let connection = (self.settings.rate_limits == Switch::On)
-            .then(|| LocalBudget::new(self.settings.ws_frame_rate_per_connection));
-        let per_user = self.settings.ws_frame_rate_per_user;
+        let connection = (self.settings.rates.rate_limits == Switch::On)
+            .then(|| LocalBudget::new(self.settings.rates.ws_frame_rate_per_connection));
+        let per_user = self.settings.rates.ws_frame_rate_per_user;
         FrameBudget {
             connection,
             user_key: user.id.to_string(),
@@ -274,15 +274,18 @@ impl Relay {
         content: String,
         client_id: Option<&str>,
     ) -> Result<Vec<String>> {
-        let content =
-            match MessageContent::parse(content, self.settings.max_message_bytes, "content") {
-                Ok(content) => content.into_inner(),
-                Err(invalid) => {
-                    return Ok(vec![
-                        ServerFrame::Error(&format!("content {}", invalid.message)).to_text(),
-                    ]);
-                }
-            };
+        let content = match MessageContent::parse(
+            content,
+            self.settings.delivery.max_message_bytes,
+            "content",
+        ) {
+            Ok(content) => content.into_inner(),
+            Err(invalid) => {
+                return Ok(vec![
+                    ServerFrame::Error(&format!("content {}", invalid.message)).to_text(),
+                ]);
+            }
+        };
         let recipient = self
             .names
             .resolve(self.store.as_ref(), recipient_username)
@@ -296,7 +299,7 @@ impl Relay {
         // learns nothing of its presence from the answer: its messages are
         // always stored (and fetched at once by the recipient's open
         // connections), answered alike, and earn no delivery receipt.
-        let stranger = self.settings.address_visibility == Visibility::Contacts
+        let stranger = self.settings.presence.address_visibility == Visibility::Contacts
             && recipient.id != sender.id
             && !self
                 .consents
@@ -411,7 +414,7 @@ impl Relay {
         let online = self.online_count.load(Ordering::Relaxed);
         let audience = (self.hub.users_here() as u64).max(online).max(2) - 1;
         let kib = (bytes as u64).div_ceil(1024).max(1);
-        let budget = self.settings.broadcast_fanout_per_user.count.get();
+        let budget = self.settings.rates.broadcast_fanout_per_user.count.get();
         let cost = u32::try_from(audience.saturating_mul(kib)).map_or(budget, |c| c.min(budget));
         let limit = Limit::BroadcastPerUser;
         let grant = match self.limiter.take(limit, &sender.id.to_string(), cost).await {
@@ -466,14 +469,14 @@ impl Relay {
                 peer,
                 outbox,
                 delivery,
-                self.settings.max_ws_per_ip,
+                self.settings.listen.max_ws_per_ip,
             )
             .ok_or(TOO_MANY)?;
         let opened = self
             .connection_opened(user, peer, registration.first_here)
             .await;
         match opened {
-            Ok(connections) if connections > self.settings.max_ws_per_user => {
+            Ok(connections) if connections > self.settings.listen.max_ws_per_user => {
                 // Undone in full; the user holds other connections, so nobody
                 // is told it left.
                 self.close_connection(user, registration.id).await;
@@ -574,7 +577,7 @@ impl Relay {
     /// may see its presence: everyone under `open` visibility, the users it
     /// has accepted under `contacts`.
     async fn notify(&self, user: &AuthUser, online: bool) {
-        let audience = match self.settings.address_visibility {
+        let audience = match self.settings.presence.address_visibility {
             Visibility::Open => Ok(Audience::AllExcept(user.id)),
             Visibility::Contacts => self.store.consented(user.id).await.map(Audience::Users),
         };

@@ -35,6 +35,7 @@ impl Accounts {
     pub async fn turn_credentials(&self, user: &AuthUser) -> Result<TurnCredentials> {
         let secret = self
             .settings
+            .turn
             .turn_secret
             .as_ref()
             .ok_or(Error::NotFound("No TURN server is configured"))?;
@@ -44,14 +45,14 @@ impl Accounts {
             &user.id.to_string(),
         )
         .await?;
-        let ttl = self.settings.turn_ttl;
+        let ttl = self.settings.turn.turn_ttl;
         let expiry = Utc::now().timestamp().saturating_add_unsigned(ttl);
         let username = format!("{expiry}:{}", user.id);
         Ok(TurnCredentials {
             password: password(secret.expose_secret().as_bytes(), &username),
             username,
             ttl,
-            uris: self.settings.turn_uris.clone(),
+            uris: self.settings.turn.turn_uris.clone(),
         })
     }
 }

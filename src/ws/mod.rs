@@ -46,7 +46,7 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let limit = state.settings.max_message_bytes;
+    let limit = state.settings.delivery.max_message_bytes;
     // Small buffers: tungstenite zero-fills its read buffer on every read, and
     // each idle connection holds both (128 KiB each by default). The write
     // buffer is bounded too: a client that never reads must not make it grow

@@ -82,8 +82,8 @@ impl Session {
         manual_ack: bool,
     ) -> service::error::Result<Self> {
         let (outbox, inbox) = connection::outbox(
-            state.settings.ws_queue_len,
-            state.settings.ws_queue_bytes,
+            state.settings.listen.ws_queue_len,
+            state.settings.listen.ws_queue_bytes,
             Closer::child_of(&state.shutdown),
         );
         let delivery = Arc::new(Delivery::new(manual_ack));
@@ -249,7 +249,7 @@ async fn read_loop(
                 }
                 Err(wait) => {
                     refused_in_a_row += 1;
-                    if refused_in_a_row > state.settings.ws_refusals_before_close {
+                    if refused_in_a_row > state.settings.rates.ws_refusals_before_close {
                         closer.close(Disconnect::RateLimited);
                         return;
                     }
@@ -514,7 +514,7 @@ impl Writer {
     ) -> Result<(), Stop> {
         self.delivery.fetch_taken();
         // A page at a time, so that a full mailbox is never in memory at once.
-        let mut page = Page::first(self.state.settings.message_page_bytes);
+        let mut page = Page::first(self.state.settings.delivery.message_page_bytes);
         while let Some(last) = self.fetch_page(cancelled, page).await? {
             page.after = last;
         }

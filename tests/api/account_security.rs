@@ -72,8 +72,8 @@ async fn a_password_change_ends_every_other_session() {
 #[tokio::test]
 async fn wrong_old_passwords_are_counted_like_failed_logins() {
     let app = spawn_with(|s| {
-        s.login_free_failures = 2;
-        s.login_lockout_secs = 60;
+        s.rates.login_free_failures = 2;
+        s.rates.login_lockout_secs = 60;
     })
     .await;
     let alice = app.user("alice").await;
@@ -103,9 +103,9 @@ async fn wrong_old_passwords_are_counted_like_failed_logins() {
 #[tokio::test]
 async fn nobody_elses_failed_logins_lock_the_owner_out() {
     let app = spawn_with(|s| {
-        s.login_free_failures = 2;
-        s.login_lockout_secs = 60;
-        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        s.rates.login_free_failures = 2;
+        s.rates.login_lockout_secs = 60;
+        s.listen.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     })
     .await;
     let alice = app.user("alice").await;
@@ -361,8 +361,8 @@ async fn websockets_end_with_their_token_unless_renewed() {
     // A connection lasts its token's 2 s and 6 s of grace.
     let grace = Duration::from_secs(6);
     let app = spawn_with(|s| {
-        s.token_ttl_secs = 2;
-        s.ws_token_grace_secs = grace.as_secs();
+        s.accounts.token_ttl_secs = 2;
+        s.accounts.ws_token_grace_secs = grace.as_secs();
     })
     .await;
     let (alice, bob) = app.friends("alice", "bob").await;
@@ -418,7 +418,7 @@ async fn websockets_end_with_their_token_unless_renewed() {
 /// well past the token's lifetime.
 #[tokio::test]
 async fn the_default_grace_keeps_seed_clients_connected() {
-    let app = spawn_with(|s| s.token_ttl_secs = 1).await;
+    let app = spawn_with(|s| s.accounts.token_ttl_secs = 1).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let mut a = app.ws(&alice.token).await;
     let mut b = app.ws(&bob.token).await;
@@ -434,7 +434,7 @@ async fn the_default_grace_keeps_seed_clients_connected() {
 /// a budget, so that no account floods its contacts with them.
 #[tokio::test]
 async fn a_key_change_needs_the_password_and_has_a_budget() {
-    let app = spawn_with(|s| s.key_change_rate_per_user = "2/hour".parse().unwrap()).await;
+    let app = spawn_with(|s| s.rates.key_change_rate_per_user = "2/hour".parse().unwrap()).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let mut bob_ws = app.ws(&bob.token).await;
     let change =

@@ -332,7 +332,7 @@ async fn search_returns_20_by_default_and_at_most_100() {
 
 async fn spawn_with_many_users(n: usize) -> (crate::helpers::TestApp, String) {
     // All from one address: more sign-ups than its default budget.
-    let app = spawn_with(|s| s.register_rate_per_ip = "1000/hour".parse().unwrap()).await;
+    let app = spawn_with(|s| s.rates.register_rate_per_ip = "1000/hour".parse().unwrap()).await;
     let me = app.user("caller").await;
     // Registration hashes a password each; a few at once keeps the test quick.
     let names: Vec<String> = (0..n).map(|i| format!("member{i:03}")).collect();

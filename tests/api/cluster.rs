@@ -26,7 +26,10 @@ async fn replicas(backend: &Backend, n: usize, configure: fn(&mut Settings)) -> 
 async fn messages_and_presence_cross_replicas() {
     let backend = Backend::cluster().await;
     // Notices to everyone, as the seed's server sent them.
-    let r = replicas(&backend, 3, |s| s.address_visibility = Visibility::Open).await;
+    let r = replicas(&backend, 3, |s| {
+        s.presence.address_visibility = Visibility::Open
+    })
+    .await;
     let (alice, bob) = r[0].friends("alice", "bob").await;
     let carol = r[0].user("carol").await;
     // Presence set through one replica is visible through the others.
@@ -96,7 +99,7 @@ async fn two_devices_on_two_replicas_both_receive() {
 async fn offline_messages_are_fetched_exactly_once_across_replicas() {
     let backend = Backend::cluster().await;
     let r = replicas(&backend, 3, |s| {
-        s.offline_rate_per_sender = "1000/min".parse().unwrap();
+        s.rates.offline_rate_per_sender = "1000/min".parse().unwrap();
     })
     .await;
     let (alice, bob) = r[0].friends("alice", "bob").await;
@@ -180,7 +183,7 @@ impl Process {
 async fn a_killed_replica_leaves_no_one_online_and_loses_nothing() {
     let backend = Backend::cluster().await;
     let lease = ["--presence-lease-secs", "2"];
-    let survivor = backend.spawn(|s| s.presence_lease_secs = 2).await;
+    let survivor = backend.spawn(|s| s.presence.presence_lease_secs = 2).await;
     let doomed = Process::start(&backend, &lease).await;
     let (alice, bob) = survivor.friends("alice", "bob").await;
     let mut a = survivor.ws(&alice.token).await;
@@ -288,7 +291,7 @@ async fn fan_out_resumes_after_redis_restarts() {
     let mut redis = PrivateRedis::start(free_port()).await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let backend = Backend::cluster_on_redis(&url).await;
-    let r = replicas(&backend, 2, |s| s.presence_lease_secs = 3).await;
+    let r = replicas(&backend, 2, |s| s.presence.presence_lease_secs = 3).await;
     let (alice, bob) = r[0].friends("alice", "bob").await;
     let mut a = r[0].ws(&alice.token).await;
     let mut b = r[1].ws(&bob.token).await;

@@ -288,7 +288,8 @@ async fn the_online_list_shows_consenting_online_contacts_with_addresses() {
 
 #[tokio::test]
 async fn open_visibility_shows_every_online_contact() {
-    let app = crate::helpers::spawn_with(|s| s.address_visibility = Visibility::Open).await;
+    let app =
+        crate::helpers::spawn_with(|s| s.presence.address_visibility = Visibility::Open).await;
     let alice = app.user("alice").await;
     app.user("carol").await;
     app.post(

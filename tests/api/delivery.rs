@@ -233,7 +233,7 @@ async fn client_ids_are_answered_with_receipts_and_never_delivered_twice() {
 #[tokio::test]
 async fn a_refused_message_may_be_sent_again_under_its_client_id() {
     let app = spawn_with(|s| {
-        s.mailbox_stranger_messages = 1;
+        s.delivery.mailbox_stranger_messages = 1;
     })
     .await;
     let alice = app.user("alice").await;
@@ -267,8 +267,8 @@ async fn one_senders_messages_arrive_in_the_order_sent() {
     const N: usize = 100;
     const RECIPIENTS: usize = 6;
     let app = spawn_with(|s| {
-        s.rate_limits = Switch::Off;
-        s.mailbox_stranger_messages = 10 * N as u64;
+        s.rates.rate_limits = Switch::Off;
+        s.delivery.mailbox_stranger_messages = 10 * N as u64;
     })
     .await;
     let alice = app.user("alice").await;
@@ -332,8 +332,8 @@ async fn one_senders_messages_arrive_in_the_order_sent() {
 #[tokio::test]
 async fn held_messages_count_against_the_mailbox_quota() {
     let app = spawn_with(|s| {
-        s.mailbox_max_messages = 5;
-        s.rate_limits = Switch::Off;
+        s.delivery.mailbox_max_messages = 5;
+        s.rates.rate_limits = Switch::Off;
     })
     .await;
     let unheld = "secchat_messages_unheld_total";

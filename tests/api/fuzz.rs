@@ -30,7 +30,7 @@ fn runner() -> TestRunner {
 /// `fuzzer` and another user `bob`.
 fn server(rt: &tokio::runtime::Runtime) -> (TestApp, String) {
     rt.block_on(async {
-        let app = spawn_with(|s| s.rate_limits = Switch::Off).await;
+        let app = spawn_with(|s| s.rates.rate_limits = Switch::Off).await;
         let fuzzer = app.user("fuzzer").await;
         app.register("bob").await;
         (app, fuzzer.token)

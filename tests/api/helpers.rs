@@ -134,15 +134,13 @@ impl Backend {
 
     /// The settings of a replica on this backend, on a free port.
     pub fn settings(&self) -> Settings {
-        let mut settings = Settings {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            database_url: self.database_url.clone(),
-            jwt_secret: Some(SecretString::from(JWT_SECRET)),
-            ..Settings::default()
-        };
+        let mut settings = Settings::default();
+        settings.listen.bind = "127.0.0.1:0".parse().unwrap();
+        settings.storage.database_url = self.database_url.clone();
+        settings.accounts.jwt_secret = Some(SecretString::from(JWT_SECRET));
         if let Some(redis) = &self.redis {
-            settings.redis_url = Some(redis.url.clone());
-            settings.redis_prefix = redis.prefix.clone();
+            settings.storage.redis_url = Some(redis.url.clone());
+            settings.storage.redis_prefix = redis.prefix.clone();
         }
         settings
     }
@@ -178,10 +176,10 @@ pub async fn spawn() -> TestApp {
 /// A server that shows every user's presence to everyone, as the seed's did
 /// (`ADDRESS_VISIBILITY=open`): online/offline notices reach every connected user.
 pub async fn spawn_open() -> TestApp {
-    spawn_with(|s| s.address_visibility = secchat::config::Visibility::Open).await
+    spawn_with(|s| s.presence.address_visibility = secchat::config::Visibility::Open).await
 }
 
-/// A server with some settings changed, e.g. `|s| s.presence_lease_secs = 1`.
+/// A server with some settings changed, e.g. `|s| s.presence.presence_lease_secs = 1`.
 /// The backend's data lives as long as the returned app.
 pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let backend = Backend::new().await;

@@ -32,7 +32,7 @@ async fn until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
 
 #[tokio::test]
 async fn half_sent_requests_are_dropped_after_the_header_deadline() {
-    let app = spawn_with(|s| s.header_read_timeout_secs = 1).await;
+    let app = spawn_with(|s| s.listen.header_read_timeout_secs = 1).await;
     let mut slow = Vec::new();
     for _ in 0..50 {
         let mut stream = TcpStream::connect(app.addr).await.unwrap();
@@ -61,7 +61,7 @@ async fn half_sent_requests_are_dropped_after_the_header_deadline() {
 
 #[tokio::test]
 async fn connections_over_the_cap_get_503_at_once() {
-    let app = spawn_with(|s| s.max_connections = Some(4)).await;
+    let app = spawn_with(|s| s.listen.max_connections = Some(4)).await;
     // Four connections that send nothing hold every place.
     let mut idle = Vec::new();
     for _ in 0..4 {
@@ -88,9 +88,9 @@ async fn connections_over_the_cap_get_503_at_once() {
 #[tokio::test]
 async fn a_client_that_never_reads_its_replies_is_let_go_at_logout() {
     let app = spawn_with(|s| {
-        s.address_visibility = Visibility::Open;
-        s.ws_queue_len = 8;
-        s.rate_limits = Switch::Off; // it sends as fast as it can
+        s.presence.address_visibility = Visibility::Open;
+        s.listen.ws_queue_len = 8;
+        s.rates.rate_limits = Switch::Off; // it sends as fast as it can
     })
     .await;
     let bob = app.user("bob").await;
@@ -217,8 +217,8 @@ async fn admitted(
 #[tokio::test]
 async fn websockets_per_user_and_per_address_are_capped() {
     let app = spawn_with(|s| {
-        s.max_ws_per_user = 2;
-        s.max_ws_per_ip = 3;
+        s.listen.max_ws_per_user = 2;
+        s.listen.max_ws_per_ip = 3;
     })
     .await;
     let alice = app.user("alice").await;
@@ -248,9 +248,9 @@ async fn websockets_per_user_and_per_address_are_capped() {
 #[tokio::test]
 async fn a_burst_of_logins_beyond_the_hash_queue_is_refused_at_once() {
     let app = spawn_with(|s| {
-        s.max_concurrent_hashes = Some(1);
-        s.max_queued_hashes = 1;
-        s.rate_limits = Switch::Off; // a burst of logins from one address
+        s.accounts.max_concurrent_hashes = Some(1);
+        s.accounts.max_queued_hashes = 1;
+        s.rates.rate_limits = Switch::Off; // a burst of logins from one address
     })
     .await;
     app.register("alice").await;
@@ -286,7 +286,7 @@ async fn a_burst_of_logins_beyond_the_hash_queue_is_refused_at_once() {
 
 #[tokio::test]
 async fn a_body_that_stops_arriving_gets_408() {
-    let app = spawn_with(|s| s.body_read_timeout_secs = 1).await;
+    let app = spawn_with(|s| s.listen.body_read_timeout_secs = 1).await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
     stream
         .write_all(
@@ -310,9 +310,9 @@ async fn a_body_that_stops_arriving_gets_408() {
 #[tokio::test]
 async fn silent_connections_are_dropped_whatever_they_began() {
     let app = spawn_with(|s| {
-        s.header_read_timeout_secs = 1;
+        s.listen.header_read_timeout_secs = 1;
         // The three silent ones and the test client's own pooled connection.
-        s.max_connections = Some(4);
+        s.listen.max_connections = Some(4);
     })
     .await;
     let dropped = r#"secchat_connections_dropped_total{reason="no_request"}"#;
@@ -368,8 +368,8 @@ fn h2_get(path: &str) -> http::Request<()> {
 #[tokio::test]
 async fn http2_streams_are_capped_and_idle_connections_closed() {
     let app = spawn_with(|s| {
-        s.http2_max_streams = 4;
-        s.connection_idle_secs = 2;
+        s.listen.http2_max_streams = 4;
+        s.listen.connection_idle_secs = 2;
     })
     .await;
     let (client, connection) = h2_client(&app, 65_535).await;
@@ -397,7 +397,7 @@ async fn http2_streams_are_capped_and_idle_connections_closed() {
 /// connection is dropped at the answer deadline.
 #[tokio::test]
 async fn an_answer_never_read_is_dropped_at_the_answer_deadline() {
-    let app = spawn_with(|s| s.answer_timeout_secs = 2).await;
+    let app = spawn_with(|s| s.listen.answer_timeout_secs = 2).await;
     let dropped = r#"secchat_connections_dropped_total{reason="answer_unread"}"#;
     let before = app.metric(dropped).await;
     let (client, connection) = h2_client(&app, 0).await;
@@ -427,7 +427,7 @@ async fn an_answer_never_read_is_dropped_at_the_answer_deadline() {
 /// sees it leave) instead of holding its connection until its token lapses.
 #[tokio::test]
 async fn a_client_that_stops_reading_after_a_ping_burst_is_let_go() {
-    let app = spawn_with(|s| s.ws_ping_secs = 1).await;
+    let app = spawn_with(|s| s.listen.ws_ping_secs = 1).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let mut watcher = app.ws(&bob.token).await;
     let (mut to_server, _from_server) = app.ws(&alice.token).await.stream.split();
@@ -464,9 +464,9 @@ async fn a_client_that_stops_reading_after_a_ping_burst_is_let_go() {
 async fn the_websocket_cap_counts_an_ipv6_64_as_one_address() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let app = spawn_with(|s| {
-        s.max_ws_per_ip = 2;
-        s.max_ws_per_user = 100;
-        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        s.listen.max_ws_per_ip = 2;
+        s.listen.max_ws_per_user = 100;
+        s.listen.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     })
     .await;
     let alice = app.user("alice").await;

@@ -33,7 +33,7 @@ async fn offline_messages_are_stored_and_fetched_once_oldest_first() {
 
 #[tokio::test]
 async fn content_is_opaque_and_bounded() {
-    let app = spawn_with(|s| s.max_message_bytes = 1000).await;
+    let app = spawn_with(|s| s.delivery.max_message_bytes = 1000).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let opaque = "不是 base64 \u{1}'; DROP TABLE messages; --";
@@ -93,7 +93,7 @@ async fn content_is_opaque_and_bounded() {
 
 #[tokio::test]
 async fn concurrent_fetches_never_return_a_message_twice() {
-    let app = spawn_with(|s| s.offline_rate_per_sender = "1000/min".parse().unwrap()).await;
+    let app = spawn_with(|s| s.rates.offline_rate_per_sender = "1000/min".parse().unwrap()).await;
     // Contacts: more than a stranger's budget of messages.
     let (alice, bob) = app.friends("alice", "bob").await;
     let sends = (0..200).map(|i| {
@@ -164,7 +164,7 @@ async fn read_messages_leave_no_ciphertext_behind() {
 
 #[tokio::test]
 async fn unread_messages_expire_after_their_time_to_live() {
-    let app = spawn_with(|s| s.message_ttl_secs = 1).await;
+    let app = spawn_with(|s| s.delivery.message_ttl_secs = 1).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let body = json!({"recipient_username": "bob", "encrypted_content": "short-lived"});
@@ -213,9 +213,9 @@ async fn a_stranger_cannot_fill_a_mailbox_with_the_defaults() {
 #[tokio::test]
 async fn mailbox_quotas_hold_on_both_paths_and_free_up_when_read() {
     let app = spawn_with(|s| {
-        s.mailbox_max_messages = 3;
-        s.mailbox_max_bytes = 1000;
-        s.mailbox_stranger_messages = 1;
+        s.delivery.mailbox_max_messages = 3;
+        s.delivery.mailbox_max_bytes = 1000;
+        s.delivery.mailbox_stranger_messages = 1;
     })
     .await;
     let (friend, bob) = app.friends("friend", "bob").await;
@@ -260,7 +260,7 @@ async fn mailbox_quotas_hold_on_both_paths_and_free_up_when_read() {
 
 #[tokio::test]
 async fn a_full_mailbox_in_bytes_refuses_what_does_not_fit() {
-    let app = spawn_with(|s| s.mailbox_max_bytes = 10).await;
+    let app = spawn_with(|s| s.delivery.mailbox_max_bytes = 10).await;
     let (alice, _bob) = app.friends("alice", "bob").await;
     let post = |content: &str| {
         app.post(
@@ -283,7 +283,7 @@ async fn a_full_mailbox_in_bytes_refuses_what_does_not_fit() {
 #[tokio::test]
 async fn a_fetch_during_the_push_on_connect_never_repeats_a_message() {
     const COUNT: usize = 250;
-    let app = spawn_with(|s| s.rate_limits = secchat::config::Switch::Off).await;
+    let app = spawn_with(|s| s.rates.rate_limits = secchat::config::Switch::Off).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     // 15 MB in all: more than the socket buffers hold, so the push waits on
     // bob, who does not read yet.
@@ -400,7 +400,7 @@ async fn manual_acknowledgement_delivers_until_acknowledged() {
 /// their next call, and the push on connect sends every page.
 #[tokio::test]
 async fn a_mailbox_comes_a_page_of_bounded_bytes_at_a_time() {
-    let app = spawn_with(|s| s.message_page_bytes = 1000).await;
+    let app = spawn_with(|s| s.delivery.message_page_bytes = 1000).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let send_five = || async {
         for i in 0..5 {
@@ -469,7 +469,7 @@ async fn a_mailbox_comes_a_page_of_bounded_bytes_at_a_time() {
 /// user.
 #[tokio::test]
 async fn inbox_requests_are_limited_per_user() {
-    let app = spawn_with(|s| s.inbox_rate_per_user = "3/min".parse().unwrap()).await;
+    let app = spawn_with(|s| s.rates.inbox_rate_per_user = "3/min".parse().unwrap()).await;
     let bob = app.user("bob").await;
     let carol = app.user("carol").await;
     assert_eq!(app.get("/messages/", &bob.token).await.0, StatusCode::OK);

@@ -197,10 +197,11 @@ async fn the_embedded_default_keeps_its_generated_secret_across_restarts() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("chat.db").display());
-    let settings = || Settings {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        database_url: db.clone(),
-        ..Settings::default()
+    let settings = || {
+        let mut s = Settings::default();
+        s.listen.bind = "127.0.0.1:0".parse().unwrap();
+        s.storage.database_url = db.clone();
+        s
     };
     let first = crate::helpers::TestApp::start(settings()).await;
     let alice = first.user("alice").await;
@@ -224,11 +225,9 @@ async fn the_embedded_default_keeps_its_generated_secret_across_restarts() {
 
 #[tokio::test]
 async fn postgres_without_an_explicit_secret_refuses_to_start() {
-    let settings = Settings {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        database_url: "postgres://nobody@127.0.0.1:1/none".into(),
-        ..Settings::default()
-    };
+    let mut settings = Settings::default();
+    settings.listen.bind = "127.0.0.1:0".parse().unwrap();
+    settings.storage.database_url = "postgres://nobody@127.0.0.1:1/none".into();
     let error = secchat::startup::App::build(settings)
         .await
         .err()
@@ -247,7 +246,7 @@ async fn short_secrets_are_refused() {
 async fn a_name_retention_shorter_than_the_name_cache_is_refused() {
     let backend = crate::helpers::Backend::embedded();
     let mut settings = backend.settings();
-    settings.deleted_name_retention_secs = 60;
+    settings.accounts.deleted_name_retention_secs = 60;
     let refused = secchat::startup::App::build(settings).await;
     let message = format!("{:#}", refused.err().expect("refused"));
     assert!(message.contains("DELETED_NAME_RETENTION_SECS"), "{message}");
@@ -256,8 +255,8 @@ async fn a_name_retention_shorter_than_the_name_cache_is_refused() {
 #[tokio::test]
 async fn relay_metrics_move_with_websocket_traffic() {
     let app = crate::helpers::spawn_with(|s| {
-        s.presence_lease_secs = 3;
-        s.address_visibility = secchat::config::Visibility::Open;
+        s.presence.presence_lease_secs = 3;
+        s.presence.address_visibility = secchat::config::Visibility::Open;
     })
     .await;
     let alice = app.user("ws-alice").await;
@@ -454,9 +453,10 @@ async fn the_healthcheck_flag_probes_a_running_server() {
 
 #[tokio::test]
 async fn cors_allows_only_the_configured_origins() {
-    let app =
-        crate::helpers::spawn_with(|s| s.cors_origins = vec!["https://chat.example.com".into()])
-            .await;
+    let app = crate::helpers::spawn_with(|s| {
+        s.listen.cors_origins = vec!["https://chat.example.com".into()]
+    })
+    .await;
     let preflight = |origin: &'static str| {
         app.http
             .request(Method::OPTIONS, app.url("/users/me"))
@@ -477,8 +477,10 @@ async fn cors_allows_only_the_configured_origins() {
 /// With `METRICS_BIND`, `/metrics` is served on that internal listener only.
 #[tokio::test]
 async fn metrics_can_move_to_an_internal_listener() {
-    let app =
-        crate::helpers::spawn_with(|s| s.metrics_bind = Some("127.0.0.1:0".parse().unwrap())).await;
+    let app = crate::helpers::spawn_with(|s| {
+        s.telemetry.metrics_bind = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
     let (status, _) = app.call(reqwest::Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let internal = app.metrics_addr.expect("a metrics listener");
@@ -633,4 +635,115 @@ async fn logs_are_coloured_only_on_a_terminal_without_no_color() {
     }
     let empty = run(true, Some("")).await;
     assert!(empty.contains(escape), "an empty NO_COLOR keeps colour");
+}
+
+/// One setting as documented: its heading, variable, flag, and default (as
+/// `--help` prints it; the README's default cell starts with it in backquotes).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Documented {
+    heading: String,
+    variable: String,
+    flag: String,
+    default: Option<String>,
+}
+
+/// The settings `secchat --help` lists, under their headings.
+fn settings_in_help() -> Vec<Documented> {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_secchat"))
+        .arg("--help")
+        .output()
+        .expect("secchat --help runs");
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut found: Vec<Documented> = Vec::new();
+    let (mut heading, mut flag) = (String::new(), None::<String>);
+    for line in help.lines() {
+        let trimmed = line.trim();
+        if !line.starts_with(' ') && trimmed.ends_with(':') {
+            heading = trimmed.trim_end_matches(':').to_owned();
+        } else if let Some(long) = trimmed
+            .split(' ')
+            .find_map(|word| word.trim_end_matches(',').strip_prefix("--"))
+            .filter(|_| trimmed.starts_with('-'))
+        {
+            flag = Some(format!("--{long}"));
+        } else if let Some(variable) = trimmed
+            .strip_prefix("[env: ")
+            .and_then(|rest| rest.split(['=', ']']).next())
+        {
+            found.push(Documented {
+                heading: heading.clone(),
+                variable: variable.to_owned(),
+                flag: flag.clone().expect("an [env] line follows its flag"),
+                default: None,
+            });
+        } else if let Some(default) = trimmed
+            .strip_prefix("[default: ")
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            let last = found.last_mut().expect("a default follows its [env] line");
+            last.default = Some(default.to_owned());
+        }
+    }
+    found
+}
+
+/// The rows of README.md's settings tables, under their `###` headings.
+fn settings_in_readme(help: &[Documented]) -> Vec<Documented> {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("\n## Settings\n")
+        .nth(1)
+        .expect("README.md has a Settings section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut found = Vec::new();
+    let mut heading = String::new();
+    for line in section.lines() {
+        if let Some(h) = line.strip_prefix("### ") {
+            heading = h.to_owned();
+            continue;
+        }
+        let cells: Vec<&str> = line
+            .split(" | ")
+            .map(|c| c.trim_matches('|').trim())
+            .collect();
+        let [variable, flag, default, _meaning] = cells[..] else {
+            continue;
+        };
+        let (Some(variable), Some(flag)) = (
+            variable.strip_prefix('`').and_then(|v| v.strip_suffix('`')),
+            flag.strip_prefix('`').and_then(|f| f.strip_suffix('`')),
+        ) else {
+            continue; // the header row
+        };
+        // The default as help prints it, if the README's cell starts with it.
+        let printed = help
+            .iter()
+            .find(|d| d.variable == variable)
+            .and_then(|d| d.default.clone())
+            .filter(|printed| default.starts_with(&format!("`{printed}`")));
+        found.push(Documented {
+            heading: heading.clone(),
+            variable: variable.to_owned(),
+            flag: flag.to_owned(),
+            default: printed,
+        });
+    }
+    found
+}
+
+#[test]
+fn the_readme_lists_every_setting_as_help_does() {
+    let mut help = settings_in_help();
+    let mut readme = settings_in_readme(&help);
+    assert!(help.len() > 40, "help lists the settings: {help:?}");
+    help.sort();
+    readme.sort();
+    let missing: Vec<_> = help.iter().filter(|d| !readme.contains(d)).collect();
+    let extra: Vec<_> = readme.iter().filter(|d| !help.contains(d)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "README.md's settings tables differ from `secchat --help` (heading, variable, flag, default):\n\
+         only in --help: {missing:#?}\nonly in README.md: {extra:#?}"
+    );
 }

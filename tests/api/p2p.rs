@@ -58,7 +58,7 @@ async fn unknown_offline_and_hidden_users_look_the_same() {
 
 #[tokio::test]
 async fn open_visibility_lets_any_signed_in_user_see_addresses() {
-    let app = spawn_with(|s| s.address_visibility = Visibility::Open).await;
+    let app = spawn_with(|s| s.presence.address_visibility = Visibility::Open).await;
     let alice = app.user("alice").await;
     let stranger = app.user("stranger").await;
     let (status, info) = app
@@ -71,7 +71,7 @@ async fn open_visibility_lets_any_signed_in_user_see_addresses() {
 
 #[tokio::test]
 async fn presence_is_a_lease_that_runs_out() {
-    let app = spawn_with(|s| s.presence_lease_secs = 1).await;
+    let app = spawn_with(|s| s.presence.presence_lease_secs = 1).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let located = |token: String| {
         let app = &app;
@@ -96,7 +96,7 @@ async fn presence_is_a_lease_that_runs_out() {
 
 #[tokio::test]
 async fn an_open_websocket_keeps_its_user_online() {
-    let app = spawn_with(|s| s.presence_lease_secs = 1).await;
+    let app = spawn_with(|s| s.presence.presence_lease_secs = 1).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let _socket = app.ws(&bob.token).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -108,7 +108,8 @@ async fn an_open_websocket_keeps_its_user_online() {
 
 #[tokio::test]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() {
-    let trusting = spawn_with(|s| s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let trusting =
+        spawn_with(|s| s.listen.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
     let sceptic = spawn().await;
     for (app, expected) in [(&trusting, "203.0.113.7"), (&sceptic, "127.0.0.1")] {
         let (alice, bob) = app.friends("alice", "bob").await;
@@ -128,7 +129,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 /// passed on with it, never the proxy's own source port.
 #[tokio::test]
 async fn forwarded_for_believes_only_what_a_trusted_proxy_wrote() {
-    let app = spawn_with(|s| s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let app = spawn_with(|s| s.listen.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
     let (alice, bob) = app.friends("alice", "bob").await;
     for (xff, ip, port) in [
         ("127.9.9.9, 127.0.0.55:6100", "127.0.0.55", 6100),
@@ -179,12 +180,12 @@ async fn turn_credentials_follow_the_coturn_rest_api() {
 
     let secret = "turn-shared-secret";
     let app = spawn_with(|s| {
-        s.turn_secret = Some(secrecy::SecretString::from(secret));
-        s.turn_uris = vec![
+        s.turn.turn_secret = Some(secrecy::SecretString::from(secret));
+        s.turn.turn_uris = vec![
             "turn:turn.example.com:3478?transport=udp".into(),
             "turns:turn.example.com:5349".into(),
         ];
-        s.turn_ttl = 600;
+        s.turn.turn_ttl = 600;
     })
     .await;
     let alice = app.user("alice").await;

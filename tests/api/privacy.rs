@@ -56,7 +56,7 @@ async fn the_system_name_and_its_lookalikes_cannot_be_registered() {
 #[tokio::test]
 async fn lookalike_and_blank_usernames_are_refused() {
     // Many registrations from one address.
-    let app = spawn_with(|s| s.rate_limits = Switch::Off).await;
+    let app = spawn_with(|s| s.rates.rate_limits = Switch::Off).await;
     for name in ["alice", "kate", "STRAßE", "paypal"] {
         app.register(name).await;
     }
@@ -186,7 +186,7 @@ async fn broadcasts_with_line_breaks_or_control_characters_are_refused() {
 #[tokio::test]
 async fn search_shows_presence_only_to_users_the_subject_accepted() {
     for visibility in [Visibility::Contacts, Visibility::Open] {
-        let app = spawn_with(|s| s.address_visibility = visibility).await;
+        let app = spawn_with(|s| s.presence.address_visibility = visibility).await;
         let (friend, bobby) = app.friends("friend", "bobby").await;
         let stranger = app.user("stranger").await;
         // One-sided: stranger added bobby, who did not accept.

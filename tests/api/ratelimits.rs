@@ -20,22 +20,22 @@ fn rate(raw: &str) -> secchat::domain::Rate {
 /// a test can speak for several client addresses.
 fn only(configure: impl FnOnce(&mut Settings)) -> impl FnOnce(&mut Settings) {
     move |s| {
-        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        s.listen.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         let plenty = rate("100000/s");
-        s.login_rate_per_ip = plenty;
-        s.register_rate_per_ip = plenty;
-        s.search_rate_per_user = plenty;
-        s.offline_rate_per_sender = plenty;
-        s.ws_frame_rate_per_connection = plenty;
-        s.ws_frame_rate_per_user = plenty;
-        s.inbox_rate_per_user = plenty;
-        s.contact_rate_per_user = plenty;
-        s.heartbeat_rate_per_user = plenty;
-        s.turn_rate_per_user = plenty;
-        s.key_change_rate_per_user = plenty;
-        s.broadcast_fanout_per_user = plenty;
+        s.rates.login_rate_per_ip = plenty;
+        s.rates.register_rate_per_ip = plenty;
+        s.rates.search_rate_per_user = plenty;
+        s.rates.offline_rate_per_sender = plenty;
+        s.rates.ws_frame_rate_per_connection = plenty;
+        s.rates.ws_frame_rate_per_user = plenty;
+        s.rates.inbox_rate_per_user = plenty;
+        s.rates.contact_rate_per_user = plenty;
+        s.rates.heartbeat_rate_per_user = plenty;
+        s.rates.turn_rate_per_user = plenty;
+        s.rates.key_change_rate_per_user = plenty;
+        s.rates.broadcast_fanout_per_user = plenty;
         // Presence notices to everyone: tests wait for them.
-        s.address_visibility = Visibility::Open;
+        s.presence.address_visibility = Visibility::Open;
         configure(s);
     }
 }
@@ -125,11 +125,11 @@ async fn refusals(app: &TestApp, limit: &str) -> u64 {
 #[tokio::test]
 async fn failed_logins_lock_their_address_out_longer_each_time_and_alike_for_unknown_names() {
     let app = spawn_with(only(|s| {
-        s.login_free_failures = 3;
+        s.rates.login_free_failures = 3;
         // Long enough that a slow machine cannot let it lapse between two
         // requests the test means to be locked.
-        s.login_lockout_secs = 4;
-        s.login_lockout_max_secs = 60;
+        s.rates.login_lockout_secs = 4;
+        s.rates.login_lockout_max_secs = 60;
     }))
     .await;
     app.register("alice").await;
@@ -190,7 +190,7 @@ async fn failed_logins_lock_their_address_out_longer_each_time_and_alike_for_unk
 
 #[tokio::test]
 async fn logins_are_limited_per_address_and_recover() {
-    let app = spawn_with(only(|s| s.login_rate_per_ip = rate("2/10s"))).await;
+    let app = spawn_with(only(|s| s.rates.login_rate_per_ip = rate("2/10s"))).await;
     app.register("alice").await;
     let before = refusals(&app, "login_per_ip").await;
     let password = password_of("alice");
@@ -217,7 +217,7 @@ async fn logins_are_limited_per_address_and_recover() {
 
 #[tokio::test]
 async fn registrations_are_limited_per_address_and_recover() {
-    let app = spawn_with(only(|s| s.register_rate_per_ip = rate("2/10s"))).await;
+    let app = spawn_with(only(|s| s.rates.register_rate_per_ip = rate("2/10s"))).await;
     let before = refusals(&app, "register_per_ip").await;
     // Invalid registrations (422) spend nothing.
     for invalid in ["sуstem", "a b", "admin"] {
@@ -262,7 +262,7 @@ async fn registrations_are_limited_per_address_and_recover() {
 
 #[tokio::test]
 async fn searches_are_limited_per_user_and_need_three_characters() {
-    let app = spawn_with(only(|s| s.search_rate_per_user = rate("2/10s"))).await;
+    let app = spawn_with(only(|s| s.rates.search_rate_per_user = rate("2/10s"))).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let before = refusals(&app, "search_per_user").await;
@@ -301,7 +301,7 @@ async fn searches_are_limited_per_user_and_need_three_characters() {
 
 #[tokio::test]
 async fn offline_messages_are_limited_per_sender_on_both_paths() {
-    let app = spawn_with(only(|s| s.offline_rate_per_sender = rate("2/10s"))).await;
+    let app = spawn_with(only(|s| s.rates.offline_rate_per_sender = rate("2/10s"))).await;
     let before = refusals(&app, "offline_per_sender").await;
     let alice = app.user("alice").await;
     let carol = app.user("carol").await;
@@ -352,8 +352,8 @@ async fn broadcast(ws: &mut WsClient, n: usize, tag: &str) {
 #[tokio::test]
 async fn a_connection_over_its_frame_rate_is_told_then_closed_with_1008() {
     let app = spawn_with(only(|s| {
-        s.ws_frame_rate_per_connection = rate("3/hour");
-        s.ws_refusals_before_close = 2;
+        s.rates.ws_frame_rate_per_connection = rate("3/hour");
+        s.rates.ws_refusals_before_close = 2;
     }))
     .await;
     let bob = app.user("bob").await;
@@ -387,7 +387,7 @@ async fn a_connection_over_its_frame_rate_is_told_then_closed_with_1008() {
 
 #[tokio::test]
 async fn a_users_connections_share_one_frame_budget() {
-    let app = spawn_with(only(|s| s.ws_frame_rate_per_user = rate("3/hour"))).await;
+    let app = spawn_with(only(|s| s.rates.ws_frame_rate_per_user = rate("3/hour"))).await;
     let bob = app.user("bob").await;
     let carol = app.user("carol").await;
     let before = refusals(&app, "ws_frames_per_user").await;
@@ -420,12 +420,12 @@ async fn a_users_connections_share_one_frame_budget() {
 #[tokio::test]
 async fn rate_limits_off_lets_one_address_do_as_much_as_it_likes() {
     let app = spawn_with(|s| {
-        s.rate_limits = Switch::Off;
+        s.rates.rate_limits = Switch::Off;
         let one = rate("1/hour");
-        s.login_rate_per_ip = one;
-        s.register_rate_per_ip = one;
-        s.search_rate_per_user = one;
-        s.login_free_failures = 1;
+        s.rates.login_rate_per_ip = one;
+        s.rates.register_rate_per_ip = one;
+        s.rates.search_rate_per_user = one;
+        s.rates.login_free_failures = 1;
     })
     .await;
     let alice = app.user("alice").await;
@@ -445,10 +445,10 @@ async fn rate_limits_off_lets_one_address_do_as_much_as_it_likes() {
 
 fn cluster_limits(s: &mut Settings) {
     only(|s| {
-        s.login_rate_per_ip = rate("3/hour");
-        s.login_free_failures = 2;
-        s.login_lockout_secs = 60;
-        s.ws_frame_rate_per_user = rate("3/hour");
+        s.rates.login_rate_per_ip = rate("3/hour");
+        s.rates.login_free_failures = 2;
+        s.rates.login_lockout_secs = 60;
+        s.rates.ws_frame_rate_per_user = rate("3/hour");
     })(s)
 }
 
@@ -504,10 +504,10 @@ async fn replicas_share_one_budget_and_one_lock_out() {
 #[tokio::test]
 async fn contact_changes_heartbeats_and_turn_credentials_are_limited_per_user() {
     let app = spawn_with(only(|s| {
-        s.contact_rate_per_user = "3/hour".parse().unwrap();
-        s.heartbeat_rate_per_user = "2/hour".parse().unwrap();
-        s.turn_rate_per_user = "2/hour".parse().unwrap();
-        s.turn_secret = Some("turn-secret".to_owned().into());
+        s.rates.contact_rate_per_user = "3/hour".parse().unwrap();
+        s.rates.heartbeat_rate_per_user = "2/hour".parse().unwrap();
+        s.rates.turn_rate_per_user = "2/hour".parse().unwrap();
+        s.turn.turn_secret = Some("turn-secret".to_owned().into());
     }))
     .await;
     let alice = app.user("alice").await;
@@ -555,7 +555,10 @@ async fn contact_changes_heartbeats_and_turn_credentials_are_limited_per_user() 
 /// connected user with large lines.
 #[tokio::test]
 async fn broadcast_fan_out_is_counted_against_the_sender() {
-    let app = spawn_with(only(|s| s.broadcast_fanout_per_user = rate("40/hour"))).await;
+    let app = spawn_with(only(|s| {
+        s.rates.broadcast_fanout_per_user = rate("40/hour")
+    }))
+    .await;
     let alice = app.user("alice").await;
     let mut listeners = Vec::new();
     for name in ["bob", "carol", "dave"] {

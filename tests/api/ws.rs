@@ -312,8 +312,8 @@ async fn bad_frames_get_an_error_and_the_connection_stays_open() {
 #[tokio::test]
 async fn oversized_frames_are_never_relayed() {
     let app = spawn_with(|s| {
-        s.max_message_bytes = 1024;
-        s.address_visibility = Visibility::Open;
+        s.delivery.max_message_bytes = 1024;
+        s.presence.address_visibility = Visibility::Open;
     })
     .await;
     let alice = app.user("alice").await;
@@ -333,8 +333,8 @@ async fn oversized_frames_are_never_relayed() {
 #[tokio::test]
 async fn the_server_pings_and_drops_silent_clients() {
     let app = spawn_with(|s| {
-        s.ws_ping_secs = 1;
-        s.address_visibility = Visibility::Open;
+        s.listen.ws_ping_secs = 1;
+        s.presence.address_visibility = Visibility::Open;
     })
     .await;
     let alice = app.user("alice").await;
@@ -364,8 +364,8 @@ async fn the_server_pings_and_drops_silent_clients() {
 #[tokio::test]
 async fn a_slow_reader_is_cut_off_without_losing_directed_messages() {
     let app = spawn_with(|s| {
-        s.ws_queue_len = 8;
-        s.rate_limits = Switch::Off; // alice sends as fast as she can
+        s.listen.ws_queue_len = 8;
+        s.rates.rate_limits = Switch::Off; // alice sends as fast as she can
     })
     .await;
     let (alice, bob) = app.friends("alice", "bob").await;
@@ -480,8 +480,8 @@ async fn shutdown_closes_websockets_with_1001() {
 #[tokio::test]
 async fn a_client_that_stopped_reading_is_let_go_without_its_help() {
     let app = spawn_with(|s| {
-        s.ws_queue_len = 8;
-        s.address_visibility = Visibility::Open;
+        s.listen.ws_queue_len = 8;
+        s.presence.address_visibility = Visibility::Open;
     })
     .await;
     let alice = app.user("alice").await;
@@ -541,7 +541,7 @@ async fn tokens_may_stay_out_of_the_url() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     // Long enough for a busy machine to carry the first frame; short enough
     // to wait for in full.
-    let app = spawn_with(|s| s.ws_auth_timeout_secs = 3).await;
+    let app = spawn_with(|s| s.listen.ws_auth_timeout_secs = 3).await;
     let (alice, bob) = app.friends("alice", "bob").await;
 
     let mut request = app.ws_url("").into_client_request().unwrap();
