@@ -43,10 +43,16 @@ pub struct Login {
 
 /// The accounts flow.
 pub struct Accounts {
+    /// Users, their credentials and keys.
     pub(super) store: Arc<dyn Store>,
+    /// Tokens revoked by logouts, password changes and deletions.
     pub(super) revocations: Arc<dyn Revocations>,
+    /// Where a user is seen (login, heartbeat), and signing off.
     pub(super) presence: Arc<dyn Presence>,
+    /// Closing a user's WebSockets, and key-change notices, on every replica.
     pub(super) bus: Arc<dyn Bus>,
+    /// Login, registration, search, heartbeat, key-change and TURN budgets,
+    /// and login lock-outs.
     pub(super) limiter: Arc<dyn Limiter>,
     pub(super) passwords: PasswordHasher,
     pub(super) authn: Arc<Authenticator>,

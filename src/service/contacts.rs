@@ -27,8 +27,11 @@ pub enum ContactTarget {
 
 /// The contacts flow.
 pub struct Contacts {
+    /// Contacts and requests.
     pub(super) store: Arc<dyn Store>,
+    /// Where contacts are, and telling every replica a list changed.
     pub(super) presence: Arc<dyn Presence>,
+    /// The contact-change budget.
     pub(super) limiter: Arc<dyn Limiter>,
     pub(super) names: Arc<NameCache>,
     /// Which recipients accepted which senders, for the relay: forgotten

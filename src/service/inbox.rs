@@ -49,8 +49,11 @@ impl InboxPage {
 
 /// The inbox flow.
 pub struct Inbox {
+    /// The messages, their claims, and their ids.
     pub(super) store: Arc<dyn Store>,
+    /// Unread notices and delivery receipts, to every replica.
     pub(super) bus: Arc<dyn Bus>,
+    /// Offline-message and inbox budgets.
     pub(super) limiter: Arc<dyn Limiter>,
     pub(super) names: Arc<NameCache>,
     /// Offline messages, and messages held for connections that acknowledge,

@@ -39,9 +39,13 @@ const TOO_MANY: Error = Error::Limited("Too many connections", Duration::from_se
 
 /// The relay flow of one replica, over its hub.
 pub struct Relay {
+    /// Message ids, consents, and `last_seen` when connections open and close.
     pub(super) store: Arc<dyn Store>,
+    /// Connections counted per user and token, and the online count.
     pub(super) presence: Arc<dyn Presence>,
+    /// Directed messages, broadcasts and presence notices to every replica.
     pub(super) bus: Arc<dyn Bus>,
+    /// Frame and broadcast budgets.
     pub(super) limiter: Arc<dyn Limiter>,
     /// Which message each sender's recent client ids name.
     pub(super) client_ids: Arc<dyn ClientIds>,

@@ -7,12 +7,20 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
     PgPool,
+    postgres::PgRow,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+use super::queries;
 use crate::{
+    config::Visibility,
+    domain::UserId,
     revocation::{RevocationError, Revocations},
-    store::{Pending, Store},
+    store::{
+        Acked, Admission, Contact, ContactStatus, Credentials, INBOX_PAGE, InboxMessage,
+        MailboxQuota, MailboxUsage, Message, NewMessage, NewUser, Page, Pending, Store, StoreError,
+        User,
+    },
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -89,19 +97,577 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
-    super::store_methods!(
-        sqlx::postgres::PgRow,
-        concat!(
-            "SELECT COALESCE(json_agg(json_build_object(",
-            super::user_json_fields!(),
-            ")), '[]')::text",
-            super::visible_contacts_where!()
-        ),
-        // Mailbox rows are locked for a quota check; SQLite's one writer needs no lock.
-        " FOR UPDATE",
-        // Messages being claimed or taken by one statement are passed by by others.
-        " FOR UPDATE SKIP LOCKED",
-    );
+    fn ping(&self) -> Pending<'_, ()> {
+        super::run(async move {
+            sqlx::query(queries::PING).execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn create_user(&self, user: NewUser) -> Pending<'_, User> {
+        super::run(async move {
+            // A name retired with a deleted account counts as taken until then.
+            let created = sqlx::query_as(queries::CREATE_USER)
+                .bind(&user.username)
+                .bind(&user.username_key)
+                .bind(&user.username_skeleton)
+                .bind(&user.email)
+                .bind(&user.email_key)
+                .bind(&user.password_hash)
+                .bind(&user.public_key)
+                .bind(Utc::now())
+                .bind(&user.username_shape)
+                .fetch_optional(&self.pool)
+                .await;
+            match created {
+                Err(e) if super::is_unique_violation(&e) => Err(StoreError::Duplicate),
+                Ok(None) => Err(StoreError::Duplicate),
+                Ok(Some(user)) => Ok(user),
+                Err(other) => Err(other.into()),
+            }
+        })
+    }
+
+    fn credentials<'a>(&'a self, username_key: &'a str) -> Pending<'a, Option<Credentials>> {
+        super::run(async move {
+            Ok(sqlx::query_as(queries::CREDENTIALS)
+                .bind(username_key)
+                .fetch_optional(&self.pool)
+                .await?)
+        })
+    }
+
+    fn user_by_id(&self, id: UserId) -> Pending<'_, Option<User>> {
+        super::run(async move {
+            Ok(sqlx::query_as(queries::USER_BY_ID)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+        })
+    }
+
+    fn user_by_username<'a>(&'a self, username_key: &'a str) -> Pending<'a, Option<User>> {
+        super::run(async move {
+            Ok(sqlx::query_as(queries::USER_BY_USERNAME)
+                .bind(username_key)
+                .fetch_optional(&self.pool)
+                .await?)
+        })
+    }
+
+    fn search_users<'a>(
+        &'a self,
+        needle: &'a str,
+        exclude: UserId,
+        limit: i64,
+    ) -> Pending<'a, Vec<User>> {
+        super::run(async move {
+            // Escaped, so that '%' and '_' in the needle are plain characters.
+            Ok(sqlx::query_as(queries::SEARCH_USERS)
+                .bind(super::like_pattern(needle))
+                .bind(exclude)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+        })
+    }
+
+    fn touch_last_seen(&self, id: UserId, at: DateTime<Utc>) -> Pending<'_, ()> {
+        super::run(async move {
+            sqlx::query(queries::TOUCH_LAST_SEEN)
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn unkeyed_users(&self, after: UserId, limit: i64) -> Pending<'_, Vec<(UserId, String)>> {
+        super::run(async move {
+            Ok(sqlx::query_as(queries::UNKEYED_USERS)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+        })
+    }
+
+    fn set_username_keys<'a>(
+        &'a self,
+        id: UserId,
+        key: &'a str,
+        skeleton: &'a str,
+        shape: &'a str,
+    ) -> Pending<'a, bool> {
+        super::run(async move {
+            let set = sqlx::query(queries::SET_USERNAME_KEYS)
+                .bind(key)
+                .bind(skeleton)
+                .bind(id)
+                .bind(shape)
+                .execute(&self.pool)
+                .await;
+            match set {
+                Err(e) if super::is_unique_violation(&e) => Ok(false),
+                other => Ok(other?.rows_affected() > 0),
+            }
+        })
+    }
+
+    fn set_password_hash<'a>(&'a self, id: UserId, hash: &'a str) -> Pending<'a, ()> {
+        super::run(async move {
+            sqlx::query(queries::SET_PASSWORD_HASH)
+                .bind(hash)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn set_public_key<'a>(
+        &'a self,
+        id: UserId,
+        public_key: &'a str,
+        at: DateTime<Utc>,
+    ) -> Pending<'a, Option<User>> {
+        super::run(async move {
+            Ok(sqlx::query_as(queries::SET_PUBLIC_KEY)
+                .bind(public_key)
+                .bind(at)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+        })
+    }
+
+    fn delete_user(
+        &self,
+        id: UserId,
+        name_retired_until: DateTime<Utc>,
+    ) -> Pending<'_, Option<Vec<UserId>>> {
+        super::run(async move {
+            // Written first, so that the transaction holds the write lock from the start.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(queries::RETIRE_USERNAMES)
+                .bind(id)
+                .bind(name_retired_until)
+                .execute(&mut *tx)
+                .await?;
+            let related: Vec<UserId> = sqlx::query_scalar(queries::RELATED_USERS)
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            // Contacts, requests, messages and the mailbox go with the user (ON DELETE CASCADE).
+            let deleted = sqlx::query(queries::DELETE_USER)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if deleted.rows_affected() == 0 {
+                return Ok(None);
+            }
+            tx.commit().await?;
+            Ok(Some(related))
+        })
+    }
+
+    fn add_contact(&self, owner: UserId, other: UserId) -> Pending<'_, Contact> {
+        super::run(async move {
+            use sqlx::Row as _;
+            let now = Utc::now();
+            // The first statement writes, so the transaction takes the write lock at once
+            // and cannot deadlock upgrading a read lock.
+            let mut tx = self.pool.begin().await?;
+            let accepted = sqlx::query(queries::ADD_CONTACT)
+                .bind(owner)
+                .bind(other)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = accepted else {
+                return Err(StoreError::AlreadyContact);
+            };
+            let created_at: DateTime<Utc> = row.try_get("created_at")?;
+            sqlx::query(queries::REQUEST_CONTACT)
+                .bind(other)
+                .bind(owner)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Contact {
+                other: super::existing(self.user_by_id(other).await?)?,
+                status: ContactStatus::Accepted,
+                created_at,
+            })
+        })
+    }
+
+    fn contacts(&self, owner: UserId, skip: i64, limit: i64) -> Pending<'_, Vec<Contact>> {
+        super::run(async move {
+            let rows: Vec<PgRow> = sqlx::query(queries::CONTACTS)
+                .bind(owner)
+                .bind(limit)
+                .bind(skip)
+                .fetch_all(&self.pool)
+                .await?;
+            super::contacts_from_rows(&rows)
+        })
+    }
+
+    fn pending_requests(&self, owner: UserId) -> Pending<'_, Vec<Contact>> {
+        super::run(async move {
+            let rows: Vec<PgRow> = sqlx::query(queries::PENDING_REQUESTS)
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?;
+            super::contacts_from_rows(&rows)
+        })
+    }
+
+    fn accept_request(&self, owner: UserId, requester: UserId) -> Pending<'_, Option<Contact>> {
+        super::run(async move {
+            use sqlx::Row as _;
+            let mut tx = self.pool.begin().await?;
+            let accepted = sqlx::query(queries::ACCEPT_REQUEST)
+                .bind(owner)
+                .bind(requester)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = accepted else {
+                return Ok(None);
+            };
+            let created_at: DateTime<Utc> = row.try_get("created_at")?;
+            sqlx::query(queries::ACCEPT_BACK)
+                .bind(requester)
+                .bind(owner)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(Contact {
+                other: super::existing(self.user_by_id(requester).await?)?,
+                status: ContactStatus::Accepted,
+                created_at,
+            }))
+        })
+    }
+
+    fn remove_contact(&self, owner: UserId, other: UserId) -> Pending<'_, bool> {
+        super::run(async move {
+            let done = sqlx::query(queries::REMOVE_CONTACT)
+                .bind(owner)
+                .bind(other)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    fn visible_contacts(&self, viewer: UserId, visibility: Visibility) -> Pending<'_, Vec<User>> {
+        super::run(async move {
+            // One row holding a JSON array: a contact list can be long, and
+            // rows cost more to hand over one by one than to decode at once.
+            let list: String = sqlx::query_scalar(queries::VISIBLE_CONTACTS_POSTGRES)
+                .bind(viewer)
+                .bind(visibility == Visibility::Open)
+                .fetch_one(&self.pool)
+                .await?;
+            let mut users: Vec<User> =
+                serde_json::from_str(&list).map_err(|e| StoreError::Other(e.into()))?;
+            users.sort_by_cached_key(|u| u.username.to_lowercase());
+            Ok(users)
+        })
+    }
+
+    fn visible_user<'a>(
+        &'a self,
+        viewer: UserId,
+        username_key: &'a str,
+        visibility: Visibility,
+    ) -> Pending<'a, Option<User>> {
+        super::run(async move {
+            Ok(sqlx::query_as(queries::VISIBLE_USER)
+                .bind(username_key)
+                .bind(visibility == Visibility::Open)
+                .bind(viewer)
+                .fetch_optional(&self.pool)
+                .await?)
+        })
+    }
+
+    fn watchers(&self, subject: UserId) -> Pending<'_, Vec<UserId>> {
+        super::run(async move {
+            Ok(sqlx::query_scalar(queries::WATCHERS)
+                .bind(subject)
+                .fetch_all(&self.pool)
+                .await?)
+        })
+    }
+
+    fn consented(&self, subject: UserId) -> Pending<'_, Vec<UserId>> {
+        super::run(async move {
+            Ok(sqlx::query_scalar(queries::CONSENTED)
+                .bind(subject)
+                .fetch_all(&self.pool)
+                .await?)
+        })
+    }
+
+    fn consenting<'a>(
+        &'a self,
+        viewer: UserId,
+        subjects: &'a [UserId],
+    ) -> Pending<'a, Vec<UserId>> {
+        super::run(async move {
+            if subjects.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut select = sqlx::QueryBuilder::new(queries::CONSENTING);
+            select.push_bind(viewer);
+            select.push(" AND user_id IN ");
+            super::push_id_list(&mut select, subjects);
+            Ok(select.build_query_scalar().fetch_all(&self.pool).await?)
+        })
+    }
+
+    fn store_messages<'a>(
+        &'a self,
+        messages: &'a [NewMessage],
+        quota: MailboxQuota,
+    ) -> Pending<'a, Vec<Admission>> {
+        super::run(async move {
+            if messages.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids = |of: fn(&NewMessage) -> i64| {
+                let mut ids: Vec<i64> = messages.iter().map(of).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            };
+            let (recipients, senders) = (ids(|m| m.recipient_id), ids(|m| m.sender_id));
+            let mut tx = self.pool.begin().await?;
+            // Every recipient's mailbox row exists, so that it can be locked:
+            // concurrent batches for one mailbox take turns. A recipient
+            // deleted meanwhile has none, and gets nothing.
+            let mut ensure = sqlx::QueryBuilder::new(queries::ENSURE_MAILBOXES);
+            super::push_id_list(&mut ensure, &recipients);
+            ensure.push(" ON CONFLICT (user_id) DO NOTHING");
+            ensure.build().execute(&mut *tx).await?;
+            let mut select = sqlx::QueryBuilder::new(queries::MAILBOX_ROWS);
+            super::push_id_list(&mut select, &recipients);
+            select.push(" ORDER BY user_id");
+            select.push(queries::FOR_UPDATE);
+            let usage: Vec<(i64, i64, i64, i64)> =
+                select.build_query_as().fetch_all(&mut *tx).await?;
+            let mut select = sqlx::QueryBuilder::new(queries::ACCEPTED_SENDERS);
+            super::push_id_list(&mut select, &recipients);
+            select.push(" AND friend_id IN ");
+            super::push_id_list(&mut select, &senders);
+            let accepted: Vec<(i64, i64)> = select.build_query_as().fetch_all(&mut *tx).await?;
+            let verdicts = super::admit(messages, &usage, &accepted, quota);
+            let admitted: Vec<(&NewMessage, bool)> = messages
+                .iter()
+                .zip(&verdicts)
+                .filter_map(|(m, v)| v.as_ref().ok().map(|stranger| (m, *stranger)))
+                .collect();
+            let mut stored = Vec::with_capacity(admitted.len());
+            // SQLite binds at most 32766 parameters per statement; eight per message.
+            for chunk in admitted.chunks(4000) {
+                let mut insert = sqlx::QueryBuilder::new(queries::INSERT_MESSAGES);
+                insert.push_values(chunk, |mut row, (m, stranger)| {
+                    row.push_bind(m.id)
+                        .push_bind(m.sender_id)
+                        .push_bind(m.recipient_id)
+                        .push_bind(&m.content)
+                        .push_bind(m.sent_at)
+                        .push_bind(*stranger)
+                        .push_bind(m.receipt)
+                        .push_bind(m.claimed_until);
+                });
+                // Stored already (by another of the recipient's
+                // connections, or a retry): kept as it is.
+                insert.push(" ON CONFLICT (id) DO NOTHING");
+                insert.push(queries::RETURNING_MESSAGES);
+                let rows: Vec<Message> = insert.build_query_as().fetch_all(&mut *tx).await?;
+                stored.extend(rows);
+            }
+            tx.commit().await?;
+            let mut stored: std::collections::HashMap<i64, Message> =
+                stored.into_iter().map(|m| (m.id, m)).collect();
+            Ok(messages
+                .iter()
+                .zip(verdicts)
+                .map(|(m, v)| match v {
+                    Ok(_) => Admission::Stored(stored.remove(&m.id).unwrap_or_else(|| Message {
+                        id: m.id,
+                        sender_id: m.sender_id,
+                        recipient_id: m.recipient_id,
+                        content: m.content.clone(),
+                        sent_at: m.sent_at,
+                    })),
+                    Err(refused) => refused,
+                })
+                .collect())
+        })
+    }
+
+    fn mailbox_usage(&self, user: UserId) -> Pending<'_, MailboxUsage> {
+        super::run(async move {
+            let row: Option<(i64, i64, i64)> = sqlx::query_as(queries::MAILBOX_USAGE)
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(
+                row.map_or_else(Default::default, |(messages, bytes, from_strangers)| {
+                    super::usage(messages, bytes, from_strangers)
+                }),
+            )
+        })
+    }
+
+    fn peek_unread(&self, recipient: UserId, page: Page) -> Pending<'_, Vec<Message>> {
+        super::run(async move {
+            Ok(sqlx::query_as(queries::PEEK_UNREAD)
+                .bind(recipient)
+                .bind(INBOX_PAGE)
+                .bind(Utc::now())
+                .bind(page.after)
+                .bind(page.max_bytes_sql())
+                .fetch_all(&self.pool)
+                .await?)
+        })
+    }
+
+    fn claim_unread(
+        &self,
+        recipient: UserId,
+        lease: std::time::Duration,
+        take_over: bool,
+        page: Page,
+    ) -> Pending<'_, Vec<InboxMessage>> {
+        super::run(async move {
+            let now = Utc::now();
+            let until = crate::domain::time::after(now, lease);
+            // Rows another claim or take holds are passed by (Postgres:
+            // SKIP LOCKED), and the outer condition is checked again on
+            // the rows taken, so no message is claimed twice.
+            let mut claimed: Vec<InboxMessage> = sqlx::query_as(queries::CLAIM_UNREAD_POSTGRES)
+                .bind(recipient)
+                .bind(until)
+                .bind(now)
+                .bind(INBOX_PAGE)
+                .bind(take_over)
+                .bind(page.after)
+                .bind(page.max_bytes_sql())
+                .fetch_all(&self.pool)
+                .await?;
+            claimed.sort_by_key(|m| m.message.id);
+            Ok(claimed)
+        })
+    }
+
+    fn release_claims<'a>(&'a self, recipient: UserId, ids: &'a [i64]) -> Pending<'a, ()> {
+        super::run(async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let mut release = sqlx::QueryBuilder::new(queries::RELEASE_CLAIMS);
+            release.push_bind(recipient);
+            release.push(" AND id IN ");
+            super::push_id_list(&mut release, ids);
+            release.build().execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn renew_claims<'a>(
+        &'a self,
+        recipient: UserId,
+        ids: &'a [i64],
+        until: DateTime<Utc>,
+    ) -> Pending<'a, ()> {
+        super::run(async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let mut renew = sqlx::QueryBuilder::new(queries::RENEW_CLAIMS);
+            renew.push_bind(until);
+            renew.push(" WHERE receiver_id = ");
+            renew.push_bind(recipient);
+            renew.push(" AND id IN ");
+            super::push_id_list(&mut renew, ids);
+            renew.build().execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn delete_read<'a>(&'a self, reads: &'a [(UserId, i64)]) -> Pending<'a, Vec<Acked>> {
+        super::run(async move {
+            let mut acked = Vec::new();
+            // SQLite binds at most 32766 parameters per statement; three per id.
+            for chunk in reads.chunks(8000) {
+                // Found by id (the primary key), kept only if the recipient's.
+                let mut delete = sqlx::QueryBuilder::new(queries::DELETE_READ);
+                let mut ids = delete.separated(", ");
+                for (_, id) in chunk {
+                    ids.push_bind(*id);
+                }
+                delete.push(") AND (receiver_id, id) IN (VALUES ");
+                let mut pairs = delete.separated(", ");
+                for (recipient, id) in chunk {
+                    pairs.push("(");
+                    pairs.push_bind_unseparated(*recipient);
+                    pairs.push_unseparated(", ");
+                    pairs.push_bind_unseparated(*id);
+                    pairs.push_unseparated(")");
+                }
+                delete.push(") RETURNING id, receiver_id, sender_id, receipt");
+                acked.extend(
+                    delete
+                        .build_query_as::<Acked>()
+                        .fetch_all(&self.pool)
+                        .await?,
+                );
+            }
+            Ok(acked)
+        })
+    }
+
+    fn expire_messages(&self, sent_before: DateTime<Utc>, limit: i64) -> Pending<'_, u64> {
+        super::run(async move {
+            let expired = sqlx::query(queries::EXPIRE_MESSAGES)
+                .bind(sent_before)
+                .bind(limit)
+                .execute(&self.pool)
+                .await?;
+            Ok(expired.rows_affected())
+        })
+    }
+
+    fn take_unread(&self, recipient: UserId, page: Page) -> Pending<'_, Vec<Message>> {
+        super::run(async move {
+            // One statement. SQLite runs writers one at a time; in Postgres a
+            // concurrent take or claim passes by the rows another one locked
+            // (SKIP LOCKED: none waits on another, so none deadlocks).
+            // Either way no message is handed out twice, and none stays
+            // stored once handed out.
+            // Claimed messages are being pushed: passed by, here too (the
+            // outer condition is checked again on a row claimed meanwhile).
+            let mut taken: Vec<Message> = sqlx::query_as(queries::TAKE_UNREAD_POSTGRES)
+                .bind(recipient)
+                .bind(INBOX_PAGE)
+                .bind(Utc::now())
+                .bind(page.after)
+                .bind(page.max_bytes_sql())
+                .fetch_all(&self.pool)
+                .await?;
+            taken.sort_by_key(|m| m.id);
+            Ok(taken)
+        })
+    }
 
     /// From the sequence, a block at a time (no round trip per message): a
     /// replica's ids grow, and since a block is used for
