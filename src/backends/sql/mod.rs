@@ -17,8 +17,8 @@ use crate::{
     metrics,
     revocation::RevocationError,
     store::{
-        Admission, Contact, ContactStatus, MailboxQuota, MailboxUsage, NewMessage, StoreError,
-        StoreResult, User,
+        Admission, Contact, ContactStatus, MailboxQuota, MailboxUsage, Message, NewMessage,
+        StoreError, StoreResult, User,
     },
 };
 
@@ -250,6 +250,48 @@ pub fn admit(
             Ok(from_stranger)
         })
         .collect()
+}
+
+/// The distinct values `of` takes over `messages`, in order.
+pub fn distinct(messages: &[NewMessage], of: fn(&NewMessage) -> i64) -> Vec<i64> {
+    let mut ids: Vec<i64> = messages.iter().map(of).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// What became of each of `messages`: refused as `verdicts` say, or stored
+/// (as the rows the insert returned; a message stored already, which the
+/// insert passed by, as it was given).
+pub fn admissions(
+    messages: &[NewMessage],
+    verdicts: Vec<Result<bool, Admission>>,
+    stored: Vec<Message>,
+) -> Vec<Admission> {
+    let mut stored: HashMap<i64, Message> = stored.into_iter().map(|m| (m.id, m)).collect();
+    messages
+        .iter()
+        .zip(verdicts)
+        .map(|(m, v)| match v {
+            Ok(_) => Admission::Stored(stored.remove(&m.id).unwrap_or_else(|| Message {
+                id: m.id,
+                sender_id: m.sender_id,
+                recipient_id: m.recipient_id,
+                content: m.content.clone(),
+                sent_at: m.sent_at,
+            })),
+            Err(refused) => refused,
+        })
+        .collect()
+}
+
+/// Users from one JSON array (the aggregating queries' answer), by name
+/// regardless of case.
+pub fn users_from_json(list: &str) -> StoreResult<Vec<User>> {
+    let mut users: Vec<User> =
+        serde_json::from_str(list).map_err(|e| StoreError::Other(e.into()))?;
+    users.sort_by_cached_key(|u| u.username.to_lowercase());
+    Ok(users)
 }
 
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {

@@ -376,10 +376,7 @@ impl Store for SqliteStore {
                 .bind(visibility == Visibility::Open)
                 .fetch_one(&self.pool)
                 .await?;
-            let mut users: Vec<User> =
-                serde_json::from_str(&list).map_err(|e| StoreError::Other(e.into()))?;
-            users.sort_by_cached_key(|u| u.username.to_lowercase());
-            Ok(users)
+            super::users_from_json(&list)
         })
     }
 
@@ -443,13 +440,8 @@ impl Store for SqliteStore {
             if messages.is_empty() {
                 return Ok(Vec::new());
             }
-            let ids = |of: fn(&NewMessage) -> i64| {
-                let mut ids: Vec<i64> = messages.iter().map(of).collect();
-                ids.sort_unstable();
-                ids.dedup();
-                ids
-            };
-            let (recipients, senders) = (ids(|m| m.recipient_id), ids(|m| m.sender_id));
+            let recipients = super::distinct(messages, |m| m.recipient_id);
+            let senders = super::distinct(messages, |m| m.sender_id);
             let mut tx = self.pool.begin().await?;
             // Every recipient's mailbox row exists, so that it can be locked:
             // concurrent batches for one mailbox take turns. A recipient
@@ -496,22 +488,7 @@ impl Store for SqliteStore {
                 stored.extend(rows);
             }
             tx.commit().await?;
-            let mut stored: std::collections::HashMap<i64, Message> =
-                stored.into_iter().map(|m| (m.id, m)).collect();
-            Ok(messages
-                .iter()
-                .zip(verdicts)
-                .map(|(m, v)| match v {
-                    Ok(_) => Admission::Stored(stored.remove(&m.id).unwrap_or_else(|| Message {
-                        id: m.id,
-                        sender_id: m.sender_id,
-                        recipient_id: m.recipient_id,
-                        content: m.content.clone(),
-                        sent_at: m.sent_at,
-                    })),
-                    Err(refused) => refused,
-                })
-                .collect())
+            Ok(super::admissions(messages, verdicts, stored))
         })
     }
 
