@@ -6,9 +6,11 @@
 //!
 //! The modules form layers that only point down (README: Architecture):
 //! `startup` → the edges (`http`, `ws`, with `extract` and `error`) → `state` →
-//! `service` → the backend traits (`store`, `presence`, `bus`, `revocation`,
-//! `ratelimit`, `client_ids`),
-//! implemented in `backends` → `auth`, `domain`, `config`, `metrics`, `batch`.
+//! `service` (one struct per flow) → `connection` (a WebSocket's outbox and
+//! receipts, shared with the WebSocket edge) → the backend traits (`store`,
+//! `presence`, `bus`, `revocation`, `ratelimit`, `client_ids`, listed once in
+//! `capabilities`), implemented in `backends` → `auth`, `domain`, `config`,
+//! `metrics`, `batch`.
 
 /// Password hashing and access tokens.
 pub mod auth;
