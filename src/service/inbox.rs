@@ -67,7 +67,7 @@ pub struct Inbox {
 impl Inbox {
     /// Tells the connections of these users, on any replica, that stored
     /// messages wait for them.
-    pub(super) async fn announce_unread(&self, users: &[UserId]) {
+    async fn announce_unread(&self, users: &[UserId]) {
         // Not published: they are fetched on the next connection (or `GET /messages/`).
         self.publish_all(
             users.iter().map(|&user| Event::Unread { user }),
