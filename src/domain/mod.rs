@@ -24,7 +24,7 @@ pub use endpoint::{Endpoint, client_group, client_key};
 pub use frame::{ClientFrame, is_broadcastable};
 pub use message::{AckMode, DirectMessage};
 pub use rate::Rate;
-pub use server_frame::{Arrival, ServerFrame};
+pub use server_frame::{Arrival, ContactCard, ServerFrame};
 pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username};
 pub use whole::{Whole, whole_number};
 

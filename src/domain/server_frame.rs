@@ -44,6 +44,12 @@ pub enum ServerFrame<'a> {
         username: &'a str,
         public_key: &'a str,
     },
+    /// Someone asked the user to be a contact.
+    ContactRequest { user: ContactCard<'a> },
+    /// Someone the user asked accepted (or asked too).
+    ContactAccepted { user: ContactCard<'a> },
+    /// A contact removed the user, or rejected or cancelled a request.
+    ContactRemoved { username: &'a str },
     /// `{sender}: {text}`, as plain text.
     Broadcast {
         sender_username: &'a str,
@@ -51,6 +57,14 @@ pub enum ServerFrame<'a> {
     },
     /// `系统消息: 用户 {username} 已上线。` or `已下线。`, as plain text.
     Presence { username: &'a str, online: bool },
+}
+
+/// Who a contact frame is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ContactCard<'a> {
+    pub id: i64,
+    pub username: &'a str,
+    pub public_key: &'a str,
 }
 
 /// The JSON objects, each with its fields in the order they are written.
@@ -86,6 +100,14 @@ enum Json<'a> {
     },
     KeyChanged {
         public_key: &'a str,
+        r#type: &'static str,
+        username: &'a str,
+    },
+    Contact {
+        r#type: &'static str,
+        user: ContactCard<'a>,
+    },
+    ContactRemoved {
         r#type: &'static str,
         username: &'a str,
     },
@@ -142,6 +164,18 @@ impl ServerFrame<'_> {
             } => Json::KeyChanged {
                 public_key,
                 r#type: "key_changed",
+                username,
+            },
+            Self::ContactRequest { user } => Json::Contact {
+                r#type: "contact_request",
+                user,
+            },
+            Self::ContactAccepted { user } => Json::Contact {
+                r#type: "contact_accepted",
+                user,
+            },
+            Self::ContactRemoved { username } => Json::ContactRemoved {
+                r#type: "contact_removed",
                 username,
             },
         };

@@ -97,10 +97,10 @@ async fn add(
         (None, Some(Whole(id))) => ContactTarget::Id(id),
         (None, None) => return Err(ApiError::missing("body", "friend_username")),
     };
-    let (contact, online) = state.contacts.add_contact(&user, target).await?;
+    let (contact, seen) = state.contacts.add_contact(&user, target).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(ContactEntry::new(user.id, contact, online)),
+        Json(ContactEntry::new(user.id, contact, seen)),
     ))
 }
 
@@ -129,7 +129,7 @@ async fn list(
     Ok(Json(
         contacts
             .into_iter()
-            .map(|(c, online)| ContactEntry::new(user.id, c, online))
+            .map(|(c, seen)| ContactEntry::new(user.id, c, seen))
             .collect(),
     ))
 }
@@ -145,7 +145,7 @@ async fn pending(
     Ok(Json(
         requests
             .into_iter()
-            .map(|(r, online)| PendingEntry::new(user.id, r, online))
+            .map(|(r, seen)| PendingEntry::new(user.id, r, seen))
             .collect(),
     ))
 }
@@ -160,8 +160,8 @@ async fn accept(
     user: AuthUser,
     PathParam(requester): PathParam<UserId>,
 ) -> Result<Json<ContactEntry>, ApiError> {
-    let (contact, online) = state.contacts.accept_request(&user, requester).await?;
-    Ok(Json(ContactEntry::new(user.id, contact, online)))
+    let (contact, seen) = state.contacts.accept_request(&user, requester).await?;
+    Ok(Json(ContactEntry::new(user.id, contact, seen)))
 }
 
 /// Remove a contact, or reject or cancel a request, on both sides.

@@ -12,7 +12,7 @@ use crate::{
         time::{iso8601, iso8601_opt},
     },
     presence::Sighting,
-    service::online::Card,
+    service::{online::Card, visible::Seen},
     store::{Contact, Message, User},
 };
 
@@ -90,12 +90,15 @@ pub struct ContactEntry {
     #[serde(serialize_with = "iso8601_opt")]
     #[schema(value_type = Option<String>)]
     pub key_changed_at: Option<DateTime<Utc>>,
+    /// Whether the other user accepted the caller too (until then it has
+    /// consented to nothing: a request the caller sent is still pending there).
+    pub mutual: bool,
     pub friend: Friend,
 }
 
 impl ContactEntry {
-    pub fn new(owner: UserId, contact: Contact, is_online: bool) -> Self {
-        let other = contact.other;
+    pub fn new(owner: UserId, contact: Contact, seen: Seen) -> Self {
+        let (other, is_online) = (contact.other, seen.online);
         Self {
             id: other.id,
             username: other.username.clone(),
@@ -107,6 +110,7 @@ impl ContactEntry {
             status: contact.status.as_str(),
             created_at: contact.created_at,
             key_changed_at: other.key_changed_at,
+            mutual: seen.consents,
             friend: Friend {
                 id: other.id,
                 username: other.username,
@@ -138,8 +142,8 @@ pub struct PendingEntry {
 }
 
 impl PendingEntry {
-    pub fn new(owner: UserId, request: Contact, is_online: bool) -> Self {
-        let requester = request.other;
+    pub fn new(owner: UserId, request: Contact, seen: Seen) -> Self {
+        let (requester, is_online) = (request.other, seen.online);
         Self {
             id: requester.id,
             user_id: requester.id,

@@ -417,7 +417,11 @@ impl Accounts {
             .store
             .search_users(&needle, user.id, i64::from(limit))
             .await?;
-        self.view.with_presence(user.id, users, |u| u).await
+        let found = self.view.with_presence(user.id, users, |u| u).await?;
+        Ok(found
+            .into_iter()
+            .map(|(u, seen)| (u, seen.online))
+            .collect())
     }
 }
 

@@ -9,11 +9,12 @@ use super::{
     error::{Error, Result},
     names::NameCache,
     online::{Online, OnlineContacts},
-    visible::PresenceView,
+    visible::{PresenceView, Seen},
 };
 use crate::{
+    bus::{Audience, Bus, Event},
     config::Visibility,
-    domain::{Endpoint, UserId, Username},
+    domain::{ContactCard, Endpoint, ServerFrame, UserId, Username},
     presence::Presence,
     ratelimit::{Limit, Limiter},
     store::{Contact, Store, StoreError, User},
@@ -33,6 +34,8 @@ pub struct Contacts {
     pub(super) presence: Arc<dyn Presence>,
     /// The contact-change budget.
     pub(super) limiter: Arc<dyn Limiter>,
+    /// Requests, acceptances and removals to the other side, on every replica.
+    pub(super) bus: Arc<dyn Bus>,
     pub(super) names: Arc<NameCache>,
     /// Which recipients accepted which senders, for the relay: forgotten
     /// here when a relation changes.
@@ -50,7 +53,7 @@ impl Contacts {
         &self,
         user: &AuthUser,
         target: ContactTarget,
-    ) -> Result<(Contact, bool)> {
+    ) -> Result<(Contact, Seen)> {
         self.spend_contact_change(user).await?;
         let friend = match target {
             ContactTarget::Name(name) => self
@@ -73,10 +76,23 @@ impl Contacts {
                 other => other.into(),
             })?;
         self.contacts_changed(user.id, friend).await?;
-        self.view
+        let (contact, seen) = self
+            .view
             .with_presence(user.id, vec![contact], |c| &mut c.other)
-            .await
-            .map(|mut one| one.remove(0))
+            .await?
+            .remove(0);
+        // The friend had asked already: both sides are accepted now.
+        let accepted = seen.consents;
+        self.tell(
+            friend,
+            |me| match accepted {
+                true => ServerFrame::ContactAccepted { user: me },
+                false => ServerFrame::ContactRequest { user: me },
+            },
+            user,
+        )
+        .await;
+        Ok((contact, seen))
     }
 
     /// The caller's accepted contacts, by name, each with whether it is online.
@@ -85,7 +101,7 @@ impl Contacts {
         user: &AuthUser,
         skip: u32,
         limit: u32,
-    ) -> Result<Vec<(Contact, bool)>> {
+    ) -> Result<Vec<(Contact, Seen)>> {
         let contacts = self
             .store
             .contacts(user.id, i64::from(skip), i64::from(limit))
@@ -96,7 +112,7 @@ impl Contacts {
     }
 
     /// Requests others sent the caller that it has not answered, oldest first.
-    pub async fn pending_requests(&self, user: &AuthUser) -> Result<Vec<(Contact, bool)>> {
+    pub async fn pending_requests(&self, user: &AuthUser) -> Result<Vec<(Contact, Seen)>> {
         let requests = self.store.pending_requests(user.id).await?;
         self.view
             .with_presence(user.id, requests, |c| &mut c.other)
@@ -108,7 +124,7 @@ impl Contacts {
         &self,
         user: &AuthUser,
         requester: UserId,
-    ) -> Result<(Contact, bool)> {
+    ) -> Result<(Contact, Seen)> {
         self.spend_contact_change(user).await?;
         let contact = self
             .store
@@ -116,6 +132,12 @@ impl Contacts {
             .await?
             .ok_or(Error::NotFound("Friend request not found"))?;
         self.contacts_changed(user.id, requester).await?;
+        self.tell(
+            requester,
+            |me| ServerFrame::ContactAccepted { user: me },
+            user,
+        )
+        .await;
         self.view
             .with_presence(user.id, vec![contact], |c| &mut c.other)
             .await
@@ -128,7 +150,48 @@ impl Contacts {
         if !self.store.remove_contact(user.id, other).await? {
             return Err(Error::NotFound("Contact not found"));
         }
-        self.contacts_changed(user.id, other).await
+        self.contacts_changed(user.id, other).await?;
+        let frame = ServerFrame::ContactRemoved {
+            username: &user.username,
+        };
+        self.publish(other, frame.to_text()).await;
+        Ok(())
+    }
+
+    /// Tells `other` (on every replica) what the caller just did, as the
+    /// frame `frame` makes of the caller's card.
+    async fn tell(
+        &self,
+        other: UserId,
+        frame: impl for<'a> FnOnce(ContactCard<'a>) -> ServerFrame<'a>,
+        user: &AuthUser,
+    ) {
+        let me = match self.store.user_by_id(user.id).await {
+            Ok(Some(me)) => me,
+            Ok(None) => return, // deleted meanwhile: nobody to announce
+            Err(err) => {
+                tracing::warn!(error = %err, "contact notice not sent");
+                return;
+            }
+        };
+        let card = ContactCard {
+            id: me.id,
+            username: &me.username,
+            public_key: &me.public_key,
+        };
+        self.publish(other, frame(card).to_text()).await;
+    }
+
+    /// A frame to `other`'s connections, on every replica; best effort: the
+    /// change is stored, and lists show it.
+    async fn publish(&self, other: UserId, text: String) {
+        let event = Event::Text {
+            text,
+            audience: Audience::Users(vec![other]),
+        };
+        if let Err(err) = self.bus.publish(event).await {
+            tracing::warn!(error = %err, "contact notice not sent");
+        }
     }
 
     /// Friend requests, acceptances and removals share one budget per user.

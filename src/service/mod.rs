@@ -37,7 +37,7 @@ mod names;
 pub mod online;
 pub mod relay;
 pub mod turn;
-mod visible;
+pub mod visible;
 mod writer;
 
 use accounts::Accounts;
@@ -133,6 +133,7 @@ impl Services {
                 store: store.clone(),
                 presence: presence.clone(),
                 limiter: limiter.clone(),
+                bus: bus.clone(),
                 names: names.clone(),
                 consents: consents.clone(),
                 online: OnlineContacts::default(),

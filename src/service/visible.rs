@@ -7,7 +7,7 @@ use crate::{
     config::Visibility,
     domain::UserId,
     presence::Presence,
-    store::{Store, User},
+    store::{Store, StoreError, User},
 };
 
 /// Others' presence as one viewer may see it, under the visibility setting.
@@ -18,28 +18,24 @@ pub struct PresenceView {
 }
 
 impl PresenceView {
-    /// Pairs each item with whether the user it names is online, as `viewer`
-    /// may see it: under `contacts` visibility, a user that has not accepted
-    /// the viewer shows as offline and never seen (its `last_seen` is
-    /// cleared). One presence round trip and, under `contacts`, one store
-    /// query, whatever the number of items.
+    /// Pairs each item with what `viewer` may see of the user it names:
+    /// whether it is online and whether it accepted the viewer as a contact.
+    /// Under `contacts` visibility, a user that has not accepted the viewer
+    /// shows as offline and never seen (its `last_seen` is cleared). One
+    /// presence round trip and one store query, whatever the number of items.
     pub async fn with_presence<T>(
         &self,
         viewer: UserId,
         mut items: Vec<T>,
         user_of: impl Fn(&mut T) -> &mut User,
-    ) -> Result<Vec<(T, bool)>> {
+    ) -> Result<Vec<(T, Seen)>> {
         let ids: Vec<UserId> = items.iter_mut().map(|item| user_of(item).id).collect();
         let consenting = async {
-            match self.visibility {
-                Visibility::Open => Ok(None),
-                Visibility::Contacts if ids.is_empty() => Ok(Some(HashSet::new())),
-                Visibility::Contacts => self
-                    .store
-                    .consenting(viewer, &ids)
-                    .await
-                    .map(|ids| Some(ids.into_iter().collect::<HashSet<_>>())),
+            if ids.is_empty() {
+                return Ok(HashSet::new());
             }
+            let consenting = self.store.consenting(viewer, &ids).await?;
+            Ok::<_, StoreError>(consenting.into_iter().collect::<HashSet<_>>())
         };
         let (online, consenting) = tokio::join!(self.presence.locate(&ids), consenting);
         let (online, consenting) = (online?, consenting?);
@@ -48,12 +44,26 @@ impl PresenceView {
             .zip(online)
             .map(|(mut item, at)| {
                 let user = user_of(&mut item);
-                let shown = consenting.as_ref().is_none_or(|c| c.contains(&user.id));
+                let consents = consenting.contains(&user.id);
+                let shown = self.visibility == Visibility::Open || consents;
                 if !shown {
                     user.last_seen = None;
                 }
-                (item, shown && at.is_some())
+                let seen = Seen {
+                    online: shown && at.is_some(),
+                    consents,
+                };
+                (item, seen)
             })
             .collect())
     }
+}
+
+/// What a viewer may see of one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Online, and the viewer may see it.
+    pub online: bool,
+    /// It accepted the viewer as a contact.
+    pub consents: bool,
 }

@@ -610,3 +610,32 @@ async fn receipts_and_redelivery_reach_across_replicas() {
         );
     }
 }
+
+#[tokio::test]
+#[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
+async fn contact_events_cross_replicas() {
+    let backend = Backend::cluster().await;
+    let r = replicas(&backend, 2, |_| {}).await;
+    let (alice, bob) = (r[0].user("alice").await, r[0].user("bob").await);
+    let mut b = r[1].ws(&bob.token).await;
+    let mut a = r[1].ws(&alice.token).await;
+    assert_eq!(
+        r[0].add_contact(&alice.token, "bob").await,
+        StatusCode::ACCEPTED
+    );
+    let request = b.json().await;
+    assert_eq!(
+        (request["type"].as_str(), request["user"]["id"].as_i64()),
+        (Some("contact_request"), Some(alice.id))
+    );
+    let path = format!("/me/contacts/{}", alice.id);
+    assert_eq!(r[0].put(&path, &bob.token, None).await.0, StatusCode::OK);
+    let accepted = a.json().await;
+    assert_eq!(
+        (
+            accepted["type"].as_str(),
+            accepted["user"]["username"].as_str()
+        ),
+        (Some("contact_accepted"), Some("bob"))
+    );
+}

@@ -382,3 +382,94 @@ async fn the_online_panel_shows_the_address_and_last_seen_of_the_latest_heartbea
     assert_eq!(listed[0]["last_seen"], after["last_seen"]);
     assert_eq!(listed[0]["friend"]["last_seen"], after["last_seen"]);
 }
+
+/// `{"id", "username", "public_key"}` of a user `TestApp::user` registered.
+fn card(user: &crate::helpers::TestUser) -> Value {
+    json!({
+        "id": user.id,
+        "username": user.name,
+        "public_key": crate::helpers::public_key_of(&user.name),
+    })
+}
+
+#[tokio::test]
+async fn requests_acceptances_and_removals_reach_the_other_side_live() {
+    let app = spawn().await;
+    let (alice, bob, carol, dave) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+        app.user("dave").await,
+    );
+    let (mut a, mut b, mut c, mut d) = (
+        app.ws(&alice.token).await,
+        app.ws(&bob.token).await,
+        app.ws(&carol.token).await,
+        app.ws(&dave.token).await,
+    );
+
+    // A request: the addressee hears of it at once; the requester's entry is
+    // not mutual yet.
+    assert_eq!(
+        app.add_contact(&alice.token, "bob").await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        b.json().await,
+        json!({"type": "contact_request", "user": card(&alice)})
+    );
+    let (_, listed) = app.get("/me/contacts/", &alice.token).await;
+    assert_eq!(listed[0]["mutual"], false, "{listed}");
+
+    // Accepted: the requester hears of it; both entries are mutual.
+    let (status, entry) = app
+        .put(&format!("/me/contacts/{}", alice.id), &bob.token, None)
+        .await;
+    assert_eq!((status, &entry["mutual"]), (StatusCode::OK, &json!(true)));
+    assert_eq!(
+        a.json().await,
+        json!({"type": "contact_accepted", "user": card(&bob)})
+    );
+    let (_, listed) = app.get("/me/contacts/", &alice.token).await;
+    assert_eq!(listed[0]["mutual"], true, "{listed}");
+
+    // Removed: the other side hears who.
+    let path = format!("/me/contacts/{}", alice.id);
+    assert_eq!(
+        app.delete(&path, &bob.token).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        a.json().await,
+        json!({"type": "contact_removed", "username": "bob"})
+    );
+
+    // Both asked: the second add accepts both sides, and says so.
+    assert_eq!(
+        app.add_contact(&carol.token, "alice").await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        a.json().await,
+        json!({"type": "contact_request", "user": card(&carol)})
+    );
+    let (status, entry) = app
+        .post(
+            "/me/contacts/",
+            &alice.token,
+            json!({"friend_username": "carol"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &entry["mutual"]),
+        (StatusCode::ACCEPTED, &json!(true))
+    );
+    assert_eq!(
+        c.json().await,
+        json!({"type": "contact_accepted", "user": card(&alice)})
+    );
+
+    // Nobody else learns of any of it.
+    d.silent_for(std::time::Duration::from_millis(500)).await;
+    b.silent_for(std::time::Duration::from_millis(100)).await;
+}

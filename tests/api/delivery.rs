@@ -187,6 +187,7 @@ async fn client_ids_are_answered_with_receipts_and_never_delivered_twice() {
     // after it was stored; acknowledged over HTTP.
     let dave = app.user("dave").await;
     app.add_contact(&dave.token, "alice").await;
+    assert_eq!(frame(&mut a).await["type"], "contact_request");
     a.send_json(direct("dave", "later", Some("c-2"))).await;
     assert!(frame(&mut a).await["status"].is_string());
     let sent = frame(&mut a).await;

@@ -127,6 +127,23 @@ async fn every_server_frame_is_written_as_the_golden_file_shows() {
     b.leave().await;
     seen.next("offline notice", &mut a).await;
 
+    let dave = app.user("dave").await;
+    let mut d = app.ws(&dave.token).await;
+    assert_eq!(
+        app.add_contact(&dave.token, "alice").await,
+        StatusCode::ACCEPTED
+    );
+    seen.next("contact_request", &mut a).await;
+    let path = format!("/me/contacts/{}", dave.id);
+    assert_eq!(app.put(&path, &alice.token, None).await.0, StatusCode::OK);
+    seen.next("contact_accepted", &mut d).await;
+    let path = format!("/me/contacts/{}", alice.id);
+    assert_eq!(
+        app.delete(&path, &dave.token).await.0,
+        StatusCode::NO_CONTENT
+    );
+    seen.next("contact_removed", &mut a).await;
+
     let written = seen.0.join("\n") + "\n";
     if std::env::var_os("SECCHAT_WRITE_GOLDEN").is_some() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/frames.txt");

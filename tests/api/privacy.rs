@@ -282,6 +282,8 @@ async fn a_strangers_messages_are_answered_alike_online_or_not() {
     m.silent_for(std::time::Duration::from_millis(500)).await;
     // Once bob accepts mallory, she is no stranger: live, with receipts.
     app.add_contact(&bob.token, "mallory").await;
+    // Mallory is asked in turn.
+    assert_eq!(m.json().await["type"], "contact_request");
     m.send_json(send("c3", "x3")).await;
     let live = b.json().await;
     assert_eq!(
