@@ -76,6 +76,7 @@ fn direct(to: UserId, content: &str) -> Event {
     Event::Direct(Arc::new(DirectMessage {
         id: 1,
         receipt: false,
+        ephemeral: false,
         sender_id: 1,
         sender_username: "alice".into(),
         recipient_id: to,

@@ -17,6 +17,8 @@ pub enum ClientFrame<'a> {
         content: Cow<'a, str>,
         /// The sender's own name for the message: it asks for receipts.
         client_id: Option<Cow<'a, str>>,
+        /// `"ephemeral": true`: for the recipient's open connections only.
+        ephemeral: bool,
     },
     /// `{"type": "ack", "ids": [...]}`: the client has these messages.
     Ack { ids: Vec<i64> },
@@ -64,6 +66,8 @@ struct DirectFields<'a> {
     content: Cow<'a, str>,
     #[serde(borrow, default)]
     client_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ephemeral: bool,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +87,7 @@ impl<'a> ClientFrame<'a> {
                 recipient_username: f.recipient_username,
                 content: f.content,
                 client_id: f.client_id,
+                ephemeral: f.ephemeral,
             },
             Err(_) => match serde_json::from_str::<AuthFields>(text) {
                 Ok(f) if f.r#type == "auth" => Self::Auth { token: f.token },
@@ -137,6 +142,7 @@ mod tests {
                 recipient_username: "bob".into(),
                 content: "x\n".into(),
                 client_id: None,
+                ephemeral: false,
             }
         );
         assert_eq!(
@@ -147,6 +153,7 @@ mod tests {
                 recipient_username: "bob".into(),
                 content: "x".into(),
                 client_id: Some("c1".into()),
+                ephemeral: false,
             }
         );
         assert_eq!(
@@ -227,14 +234,14 @@ mod tests {
         ) {
             let mut object = json!({"recipient_username": recipient, "content": content});
             for (k, v) in extra {
-                if !["recipient_username", "content", "client_id"].contains(&k.as_str()) {
+                if !["recipient_username", "content", "client_id", "ephemeral"].contains(&k.as_str()) {
                     object[k] = v;
                 }
             }
             let text = object.to_string();
             prop_assert_eq!(
                 ClientFrame::parse(&text),
-                ClientFrame::Direct { recipient_username: recipient.as_str().into(), content: content.as_str().into(), client_id: None }
+                ClientFrame::Direct { recipient_username: recipient.as_str().into(), content: content.as_str().into(), client_id: None, ephemeral: false }
             );
         }
 
@@ -243,7 +250,8 @@ mod tests {
         fn other_objects_are_malformed(value in json_value()) {
             let directed = value.get("recipient_username").is_some_and(Value::is_string)
                 && value.get("content").is_some_and(Value::is_string)
-                && value.get("client_id").is_none_or(|c| c.is_string() || c.is_null());
+                && value.get("client_id").is_none_or(|c| c.is_string() || c.is_null())
+                && value.get("ephemeral").is_none_or(Value::is_boolean);
             let auth = value.get("type").is_some_and(|t| t == "auth")
                 && value.get("token").is_some_and(Value::is_string);
             let ack = value.get("type").is_some_and(|t| t == "ack")

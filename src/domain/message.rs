@@ -19,6 +19,11 @@ pub struct DirectMessage {
     /// The sender gave a `client_id`: it is told when the recipient
     /// acknowledges the message.
     pub receipt: bool,
+    /// Only for the recipient's open connections: never stored, never
+    /// redelivered, never acknowledged (typing indicators, P2P signalling).
+    /// Absent in events of replicas from before ephemeral messages.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// How a client takes its messages, when it says (`?ack=manual`): it

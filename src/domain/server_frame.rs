@@ -21,18 +21,26 @@ pub enum Arrival {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame<'a> {
-    /// A directed message; with its `id` for a connection that acknowledges.
+    /// A directed message; with its `id` for a connection that acknowledges
+    /// (an ephemeral one never has one: it is never acknowledged).
     Message {
         arrival: Arrival,
         id: Option<i64>,
         sender_username: &'a str,
         content: &'a str,
         sent_at: DateTime<Utc>,
+        ephemeral: bool,
     },
     /// `{"status": "用户 {recipient} 当前离线，消息已保存。"}`: stored offline.
     StoredOffline { recipient_username: &'a str },
-    /// `{"error": "..."}`: the answer to a client's mistake.
-    Error(&'a str),
+    /// `{"error": "..."}`: the answer to a client's mistake; with the
+    /// `client_id` of the frame it answers, when that frame had one.
+    Error {
+        error: &'a str,
+        client_id: Option<&'a str>,
+    },
+    /// An ephemeral message found no open connection of its recipient.
+    NotDelivered { client_id: Option<&'a str> },
     /// The server took responsibility for the message the client named `client_id`.
     Sent { client_id: &'a str, id: i64 },
     /// The recipient acknowledged message `id` (to a sender that asked for receipts).
@@ -78,12 +86,21 @@ enum Json<'a> {
         sender_username: &'a str,
         content: &'a str,
         timestamp: String,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
     },
     Status {
         status: String,
     },
     Error {
         error: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
+    },
+    NotDelivered {
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
     },
     Sent {
         client_id: &'a str,
@@ -113,7 +130,15 @@ enum Json<'a> {
     },
 }
 
-impl ServerFrame<'_> {
+impl<'a> ServerFrame<'a> {
+    /// `{"error": "..."}` answering a frame without a `client_id`.
+    pub fn error(error: &'a str) -> Self {
+        Self::Error {
+            error,
+            client_id: None,
+        }
+    }
+
     /// The frame's text, as written to the socket.
     pub fn to_text(&self) -> String {
         let json = match *self {
@@ -131,6 +156,7 @@ impl ServerFrame<'_> {
                 sender_username,
                 content,
                 sent_at,
+                ephemeral,
             } => Json::Message {
                 r#type: match arrival {
                     Arrival::Live => "p2p_message",
@@ -140,11 +166,16 @@ impl ServerFrame<'_> {
                 sender_username,
                 content,
                 timestamp: iso(sent_at),
+                ephemeral,
             },
             Self::StoredOffline { recipient_username } => Json::Status {
                 status: format!("用户 {recipient_username} 当前离线，消息已保存。"),
             },
-            Self::Error(error) => Json::Error { error },
+            Self::Error { error, client_id } => Json::Error { error, client_id },
+            Self::NotDelivered { client_id } => Json::NotDelivered {
+                r#type: "not_delivered",
+                client_id,
+            },
             Self::Sent { client_id, id } => Json::Sent {
                 client_id,
                 id,
@@ -189,7 +220,7 @@ mod tests {
 
     #[test]
     fn escapes_are_json_escapes() {
-        let frame = ServerFrame::Error("a \"quoted\"\nline \u{1}");
+        let frame = ServerFrame::error("a \"quoted\"\nline \u{1}");
         assert_eq!(frame.to_text(), r#"{"error":"a \"quoted\"\nline \u0001"}"#);
     }
 }

@@ -184,10 +184,21 @@ impl Hub {
                     sender_username: &message.sender_username,
                     content: &message.content,
                     sent_at: message.sent_at,
+                    ephemeral: message.ephemeral,
                 }
                 .to_text(),
             )
         };
+        if message.ephemeral {
+            // Written where it can be, and forgotten: no id, no receipt, no
+            // storing, whatever becomes of it.
+            let frame = frame(None);
+            for conn in targets {
+                conn.outbox.offer(Outgoing::Text(frame.clone()));
+            }
+            crate::metrics::relayed(crate::metrics::Relay::Direct, targets.len());
+            return true;
+        }
         let receipt = Arc::new(Receipt::new(message.clone(), self.undelivered.clone()));
         for conn in targets {
             let item = if conn.manual_ack {
@@ -312,7 +323,10 @@ impl EventSink for Hub {
     }
 
     fn undeliverable(&self, message: Arc<DirectMessage>) {
-        let _ = self.undelivered.send(message);
+        // An ephemeral message is for open connections only: never stored.
+        if !message.ephemeral {
+            let _ = self.undelivered.send(message);
+        }
     }
 
     fn deliver(&self, event: Event) -> bool {
@@ -377,6 +391,7 @@ mod tests {
         Arc::new(DirectMessage {
             id: 1,
             receipt: false,
+            ephemeral: false,
             sender_id: 1,
             sender_username: "alice".into(),
             recipient_id: to,

@@ -28,7 +28,9 @@ use crate::{
     client_ids::{CLIENT_ID_MAX_CHARS, ClientIds},
     config::{Settings, Switch, Visibility},
     connection::{Delivery, Outbox},
-    domain::{ClientFrame, DirectMessage, Endpoint, MessageContent, ServerFrame, is_broadcastable},
+    domain::{
+        ClientFrame, DirectMessage, Endpoint, MessageContent, ServerFrame, UserId, is_broadcastable,
+    },
     metrics,
     presence::Presence,
     ratelimit::{Limit, Limiter, LocalBudget},
@@ -154,7 +156,7 @@ impl Relay {
         delivery: &Delivery,
         text: &str,
     ) -> Vec<String> {
-        let (recipient_username, content, client_id) = match ClientFrame::parse(text) {
+        let (recipient_username, content, client_id, ephemeral) = match ClientFrame::parse(text) {
             ClientFrame::Auth { token } => {
                 return vec![
                     match self.renew_connection(sender, connection, &token).await {
@@ -165,13 +167,13 @@ impl Relay {
                             }
                             .to_text()
                         }
-                        Err(Error::Unauthenticated(why)) => ServerFrame::Error(&format!(
+                        Err(Error::Unauthenticated(why)) => ServerFrame::error(&format!(
                             "{why}; the connection keeps its current token"
                         ))
                         .to_text(),
                         Err(err) => {
                             tracing::warn!(error = format!("{err:#}"), "renewal failed");
-                            ServerFrame::Error("the token could not be checked; try again")
+                            ServerFrame::error("the token could not be checked; try again")
                                 .to_text()
                         }
                     },
@@ -184,13 +186,13 @@ impl Relay {
                         Vec::new()
                     }
                     Err(Error::Invalid(_)) => vec![
-                        ServerFrame::Error(&format!("an ack names at most {ACK_MAX_IDS} ids"))
+                        ServerFrame::error(&format!("an ack names at most {ACK_MAX_IDS} ids"))
                             .to_text(),
                     ],
                     Err(err) => {
                         tracing::warn!(error = format!("{err:#}"), "acknowledgement failed");
                         vec![
-                            ServerFrame::Error("the acknowledgement failed; send it again")
+                            ServerFrame::error("the acknowledgement failed; send it again")
                                 .to_text(),
                         ]
                     }
@@ -200,7 +202,7 @@ impl Relay {
             // or a bidi override would let it write a line that looks like
             // someone else's, or like the server's own notices.
             ClientFrame::Broadcast(text) if !text.chars().all(is_broadcastable) => {
-                return vec![ServerFrame::Error(
+                return vec![ServerFrame::error(
                     "a broadcast must be one line of printable text: line breaks, control and format characters are not relayed",
                 ).to_text()];
             }
@@ -211,7 +213,7 @@ impl Relay {
                         Vec::new()
                     }
                     Err(Error::Limited(refusal, wait)) => vec![
-                        ServerFrame::Error(&format!(
+                        ServerFrame::error(&format!(
                             "{refusal}: not relayed; retry in {} s",
                             wait.as_secs_f64().ceil().max(1.0)
                         ))
@@ -219,13 +221,13 @@ impl Relay {
                     ],
                     Err(err) => {
                         tracing::warn!(error = format!("{err:#}"), "broadcast limiter failed");
-                        vec![ServerFrame::Error("broadcast not relayed; try again").to_text()]
+                        vec![ServerFrame::error("broadcast not relayed; try again").to_text()]
                     }
                 };
             }
             ClientFrame::Malformed => {
                 return vec![
-                    ServerFrame::Error(
+                    ServerFrame::error(
                         "a JSON frame needs string fields \"recipient_username\" and \"content\"",
                     )
                     .to_text(),
@@ -235,13 +237,14 @@ impl Relay {
                 recipient_username,
                 content,
                 client_id,
-            } => (recipient_username, content, client_id),
+                ephemeral,
+            } => (recipient_username, content, client_id, ephemeral),
         };
         if let Some(client_id) = &client_id {
             let chars = client_id.chars().count();
             if chars == 0 || chars > CLIENT_ID_MAX_CHARS {
                 return vec![
-                    ServerFrame::Error(&format!(
+                    ServerFrame::error(&format!(
                         "client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters"
                     ))
                     .to_text(),
@@ -255,13 +258,20 @@ impl Relay {
                 &recipient_username,
                 content.into_owned(),
                 client_id.as_deref(),
+                ephemeral,
             )
             .await
         {
             Ok(replies) => replies,
             Err(err) => {
                 tracing::warn!(error = format!("{err:#}"), "directed message failed");
-                vec![ServerFrame::Error("message could not be delivered; try again").to_text()]
+                vec![
+                    ServerFrame::Error {
+                        error: "message could not be delivered; try again",
+                        client_id: client_id.as_deref(),
+                    }
+                    .to_text(),
+                ]
             }
         }
     }
@@ -270,14 +280,18 @@ impl Relay {
     /// message offline when it has none (or fan-out is down). With a
     /// `client_id`, the sender is told the message's id once the server has
     /// taken responsibility for it, and a repeat within the window is
-    /// answered the same way without being delivered again.
+    /// answered the same way without being delivered again. Every error
+    /// frame carries the `client_id`. An ephemeral message goes another way
+    /// ([`Relay::send_ephemeral`]).
     async fn send_direct(
         &self,
         sender: &AuthUser,
         recipient_username: &str,
         content: String,
         client_id: Option<&str>,
+        ephemeral: bool,
     ) -> Result<Vec<String>> {
+        let refuse = |error: &str| ServerFrame::Error { error, client_id }.to_text();
         let content = match MessageContent::parse(
             content,
             self.settings.delivery.max_message_bytes,
@@ -285,9 +299,7 @@ impl Relay {
         ) {
             Ok(content) => content.into_inner(),
             Err(invalid) => {
-                return Ok(vec![
-                    ServerFrame::Error(&format!("content {}", invalid.message)).to_text(),
-                ]);
+                return Ok(vec![refuse(&format!("content {}", invalid.message))]);
             }
         };
         let recipient = self
@@ -297,8 +309,13 @@ impl Relay {
         // The client's input is not echoed back: a reply stays small whatever
         // the frame held.
         let Some(recipient) = recipient else {
-            return Ok(vec![ServerFrame::Error("recipient not found").to_text()]);
+            return Ok(vec![refuse("recipient not found")]);
         };
+        if ephemeral {
+            return self
+                .send_ephemeral(sender, recipient.id, content, client_id)
+                .await;
+        }
         // Under `contacts` visibility, a sender the recipient has not accepted
         // learns nothing of its presence from the answer: its messages are
         // always stored (and fetched at once by the recipient's open
@@ -340,9 +357,10 @@ impl Relay {
             content,
             sent_at: Utc::now(),
             receipt: client_id.is_some() && !stranger,
+            ephemeral: false,
         });
         let outcome = self
-            .relay_or_store(message, &recipient.username, !stranger)
+            .relay_or_store(message, &recipient.username, !stranger, client_id)
             .await;
         let forget = || async {
             if let Some(key) = &client_key
@@ -375,7 +393,9 @@ impl Relay {
         message: Arc<DirectMessage>,
         recipient_username: &str,
         live: bool,
+        client_id: Option<&str>,
     ) -> Result<Outcome> {
+        let refuse = |error: &str| ServerFrame::Error { error, client_id }.to_text();
         let delivered = live
             && match self.bus.publish(Event::Direct(message.clone())).await {
                 Ok(delivered) => delivered,
@@ -392,21 +412,59 @@ impl Relay {
             Ok(Admission::Stored(_)) => {
                 Outcome::Stored(ServerFrame::StoredOffline { recipient_username }.to_text())
             }
-            Ok(Admission::MailboxFull) => Outcome::Refused(
-                ServerFrame::Error("recipient's mailbox is full; the message was not stored")
-                    .to_text(),
-            ),
-            Ok(Admission::NoRecipient) => {
-                Outcome::Refused(ServerFrame::Error("recipient not found").to_text())
-            }
-            Err(Error::Limited(refusal, wait)) => Outcome::Refused(
-                ServerFrame::Error(&format!(
-                    "{refusal} (in {} s); the message was not stored",
-                    wait.as_secs_f64().ceil().max(1.0)
-                ))
-                .to_text(),
-            ),
+            Ok(Admission::MailboxFull) => Outcome::Refused(refuse(
+                "recipient's mailbox is full; the message was not stored",
+            )),
+            Ok(Admission::NoRecipient) => Outcome::Refused(refuse("recipient not found")),
+            Err(Error::Limited(refusal, wait)) => Outcome::Refused(refuse(&format!(
+                "{refusal} (in {} s); the message was not stored",
+                wait.as_secs_f64().ceil().max(1.0)
+            ))),
             Err(other) => return Err(other),
+        })
+    }
+
+    /// An ephemeral message (a typing indicator, P2P signalling): only
+    /// between mutual contacts (to anyone else the answer for an unknown
+    /// name), written to the recipient's open connections on any replica and
+    /// forgotten; `not_delivered` when it has none. Never stored, so it takes
+    /// no message id and earns no `sent`.
+    async fn send_ephemeral(
+        &self,
+        sender: &AuthUser,
+        recipient: UserId,
+        content: String,
+        client_id: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let store = self.store.as_ref();
+        let mutual = recipient != sender.id
+            && self.consents.accepts(store, recipient, sender.id).await?
+            && self.consents.accepts(store, sender.id, recipient).await?;
+        if !mutual {
+            let error = "recipient not found";
+            return Ok(vec![ServerFrame::Error { error, client_id }.to_text()]);
+        }
+        let message = Arc::new(DirectMessage {
+            id: 0,
+            sender_id: sender.id,
+            sender_username: sender.username.clone(),
+            recipient_id: recipient,
+            content,
+            sent_at: Utc::now(),
+            receipt: false,
+            ephemeral: true,
+        });
+        let delivered = match self.bus.publish(Event::Direct(message)).await {
+            Ok(delivered) => delivered,
+            Err(err) => {
+                tracing::warn!(error = %err, "fan-out unavailable; ephemeral message dropped");
+                false
+            }
+        };
+        Ok(if delivered {
+            Vec::new()
+        } else {
+            vec![ServerFrame::NotDelivered { client_id }.to_text()]
         })
     }
 

@@ -254,7 +254,7 @@ async fn read_loop(
                         return;
                     }
                     vec![
-                        ServerFrame::Error(&format!(
+                        ServerFrame::error(&format!(
                             "too many messages: not relayed; slow down and retry in {} s",
                             wait.as_secs_f64().ceil().max(1.0)
                         ))
@@ -263,7 +263,7 @@ async fn read_loop(
                 }
             },
             Some(Ok(Message::Binary(_))) => {
-                vec![ServerFrame::Error("binary frames are not supported; send text").to_text()]
+                vec![ServerFrame::error("binary frames are not supported; send text").to_text()]
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Vec::new(),
         };
@@ -573,6 +573,7 @@ impl Writer {
                 sender_username: &item.sender_username,
                 content: &m.content,
                 sent_at: m.sent_at,
+                ephemeral: false,
             }
             .to_text();
             let send =

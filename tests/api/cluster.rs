@@ -613,12 +613,12 @@ async fn receipts_and_redelivery_reach_across_replicas() {
 
 #[tokio::test]
 #[ignore = "needs Postgres and Redis: run with --include-ignored (CI does)"]
-async fn contact_events_cross_replicas() {
+async fn contact_events_and_ephemeral_frames_cross_replicas() {
     let backend = Backend::cluster().await;
     let r = replicas(&backend, 2, |_| {}).await;
     let (alice, bob) = (r[0].user("alice").await, r[0].user("bob").await);
     let mut b = r[1].ws(&bob.token).await;
-    let mut a = r[1].ws(&alice.token).await;
+    let mut a = r[0].ws(&alice.token).await;
     assert_eq!(
         r[0].add_contact(&alice.token, "bob").await,
         StatusCode::ACCEPTED
@@ -629,7 +629,7 @@ async fn contact_events_cross_replicas() {
         (Some("contact_request"), Some(alice.id))
     );
     let path = format!("/me/contacts/{}", alice.id);
-    assert_eq!(r[0].put(&path, &bob.token, None).await.0, StatusCode::OK);
+    assert_eq!(r[1].put(&path, &bob.token, None).await.0, StatusCode::OK);
     let accepted = a.json().await;
     assert_eq!(
         (
@@ -638,4 +638,13 @@ async fn contact_events_cross_replicas() {
         ),
         (Some("contact_accepted"), Some("bob"))
     );
+    // Mutual now: an ephemeral frame crosses too, and is kept nowhere.
+    a.send_json(json!({"recipient_username": "bob", "content": "typing", "ephemeral": true}))
+        .await;
+    let typing = b.json().await;
+    assert_eq!(
+        (typing["content"].as_str(), typing["ephemeral"].as_bool()),
+        (Some("typing"), Some(true))
+    );
+    assert_eq!(r[0].get("/messages/", &bob.token).await.1, json!([]));
 }

@@ -144,6 +144,18 @@ async fn every_server_frame_is_written_as_the_golden_file_shows() {
     );
     seen.next("contact_removed", &mut a).await;
 
+    let typing = json!({"recipient_username": "carol", "content": "…", "ephemeral": true});
+    a.send_json(typing).await;
+    seen.next("ephemeral p2p_message", &mut c).await;
+    a.send_json(
+        json!({"recipient_username": "bob", "content": "…", "ephemeral": true, "client_id": "t-1"}),
+    )
+    .await;
+    seen.next("not_delivered", &mut a).await;
+    a.send_json(json!({"recipient_username": "nobody", "content": "x", "client_id": "c-2"}))
+        .await;
+    seen.next("error with client_id", &mut a).await;
+
     let written = seen.0.join("\n") + "\n";
     if std::env::var_os("SECCHAT_WRITE_GOLDEN").is_some() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/frames.txt");

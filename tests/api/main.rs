@@ -7,6 +7,7 @@ mod cluster;
 mod contacts;
 mod delivery;
 mod e2e_vectors;
+mod ephemeral;
 mod flows;
 mod frames;
 mod fuzz;
