@@ -311,6 +311,12 @@ async function onFrame(current, frame) {
       if (m) showStatus(m);
       return;
     }
+    case 'contact_request':
+    case 'contact_accepted':
+    case 'contact_removed':
+      // Someone asked, accepted or left: the lists are read now, not at the next refresh.
+      await refreshContacts().catch(() => {});
+      return;
     case 'key_changed': {
       const contact = current.contacts.get(frame.username);
       if (contact) contact.public_key = frame.public_key;

@@ -212,8 +212,7 @@ export async function befriend(from, to) {
   await from.page.locator(`#search-results li[data-username="${to.name}"] button`).click();
   await from.page.locator(`#contacts li[data-username="${to.name}"]`).waitFor({ timeout: PATIENCE });
   await from.page.locator(`#search-results li[data-username="${to.name}"] .hint`, { hasText: 'contact' }).waitFor({ timeout: PATIENCE });
-  // The request shows on the next refresh of `to`'s lists: a reload is one.
-  await to.page.reload();
+  // The request arrives live (a `contact_request` frame).
   await to.page.locator(`#requests li[data-username="${from.name}"] button`, { hasText: 'Accept' }).click({ timeout: PATIENCE });
   await to.page.locator(`#contacts li[data-username="${from.name}"]`).waitFor({ timeout: PATIENCE });
 }

@@ -84,6 +84,26 @@ test('two people register, become contacts and chat both ways, online and offlin
   await bob.context.close();
 });
 
+test('a friend request arrives live, without a reload or the periodic refresh', async () => {
+  const alice = await person(chromium, server.url, unique('alice'));
+  const bob = await person(chromium, server.url, unique('bob'));
+  await register(alice, alice.name);
+  await register(bob, bob.name);
+  await connected(alice);
+  await connected(bob);
+  // Bob's lists were read when he signed in, and are read again only 20 s
+  // later: a request that shows within 10 s of being sent came live.
+  const live = 10_000;
+  await alice.page.locator('#search').fill(bob.name);
+  await alice.page.locator('#search-form button').click();
+  await alice.page.locator(`#search-results li[data-username="${bob.name}"] button`).click();
+  await bob.page.locator(`#requests li[data-username="${alice.name}"] button`, { hasText: 'Accept' }).click({ timeout: live });
+  await bob.page.locator(`#contacts li[data-username="${alice.name}"]`).waitFor({ timeout: PATIENCE });
+  assertNoConsoleErrors([alice, bob]);
+  await alice.context.close();
+  await bob.context.close();
+});
+
 test('a network drop: messages written offline wait, and both ways arrive once the network is back', async () => {
   const [alice, bob] = await acquainted(chromium, server.url);
   await openConversation(alice, bob.name);
