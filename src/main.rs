@@ -18,7 +18,17 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     telemetry::init(settings.telemetry.log_format, settings.telemetry.no_color);
-    let app = App::build(settings).await?;
-    app.run_until_stopped(secchat::startup::shutdown_signal())
-        .await
+    let served = match App::build(settings).await {
+        Ok(app) => {
+            app.run_until_stopped(secchat::startup::shutdown_signal())
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    // In the log too (standard output, where a supervisor or a terminal
+    // reads the rest), not only on standard error as `main`'s return does.
+    if let Err(err) = &served {
+        tracing::error!(error = format!("{err:#}"), "the server stopped");
+    }
+    served
 }
