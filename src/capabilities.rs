@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use crate::{
     bus::Bus, client_ids::ClientIds, presence::Presence, ratelimit::Limiter,
-    revocation::Revocations, store::Store,
+    refresh::RefreshTokens, revocation::Revocations, store::Store,
 };
 
 #[derive(Clone)]
 pub struct Backends {
     pub store: Arc<dyn Store>,
     pub revocations: Arc<dyn Revocations>,
+    /// Each login's refresh tokens (durable, in the store's database).
+    pub refresh_tokens: Arc<dyn RefreshTokens>,
     pub presence: Arc<dyn Presence>,
     pub bus: Arc<dyn Bus>,
     pub limiter: Arc<dyn Limiter>,

@@ -174,6 +174,11 @@ pub struct AccountSettings {
     #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 30 * 60)]
     pub token_ttl_secs: u64,
 
+    /// A refresh token lapses after this long unused (each refresh hands out
+    /// a new one, valid this long again).
+    #[arg(long, env = "REFRESH_IDLE_SECS", default_value_t = 30 * 24 * 60 * 60)]
+    pub refresh_idle_secs: u64,
+
     /// How long a WebSocket stays open after the token it was opened (or last
     /// renewed in-band) with expires. Clients that never renew, such as the
     /// seed's, keep their connection this long.
@@ -196,6 +201,12 @@ pub struct AccountSettings {
     /// Shortest query `GET /users/search/{query}` accepts, in characters.
     #[arg(long, env = "SEARCH_MIN_CHARS", default_value_t = 3)]
     pub search_min_chars: usize,
+
+    /// Refuse new passwords found among the 20,000 most common ones (at
+    /// registration and password change; logins are never checked). Turn it
+    /// off only for clients that register with such passwords and cannot change.
+    #[arg(long, env = "COMMON_PASSWORD_CHECK", value_enum, default_value_t = Switch::On)]
+    pub common_password_check: Switch,
 }
 
 /// Who is online, and who may see it.
@@ -265,6 +276,10 @@ pub struct RateSettings {
     /// at once, then one more every PERIOD/COUNT).
     #[arg(long, env = "LOGIN_RATE_PER_IP", default_value = "30/min")]
     pub login_rate_per_ip: Rate,
+
+    /// Token refreshes (`POST /token/refresh`) from one client address.
+    #[arg(long, env = "REFRESH_RATE_PER_IP", default_value = "60/min")]
+    pub refresh_rate_per_ip: Rate,
 
     /// Failed logins in a row an account may have before it is locked out.
     #[arg(long, env = "LOGIN_FREE_FAILURES", default_value_t = 5)]
@@ -538,6 +553,12 @@ impl Settings {
 
     pub fn dedup_window(&self) -> Duration {
         Duration::from_secs(self.delivery.dedup_window_secs.max(1))
+    }
+
+    pub fn password_policy(&self) -> crate::domain::PasswordPolicy {
+        crate::domain::PasswordPolicy {
+            refuse_common: self.accounts.common_password_check == Switch::On,
+        }
     }
 
     pub fn deleted_name_retention(&self) -> Duration {

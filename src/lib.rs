@@ -42,6 +42,8 @@ pub mod metrics;
 pub mod presence;
 /// Rate limits and login lock-outs: the trait.
 pub mod ratelimit;
+/// Refresh tokens, rotated, with reuse detection: the trait.
+pub mod refresh;
 /// Tokens refused after logout: the trait.
 pub mod revocation;
 /// Accepting connections: header deadline, connection cap.

@@ -20,6 +20,7 @@ use crate::{
     config::{Settings, Switch},
     presence::Presence,
     ratelimit::{Limiter, LockoutPolicy, Rates, Unlimited},
+    refresh::RefreshTokens,
     revocation::Revocations,
     store::Store,
 };
@@ -47,7 +48,7 @@ pub async fn connect(
         }
         None => sqlite_secret(&settings.storage.database_url)?,
     };
-    let (store, store_revocations) = connect_store(settings).await?;
+    let (store, store_revocations, refresh_tokens) = connect_store(settings).await?;
     let (rates, policy) = (
         Rates::from_settings(settings),
         LockoutPolicy::from_settings(settings),
@@ -119,6 +120,7 @@ pub async fn connect(
     let backends = Backends {
         store,
         revocations,
+        refresh_tokens,
         presence,
         bus,
         limiter,
@@ -127,20 +129,21 @@ pub async fn connect(
     Ok((backends, jwt_secret))
 }
 
-/// The store, and the revoked-token set it keeps (used when there is no Redis).
+/// The store, the revoked-token set it keeps (used when there is no Redis),
+/// and the refresh tokens it keeps.
 async fn connect_store(
     settings: &Settings,
-) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Revocations>)> {
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Revocations>, Arc<dyn RefreshTokens>)> {
     let (url, pool_size) = (
         &settings.storage.database_url,
         settings.storage.database_pool_size,
     );
     Ok(if settings.uses_postgres() {
         let pg = Arc::new(sql::postgres::PostgresStore::connect(url, pool_size).await?);
-        (pg.clone(), pg)
+        (pg.clone(), pg.clone(), pg)
     } else {
         let sqlite = Arc::new(sql::sqlite::SqliteStore::connect(url, pool_size).await?);
-        (sqlite.clone(), sqlite)
+        (sqlite.clone(), sqlite.clone(), sqlite)
     })
 }
 

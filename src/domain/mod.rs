@@ -5,7 +5,7 @@
 //! Limits (documented in README.md):
 //! - username: 1–32 characters, letters, digits, `_`, `-`, `.`; unique regardless of case;
 //! - email: a valid address, at most 254 bytes; unique regardless of case;
-//! - password: 1–128 characters;
+//! - password: 8–128 characters, not among the most common ones (see `password`);
 //! - public key: 1–16384 bytes of text;
 //! - message content: 1 byte up to the `MAX_MESSAGE_BYTES` setting, opaque.
 
@@ -13,6 +13,7 @@ mod disconnect;
 mod endpoint;
 mod frame;
 mod message;
+mod password;
 mod rate;
 mod server_frame;
 pub mod time;
@@ -23,9 +24,10 @@ pub use disconnect::Disconnect;
 pub use endpoint::{Endpoint, client_group, client_key};
 pub use frame::{ClientFrame, is_broadcastable};
 pub use message::{AckMode, DirectMessage};
+pub use password::{Password, PasswordPolicy};
 pub use rate::Rate;
 pub use server_frame::{Arrival, ContactCard, ServerFrame};
-pub use user::{Email, Password, Port, PublicKey, USERNAME_MAX_CHARS, Username};
+pub use user::{Email, Port, PublicKey, USERNAME_MAX_CHARS, Username};
 pub use whole::{Whole, whole_number};
 
 /// A user's id, as the store assigns it.

@@ -1,7 +1,6 @@
 use super::Invalid;
 
 pub const USERNAME_MAX_CHARS: usize = 32;
-pub const PASSWORD_MAX_CHARS: usize = 128;
 pub const EMAIL_MAX_BYTES: usize = 254;
 pub const PUBLIC_KEY_MAX_BYTES: usize = 16 * 1024;
 
@@ -177,35 +176,6 @@ impl Email {
     }
 }
 
-/// A plaintext password on its way to the hasher. Its `Debug` never shows it.
-pub struct Password(String);
-
-impl Password {
-    pub fn parse(raw: String) -> Result<Self, Invalid> {
-        let chars = raw.chars().count();
-        if chars == 0 || chars > PASSWORD_MAX_CHARS {
-            return Err(Invalid::new("password", "must be 1 to 128 characters"));
-        }
-        Ok(Self(raw))
-    }
-
-    /// A password offered at login. It is not checked against the registration rules:
-    /// one that breaks them simply matches no stored hash, at the same cost.
-    pub fn to_verify(raw: String) -> Self {
-        Self(raw)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct PublicKey(String);
 
@@ -370,11 +340,5 @@ mod tests {
         for bad in [0, -1, 65536] {
             assert!(Port::parse(bad, "port").is_err());
         }
-    }
-
-    #[test]
-    fn password_debug_is_redacted() {
-        let p = Password::parse("hunter22".into()).unwrap();
-        assert!(!format!("{p:?}").contains("hunter22"));
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     domain::{Invalid, Password, Port},
     error::{ApiError, ValidationItem},
     extract::{JsonBody, PathParam, Peer, QueryParams, body_rejection, whole_number},
-    service::{accounts::Login, authn::AuthUser},
+    service::{accounts::Login, authn::AuthUser, sessions::Grant},
     state::AppState,
 };
 
@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/users", post(register))
         .route("/token", post(login))
+        .route("/token/refresh", post(refresh))
         .route("/logout", post(logout))
         .route("/logout/all", post(logout_everywhere))
         .route("/users/me", get(me).delete(delete_account))
@@ -43,8 +44,8 @@ pub struct RegisterRequest {
     /// A valid address, at most 254 bytes; unique regardless of case.
     #[schema(format = Email, max_length = 254)]
     email: String,
-    /// 1–128 characters.
-    #[schema(min_length = 1, max_length = 128)]
+    /// 8–128 characters, not among the most common passwords.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
     /// The user's public encryption key, 1 to 16,384 bytes: base64 text, or
     /// a PEM block (which may also hold spaces and line breaks).
@@ -100,40 +101,7 @@ impl FromRequest<AppState> for LoginRequest {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let is_multipart = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-        let mut fields: Vec<(String, String)> = Vec::new();
-        if is_multipart {
-            let mut form = Multipart::from_request(req, state)
-                .await
-                .map_err(|e| multipart_error(e.status(), e.body_text()))?;
-            while let Some(field) = form
-                .next_field()
-                .await
-                .map_err(|e| multipart_error(e.status(), e.body_text()))?
-            {
-                let name = field.name().unwrap_or_default().to_owned();
-                let value = field
-                    .text()
-                    .await
-                    .map_err(|e| multipart_error(e.status(), e.body_text()))?;
-                fields.push((name, value));
-            }
-        } else {
-            let bytes = Bytes::from_request(req, state)
-                .await
-                .map_err(body_rejection)?;
-            fields = serde_urlencoded::from_bytes(&bytes).map_err(|e| {
-                ApiError::Validation(vec![ValidationItem {
-                    loc: vec!["body".into()],
-                    msg: e.to_string(),
-                    kind: "value_error",
-                }])
-            })?;
-        }
+        let mut fields = form_fields(req, state, false).await?;
         let mut take = |name: &str| {
             fields
                 .iter()
@@ -166,6 +134,62 @@ impl FromRequest<AppState> for LoginRequest {
     }
 }
 
+/// The fields of a form body, url-encoded or multipart; with `json`, also a
+/// JSON object of strings (`POST /token/refresh` takes either).
+async fn form_fields(
+    req: Request,
+    state: &AppState,
+    json: bool,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        let mut fields = Vec::new();
+        let mut form = Multipart::from_request(req, state)
+            .await
+            .map_err(|e| multipart_error(e.status(), e.body_text()))?;
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| multipart_error(e.status(), e.body_text()))?
+        {
+            let name = field.name().unwrap_or_default().to_owned();
+            let value = field
+                .text()
+                .await
+                .map_err(|e| multipart_error(e.status(), e.body_text()))?;
+            fields.push((name, value));
+        }
+        return Ok(fields);
+    }
+    let bytes = Bytes::from_request(req, state)
+        .await
+        .map_err(body_rejection)?;
+    let invalid = |msg: String| {
+        ApiError::Validation(vec![ValidationItem {
+            loc: vec!["body".into()],
+            msg,
+            kind: "value_error",
+        }])
+    };
+    if json && content_type.starts_with("application/json") {
+        let object: std::collections::HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        return Ok(object
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect());
+    }
+    serde_urlencoded::from_bytes(&bytes).map_err(|e| invalid(e.to_string()))
+}
+
 fn multipart_error(status: axum::http::StatusCode, text: String) -> ApiError {
     if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge
@@ -183,6 +207,21 @@ pub struct TokenOut {
     access_token: String,
     #[schema(example = "bearer")]
     token_type: &'static str,
+    /// Opaque; trade it for new tokens at `POST /token/refresh`, once.
+    refresh_token: String,
+    /// Seconds the access token is valid for.
+    expires_in: u64,
+}
+
+impl From<Grant> for TokenOut {
+    fn from(grant: Grant) -> Self {
+        Self {
+            access_token: grant.access_token,
+            token_type: "bearer",
+            refresh_token: grant.refresh_token,
+            expires_in: grant.expires_in,
+        }
+    }
 }
 
 /// Log in: get a bearer token, and be marked online at the caller's address.
@@ -196,11 +235,46 @@ async fn login(
     Peer(peer): Peer,
     LoginRequest(login): LoginRequest,
 ) -> Result<Json<TokenOut>, ApiError> {
-    let access_token = state.accounts.login(login, peer).await?;
-    Ok(Json(TokenOut {
-        access_token,
-        token_type: "bearer",
-    }))
+    Ok(Json(state.accounts.login(login, peer).await?.into()))
+}
+
+/// A refresh request: `refresh_token`, as a form or a JSON object.
+struct RefreshRequest(String);
+
+impl FromRequest<AppState> for RefreshRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let fields = form_fields(req, state, true).await?;
+        fields
+            .into_iter()
+            .find(|(name, value)| name == "refresh_token" && !value.is_empty())
+            .map(|(_, value)| RefreshRequest(value))
+            .ok_or_else(|| ApiError::missing("body", "refresh_token"))
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the body; `RefreshRequest` reads it
+pub struct RefreshForm {
+    refresh_token: String,
+}
+
+/// Trade a refresh token for a new access token and a new refresh token. Each
+/// refresh token works once: one presented again revokes every token of its
+/// login (the thief's and the owner's alike), and the owner logs in again.
+#[utoipa::path(post, path = "/token/refresh", tag = "accounts",
+    request_body(content = RefreshForm, content_type = "application/x-www-form-urlencoded",
+                 description = "Also as JSON: `{\"refresh_token\": \"...\"}`"),
+    responses((status = 200, body = TokenOut), (status = 401, body = Detail, description = "Unknown, lapsed, revoked or reused refresh token"),
+              (status = 422),
+              (status = 429, body = Detail, description = "Too many refreshes from this address; wait `Retry-After` seconds")))]
+async fn refresh(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    RefreshRequest(presented): RefreshRequest,
+) -> Result<Json<TokenOut>, ApiError> {
+    Ok(Json(state.accounts.refresh(&presented, peer).await?.into()))
 }
 
 /// Log out: the token stops working and its WebSockets close.
@@ -230,8 +304,8 @@ async fn logout_everywhere(
 #[derive(Deserialize, ToSchema)]
 pub struct PasswordChange {
     old_password: String,
-    /// 1–128 characters.
-    #[schema(min_length = 1, max_length = 128)]
+    /// 8–128 characters, not among the most common passwords.
+    #[schema(min_length = 8, max_length = 128)]
     new_password: String,
 }
 

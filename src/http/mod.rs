@@ -44,7 +44,7 @@ mod web;
         for a repeat within `DEDUP_WINDOW_SECS`, and `{\"type\": \"delivered\", \"id\"}` when the recipient \
         acknowledges it. One sender's messages arrive in the order sent."),
     paths(
-        accounts::register, accounts::login, accounts::logout, accounts::logout_everywhere, accounts::me,
+        accounts::register, accounts::login, accounts::refresh, accounts::logout, accounts::logout_everywhere, accounts::me,
         accounts::change_password, accounts::change_public_key, accounts::delete_account,
         accounts::search, accounts::heartbeat,
         contacts::add, contacts::list, contacts::pending, contacts::accept, contacts::remove, contacts::online,

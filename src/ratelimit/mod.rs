@@ -38,10 +38,12 @@ pub enum Limit {
     KeyChangePerUser = 9,
     /// Broadcast fan-out, per user: a receiver times a KiB of text is one.
     BroadcastPerUser = 10,
+    /// Token refreshes, per client address.
+    RefreshPerIp = 11,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 12] = [
         Limit::LoginPerIp,
         Limit::RegisterPerIp,
         Limit::SearchPerUser,
@@ -53,6 +55,7 @@ impl Limit {
         Limit::TurnPerUser,
         Limit::KeyChangePerUser,
         Limit::BroadcastPerUser,
+        Limit::RefreshPerIp,
     ];
 
     /// Whether events pass while the counters cannot be reached: messages
@@ -82,6 +85,7 @@ impl Limit {
             Limit::TurnPerUser => "turn_per_user",
             Limit::KeyChangePerUser => "key_change_per_user",
             Limit::BroadcastPerUser => "broadcast_per_user",
+            Limit::RefreshPerIp => "refresh_per_ip",
         }
     }
 }
@@ -104,6 +108,7 @@ impl Rates {
             s.rates.turn_rate_per_user,
             s.rates.key_change_rate_per_user,
             s.rates.broadcast_fanout_per_user,
+            s.rates.refresh_rate_per_ip,
         ])
     }
 

@@ -11,6 +11,7 @@ use super::{
     budget::spend,
     error::{Error, Result},
     names::NameCache,
+    sessions::Grant,
     visible::PresenceView,
 };
 use crate::{
@@ -24,6 +25,7 @@ use crate::{
     presence::Presence,
     ratelimit::Limit,
     ratelimit::Limiter,
+    refresh::RefreshTokens,
     revocation::Revocations,
     store::Store,
     store::{NewUser, StoreError, User},
@@ -47,6 +49,8 @@ pub struct Accounts {
     pub(super) store: Arc<dyn Store>,
     /// Tokens revoked by logouts, password changes and deletions.
     pub(super) revocations: Arc<dyn Revocations>,
+    /// Each login's refresh tokens.
+    pub(super) refresh_tokens: Arc<dyn RefreshTokens>,
     /// Where a user is seen (login, heartbeat), and signing off.
     pub(super) presence: Arc<dyn Presence>,
     /// Closing a user's WebSockets, and key-change notices, on every replica.
@@ -75,7 +79,7 @@ impl Accounts {
         let checks = (
             Username::parse(username),
             Email::parse(email),
-            Password::parse(password),
+            Password::parse(password, self.settings.password_policy()),
             PublicKey::parse(public_key),
         );
         // Invalid fields say nothing about other users: they are answered
@@ -148,7 +152,7 @@ impl Accounts {
     /// port, if any). Attempts are limited per client address, and failures
     /// in a row lock the account out for longer and longer: the same for a
     /// name nobody holds, so that the limiter tells nothing either.
-    pub async fn login(&self, login: Login, peer: Endpoint) -> Result<String> {
+    pub async fn login(&self, login: Login, peer: Endpoint) -> Result<Grant> {
         spend(
             self.limiter.as_ref(),
             Limit::LoginPerIp,
@@ -163,7 +167,8 @@ impl Accounts {
             metrics::login(false);
             return Err(Error::BAD_CREDENTIALS);
         };
-        let token = self.authn.issue(id, &username).await?;
+        let access = self.authn.issue(id, &username).await?;
+        let grant = self.open_session(id, access).await?;
         // Its first request then costs no store read to authenticate.
         self.names.remember(id, &username);
         let at = Endpoint {
@@ -173,7 +178,7 @@ impl Accounts {
         self.seen_at(id, at).await?;
         metrics::login(true);
         tracing::info!(user_id = id, "login");
-        Ok(token)
+        Ok(grant)
     }
 
     /// The user `name` names if `password` is its password: checked at the
@@ -259,6 +264,7 @@ impl Accounts {
     /// still holds a connection.
     pub async fn logout(&self, user: &AuthUser) -> Result<()> {
         self.revocations.revoke(&user.jti, user.expires_at).await?;
+        self.end_session(user).await?;
         self.close_sessions(user.id, Sessions::Of(user.jti.clone()))
             .await?;
         let now = Utc::now();
@@ -272,6 +278,7 @@ impl Accounts {
     /// working, every WebSocket of the user closes, and it is offline.
     pub async fn logout_everywhere(&self, user: &AuthUser) -> Result<()> {
         self.revocations.revoke_all(user.id, None).await?;
+        self.refresh_tokens.end_sessions(user.id, None).await?;
         self.close_sessions(user.id, Sessions::AllBut(None)).await?;
         let now = Utc::now();
         self.presence.sign_off(user.id, None, now).await?;
@@ -288,16 +295,21 @@ impl Accounts {
         old_password: String,
         new_password: String,
     ) -> Result<()> {
-        let new_password = Password::parse(new_password).map_err(|mut invalid| {
-            invalid.field = "new_password";
-            Error::from(invalid)
-        })?;
+        let new_password = Password::parse(new_password, self.settings.password_policy()).map_err(
+            |mut invalid| {
+                invalid.field = "new_password";
+                Error::from(invalid)
+            },
+        )?;
         self.confirm_password(user, old_password).await?;
         let hash = self.passwords.hash(new_password).await?;
         self.store.set_password_hash(user.id, &hash).await?;
         let others = Sessions::AllBut(Some(user.jti.clone()));
         self.revocations
             .revoke_all(user.id, Some(&user.jti))
+            .await?;
+        self.refresh_tokens
+            .end_sessions(user.id, Some(&user.jti))
             .await?;
         self.close_sessions(user.id, others).await?;
         tracing::info!(user_id = user.id, "password changed");

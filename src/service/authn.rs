@@ -20,6 +20,13 @@ pub struct AuthUser {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An access token just issued.
+pub struct Issued {
+    pub token: String,
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Issues tokens and checks them: shared by the accounts flow and the relay
 /// (which renews a connection's token in-band).
 pub struct Authenticator {
@@ -52,11 +59,14 @@ impl Authenticator {
 
     /// A new token for the user, recorded so that it can be revoked with all
     /// the user's others.
-    pub async fn issue(&self, id: UserId, username: &str) -> Result<String> {
+    pub async fn issue(&self, id: UserId, username: &str) -> Result<Issued> {
         let (token, claims) = self.tokens.issue(id, username).map_err(Error::Internal)?;
-        self.revocations
-            .issued(id, &claims.jti, claims.expires_at())
-            .await?;
-        Ok(token)
+        let expires_at = claims.expires_at();
+        self.revocations.issued(id, &claims.jti, expires_at).await?;
+        Ok(Issued {
+            token,
+            jti: claims.jti,
+            expires_at,
+        })
     }
 }

@@ -42,5 +42,6 @@ fn refusal(limit: Limit) -> &'static str {
         Limit::TurnPerUser => "Too many TURN credential requests; try again later",
         Limit::KeyChangePerUser => "Too many key changes; try again later",
         Limit::BroadcastPerUser => "Too many broadcasts for this many listeners; slow down",
+        Limit::RefreshPerIp => "Too many token refreshes from this address; try again later",
     }
 }

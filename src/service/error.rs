@@ -2,7 +2,7 @@
 
 use crate::{
     auth::password::HashError, bus::BusError, domain::Invalid, presence::PresenceError,
-    ratelimit::LimiterError, revocation::RevocationError, store::StoreError,
+    ratelimit::LimiterError, refresh::RefreshError, revocation::RevocationError, store::StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,8 @@ pub enum Error {
 impl Error {
     pub const BAD_CREDENTIALS: Self = Self::Unauthenticated("Incorrect username or password");
     pub const BAD_TOKEN: Self = Self::Unauthenticated("Could not validate credentials");
+    pub const BAD_REFRESH_TOKEN: Self =
+        Self::Unauthenticated("Session expired or revoked: please log in again");
     pub const MAILBOX_FULL: Self = Self::Full("Recipient's mailbox is full");
 }
 
@@ -87,6 +89,12 @@ impl From<LimiterError> for Error {
 
 impl From<RevocationError> for Error {
     fn from(err: RevocationError) -> Self {
+        Self::Unavailable(err.into())
+    }
+}
+
+impl From<RefreshError> for Error {
+    fn from(err: RefreshError) -> Self {
         Self::Unavailable(err.into())
     }
 }

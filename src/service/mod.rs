@@ -36,6 +36,7 @@ pub mod inbox;
 mod names;
 pub mod online;
 pub mod relay;
+pub mod sessions;
 pub mod turn;
 pub mod visible;
 mod writer;
@@ -79,6 +80,7 @@ impl Services {
         let Backends {
             store,
             revocations,
+            refresh_tokens,
             presence,
             bus,
             limiter,
@@ -117,6 +119,7 @@ impl Services {
             accounts: Accounts {
                 store: store.clone(),
                 revocations,
+                refresh_tokens,
                 presence: presence.clone(),
                 bus: bus.clone(),
                 limiter: limiter.clone(),

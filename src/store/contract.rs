@@ -19,7 +19,7 @@ fn new_user(name: &str, email: &str) -> NewUser {
     }
 }
 
-async fn user(s: &dyn Store, name: &str) -> User {
+pub async fn user(s: &dyn Store, name: &str) -> User {
     s.create_user(new_user(name, &format!("{name}@example.com")))
         .await
         .unwrap()

@@ -79,13 +79,19 @@ async fn wrong_old_passwords_are_counted_like_failed_logins() {
     let alice = app.user("alice").await;
     for _ in 0..2 {
         assert_eq!(
-            change_password(&app, &alice.token, "guess", "x").await,
+            change_password(&app, &alice.token, "guess", "long-new-password").await,
             StatusCode::UNAUTHORIZED
         );
     }
     // That session is locked out of its account controls...
     assert_eq!(
-        change_password(&app, &alice.token, &password_of("alice"), "x").await,
+        change_password(
+            &app,
+            &alice.token,
+            &password_of("alice"),
+            "long-new-password"
+        )
+        .await,
         StatusCode::TOO_MANY_REQUESTS
     );
     // ...but not the owner: a login works, and its session may change the
@@ -326,7 +332,7 @@ async fn deleting_an_account_removes_it_and_keeps_its_name() {
                 "/users/",
                 None,
                 Some(json!({"username": name, "email": "new@example.com",
-                            "password": "pw", "public_key": "pk"})),
+                            "password": "long enough pw", "public_key": "pk"})),
             )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");

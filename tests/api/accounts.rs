@@ -66,15 +66,15 @@ async fn invalid_registrations_are_422_naming_the_field() {
     let app = spawn().await;
     let cases = [
         (
-            json!({"username": "a", "email": "not-an-email", "password": "pw", "public_key": "k"}),
+            json!({"username": "a", "email": "not-an-email", "password": "long enough pw", "public_key": "k"}),
             "email",
         ),
         (
-            json!({"username": "a b", "email": "a@example.com", "password": "pw", "public_key": "k"}),
+            json!({"username": "a b", "email": "a@example.com", "password": "long enough pw", "public_key": "k"}),
             "username",
         ),
         (
-            json!({"username": "x".repeat(33), "email": "a@example.com", "password": "pw", "public_key": "k"}),
+            json!({"username": "x".repeat(33), "email": "a@example.com", "password": "long enough pw", "public_key": "k"}),
             "username",
         ),
         (
@@ -86,15 +86,15 @@ async fn invalid_registrations_are_422_naming_the_field() {
             "password",
         ),
         (
-            json!({"username": "a", "email": "a@example.com", "password": "pw", "public_key": "k".repeat(16385)}),
+            json!({"username": "a", "email": "a@example.com", "password": "long enough pw", "public_key": "k".repeat(16385)}),
             "public_key",
         ),
         (
-            json!({"username": "a", "email": "a@example.com", "password": "pw"}),
+            json!({"username": "a", "email": "a@example.com", "password": "long enough pw"}),
             "public_key",
         ),
         (
-            json!({"username": 5, "email": "a@example.com", "password": "pw", "public_key": "k"}),
+            json!({"username": 5, "email": "a@example.com", "password": "long enough pw", "public_key": "k"}),
             "username",
         ),
     ];
@@ -371,4 +371,85 @@ async fn heartbeat_records_the_port_and_validates_it() {
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     }
+}
+
+/// NIST SP 800-63B: new passwords of at least 8 characters, none of the most
+/// common ones (whatever their case), said plainly against the field.
+#[tokio::test]
+async fn short_and_common_passwords_are_refused_with_a_clear_message() {
+    let app = spawn().await;
+    for (password, said) in [
+        ("1234567", "at least 8 characters"),
+        ("12345678", "most commonly used"),
+        ("Password123", "most commonly used"),
+        ("  qwertyuiop ", "most commonly used"),
+    ] {
+        let body = json!({"username": "carol", "email": "carol@example.com",
+                          "password": password, "public_key": "pk"});
+        let (status, answer) = app.call(Method::POST, "/users/", None, Some(body)).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{password:?}: {answer}"
+        );
+        assert_eq!(
+            answer["detail"][0]["loc"],
+            json!(["body", "password"]),
+            "{answer}"
+        );
+        let msg = answer["detail"][0]["msg"].as_str().unwrap();
+        assert!(msg.contains(said), "{password:?}: {msg}");
+    }
+    // A password change is held to the same rules, against its own field.
+    let alice = app.user("alice").await;
+    let change = json!({"old_password": password_of("alice"), "new_password": "iloveyou"});
+    let (status, answer) = app
+        .call(
+            Method::PUT,
+            "/users/me/password",
+            Some(&alice.token),
+            Some(change),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(
+        answer["detail"][0]["loc"],
+        json!(["body", "new_password"]),
+        "{answer}"
+    );
+}
+
+/// The original project's test script registers with `password123`: with the
+/// check off, such a client works unchanged; and once it is back on, accounts
+/// registered meanwhile keep logging in (only new passwords are checked).
+#[tokio::test]
+async fn the_common_password_check_has_an_off_switch_and_spares_existing_accounts() {
+    use secchat::config::Switch;
+    let backend = crate::helpers::Backend::new().await;
+    let lax = backend
+        .spawn(|s| s.accounts.common_password_check = Switch::Off)
+        .await;
+    let body = json!({"username": "user1", "email": "user1@example.com",
+                      "password": "password123", "public_key": "pk"});
+    let (status, answer) = lax.call(Method::POST, "/users/", None, Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let short = json!({"username": "user2", "email": "user2@example.com",
+                       "password": "pass123", "public_key": "pk"});
+    let (status, _) = lax.call(Method::POST, "/users/", None, Some(short)).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the length still holds"
+    );
+    lax.stop().await;
+
+    let strict = backend.spawn(|_| {}).await;
+    let status = strict.try_login("user1", "password123", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let again = json!({"username": "user3", "email": "user3@example.com",
+                       "password": "password123", "public_key": "pk"});
+    let (status, _) = strict
+        .call(Method::POST, "/users/", None, Some(again))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }

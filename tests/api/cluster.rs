@@ -447,7 +447,7 @@ async fn account_controls_reach_every_replica() {
         .put(
             "/users/me/password",
             &alice.token,
-            Some(json!({"old_password": crate::helpers::password_of("alice"), "new_password": "n3w"})),
+            Some(json!({"old_password": crate::helpers::password_of("alice"), "new_password": "n3w-password"})),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
@@ -464,7 +464,7 @@ async fn account_controls_reach_every_replica() {
         .put(
             "/users/me/public-key",
             &alice.token,
-            Some(json!({"public_key": "a2V5Mg==", "password": "n3w"})),
+            Some(json!({"public_key": "a2V5Mg==", "password": "n3w-password"})),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
@@ -489,7 +489,7 @@ async fn account_controls_reach_every_replica() {
     let token = r[2]
         .http
         .post(r[2].url("/token"))
-        .form(&[("username", "alice"), ("password", "n3w")])
+        .form(&[("username", "alice"), ("password", "n3w-password")])
         .send()
         .await
         .unwrap()
@@ -504,7 +504,7 @@ async fn account_controls_reach_every_replica() {
         .http
         .delete(r[1].url("/users/me"))
         .bearer_auth(&token)
-        .json(&json!({"password": "n3w"}))
+        .json(&json!({"password": "n3w-password"}))
         .send()
         .await
         .unwrap();

@@ -19,5 +19,6 @@ mod ops;
 mod p2p;
 mod privacy;
 mod ratelimits;
+mod sessions;
 mod web;
 mod ws;

@@ -24,6 +24,7 @@ use crate::{
 
 pub mod postgres;
 pub mod queries;
+pub mod refresh;
 pub mod sqlite;
 
 /// Classifies a database error; pure, so that counting it stays with [`run`].

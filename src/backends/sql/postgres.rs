@@ -713,6 +713,8 @@ impl Revocations for PostgresStore {
     }
 }
 
+super::refresh::refresh_tokens!(PostgresStore, sqlx::Postgres);
+
 #[cfg(test)]
 mod tests {
     //! The contracts against a real Postgres (`TEST_DATABASE_URL`), each case
@@ -759,5 +761,15 @@ mod tests {
     async fn revocation_contract_holds() {
         revocation::contract::revoked_until_expiry(&fresh().await).await;
         revocation::contract::all_of_a_users_tokens_can_be_revoked(&fresh().await).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Postgres: run with --include-ignored (CI does)"]
+    async fn refresh_contract_holds() {
+        use crate::refresh::contract;
+        contract::tokens_rotate_once_and_reuse_ends_the_session(&fresh().await).await;
+        contract::tokens_lapse_unused(&fresh().await).await;
+        contract::sessions_end_by_access_token_or_all_at_once(&fresh().await).await;
+        contract::sessions_go_with_their_account(&fresh().await).await;
     }
 }

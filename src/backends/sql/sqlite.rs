@@ -730,6 +730,8 @@ impl Revocations for SqliteStore {
     }
 }
 
+super::refresh::refresh_tokens!(SqliteStore, sqlx::Sqlite);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,6 +768,15 @@ mod tests {
     async fn revocation_contract_holds() {
         revocation::contract::revoked_until_expiry(&fresh().await.0).await;
         revocation::contract::all_of_a_users_tokens_can_be_revoked(&fresh().await.0).await;
+    }
+
+    #[tokio::test]
+    async fn refresh_contract_holds() {
+        use crate::refresh::contract;
+        contract::tokens_rotate_once_and_reuse_ends_the_session(&fresh().await.0).await;
+        contract::tokens_lapse_unused(&fresh().await.0).await;
+        contract::sessions_end_by_access_token_or_all_at_once(&fresh().await.0).await;
+        contract::sessions_go_with_their_account(&fresh().await.0).await;
     }
 
     #[tokio::test]

@@ -1,0 +1,24 @@
+-- Sessions that last: each login is a session of refresh tokens, rotated at
+-- every use. Spent tokens stay until the session lapses, so that presenting
+-- one again is recognised as a reuse and ends the whole session.
+CREATE TABLE login_sessions (
+    id        TEXT PRIMARY KEY,
+    user_id   BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    -- When its newest refresh token lapses unused.
+    lapses_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX login_sessions_by_user ON login_sessions (user_id);
+CREATE INDEX login_sessions_lapse ON login_sessions (lapses_at);
+
+CREATE TABLE refresh_tokens (
+    -- SHA-256 of the token, hex: the token itself is never stored.
+    token_hash        TEXT PRIMARY KEY,
+    session_id        TEXT NOT NULL REFERENCES login_sessions (id) ON DELETE CASCADE,
+    -- The access token issued with it, revoked when the session ends.
+    access_jti        TEXT NOT NULL,
+    access_expires_at TIMESTAMPTZ NOT NULL,
+    lapses_at         TIMESTAMPTZ NOT NULL,
+    spent             BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session_id);
+CREATE INDEX refresh_tokens_by_access ON refresh_tokens (access_jti);
