@@ -77,6 +77,14 @@ class Db {
     const range = IDBKeyRange.bound([owner, peer, -Infinity], [owner, peer, Infinity]);
     return this.run('messages', 'readonly', (s) => promised(s.index('conversation').getAll(range)));
   }
+  /** The latest message of a conversation, by time. */
+  lastMessage(owner, peer) {
+    const range = IDBKeyRange.bound([owner, peer, -Infinity], [owner, peer, Infinity]);
+    return this.run('messages', 'readonly', async (s) => {
+      const cursor = await promised(s.index('conversation').openCursor(range, 'prev'));
+      return cursor ? cursor.value : null;
+    });
+  }
   withStatus(owner, status) {
     return this.run('messages', 'readonly', (s) => promised(s.index('pending').getAll([owner, status])));
   }

@@ -13,7 +13,6 @@ const $ = (id) => document.getElementById(id);
 const field = (id) => /** @type {HTMLInputElement | HTMLTextAreaElement | HTMLButtonElement} */ ($(id));
 /** A form's fields by name, as text. */
 const fields = (form) => Object.fromEntries([...new FormData(form)].map(([name, value]) => [name, String(value)]));
-const TOKEN_KEY = 'secchat.token';
 /** How often the contact list and requests are read again (presence notices keep it current between). */
 const REFRESH_MS = 20_000;
 
@@ -34,6 +33,9 @@ function newSession(me, identity) {
     current: null, // the open conversation's username
     relay: null,
     refresh: null,
+    acks: [], // received message ids not acknowledged yet (sent in batches)
+    last: new Map(), // username -> {at, dir, text} of the conversation's last message
+    keyReplaced: false, // another browser published a new key: this one stopped
   };
 }
 
@@ -105,20 +107,20 @@ function when(ms) {
 
 async function register(event) {
   const form = event.currentTarget;
-  const { username, email, password } = fields(form);
+  const { username, email, password, persist } = fields(form);
   const identity = await e2e.generateIdentity();
   const user = await api.register(username.trim(), email.trim(), password, identity.publicKey);
   await db.saveIdentity({ username: user.username, ...identity });
-  await api.login(user.username, password);
+  await api.login(user.username, password, persist === 'on');
   form.reset();
   await enter();
 }
 
 async function login(event) {
   const form = event.currentTarget;
-  const { username, password } = fields(form);
+  const { username, password, persist } = fields(form);
   try {
-    await api.login(username.trim(), password);
+    await api.login(username.trim(), password, persist === 'on');
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) throw new ApiError(401, 'Wrong username or password.');
     throw err;
@@ -129,7 +131,6 @@ async function login(event) {
 
 /** With a token: finds this browser's key for the account, then opens the chat. */
 async function enter() {
-  sessionStorage.setItem(TOKEN_KEY, api.token);
   const me = await api.me();
   const identity = await db.identity(me.username);
   session = newSession(me, identity);
@@ -166,7 +167,25 @@ function pause(current) {
 
 function resume(current) {
   current.relay?.start();
-  current.refresh = setInterval(() => refreshContacts().catch(() => {}), REFRESH_MS);
+  current.refresh = setInterval(() => {
+    refreshContacts().catch(() => {});
+    checkOwnKey(current).catch(() => {});
+  }, REFRESH_MS);
+}
+
+/**
+ * Another browser of this account published a new key: messages are now
+ * sealed to that one, and this browser's key must not write any more. Says
+ * so, and stops (the no-key screen offers a new key here, or logging out).
+ */
+async function checkOwnKey(current) {
+  const me = await api.me();
+  if (session !== current || me.public_key === current.identity?.publicKey) return;
+  pause(current);
+  current.keyReplaced = true;
+  current.me = me;
+  $('no-key-reason').textContent = 'Your key was replaced from another browser, so this browser can no longer read new messages or write under its old key. Make a new key here (the other browser then stops), or log out.';
+  show('no-key');
 }
 
 /**
@@ -189,8 +208,7 @@ async function ending(revoke) {
 async function leave(message) {
   if (session) pause(session);
   session = null;
-  api.token = null;
-  sessionStorage.removeItem(TOKEN_KEY);
+  api.forget();
   $('chat').classList.remove('in-thread');
   for (const list of ['contacts', 'requests', 'search-results', 'messages']) $(list).replaceChildren();
   $('thread').hidden = true;
@@ -199,27 +217,43 @@ async function leave(message) {
   if (message) notify(message, 'info');
 }
 
-async function logout() {
+/** Logging out asks first whether this browser should keep the conversations and the key. */
+function logout() {
+  const dialog = /** @type {HTMLDialogElement} */ ($('logout-dialog'));
+  dialog.returnValue = '';
+  dialog.showModal();
+}
+
+async function logoutAs(choice) {
+  if (choice !== 'keep' && choice !== 'wipe') return;
+  const owner = session?.me.username;
   try {
     await ending(() => api.logout());
   } finally {
-    await leave();
+    if (choice === 'wipe' && owner) await db.forget(owner);
+    await leave(choice === 'wipe' ? 'Logged out. This browser no longer holds your conversations or your key.' : undefined);
   }
 }
 
 // ---- the chat
 
+/** Offers desktop notifications until the person has answered the browser's question. */
+function renderNotificationsOffer() {
+  $('notifications').hidden = !('Notification' in window) || Notification.permission !== 'default';
+}
+
 async function openChat() {
   show('chat');
+  renderNotificationsOffer();
   setConnection(false);
   await refreshContacts();
   await fetchUnread();
   const current = session;
-  session.relay = new Relay(() => api.token, {
+  session.relay = new Relay(() => api.fresh(), {
     frame: (frame) => onFrame(current, frame).catch(report),
     presence: (username, online) => onPresence(current, username, online),
     state: (up) => onConnection(current, up).catch(report),
-    refused: () => { if (session === current) leave('Your session ended (logged out, or the password changed). Log in again.'); },
+    refused: () => { if (session === current) leave('Your session ended (logged out, the password changed, or it expired). Log in again.'); },
   });
   resume(session);
 }
@@ -234,11 +268,11 @@ async function onConnection(current, up) {
   if (session !== current) return;
   setConnection(up);
   if (!up) return;
+  await checkOwnKey(current);
+  if (session !== current || current.keyReplaced) return;
   // What was written while the connection was down goes now, in order; the
   // server drops a repeat of what it already took (same client_id).
-  const waiting = await db.withStatus(current.me.username, 'sending');
-  waiting.sort((a, b) => a.at - b.at);
-  for (const m of waiting) transmit(m);
+  await resend(current);
   refreshContacts().catch(() => {});
 }
 
@@ -249,6 +283,7 @@ async function refreshContacts() {
   if (session !== current) return;
   current.contacts = new Map(contacts.map((c) => [c.username, c]));
   for (const c of contacts) await checkKey(c.username, c.public_key);
+  await loadLastMessages(current);
   renderContacts();
   renderRequests(pending);
   renderSearch();
@@ -293,13 +328,19 @@ async function onFrame(current, frame) {
   switch (frame.type) {
     case 'offline_message':
     case 'p2p_message':
+      if (frame.ephemeral) {
+        await receiveEphemeral(current, frame);
+        return; // never stored, never acknowledged
+      }
       await receive(frame);
-      current.relay.send({ type: 'ack', ids: [frame.id] });
+      acknowledge(current, frame.id);
       return;
+    case 'not_delivered':
+      return; // a typing notice to someone not connected: nothing to do
     case 'sent': {
       const m = await db.updateMessage(owner, frame.client_id, (m) => ({
         serverId: frame.id,
-        status: m.status === 'delivered' ? 'delivered' : 'sent',
+        status: m.status === 'delivered' || m.status === 'read' ? m.status : 'sent',
       }));
       if (m) showStatus(m);
       return;
@@ -307,7 +348,7 @@ async function onFrame(current, frame) {
     case 'delivered': {
       const found = await db.byServerId(owner, frame.id);
       if (!found) return;
-      const m = await db.updateMessage(owner, found.id, () => ({ status: 'delivered' }));
+      const m = await db.updateMessage(owner, found.id, (m) => ({ status: m.status === 'read' ? 'read' : 'delivered' }));
       if (m) showStatus(m);
       return;
     }
@@ -326,8 +367,33 @@ async function onFrame(current, frame) {
       return;
     }
     default:
-      if (typeof frame.error === 'string') notify(frame.error);
+      if (typeof frame.error !== 'string') return;
+      // Over the server's budget after all: what is still "sending" goes again when it says.
+      const wait = /retry in (\d+) s/.exec(frame.error);
+      if (wait) {
+        setTimeout(() => { if (session === current) resend(current).catch(report); }, Number(wait[1]) * 1000);
+        return;
+      }
+      notify(frame.error);
   }
+}
+
+/** Acknowledges received messages a batch at a time: one frame for a burst of them. */
+function acknowledge(current, id) {
+  current.acks.push(id);
+  if (current.acks.length === 1) {
+    setTimeout(() => {
+      const ids = current.acks.splice(0);
+      if (ids.length && session === current) current.relay.send({ type: 'ack', ids });
+    }, 150);
+  }
+}
+
+/** Sends again, in order, what has not been taken by the server yet. */
+async function resend(current) {
+  const waiting = await db.withStatus(current.me.username, 'sending');
+  waiting.sort((a, b) => a.at - b.at);
+  for (const m of waiting) transmit(m);
 }
 
 function onPresence(current, username, online) {
@@ -341,49 +407,240 @@ function onPresence(current, username, online) {
   if (current.current === username) renderThreadHead();
 }
 
-/** Decrypts and keeps one incoming message (once, whatever path brought it). */
-async function receive({ id: serverId, sender_username: sender, content, timestamp }) {
-  const owner = session.me.username;
-  const at = Date.parse(timestamp) || Date.now();
-  let entry;
+/**
+ * Control messages travel inside the ciphertext like any text, so that the
+ * server cannot tell them from messages (docs/E2E.md): their plaintext starts
+ * with NUL, then JSON, `{"t": "typing"}` or `{"t": "read", "ids": [...]}`.
+ * Text that itself starts with NUL is sent as `{"t": "text", "text"}`.
+ */
+const CONTROL = '\u0000';
+
+function plaintextOf(text) {
+  return text.startsWith(CONTROL) ? control({ t: 'text', text }) : text;
+}
+
+function control(payload) {
+  return CONTROL + JSON.stringify(payload);
+}
+
+/** A control payload, or null for plain text. */
+function parseControl(text) {
+  if (!text.startsWith(CONTROL)) return null;
   try {
-    const opened = await e2e.open({ own: session.identity, sender, recipient: owner, content });
-    const pin = await db.pin(owner, sender);
-    let caution = null;
-    if (!pin) caution = `${sender} is not among your contacts`;
-    else if (pin.publicKey !== opened.senderKey) caution = `sent under a key of ${sender}'s you have not confirmed`;
-    entry = { owner, id: opened.id, peer: sender, dir: 'in', text: opened.text, at, serverId, caution };
-  } catch (err) {
-    if (!(err instanceof e2e.CryptoError)) throw err;
-    entry = { owner, id: `server:${serverId}`, peer: sender, dir: 'in', text: `This message could not be decrypted: ${err.message}.`, at, serverId, broken: true };
-  }
-  if (!(await db.addMessage(entry))) return; // seen before: a repeat delivery or a replay
-  if (session.current === sender) {
-    appendMessage(entry);
-  } else {
-    session.unread.set(sender, (session.unread.get(sender) ?? 0) + 1);
-    renderContacts();
+    const payload = JSON.parse(text.slice(1));
+    return payload && typeof payload === 'object' && typeof payload.t === 'string' ? payload : { t: 'unknown' };
+  } catch {
+    return { t: 'unknown' };
   }
 }
 
-async function send() {
+/** Decrypts and keeps one incoming message (once, whatever path brought it). */
+async function receive({ id: serverId, sender_username: sender, content, timestamp }) {
+  const current = session;
+  const owner = current.me.username;
+  const at = Date.parse(timestamp) || Date.now();
+  let entry;
+  try {
+    const opened = await e2e.open({ own: current.identity, sender, recipient: owner, content });
+    const payload = parseControl(opened.text);
+    if (payload?.t === 'read') {
+      await markRead(current, sender, payload.ids);
+      return;
+    }
+    if (payload && payload.t !== 'text') return; // a kind of a later version: nothing to show
+    const text = payload ? String(payload.text ?? '') : opened.text;
+    const pin = await db.pin(owner, sender);
+    const caution = pin && pin.publicKey !== opened.senderKey ? `sent under a key of ${sender}'s you have not confirmed` : null;
+    entry = { owner, id: opened.id, peer: sender, dir: 'in', text, at, serverId, caution };
+  } catch (err) {
+    if (!(err instanceof e2e.CryptoError)) throw err;
+    if (err.message.startsWith('encrypted for another key')) checkOwnKey(current).catch(() => {});
+    entry = { owner, id: `server:${serverId}`, peer: sender, dir: 'in', text: `This message could not be decrypted: ${err.message}.`, at, serverId, broken: true };
+  }
+  if (!(await db.addMessage(entry))) return; // seen before: a repeat delivery or a replay
+  if (session !== current) return;
+  noteLast(current, entry);
+  typing.delete(sender); // a message ends its "typing…"
+  const seen = current.current === sender && document.visibilityState === 'visible';
+  if (!seen) current.unread.set(sender, (current.unread.get(sender) ?? 0) + 1);
+  renderContacts();
+  if (current.current === sender) {
+    renderThreadHead();
+    appendMessage(entry);
+  }
+  if (document.visibilityState === 'hidden') desktopNotice(sender, entry.text);
+}
+
+/** A desktop notification for a message to a page in the background, if the person allowed them. */
+function desktopNotice(sender, text) {
+  if (!('Notification' in window) || Notification.permission !== 'granted') return;
+  const notice = new Notification(`secchat: ${sender}`, { body: text.slice(0, 120), tag: `secchat-${sender}` });
+  notice.onclick = () => { window.focus(); openThread(sender).catch(report); notice.close(); };
+}
+
+/** Who is typing, until when (ms). */
+const typing = new Map();
+const TYPING_SHOWN_MS = 5_000;
+/** A typing notice goes at most this often to one person. */
+const TYPING_EVERY_MS = 3_000;
+const typingSent = new Map();
+
+function typingUntil(peer) {
+  return (typing.get(peer) ?? 0) > Date.now();
+}
+
+/** An ephemeral frame: a typing notice (sealed like a message; anything else is ignored). */
+async function receiveEphemeral(current, frame) {
+  let opened;
+  try {
+    opened = await e2e.open({ own: current.identity, sender: frame.sender_username, recipient: current.me.username, content: frame.content });
+  } catch {
+    return;
+  }
+  if (parseControl(opened.text)?.t !== 'typing' || session !== current) return;
+  const sender = frame.sender_username;
+  typing.set(sender, Date.now() + TYPING_SHOWN_MS);
+  if (current.current === sender) renderThreadHead();
+  setTimeout(() => { if (session === current && current.current === sender) renderThreadHead(); }, TYPING_SHOWN_MS + 50);
+}
+
+/** Tells the open conversation's peer that this person is typing: at most once every 3 s. */
+async function sendTyping() {
+  const current = session;
+  const peer = current?.current;
+  const contact = peer ? current.contacts.get(peer) : null;
+  if (!contact || contact.mutual === false || field('compose-text').value === '') return;
+  if (Date.now() - (typingSent.get(peer) ?? 0) < TYPING_EVERY_MS) return;
+  typingSent.set(peer, Date.now());
+  const content = await sealControl(current, peer, { t: 'typing' });
+  if (content) current.relay?.send({ recipient_username: peer, content, ephemeral: true });
+}
+
+/** A control payload sealed to `peer`'s trusted key; null when there is none to trust. */
+async function sealControl(current, peer, payload) {
+  const owner = current.me.username;
+  const pin = await db.pin(owner, peer);
+  if (!pin || current.flagged.has(peer)) return null;
+  return e2e.seal({ own: current.identity, sender: owner, recipient: peer, recipientKey: pin.publicKey, id: e2e.newMessageId(), text: control(payload) });
+}
+
+/** Messages of ours that `peer` says it has read. */
+async function markRead(current, peer, ids) {
+  if (!Array.isArray(ids)) return;
+  const owner = current.me.username;
+  for (const id of ids.slice(0, 500)) {
+    if (typeof id !== 'string') continue;
+    const m = await db.updateMessage(owner, id, (m) => (m.dir === 'out' && m.peer === peer ? { status: 'read' } : {}));
+    if (m && session === current) showStatus(m);
+  }
+}
+
+/** Incoming messages seen on screen and not yet said to be read, by sender. */
+const toSayRead = new Map();
+let readTimer = null;
+
+/** Notes that message `m` was seen (visible page, open conversation, scrolled into view). */
+function seenOnScreen(m) {
+  if (m.dir !== 'in' || m.readSent || m.broken) return;
+  m.readSent = true;
+  const ids = toSayRead.get(m.peer) ?? [];
+  ids.push(m.id);
+  toSayRead.set(m.peer, ids);
+  readTimer ??= setTimeout(() => { readTimer = null; sayRead(session).catch(report); }, 1_000);
+}
+
+/** Sends the read receipts collected: one sealed message per conversation, stored if the peer is away. */
+async function sayRead(current) {
+  if (!current) return;
+  const batches = [...toSayRead.entries()];
+  toSayRead.clear();
+  for (const [peer, ids] of batches) {
+    const contact = current.contacts.get(peer);
+    if (!contact || contact.mutual === false) continue;
+    const content = await sealControl(current, peer, { t: 'read', ids });
+    if (!content) continue;
+    for (const id of ids) await db.updateMessage(current.me.username, id, () => ({ readSent: true }));
+    current.relay?.send({ recipient_username: peer, content, client_id: e2e.newMessageId() });
+  }
+}
+
+/** Watches incoming messages come into view, to say they were read while the page is visible. */
+const readObserver = new IntersectionObserver((entries) => {
+  if (document.visibilityState !== 'visible' || !session) return;
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    const el = /** @type {HTMLElement} */ (entry.target);
+    const m = shownMessages.get(el.dataset.id ?? '');
+    if (m) seenOnScreen(m);
+  }
+}, { threshold: 0.6 });
+
+/** The messages on screen, by id, for the observer. */
+const shownMessages = new Map();
+
+/** The longest message, in UTF-8 bytes: its envelope stays well under the server's 64 KiB frame. */
+const MAX_TEXT_BYTES = 16_000;
+/** Sends in the order written, one after another: sealing takes a moment each. */
+let sending = Promise.resolve();
+
+/**
+ * Sends what the box holds. The box is emptied at once, before anything is
+ * awaited, so that what is typed next is kept for the next message, and a
+ * second Enter finds nothing to send twice.
+ */
+function send() {
   const peer = session.current;
   const input = field('compose-text');
   const text = input.value;
   if (!peer || text.trim() === '') return;
-  const contact = session.contacts.get(peer);
+  if (utf8Length(text) > MAX_TEXT_BYTES) {
+    notify(`That message is too long (${utf8Length(text).toLocaleString()} of ${MAX_TEXT_BYTES.toLocaleString()} bytes): split it.`);
+    return;
+  }
+  input.value = '';
+  updateCounter();
+  const at = Date.now();
+  const current = session;
+  sending = sending.then(() => seal(current, peer, text, at)).catch((err) => {
+    // Not sent: the text goes back in the box unless something new was typed there.
+    if (session === current && current.current === peer && input.value === '') {
+      input.value = text;
+      updateCounter();
+    }
+    report(err);
+  });
+}
+
+async function seal(current, peer, text, at) {
+  if (session !== current) return;
+  const contact = current.contacts.get(peer);
   if (!contact) throw new Error(`${peer} is no longer a contact`);
-  if (session.flagged.has(peer)) throw new e2e.CryptoError(`Confirm ${peer}'s new key before writing to them.`);
-  const owner = session.me.username;
+  if (contact.mutual === false) throw new Error(`${peer} has not accepted your request yet`);
+  if (current.flagged.has(peer)) throw new e2e.CryptoError(`Confirm ${peer}'s new key before writing to them.`);
+  const owner = current.me.username;
   const pin = await db.pin(owner, peer);
   if (!pin) throw new e2e.CryptoError(`${peer} has no key this messenger can encrypt to.`);
   const id = e2e.newMessageId();
-  const content = await e2e.seal({ own: session.identity, sender: owner, recipient: peer, recipientKey: pin.publicKey, id, text });
-  const message = { owner, id, peer, dir: 'out', text, at: Date.now(), status: 'sending', content, serverId: null };
+  const content = await e2e.seal({ own: current.identity, sender: owner, recipient: peer, recipientKey: pin.publicKey, id, text: plaintextOf(text) });
+  const message = { owner, id, peer, dir: 'out', text, at, status: 'sending', content, serverId: null };
   await db.addMessage(message);
-  input.value = '';
-  appendMessage(message);
+  if (session !== current) return;
+  noteLast(current, message);
+  renderContacts();
+  if (current.current === peer) appendMessage(message);
   transmit(message);
+}
+
+const utf8 = new TextEncoder();
+function utf8Length(text) { return utf8.encode(text).length; }
+
+/** Near the limit, the box says how much is left; over it, Send waits. */
+function updateCounter() {
+  const used = utf8Length(field('compose-text').value);
+  const counter = $('counter');
+  counter.hidden = used < MAX_TEXT_BYTES * 0.8;
+  counter.textContent = `${used.toLocaleString()} / ${MAX_TEXT_BYTES.toLocaleString()}`;
+  counter.classList.toggle('over', used > MAX_TEXT_BYTES);
 }
 
 function transmit(m) {
@@ -393,26 +650,63 @@ function transmit(m) {
 
 // ---- rendering
 
+/**
+ * Contacts, the most recent conversation first, each with its last message
+ * and what is unread; a request not yet accepted shows as such (no presence
+ * and nothing to deliver to until it is). The tab's title counts the unread.
+ */
 function renderContacts() {
   const list = $('contacts');
-  const contacts = [...session.contacts.values()].sort((a, b) => a.username.localeCompare(b.username));
+  const activity = (c) => session.last.get(c.username)?.at ?? (Date.parse(c.created_at ?? '') || 0);
+  const contacts = [...session.contacts.values()]
+    .sort((a, b) => activity(b) - activity(a) || a.username.localeCompare(b.username));
   list.replaceChildren(...contacts.map((c) => {
     const unread = session.unread.get(c.username);
-    return h('li', {
-      class: c.username === session.current ? 'active' : '',
-      dataset: { username: c.username },
-      tabindex: '0',
-      on: { click: () => openThread(c.username).catch(report), keydown: (e) => { if (e.key === 'Enter') openThread(c.username).catch(report); } },
-    },
-    h('span', { class: c.is_online ? 'dot online' : 'dot', title: c.is_online ? 'online' : 'offline' }),
-    h('span', { class: 'name' }, c.username),
-    session.flagged.has(c.username) ? h('span', { class: 'flag', title: 'key changed' }, 'key changed') : null,
-    unread ? h('span', { class: 'unread' }, String(unread)) : null);
+    const last = session.last.get(c.username);
+    const waiting = c.mutual === false;
+    const status = waiting ? 'request sent, not accepted yet' : c.is_online ? 'online' : 'offline';
+    return h('li', { class: c.username === session.current ? 'active' : '', dataset: { username: c.username } },
+      h('button', {
+        type: 'button',
+        class: 'contact',
+        'aria-label': `${c.username}, ${status}${unread ? `, ${unread} unread` : ''}`,
+        'aria-current': c.username === session.current ? 'true' : 'false',
+        on: { click: () => openThread(c.username).catch(report) },
+      },
+      h('span', { class: waiting ? 'dot waiting' : c.is_online ? 'dot online' : 'dot', title: status }),
+      h('span', { class: 'who' },
+        h('span', { class: 'name' }, c.username),
+        waiting
+          ? h('span', { class: 'preview pending' }, 'request sent · waiting for them to accept')
+          : last ? h('span', { class: 'preview' }, `${last.dir === 'out' ? 'You: ' : ''}${last.text}`) : null),
+      session.flagged.has(c.username) ? h('span', { class: 'flag', title: 'key changed' }, 'key changed') : null,
+      unread ? h('span', { class: 'unread' }, String(unread)) : null));
   }));
   $('no-contacts').hidden = contacts.length > 0;
+  const total = [...session.unread.values()].reduce((n, k) => n + k, 0);
+  document.title = total ? `(${total}) secchat` : 'secchat';
+}
+
+/** The last message of each conversation, for the contact list's previews and order. */
+async function loadLastMessages(current) {
+  const owner = current.me.username;
+  for (const username of current.contacts.keys()) {
+    if (current.last.has(username)) continue;
+    const last = await db.lastMessage(owner, username);
+    if (last) noteLast(current, last);
+  }
+}
+
+function noteLast(current, m) {
+  const known = current.last.get(m.peer);
+  if (!known || known.at <= m.at) current.last.set(m.peer, { at: m.at, dir: m.dir, text: m.text.slice(0, 80) });
 }
 
 function renderRequests(pending) {
+  const badge = $('requests-badge');
+  badge.hidden = pending.length === 0;
+  badge.textContent = String(pending.length);
+  badge.setAttribute('aria-label', `${pending.length} waiting`);
   $('requests').replaceChildren(...pending.map((r) => h('li', { dataset: { username: r.username } },
     h('span', { class: 'name' }, r.username),
     h('button', { type: 'button', on: { click: action(async () => { await api.accept(r.user_id); await refreshContacts(); }) } }, 'Accept'),
@@ -420,8 +714,17 @@ function renderRequests(pending) {
   $('no-requests').hidden = pending.length > 0;
 }
 
+/** The shortest search the server takes (SEARCH_MIN_CHARS). */
+const SEARCH_MIN_CHARS = 3;
+
 async function search() {
   const query = field('search').value.trim();
+  if (query.length > 0 && [...query].length < SEARCH_MIN_CHARS) {
+    session.found = null;
+    renderSearch();
+    $('search-results').replaceChildren(h('li', { class: 'empty' }, `Type at least ${SEARCH_MIN_CHARS} characters of a name to search.`));
+    return;
+  }
   session.found = query ? await api.search(query) : null;
   renderSearch();
 }
@@ -462,7 +765,11 @@ async function openThread(username) {
   renderThreadHead();
   const messages = await db.conversation(session.me.username, username);
   if (session?.current !== username) return;
-  $('messages').replaceChildren(...messages.map(messageView));
+  messages.sort(inOrder);
+  readObserver.disconnect();
+  shownMessages.clear();
+  $('messages').replaceChildren();
+  for (const m of messages) placeMessage(m);
   scrollDown();
   $('compose-text').focus();
 }
@@ -471,14 +778,18 @@ async function renderThreadHead() {
   const peer = session.current;
   const contact = session.contacts.get(peer);
   $('peer-name').textContent = peer;
+  const waiting = contact?.mutual === false;
   $('peer-status').textContent = !contact ? 'not a contact'
-    : contact.is_online ? 'online'
-      : contact.last_seen ? `last seen ${when(Date.parse(contact.last_seen))}` : 'offline';
+    : waiting ? 'request sent: you can write once they accept'
+      : typingUntil(peer) ? 'typing…'
+        : contact.is_online ? 'online'
+          : contact.last_seen ? `last seen ${when(Date.parse(contact.last_seen))}` : 'offline';
   const pin = await db.pin(session.me.username, peer);
   const flagged = session.flagged.has(peer);
-  const usable = !!contact && !!pin && !flagged;
+  const usable = !!contact && !!pin && !flagged && !waiting;
   field('send').disabled = !usable;
   field('compose-text').disabled = !usable;
+  /** @type {HTMLTextAreaElement} */ ($('compose-text')).placeholder = waiting ? `You can write once ${peer} accepts your request` : 'Write a message';
   $('remove-contact').hidden = !contact;
   $('peer-fingerprint').textContent = pin ? `Key fingerprint ${await e2e.fingerprint(pin.publicKey)}` : 'No end-to-end key: messages cannot be encrypted to this user.';
   $('key-warning').hidden = !flagged;
@@ -499,34 +810,93 @@ async function confirmKey() {
   await renderThreadHead();
 }
 
-const STATUS_TEXT = { sending: 'sending…', sent: 'sent ✓', delivered: 'delivered ✓✓' };
+const STATUS_TEXT = { sending: 'sending…', sent: 'sent ✓', delivered: 'delivered ✓✓', read: 'read ✓✓' };
+
+/**
+ * What to warn of on a message: a key not confirmed (as it was received), or
+ * a sender who is not a contact now (earlier versions kept that as text).
+ */
+function caution(m) {
+  if (m.caution && !m.caution.endsWith('is not among your contacts')) return m.caution;
+  return m.dir === 'in' && !session.contacts.has(m.peer) ? `${m.peer} is not among your contacts` : null;
+}
 
 function messageView(m) {
   return h('li', { class: [m.dir, m.broken ? 'broken' : ''].join(' ').trim(), dataset: { id: m.id } },
-    m.caution ? h('span', { class: 'caution' }, `⚠ ${m.caution}`) : null,
+    caution(m) ? h('span', { class: 'caution' }, `⚠ ${caution(m)}`) : null,
     h('span', { class: 'text' }, m.text),
     h('span', { class: 'meta' }, when(m.at), m.dir === 'out' ? h('span', { class: 'receipt' }, ` · ${STATUS_TEXT[m.status] ?? m.status}`) : null));
 }
 
+/**
+ * A conversation's order: the server's message ids, which both sides see
+ * alike whatever their clocks; what has no id yet (still being sent) last,
+ * in the order it was written.
+ */
+function orderKey(m) {
+  return [m.serverId ?? Number.MAX_SAFE_INTEGER, m.at];
+}
+
+function inOrder(a, b) {
+  const [x, y] = [orderKey(a), orderKey(b)];
+  return x[0] - y[0] || x[1] - y[1];
+}
+
+/** Puts a message's view where its order says: mostly at the end. */
+function placeMessage(m) {
+  const list = $('messages');
+  const view = messageView(m);
+  shownMessages.set(m.id, m);
+  if (m.dir === 'in' && !m.readSent) readObserver.observe(view);
+  const [id, at] = orderKey(m);
+  view.dataset.order = String(id);
+  view.dataset.at = String(at);
+  let before = null;
+  for (let el = list.lastElementChild; el instanceof HTMLElement; el = el.previousElementSibling) {
+    const key = [Number(el.dataset.order), Number(el.dataset.at)];
+    if (key[0] < id || (key[0] === id && key[1] <= at)) break;
+    before = el;
+  }
+  list.insertBefore(view, before);
+}
+
+/** Whether the conversation is scrolled to (nearly) its end. */
+function atBottom() {
+  const list = $('messages');
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 48;
+}
+
+/**
+ * Shows a new message: the view follows it when it was at the end already
+ * (or the message is one's own); otherwise the "new messages" button says
+ * there is more below, and the place one was reading stays put.
+ */
 function appendMessage(m) {
-  $('messages').append(messageView(m));
-  scrollDown();
+  const following = m.dir === 'out' || atBottom();
+  placeMessage(m);
+  if (following) scrollDown();
+  else $('new-messages').hidden = false;
 }
 
 function showStatus(m) {
   if (session?.current !== m.peer) return;
   const el = [...$('messages').children].find((li) => li instanceof HTMLElement && li.dataset.id === m.id);
-  if (el) el.replaceWith(messageView(m));
+  if (!el) return;
+  el.remove(); // its id may have just come: it moves to its place
+  placeMessage(m);
 }
 
 function scrollDown() {
   const list = $('messages');
   list.scrollTop = list.scrollHeight;
+  $('new-messages').hidden = true;
 }
 
 async function removeContact() {
   const contact = session.contacts.get(session.current);
   if (!contact) return;
+  const sure = window.confirm(`Remove ${contact.username} from your contacts? You will no longer see each other online or write to each other until one of you asks again.`);
+  if (!sure) return;
   await api.remove(contact.id);
   session.current = null;
   $('thread').hidden = true;
@@ -576,18 +946,36 @@ async function start() {
   db = await openDb();
   $('login-form').addEventListener('submit', action(login));
   $('register-form').addEventListener('submit', action(register));
-  $('logout').addEventListener('click', action(logout));
-  $('no-key-logout').addEventListener('click', action(logout));
+  $('logout').addEventListener('click', logout);
+  $('no-key-logout').addEventListener('click', logout);
+  $('logout-dialog').addEventListener('close', () => {
+    logoutAs(/** @type {HTMLDialogElement} */ ($('logout-dialog')).returnValue).catch(report);
+  });
+  $('notifications').addEventListener('click', action(async () => {
+    await Notification.requestPermission();
+    renderNotificationsOffer();
+  }));
   $('make-key-form').addEventListener('submit', action(async (event) => { await makeKey(event); await openChat(); }));
   $('search-form').addEventListener('submit', action(search));
-  $('compose').addEventListener('submit', action(send));
+  $('compose').addEventListener('submit', (event) => { event.preventDefault(); send(); });
   $('compose-text').addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && !e.shiftKey) {
+    // One send per press: a held key's repeats and an input method's Enter send nothing.
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
-      /** @type {HTMLFormElement} */ ($('compose')).requestSubmit();
+      if (!e.repeat) send();
     }
   });
+  $('compose-text').addEventListener('input', () => { updateCounter(); sendTyping().catch(() => {}); });
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState !== 'visible' || !session?.current) return;
+    // Back to the page: the open conversation is being seen now.
+    session.unread.delete(session.current);
+    renderContacts();
+    for (const el of $('messages').children) { readObserver.unobserve(el); readObserver.observe(el); }
+  });
   $('confirm-key').addEventListener('click', action(confirmKey));
+  $('new-messages').addEventListener('click', () => scrollDown());
+  $('messages').addEventListener('scroll', () => { if (atBottom()) $('new-messages').hidden = true; }, { passive: true });
   $('remove-contact').addEventListener('click', action(removeContact));
   $('back').addEventListener('click', () => {
     session.current = null;
@@ -607,16 +995,14 @@ async function start() {
   window.addEventListener('offline', () => session?.relay?.networkLost());
   window.addEventListener('online', () => session?.relay?.retryNow());
 
-  const saved = sessionStorage.getItem(TOKEN_KEY);
-  if (saved) {
-    api.token = saved;
+  api.onRenewed = (token) => session?.relay?.renew(token);
+  api.onEnded = (message) => { if (session) leave(message); else notify(message, 'info'); };
+  if (api.restore()) {
     try {
       await enter();
       return;
     } catch (err) {
-      // The token ran out or was revoked: log in again.
-      api.token = null;
-      sessionStorage.removeItem(TOKEN_KEY);
+      // The session is over (said by onEnded), or the server cannot be reached.
       if (!(err instanceof ApiError && err.status === 401)) report(err);
     }
   }

@@ -4,12 +4,20 @@
 
 const PRESENCE = /^系统消息: 用户 (.+) 已(上线|下线)。$/;
 
+/**
+ * Frames a connection sends at most, on average and at once: under the
+ * server's default budget (100 frames in 10 s per connection), so that a
+ * burst of messages is paced here instead of refused there.
+ */
+const FRAMES_PER_SECOND = 8;
+const FRAME_BURST = 60;
+
 /** Close codes after which reconnecting cannot help: the token is refused. */
 const REFUSED = new Set([1008]);
 
 export class Relay {
   /**
-   * `token()` gives the current token; `on` holds handlers: frame(frame),
+   * `token()` gives (a promise of) a current token; `on` holds handlers: frame(frame),
    * presence(username, online), state(connected), refused(reason).
    */
   constructor(token, on) {
@@ -20,6 +28,12 @@ export class Relay {
     this.stopped = false;
     this.attempt = 0;
     this.timer = null;
+    /** Frames waiting for the pace, in order. @type {string[]} */
+    this.queue = [];
+    this.tokens = FRAME_BURST;
+    this.filled = Date.now();
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this.pump = null;
   }
 
   start() {
@@ -42,7 +56,17 @@ export class Relay {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const socket = new WebSocket(`${scheme}//${location.host}/ws?ack=manual`);
     this.socket = socket;
-    socket.onopen = () => socket.send(JSON.stringify({ type: 'auth', token: this.token() }));
+    socket.onopen = async () => {
+      // A token renewed first if due (after a sleep, say): an expired one would be refused for good.
+      let token;
+      try {
+        token = await this.token();
+      } catch {
+        socket.close();
+        return; // the session is over: the page has said so
+      }
+      if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: 'auth', token }));
+    };
     socket.onmessage = (event) => this.received(socket, event.data);
     socket.onclose = (event) => this.closed(socket, event);
     // An error is followed by close, which decides what to do.
@@ -63,6 +87,7 @@ export class Relay {
       return; // another user's broadcast line: not part of this client
     }
     if (frame && frame.type === 'authenticated') {
+      if (this.ready) return; // an in-band renewal was taken
       this.ready = true;
       this.attempt = 0;
       this.on.state(true);
@@ -75,6 +100,10 @@ export class Relay {
     if (socket !== this.socket) return;
     this.socket = null;
     this.ready = false;
+    // What waited is sent again by the page when the connection is back.
+    this.queue = [];
+    if (this.pump) clearTimeout(this.pump);
+    this.pump = null;
     this.on.state(false);
     if (this.stopped) return;
     if (REFUSED.has(event.code)) {
@@ -108,10 +137,33 @@ export class Relay {
     this.connect();
   }
 
-  /** Sends a frame if the connection is up; false otherwise (the caller retries on `state(true)`). */
+  /** Gives the open connection a renewed token, before its own expires. */
+  renew(token) {
+    if (this.ready && this.socket) this.socket.send(JSON.stringify({ type: 'auth', token }));
+  }
+
+  /**
+   * Sends a frame if the connection is up, paced to FRAMES_PER_SECOND after
+   * a burst, in order; false when it is down (the caller sends again on
+   * `state(true)`).
+   */
   send(frame) {
     if (!this.ready || !this.socket) return false;
-    this.socket.send(JSON.stringify(frame));
+    this.queue.push(JSON.stringify(frame));
+    this.flush();
     return true;
+  }
+
+  flush() {
+    const now = Date.now();
+    this.tokens = Math.min(FRAME_BURST, this.tokens + ((now - this.filled) / 1000) * FRAMES_PER_SECOND);
+    this.filled = now;
+    while (this.queue.length && this.tokens >= 1 && this.socket) {
+      this.socket.send(/** @type {string} */ (this.queue.shift()));
+      this.tokens -= 1;
+    }
+    if (this.queue.length && !this.pump) {
+      this.pump = setTimeout(() => { this.pump = null; this.flush(); }, 1000 / FRAMES_PER_SECOND);
+    }
   }
 }

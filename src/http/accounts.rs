@@ -257,6 +257,7 @@ impl FromRequest<AppState> for RefreshRequest {
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code)] // documents the body; `RefreshRequest` reads it
 pub struct RefreshForm {
+    #[schema(min_length = 1)]
     refresh_token: String,
 }
 

@@ -185,19 +185,21 @@ export async function screenshot(who, label) {
 
 export const unique = (base) => `${base}${Date.now().toString(36)}${Math.random().toString(36).slice(2, 5)}`;
 
-export async function register(who, username, password = 'correct horse battery') {
+export async function register(who, username, password = 'correct horse battery', { persist = false } = {}) {
   const form = who.page.locator('#register-form');
   await form.locator('[name=username]').fill(username);
   await form.locator('[name=email]').fill(`${username}@example.com`);
   await form.locator('[name=password]').fill(password);
+  if (persist) await form.locator('[name=persist]').check();
   await form.locator('button[type=submit]').click();
   await who.page.locator('#chat').waitFor({ state: 'visible', timeout: PATIENCE });
 }
 
-export async function login(who, username, password = 'correct horse battery') {
+export async function login(who, username, password = 'correct horse battery', { persist = false } = {}) {
   const form = who.page.locator('#login-form');
   await form.locator('[name=username]').fill(username);
   await form.locator('[name=password]').fill(password);
+  if (persist) await form.locator('[name=persist]').check();
   await form.locator('button[type=submit]').click();
 }
 
@@ -218,10 +220,10 @@ export async function befriend(from, to) {
 }
 
 /** Alice and Bob, registered in browsers of their own, contacts of each other, both connected. */
-export async function acquainted(browser, url) {
+export async function acquainted(browser, url, { persist = false } = {}) {
   const alice = await person(browser, url, unique('alice'));
   const bob = await person(browser, url, unique('bob'));
-  await register(alice, alice.name);
+  await register(alice, alice.name, undefined, { persist });
   await register(bob, bob.name);
   await befriend(alice, bob);
   await connected(alice);
@@ -251,4 +253,11 @@ export async function send(who, text) {
 /** The message with this text in the open conversation. */
 export function message(who, text) {
   return who.page.locator('#messages li', { hasText: text });
+}
+
+/** Logs out through the page's dialog, keeping this browser's history or (wipe) erasing it. */
+export async function logout(who, { wipe = false } = {}) {
+  await who.page.locator('#logout').click();
+  await who.page.locator('#logout-dialog button', { hasText: wipe ? 'erase' : /^Log out$/ }).click();
+  await who.page.locator('#welcome').waitFor({ state: 'visible', timeout: PATIENCE });
 }

@@ -36,8 +36,8 @@ git diff --exit-code -- docs/e2e-vectors.json
 
 suite() { node --test --test-concurrency=1 --test-timeout=600000 "$@"; }
 case $which in
-  embedded) suite tests/web/messenger.test.mjs ;;
+  embedded) suite tests/web/messenger.test.mjs tests/web/sessions.test.mjs ;;
   cluster) suite tests/web/cluster.test.mjs ;;
-  all) suite tests/web/messenger.test.mjs tests/web/cluster.test.mjs ;;
+  all) suite tests/web/messenger.test.mjs tests/web/sessions.test.mjs tests/web/cluster.test.mjs ;;
   *) echo "usage: $0 [embedded|cluster|all]" >&2; exit 2 ;;
 esac
