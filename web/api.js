@@ -2,6 +2,11 @@
 // can act on.
 
 export class ApiError extends Error {
+  /**
+   * @param {number} status
+   * @param {string} message
+   * @param {number | null} [retryAfter]
+   */
   constructor(status, message, retryAfter = null) {
     super(message);
     this.status = status;
@@ -9,7 +14,12 @@ export class ApiError extends Error {
   }
 }
 
-/** FastAPI's `{"detail": ...}`, a string or a list of validation errors. */
+/**
+ * FastAPI's `{"detail": ...}`, a string or a list of validation errors.
+ * @param {any} body
+ * @param {string} fallback
+ * @returns {string}
+ */
 function describe(body, fallback) {
   const detail = body && body.detail;
   if (typeof detail === 'string') return detail;
@@ -70,7 +80,10 @@ export class Api {
     return false;
   }
 
-  /** Takes the tokens kept in `storage`; false when there are none. */
+  /**
+   * Takes the tokens kept in `storage`; false when there are none.
+   * @param {Storage} storage
+   */
   adopt(storage) {
     let kept;
     try {
@@ -88,7 +101,10 @@ export class Api {
     return true;
   }
 
-  /** Keeps a login's or a refresh's answer, and schedules the next renewal. */
+  /**
+   * Keeps a login's or a refresh's answer, and schedules the next renewal.
+   * @param {{access_token: string, refresh_token?: string, expires_in?: number}} answer
+   */
   keep(answer) {
     this.token = answer.access_token;
     this.refreshToken = answer.refresh_token ?? null;
@@ -165,7 +181,10 @@ export class Api {
     return this.token ?? '';
   }
 
-  /** The session is over: forget it, say so once, and give the error to throw. */
+  /**
+   * The session is over: forget it, say so once, and give the error to throw.
+   * @param {string} message
+   */
   ended(message) {
     const had = this.token !== null;
     this.forget();
@@ -182,6 +201,8 @@ export class Api {
    * @param {string} method
    * @param {string} path
    * @param {{json?: unknown, form?: Record<string, string>, auth?: boolean}} [options]
+   * @param {boolean} [retried]
+   * @returns {Promise<any>}
    */
   async request(method, path, { json, form, auth = true } = {}, retried = false) {
     if (auth && this.refreshToken && this.due()) await this.renew();
@@ -227,10 +248,21 @@ export class Api {
     throw new ApiError(response.status, message, retryAfter);
   }
 
+  /**
+   * @param {string} username
+   * @param {string} email
+   * @param {string} password
+   * @param {string} publicKey
+   */
   register(username, email, password, publicKey) {
     return this.request('POST', '/users/', { json: { username, email, password, public_key: publicKey }, auth: false });
   }
-  /** Logs in; `persist` keeps the session in this browser (not only this tab). */
+  /**
+   * Logs in; `persist` keeps the session in this browser (not only this tab).
+   * @param {string} username
+   * @param {string} password
+   * @param {boolean} [persist]
+   */
   async login(username, password, persist = false) {
     const answer = await this.request('POST', '/token', { form: { username, password }, auth: false });
     this.persist = persist;
@@ -239,19 +271,33 @@ export class Api {
   logout() { return this.request('POST', '/logout'); }
   logoutEverywhere() { return this.request('POST', '/logout/all'); }
   me() { return this.request('GET', '/users/me'); }
+  /** @param {string} query */
   search(query) { return this.request('GET', `/users/search/${encodeURIComponent(query)}?limit=20`); }
   contacts() { return this.request('GET', '/me/contacts/?limit=1000'); }
   pending() { return this.request('GET', '/me/contacts/pending'); }
+  /** @param {number} id */
   addContact(id) { return this.request('POST', '/me/contacts/', { json: { friend_id: id } }); }
+  /** @param {number} id */
   accept(id) { return this.request('PUT', `/me/contacts/${id}`); }
+  /** @param {number} id */
   remove(id) { return this.request('DELETE', `/me/contacts/${id}`); }
   unread() { return this.request('GET', '/messages/?ack=manual'); }
+  /** @param {number[]} ids */
   ack(ids) { return this.request('POST', '/messages/ack', { json: { ids } }); }
+  /**
+   * @param {string} oldPassword
+   * @param {string} newPassword
+   */
   changePassword(oldPassword, newPassword) {
     return this.request('PUT', '/users/me/password', { json: { old_password: oldPassword, new_password: newPassword } });
   }
+  /**
+   * @param {string} publicKey
+   * @param {string} password
+   */
   publishKey(publicKey, password) {
     return this.request('PUT', '/users/me/public-key', { json: { public_key: publicKey, password } });
   }
+  /** @param {string} password */
   deleteAccount(password) { return this.request('DELETE', '/users/me', { json: { password } }); }
 }

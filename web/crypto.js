@@ -12,12 +12,14 @@ const LABEL = 'secchat-e2e-v1';
 
 export class CryptoError extends Error {}
 
+/** @param {ArrayBuffer | Uint8Array} bytes */
 export function toBase64(bytes) {
   let text = '';
   for (const b of new Uint8Array(bytes)) text += String.fromCharCode(b);
   return btoa(text);
 }
 
+/** @param {unknown} text */
 export function fromBase64(text) {
   if (typeof text !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(text) || text.length % 4 !== 0) {
     throw new CryptoError('not base64');
@@ -43,12 +45,18 @@ export async function generateIdentity() {
   return { privateKey: pair.privateKey, publicKey: await exportPublicKey(pair.publicKey) };
 }
 
-/** The text form of a public key: standard base64 of its 32 raw bytes. */
+/**
+ * The text form of a public key: standard base64 of its 32 raw bytes.
+ * @param {CryptoKey} key
+ */
 export async function exportPublicKey(key) {
   return toBase64(await subtle.exportKey('raw', key));
 }
 
-/** Whether `text` is a public key of this format. */
+/**
+ * Whether `text` is a public key of this format.
+ * @param {unknown} text
+ */
 export function isPublicKey(text) {
   try {
     return fromBase64(text).length === 32;
@@ -57,13 +65,17 @@ export function isPublicKey(text) {
   }
 }
 
+/** @param {string} text */
 async function importPublicKey(text) {
   const raw = fromBase64(text);
   if (raw.length !== 32) throw new CryptoError('a public key is 32 bytes');
   return subtle.importKey('raw', raw, { name: 'X25519' }, false, []);
 }
 
-/** `u16` big-endian length, then the UTF-8 bytes: fields that cannot run into each other. */
+/**
+ * `u16` big-endian length, then the UTF-8 bytes: fields that cannot run into each other.
+ * @param {...(string | Uint8Array)} fields
+ */
 function lengthPrefixed(...fields) {
   const parts = fields.map((f) => (typeof f === 'string' ? encoder.encode(f) : f));
   const out = new Uint8Array(parts.reduce((n, p) => n + 2 + p.length, 0));
@@ -78,7 +90,13 @@ function lengthPrefixed(...fields) {
   return out;
 }
 
-/** The AES-256-GCM key for messages from the owner of `senderKey` to the owner of `recipientKey`. */
+/**
+ * The AES-256-GCM key for messages from the owner of `senderKey` to the owner of `recipientKey`.
+ * @param {CryptoKey} ownPrivateKey
+ * @param {string} peerPublicKey
+ * @param {string} senderKey
+ * @param {string} recipientKey
+ */
 async function messageKey(ownPrivateKey, peerPublicKey, senderKey, recipientKey) {
   const shared = new Uint8Array(
     await subtle.deriveBits({ name: 'X25519', public: await importPublicKey(peerPublicKey) }, ownPrivateKey, 256),
@@ -96,6 +114,11 @@ async function messageKey(ownPrivateKey, peerPublicKey, senderKey, recipientKey)
   );
 }
 
+/**
+ * @param {string} sender
+ * @param {string} recipient
+ * @param {string} id
+ */
 function additionalData(sender, recipient, id) {
   return lengthPrefixed(LABEL, sender, recipient, id);
 }
@@ -125,7 +148,11 @@ export async function seal({ own, sender, recipient, recipientKey, id, text, iv 
   });
 }
 
-/** The envelope's fields, or a CryptoError when `content` is not one. */
+/**
+ * The envelope's fields, or a CryptoError when `content` is not one.
+ * @param {string} content
+ * @returns {{v: number, id: string, spk: string, rpk: string, iv: string, ct: string}}
+ */
 export function parseEnvelope(content) {
   let e;
   try {
@@ -146,6 +173,7 @@ export function parseEnvelope(content) {
  * `own`). Returns `{id, text, senderKey}`; the caller checks `senderKey`
  * against the key it trusts for `sender`. Anything altered, replayed to
  * someone else or under another name fails with a CryptoError.
+ * @param {{own: {privateKey: CryptoKey, publicKey: string}, sender: string, recipient: string, content: string}} message
  */
 export async function open({ own, sender, recipient, content }) {
   const e = parseEnvelope(content);
@@ -168,9 +196,12 @@ export async function open({ own, sender, recipient, content }) {
   return { id: e.id, text: decoder.decode(plain), senderKey: e.spk };
 }
 
-/** A short fingerprint of a public key for people to compare: SHA-256, first 10 bytes, in groups. */
+/**
+ * A short fingerprint of a public key for people to compare: SHA-256, first 10 bytes, in groups.
+ * @param {string} publicKey
+ */
 export async function fingerprint(publicKey) {
   const digest = new Uint8Array(await subtle.digest('SHA-256', fromBase64(publicKey)));
   const hex = [...digest.slice(0, 10)].map((b) => b.toString(16).padStart(2, '0')).join('');
-  return hex.match(/.{4}/g).join(' ');
+  return (hex.match(/.{4}/g) ?? []).join(' ');
 }

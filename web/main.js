@@ -7,21 +7,46 @@ import * as e2e from './crypto.js';
 import { openDb } from './db.js';
 import { Relay } from './relay.js';
 
+/**
+ * @typedef {import('./db.js').Message} Message
+ * @typedef {import('./db.js').Identity} Identity
+ * @typedef {{id: number, username: string, public_key: string, is_online: boolean, last_seen?: string | null,
+ *   user_id?: number, created_at?: string, mutual?: boolean}} Contact
+ * @typedef {{id: number, username: string, email?: string, public_key: string, is_online?: boolean}} Me
+ * @typedef {{id: number, username: string, is_online: boolean}} Found
+ * @typedef {{
+ *   me: Me, identity: Identity | undefined, contacts: Map<string, Contact>, flagged: Set<string>,
+ *   found: Found[] | null, unread: Map<string, number>, current: string | null, relay: Relay | null,
+ *   refresh: ReturnType<typeof setInterval> | undefined, acks: number[],
+ *   last: Map<string, {at: number, dir: string, text: string}>, keyReplaced: boolean,
+ * }} Session
+ */
+
 /** The page's element with this id (index.html has every id named here). */
-const $ = (id) => document.getElementById(id);
+const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
 /** The form field with this id. */
-const field = (id) => /** @type {HTMLInputElement | HTMLTextAreaElement | HTMLButtonElement} */ ($(id));
+const field = (/** @type {string} */ id) => /** @type {HTMLInputElement | HTMLTextAreaElement | HTMLButtonElement} */ ($(id));
 /** A form's fields by name, as text. */
-const fields = (form) => Object.fromEntries([...new FormData(form)].map(([name, value]) => [name, String(value)]));
+const fields = (/** @type {HTMLFormElement} */ form) => Object.fromEntries([...new FormData(form)].map(([name, value]) => [name, String(value)]));
 /** How often the contact list and requests are read again (presence notices keep it current between). */
 const REFRESH_MS = 20_000;
 
 const api = new Api();
+/** @type {import('./db.js').Db} */
 let db;
 
 /** The signed-in session; replaced whole on login and logout. */
-let session = null;
+// Null between sessions. Typed as always present: every handler that reads
+// it runs inside a session (the screens that trigger them exist only then),
+// and the asynchronous ones compare it with the session they started in.
+/** @type {Session} */
+let session = /** @type {any} */ (null);
 
+/**
+ * @param {Me} me
+ * @param {Identity | undefined} identity
+ * @returns {Session}
+ */
 function newSession(me, identity) {
   return {
     me, // the user object from /users/me
@@ -32,7 +57,7 @@ function newSession(me, identity) {
     unread: new Map(), // username -> count not yet seen
     current: null, // the open conversation's username
     relay: null,
-    refresh: null,
+    refresh: undefined,
     acks: [], // received message ids not acknowledged yet (sent in batches)
     last: new Map(), // username -> {at, dir, text} of the conversation's last message
     keyReplaced: false, // another browser published a new key: this one stopped
@@ -41,6 +66,12 @@ function newSession(me, identity) {
 
 // ---- small DOM helpers; text goes in as text, never as markup
 
+/**
+ * @param {string} tag
+ * @param {Record<string, any>} [props]
+ * @param {...any} children
+ * @returns {HTMLElement}
+ */
 function h(tag, props = {}, ...children) {
   const el = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
@@ -55,7 +86,12 @@ function h(tag, props = {}, ...children) {
   return el;
 }
 
+/** @type {ReturnType<typeof setTimeout> | undefined} */
 let noticeTimer;
+/**
+ * @param {string} message
+ * @param {string} [kind]
+ */
 function notify(message, kind = 'error') {
   const notice = $('notice');
   notice.textContent = message;
@@ -65,6 +101,7 @@ function notify(message, kind = 'error') {
   noticeTimer = setTimeout(() => { notice.hidden = true; }, 10_000);
 }
 
+/** @param {string} screen */
 function show(screen) {
   for (const id of ['welcome', 'no-key', 'chat', 'account']) $(id).hidden = id !== screen;
   const signedIn = screen !== 'welcome';
@@ -73,7 +110,11 @@ function show(screen) {
   $('whoami').textContent = signedIn && session ? session.me.username : '';
 }
 
-/** An event handler that reports its failure instead of throwing it away, and keeps its button disabled while it runs. */
+/**
+ * An event handler that reports its failure instead of throwing it away, and keeps its button disabled while it runs.
+ * @param {(event: any) => Promise<unknown> | unknown} fn
+ * @returns {(event?: any) => Promise<void>}
+ */
 function action(fn) {
   return async (event) => {
     event?.preventDefault();
@@ -89,6 +130,7 @@ function action(fn) {
   };
 }
 
+/** @param {any} err */
 function report(err) {
   if (err instanceof ApiError || err instanceof e2e.CryptoError) notify(err.message);
   else {
@@ -97,6 +139,7 @@ function report(err) {
   }
 }
 
+/** @param {number} ms */
 function when(ms) {
   const d = new Date(ms);
   const sameDay = d.toDateString() === new Date().toDateString();
@@ -105,17 +148,27 @@ function when(ms) {
 
 // ---- signing in and out
 
+/** @param {SubmitEvent & {currentTarget: HTMLFormElement}} event */
 async function register(event) {
   const form = event.currentTarget;
   const { username, email, password, persist } = fields(form);
   const identity = await e2e.generateIdentity();
-  const user = await api.register(username.trim(), email.trim(), password, identity.publicKey);
+  let user;
+  try {
+    user = await api.register(username.trim(), email.trim(), password, identity.publicKey);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 400) {
+      throw new ApiError(400, `The name "${username.trim()}" or that email is taken. Names that look alike count as the same name (aIice with a capital I is alice; paypaI is paypal): choose a name that reads differently.`);
+    }
+    throw err;
+  }
   await db.saveIdentity({ username: user.username, ...identity });
   await api.login(user.username, password, persist === 'on');
   form.reset();
   await enter();
 }
 
+/** @param {SubmitEvent & {currentTarget: HTMLFormElement}} event */
 async function login(event) {
   const form = event.currentTarget;
   const { username, password, persist } = fields(form);
@@ -141,7 +194,10 @@ async function enter() {
   await openChat();
 }
 
-/** A new key for this browser, published with the password that confirms it. */
+/**
+ * A new key for this browser, published with the password that confirms it.
+ * @param {SubmitEvent & {currentTarget: HTMLFormElement}} event
+ */
 async function makeKey(event) {
   const form = event.currentTarget;
   const { password } = fields(form);
@@ -159,12 +215,16 @@ async function makeKey(event) {
   session.me = me;
 }
 
-/** Stops the session's connection and its periodic refresh. */
+/**
+ * Stops the session's connection and its periodic refresh.
+ * @param {Session} current
+ */
 function pause(current) {
   current.relay?.stop();
   clearInterval(current.refresh);
 }
 
+/** @param {Session} current */
 function resume(current) {
   current.relay?.start();
   current.refresh = setInterval(() => {
@@ -177,6 +237,7 @@ function resume(current) {
  * Another browser of this account published a new key: messages are now
  * sealed to that one, and this browser's key must not write any more. Says
  * so, and stops (the no-key screen offers a new key here, or logging out).
+ * @param {Session} current
  */
 async function checkOwnKey(current) {
   const me = await api.me();
@@ -192,6 +253,7 @@ async function checkOwnKey(current) {
  * Runs `revoke`, a request that ends this session's token, with the session
  * quiet: no refresh or reconnect of its own can reach the server after the
  * revocation and be refused. If `revoke` fails the session carries on.
+ * @param {() => Promise<unknown>} revoke
  */
 async function ending(revoke) {
   const current = session;
@@ -205,9 +267,10 @@ async function ending(revoke) {
   }
 }
 
+/** @param {string} [message] */
 async function leave(message) {
   if (session) pause(session);
-  session = null;
+  session = /** @type {any} */ (null);
   api.forget();
   $('chat').classList.remove('in-thread');
   for (const list of ['contacts', 'requests', 'search-results', 'messages']) $(list).replaceChildren();
@@ -224,6 +287,7 @@ function logout() {
   dialog.showModal();
 }
 
+/** @param {string} choice */
 async function logoutAs(choice) {
   if (choice !== 'keep' && choice !== 'wipe') return;
   const owner = session?.me.username;
@@ -258,12 +322,17 @@ async function openChat() {
   resume(session);
 }
 
+/** @param {boolean} up */
 function setConnection(up) {
   const el = $('connection');
   el.className = up ? 'connection online' : 'connection offline';
   el.textContent = up ? 'connected' : 'connecting…';
 }
 
+/**
+ * @param {Session} current
+ * @param {boolean} up
+ */
 async function onConnection(current, up) {
   if (session !== current) return;
   setConnection(up);
@@ -281,7 +350,7 @@ async function refreshContacts() {
   const current = session;
   const [contacts, pending] = await Promise.all([api.contacts(), api.pending()]);
   if (session !== current) return;
-  current.contacts = new Map(contacts.map((c) => [c.username, c]));
+  current.contacts = new Map(contacts.map((/** @type {Contact} */ c) => [c.username, c]));
   for (const c of contacts) await checkKey(c.username, c.public_key);
   await loadLastMessages(current);
   renderContacts();
@@ -293,6 +362,8 @@ async function refreshContacts() {
 /**
  * Trust on first use: the first key seen for a contact is trusted; a later
  * different one flags the contact until the person confirms it.
+ * @param {string} username
+ * @param {string} publicKey
  */
 async function checkKey(username, publicKey) {
   const owner = session.me.username;
@@ -322,6 +393,10 @@ async function fetchUnread() {
   if (kept.length) await api.ack(kept);
 }
 
+/**
+ * @param {Session} current
+ * @param {any} frame
+ */
 async function onFrame(current, frame) {
   if (session !== current) return;
   const owner = current.me.username;
@@ -378,24 +453,36 @@ async function onFrame(current, frame) {
   }
 }
 
-/** Acknowledges received messages a batch at a time: one frame for a burst of them. */
+/**
+ * Acknowledges received messages a batch at a time: one frame for a burst of them.
+ * @param {Session} current
+ * @param {number} id
+ */
 function acknowledge(current, id) {
   current.acks.push(id);
   if (current.acks.length === 1) {
     setTimeout(() => {
       const ids = current.acks.splice(0);
-      if (ids.length && session === current) current.relay.send({ type: 'ack', ids });
+      if (ids.length && session === current) current.relay?.send({ type: 'ack', ids });
     }, 150);
   }
 }
 
-/** Sends again, in order, what has not been taken by the server yet. */
+/**
+ * Sends again, in order, what has not been taken by the server yet.
+ * @param {Session} current
+ */
 async function resend(current) {
   const waiting = await db.withStatus(current.me.username, 'sending');
   waiting.sort((a, b) => a.at - b.at);
   for (const m of waiting) transmit(m);
 }
 
+/**
+ * @param {Session} current
+ * @param {string} username
+ * @param {boolean} online
+ */
 function onPresence(current, username, online) {
   if (session !== current) return;
   const contact = current.contacts.get(username);
@@ -415,15 +502,21 @@ function onPresence(current, username, online) {
  */
 const CONTROL = '\u0000';
 
+/** @param {string} text */
 function plaintextOf(text) {
   return text.startsWith(CONTROL) ? control({ t: 'text', text }) : text;
 }
 
+/** @param {object} payload */
 function control(payload) {
   return CONTROL + JSON.stringify(payload);
 }
 
-/** A control payload, or null for plain text. */
+/**
+ * A control payload, or null for plain text.
+ * @param {string} text
+ * @returns {{t: string, [field: string]: any} | null}
+ */
 function parseControl(text) {
   if (!text.startsWith(CONTROL)) return null;
   try {
@@ -434,14 +527,18 @@ function parseControl(text) {
   }
 }
 
-/** Decrypts and keeps one incoming message (once, whatever path brought it). */
+/**
+ * Decrypts and keeps one incoming message (once, whatever path brought it).
+ * @param {{id: number, sender_username: string, content: string, timestamp: string}} frame
+ */
 async function receive({ id: serverId, sender_username: sender, content, timestamp }) {
   const current = session;
   const owner = current.me.username;
   const at = Date.parse(timestamp) || Date.now();
+  /** @type {Message} */
   let entry;
   try {
-    const opened = await e2e.open({ own: current.identity, sender, recipient: owner, content });
+    const opened = await e2e.open({ own: keyOf(current), sender, recipient: owner, content });
     const payload = parseControl(opened.text);
     if (payload?.t === 'read') {
       await markRead(current, sender, payload.ids);
@@ -471,7 +568,11 @@ async function receive({ id: serverId, sender_username: sender, content, timesta
   if (document.visibilityState === 'hidden') desktopNotice(sender, entry.text);
 }
 
-/** A desktop notification for a message to a page in the background, if the person allowed them. */
+/**
+ * A desktop notification for a message to a page in the background, if the person allowed them.
+ * @param {string} sender
+ * @param {string} text
+ */
 function desktopNotice(sender, text) {
   if (!('Notification' in window) || Notification.permission !== 'granted') return;
   const notice = new Notification(`secchat: ${sender}`, { body: text.slice(0, 120), tag: `secchat-${sender}` });
@@ -479,21 +580,28 @@ function desktopNotice(sender, text) {
 }
 
 /** Who is typing, until when (ms). */
+/** @type {Map<string, number>} */
 const typing = new Map();
 const TYPING_SHOWN_MS = 5_000;
 /** A typing notice goes at most this often to one person. */
 const TYPING_EVERY_MS = 3_000;
+/** @type {Map<string, number>} */
 const typingSent = new Map();
 
+/** @param {string} peer */
 function typingUntil(peer) {
   return (typing.get(peer) ?? 0) > Date.now();
 }
 
-/** An ephemeral frame: a typing notice (sealed like a message; anything else is ignored). */
+/**
+ * An ephemeral frame: a typing notice (sealed like a message; anything else is ignored).
+ * @param {Session} current
+ * @param {{sender_username: string, content: string}} frame
+ */
 async function receiveEphemeral(current, frame) {
   let opened;
   try {
-    opened = await e2e.open({ own: current.identity, sender: frame.sender_username, recipient: current.me.username, content: frame.content });
+    opened = await e2e.open({ own: keyOf(current), sender: frame.sender_username, recipient: current.me.username, content: frame.content });
   } catch {
     return;
   }
@@ -509,22 +617,42 @@ async function sendTyping() {
   const current = session;
   const peer = current?.current;
   const contact = peer ? current.contacts.get(peer) : null;
-  if (!contact || contact.mutual === false || field('compose-text').value === '') return;
+  if (!peer || !contact || contact.mutual === false || field('compose-text').value === '') return;
   if (Date.now() - (typingSent.get(peer) ?? 0) < TYPING_EVERY_MS) return;
   typingSent.set(peer, Date.now());
   const content = await sealControl(current, peer, { t: 'typing' });
   if (content) current.relay?.send({ recipient_username: peer, content, ephemeral: true });
 }
 
-/** A control payload sealed to `peer`'s trusted key; null when there is none to trust. */
+/**
+ * This browser's key pair for the session: there is none on the no-key
+ * screen, where nothing is sealed or opened.
+ * @param {Session} current
+ */
+function keyOf(current) {
+  if (!current.identity) throw new e2e.CryptoError('this browser holds no key for this account');
+  return current.identity;
+}
+
+/**
+ * A control payload sealed to `peer`'s trusted key; null when there is none to trust.
+ * @param {Session} current
+ * @param {string} peer
+ * @param {object} payload
+ */
 async function sealControl(current, peer, payload) {
   const owner = current.me.username;
   const pin = await db.pin(owner, peer);
   if (!pin || current.flagged.has(peer)) return null;
-  return e2e.seal({ own: current.identity, sender: owner, recipient: peer, recipientKey: pin.publicKey, id: e2e.newMessageId(), text: control(payload) });
+  return e2e.seal({ own: keyOf(current), sender: owner, recipient: peer, recipientKey: pin.publicKey, id: e2e.newMessageId(), text: control(payload) });
 }
 
-/** Messages of ours that `peer` says it has read. */
+/**
+ * Messages of ours that `peer` says it has read.
+ * @param {Session} current
+ * @param {string} peer
+ * @param {unknown} ids
+ */
 async function markRead(current, peer, ids) {
   if (!Array.isArray(ids)) return;
   const owner = current.me.username;
@@ -536,10 +664,15 @@ async function markRead(current, peer, ids) {
 }
 
 /** Incoming messages seen on screen and not yet said to be read, by sender. */
+/** @type {Map<string, string[]>} */
 const toSayRead = new Map();
+/** @type {ReturnType<typeof setTimeout> | null} */
 let readTimer = null;
 
-/** Notes that message `m` was seen (visible page, open conversation, scrolled into view). */
+/**
+ * Notes that message `m` was seen (visible page, open conversation, scrolled into view).
+ * @param {Message} m
+ */
 function seenOnScreen(m) {
   if (m.dir !== 'in' || m.readSent || m.broken) return;
   m.readSent = true;
@@ -549,7 +682,10 @@ function seenOnScreen(m) {
   readTimer ??= setTimeout(() => { readTimer = null; sayRead(session).catch(report); }, 1_000);
 }
 
-/** Sends the read receipts collected: one sealed message per conversation, stored if the peer is away. */
+/**
+ * Sends the read receipts collected: one sealed message per conversation, stored if the peer is away.
+ * @param {Session} current
+ */
 async function sayRead(current) {
   if (!current) return;
   const batches = [...toSayRead.entries()];
@@ -576,11 +712,13 @@ const readObserver = new IntersectionObserver((entries) => {
 }, { threshold: 0.6 });
 
 /** The messages on screen, by id, for the observer. */
+/** @type {Map<string, Message>} */
 const shownMessages = new Map();
 
 /** The longest message, in UTF-8 bytes: its envelope stays well under the server's 64 KiB frame. */
 const MAX_TEXT_BYTES = 16_000;
 /** Sends in the order written, one after another: sealing takes a moment each. */
+/** @type {Promise<void>} */
 let sending = Promise.resolve();
 
 /**
@@ -611,6 +749,12 @@ function send() {
   });
 }
 
+/**
+ * @param {Session} current
+ * @param {string} peer
+ * @param {string} text
+ * @param {number} at
+ */
 async function seal(current, peer, text, at) {
   if (session !== current) return;
   const contact = current.contacts.get(peer);
@@ -621,7 +765,8 @@ async function seal(current, peer, text, at) {
   const pin = await db.pin(owner, peer);
   if (!pin) throw new e2e.CryptoError(`${peer} has no key this messenger can encrypt to.`);
   const id = e2e.newMessageId();
-  const content = await e2e.seal({ own: current.identity, sender: owner, recipient: peer, recipientKey: pin.publicKey, id, text: plaintextOf(text) });
+  const content = await e2e.seal({ own: keyOf(current), sender: owner, recipient: peer, recipientKey: pin.publicKey, id, text: plaintextOf(text) });
+  /** @type {Message} */
   const message = { owner, id, peer, dir: 'out', text, at, status: 'sending', content, serverId: null };
   await db.addMessage(message);
   if (session !== current) return;
@@ -632,6 +777,7 @@ async function seal(current, peer, text, at) {
 }
 
 const utf8 = new TextEncoder();
+/** @param {string} text */
 function utf8Length(text) { return utf8.encode(text).length; }
 
 /** Near the limit, the box says how much is left; over it, Send waits. */
@@ -643,6 +789,7 @@ function updateCounter() {
   counter.classList.toggle('over', used > MAX_TEXT_BYTES);
 }
 
+/** @param {Message} m */
 function transmit(m) {
   // Not connected now: sent when the connection is back (onConnection).
   session.relay?.send({ recipient_username: m.peer, content: m.content, client_id: m.id });
@@ -657,7 +804,7 @@ function transmit(m) {
  */
 function renderContacts() {
   const list = $('contacts');
-  const activity = (c) => session.last.get(c.username)?.at ?? (Date.parse(c.created_at ?? '') || 0);
+  const activity = (/** @type {Contact} */ c) => session.last.get(c.username)?.at ?? (Date.parse(c.created_at ?? '') || 0);
   const contacts = [...session.contacts.values()]
     .sort((a, b) => activity(b) - activity(a) || a.username.localeCompare(b.username));
   list.replaceChildren(...contacts.map((c) => {
@@ -669,13 +816,12 @@ function renderContacts() {
       h('button', {
         type: 'button',
         class: 'contact',
-        'aria-label': `${c.username}, ${status}${unread ? `, ${unread} unread` : ''}`,
         'aria-current': c.username === session.current ? 'true' : 'false',
         on: { click: () => openThread(c.username).catch(report) },
       },
       h('span', { class: waiting ? 'dot waiting' : c.is_online ? 'dot online' : 'dot', title: status }),
       h('span', { class: 'who' },
-        h('span', { class: 'name' }, c.username),
+        h('span', { class: 'name' }, c.username, h('span', { class: 'sr-only' }, `, ${status}${unread ? `, ${unread} unread` : ''}`)),
         waiting
           ? h('span', { class: 'preview pending' }, 'request sent · waiting for them to accept')
           : last ? h('span', { class: 'preview' }, `${last.dir === 'out' ? 'You: ' : ''}${last.text}`) : null),
@@ -687,7 +833,10 @@ function renderContacts() {
   document.title = total ? `(${total}) secchat` : 'secchat';
 }
 
-/** The last message of each conversation, for the contact list's previews and order. */
+/**
+ * The last message of each conversation, for the contact list's previews and order.
+ * @param {Session} current
+ */
 async function loadLastMessages(current) {
   const owner = current.me.username;
   for (const username of current.contacts.keys()) {
@@ -697,17 +846,22 @@ async function loadLastMessages(current) {
   }
 }
 
+/**
+ * @param {Session} current
+ * @param {Message} m
+ */
 function noteLast(current, m) {
   const known = current.last.get(m.peer);
   if (!known || known.at <= m.at) current.last.set(m.peer, { at: m.at, dir: m.dir, text: m.text.slice(0, 80) });
 }
 
+/** @param {{user_id: number, username: string}[]} pending */
 function renderRequests(pending) {
   const badge = $('requests-badge');
   badge.hidden = pending.length === 0;
   badge.textContent = String(pending.length);
   badge.setAttribute('aria-label', `${pending.length} waiting`);
-  $('requests').replaceChildren(...pending.map((r) => h('li', { dataset: { username: r.username } },
+  $('requests').replaceChildren(...pending.map((/** @type {{user_id: number, username: string}} */ r) => h('li', { dataset: { username: r.username } },
     h('span', { class: 'name' }, r.username),
     h('button', { type: 'button', on: { click: action(async () => { await api.accept(r.user_id); await refreshContacts(); }) } }, 'Accept'),
     h('button', { type: 'button', class: 'secondary', on: { click: action(async () => { await api.remove(r.user_id); await refreshContacts(); }) } }, 'Reject'))));
@@ -742,7 +896,7 @@ function renderSearch() {
     return;
   }
   // A contact's presence is kept current; a stranger's is as the search found it.
-  const online = (u) => session.contacts.get(u.username)?.is_online ?? u.is_online;
+  const online = (/** @type {Found} */ u) => session.contacts.get(u.username)?.is_online ?? u.is_online;
   list.replaceChildren(...found.map((u) => h('li', { dataset: { username: u.username } },
     h('span', { class: online(u) ? 'dot online' : 'dot', title: online(u) ? 'online' : 'offline' }),
     h('span', { class: 'name' }, u.username),
@@ -755,6 +909,7 @@ function renderSearch() {
       }) } }, 'Add'))));
 }
 
+/** @param {string} username */
 async function openThread(username) {
   session.current = username;
   session.unread.delete(username);
@@ -776,6 +931,7 @@ async function openThread(username) {
 
 async function renderThreadHead() {
   const peer = session.current;
+  if (!peer) return;
   const contact = session.contacts.get(peer);
   $('peer-name').textContent = peer;
   const waiting = contact?.mutual === false;
@@ -802,6 +958,7 @@ async function renderThreadHead() {
 
 async function confirmKey() {
   const peer = session.current;
+  if (!peer) return;
   const contact = session.contacts.get(peer);
   if (!contact || !e2e.isPublicKey(contact.public_key)) return;
   await db.savePin(session.me.username, peer, contact.public_key);
@@ -810,39 +967,51 @@ async function confirmKey() {
   await renderThreadHead();
 }
 
+/** @type {Record<string, string>} */
 const STATUS_TEXT = { sending: 'sending…', sent: 'sent ✓', delivered: 'delivered ✓✓', read: 'read ✓✓' };
 
 /**
  * What to warn of on a message: a key not confirmed (as it was received), or
  * a sender who is not a contact now (earlier versions kept that as text).
+ * @param {Message} m
  */
 function caution(m) {
   if (m.caution && !m.caution.endsWith('is not among your contacts')) return m.caution;
   return m.dir === 'in' && !session.contacts.has(m.peer) ? `${m.peer} is not among your contacts` : null;
 }
 
+/** @param {Message} m */
 function messageView(m) {
   return h('li', { class: [m.dir, m.broken ? 'broken' : ''].join(' ').trim(), dataset: { id: m.id } },
     caution(m) ? h('span', { class: 'caution' }, `⚠ ${caution(m)}`) : null,
     h('span', { class: 'text' }, m.text),
-    h('span', { class: 'meta' }, when(m.at), m.dir === 'out' ? h('span', { class: 'receipt' }, ` · ${STATUS_TEXT[m.status] ?? m.status}`) : null));
+    h('span', { class: 'meta' }, when(m.at), m.dir === 'out' ? h('span', { class: 'receipt' }, ` · ${STATUS_TEXT[m.status ?? ''] ?? m.status}`) : null));
 }
 
 /**
  * A conversation's order: the server's message ids, which both sides see
  * alike whatever their clocks; what has no id yet (still being sent) last,
  * in the order it was written.
+ * @param {Message} m
+ * @returns {[number, number]}
  */
 function orderKey(m) {
   return [m.serverId ?? Number.MAX_SAFE_INTEGER, m.at];
 }
 
+/**
+ * @param {Message} a
+ * @param {Message} b
+ */
 function inOrder(a, b) {
   const [x, y] = [orderKey(a), orderKey(b)];
   return x[0] - y[0] || x[1] - y[1];
 }
 
-/** Puts a message's view where its order says: mostly at the end. */
+/**
+ * Puts a message's view where its order says: mostly at the end.
+ * @param {Message} m
+ */
 function placeMessage(m) {
   const list = $('messages');
   const view = messageView(m);
@@ -870,6 +1039,7 @@ function atBottom() {
  * Shows a new message: the view follows it when it was at the end already
  * (or the message is one's own); otherwise the "new messages" button says
  * there is more below, and the place one was reading stays put.
+ * @param {Message} m
  */
 function appendMessage(m) {
   const following = m.dir === 'out' || atBottom();
@@ -878,6 +1048,7 @@ function appendMessage(m) {
   else $('new-messages').hidden = false;
 }
 
+/** @param {Message} m */
 function showStatus(m) {
   if (session?.current !== m.peer) return;
   const el = [...$('messages').children].find((li) => li instanceof HTMLElement && li.dataset.id === m.id);
@@ -893,7 +1064,7 @@ function scrollDown() {
 }
 
 async function removeContact() {
-  const contact = session.contacts.get(session.current);
+  const contact = session.contacts.get(session.current ?? '');
   if (!contact) return;
   const sure = window.confirm(`Remove ${contact.username} from your contacts? You will no longer see each other online or write to each other until one of you asks again.`);
   if (!sure) return;
@@ -913,6 +1084,7 @@ async function openAccount() {
   $('own-fingerprint').textContent = session.identity ? await e2e.fingerprint(session.identity.publicKey) : 'none in this browser';
 }
 
+/** @param {SubmitEvent & {currentTarget: HTMLFormElement}} event */
 async function changePassword(event) {
   const form = event.currentTarget;
   const { old, new: fresh } = fields(form);
@@ -926,6 +1098,7 @@ async function changePassword(event) {
   notify('Password changed. Your other devices were logged out.', 'info');
 }
 
+/** @param {SubmitEvent & {currentTarget: HTMLFormElement}} event */
 async function deleteAccount(event) {
   const form = event.currentTarget;
   const { password } = fields(form);

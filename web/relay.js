@@ -19,6 +19,8 @@ export class Relay {
   /**
    * `token()` gives (a promise of) a current token; `on` holds handlers: frame(frame),
    * presence(username, online), state(connected), refused(reason).
+   * @param {() => Promise<string>} token
+   * @param {{frame: (frame: any) => void, presence: (username: string, online: boolean) => void, state: (up: boolean) => void, refused: (reason: string) => void}} on
    */
   constructor(token, on) {
     this.token = token;
@@ -27,7 +29,8 @@ export class Relay {
     this.ready = false;
     this.stopped = false;
     this.attempt = 0;
-    this.timer = null;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.timer = undefined;
     /** Frames waiting for the pace, in order. @type {string[]} */
     this.queue = [];
     this.tokens = FRAME_BURST;
@@ -73,6 +76,10 @@ export class Relay {
     socket.onerror = () => {};
   }
 
+  /**
+   * @param {WebSocket} socket
+   * @param {unknown} data
+   */
   received(socket, data) {
     if (socket !== this.socket || typeof data !== 'string') return;
     const presence = PRESENCE.exec(data);
@@ -96,6 +103,10 @@ export class Relay {
     if (frame && typeof frame === 'object') this.on.frame(frame);
   }
 
+  /**
+   * @param {WebSocket} socket
+   * @param {{code: number, reason?: string}} event
+   */
   closed(socket, event) {
     if (socket !== this.socket) return;
     this.socket = null;
@@ -137,7 +148,10 @@ export class Relay {
     this.connect();
   }
 
-  /** Gives the open connection a renewed token, before its own expires. */
+  /**
+   * Gives the open connection a renewed token, before its own expires.
+   * @param {string} token
+   */
   renew(token) {
     if (this.ready && this.socket) this.socket.send(JSON.stringify({ type: 'auth', token }));
   }
@@ -146,6 +160,7 @@ export class Relay {
    * Sends a frame if the connection is up, paced to FRAMES_PER_SECOND after
    * a burst, in order; false when it is down (the caller sends again on
    * `state(true)`).
+   * @param {object} frame
    */
   send(frame) {
     if (!this.ready || !this.socket) return false;

@@ -261,3 +261,18 @@ export async function logout(who, { wipe = false } = {}) {
   await who.page.locator('#logout-dialog button', { hasText: wipe ? 'erase' : /^Log out$/ }).click();
   await who.page.locator('#welcome').waitFor({ state: 'visible', timeout: PATIENCE });
 }
+
+/**
+ * Accessibility problems axe-core (from npm, injected into the page) finds on
+ * what the page shows now, as "rule: where" lines; none is the bar.
+ */
+export async function accessibilityViolations(who) {
+  // Evaluated over the DevTools protocol: the page's CSP rightly refuses an injected script tag.
+  await who.page.evaluate(readFileSync(path.join(ROOT, 'tests/web/node_modules/axe-core/axe.min.js'), 'utf8'));
+  const violations = await who.page.evaluate(async () => {
+    const axe = /** @type {any} */ (window).axe;
+    const result = await axe.run(document, { resultTypes: ['violations'] });
+    return result.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
+  });
+  return violations;
+}

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import {
-  PATIENCE, acquainted, logout, assertNoConsoleErrors, befriend, browser, connected, embeddedServer, login, message, waitFor,
+  PATIENCE, accessibilityViolations, acquainted, logout, assertNoConsoleErrors, befriend, browser, connected, embeddedServer, login, message, waitFor,
   openConversation, person, register, screenshot, send, unique,
 } from './harness.mjs';
 
@@ -422,6 +422,14 @@ test('typing shows, is never stored, and is paced; read receipts come when a mes
 
   // Seen at once (open and visible): alice's message says read.
   await message(alice, 'hello there, bob').locator('.receipt', { hasText: 'read' }).waitFor({ timeout: PATIENCE });
+  await send(bob, 'hi alice! noon at the usual place?');
+  await message(alice, 'hi alice! noon at the usual place?').waitFor({ timeout: PATIENCE });
+  await bob.page.waitForTimeout(3_000); // his last notice (while writing that) was under 3 s ago
+  await bob.page.locator('#compose-text').pressSequentially('yes, and bring', { delay: 40 });
+  await alice.page.locator('#peer-status', { hasText: 'typing' }).waitFor({ timeout: PATIENCE });
+  await alice.page.setViewportSize({ width: 1280, height: 720 });
+  await screenshot(alice, 'typing-and-read');
+  await bob.page.locator('#compose-text').fill('');
 
   // Bob's tab in the background: a notification, the count in the title, and no read receipt yet.
   await bob.context.grantPermissions(['notifications']);
@@ -494,4 +502,59 @@ test('a key replaced from another browser: this one says so and stops writing un
   assert.ok(!alice.wire.slice(sentBefore).some((w) => w.includes('"recipient_username"')), 'nothing sent under the old key');
   assertNoConsoleErrors([alice, bob, elsewhere]);
   for (const who of [alice, bob, elsewhere]) await who.context.close();
+});
+
+test('lookalike names and weak passwords are refused with a clear message', async () => {
+  const suffix = unique('');
+  const first = await person(chromium, server.url, 'first');
+  await register(first, `alice${suffix}`);
+  const third = await person(chromium, server.url, 'third');
+  await register(third, `paypaI${suffix}`);
+  const second = await person(chromium, server.url, 'second');
+  const form = second.page.locator('#register-form');
+  const attempt = async (username, password) => {
+    await form.locator('[name=username]').fill(username);
+    await form.locator('[name=email]').fill(`${username.toLowerCase()}-2@example.com`);
+    await form.locator('[name=password]').fill(password);
+    await form.locator('button[type=submit]').click();
+  };
+  for (const lookalike of [`aIice${suffix}`, `paypal${suffix}`]) {
+    await attempt(lookalike, 'correct horse battery');
+    await second.page.locator('#notice', { hasText: 'look alike' }).waitFor({ timeout: PATIENCE });
+    await second.page.locator('#notice', { hasText: lookalike }).waitFor({ timeout: PATIENCE });
+  }
+  await attempt(`carol${suffix}`, '12345678');
+  await second.page.locator('#notice', { hasText: 'most commonly used passwords' }).waitFor({ timeout: PATIENCE });
+  assert.ok(await second.page.locator('#welcome').isVisible());
+  assertNoConsoleErrors([first, second, third], /400|422|Bad Request|Unprocessable/);
+  for (const who of [first, second, third]) await who.context.close();
+});
+
+test('axe-core finds no accessibility violation on any screen, at desktop and phone widths', async () => {
+  const [alice, bob] = await acquainted(chromium, server.url);
+  const found = [];
+  const check = async (who, screen) => {
+    for (const v of await accessibilityViolations(who)) found.push(`${screen}: ${v}`);
+  };
+  const stranger = await person(chromium, server.url, 'stranger');
+  await check(stranger, 'welcome');
+  await openConversation(alice, bob.name);
+  await send(alice, 'checking how this reads');
+  await message(alice, 'checking how this reads').locator('.receipt', { hasText: /delivered|read/ }).waitFor({ timeout: PATIENCE });
+  await alice.page.locator('#search').fill(bob.name);
+  await alice.page.locator('#search-form button').click();
+  await alice.page.locator(`#search-results li[data-username="${bob.name}"]`).waitFor({ timeout: PATIENCE });
+  await check(alice, 'chat');
+  await bob.page.setViewportSize({ width: 390, height: 844 });
+  await openConversation(bob, alice.name);
+  await check(bob, 'chat at phone width');
+  await alice.page.locator('#open-account').click();
+  await alice.page.locator('#account').waitFor({ state: 'visible', timeout: PATIENCE });
+  await check(alice, 'account');
+  await alice.page.locator('#account-back').click();
+  await alice.page.locator('#logout').click();
+  await alice.page.locator('#logout-dialog').waitFor({ state: 'visible', timeout: PATIENCE });
+  await check(alice, 'logout dialog');
+  assert.deepEqual(found, []);
+  for (const who of [alice, bob, stranger]) await who.context.close();
 });

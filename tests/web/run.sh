@@ -27,7 +27,7 @@ if [ -z "${SECCHAT_BIN:-}" ]; then
 fi
 (cd tests/web && npm ci --no-audit --no-fund --silent)
 
-# The messenger's JavaScript type-checks (tsc --checkJs).
+# The messenger's JavaScript type-checks (tsc --checkJs --strict, JSDoc types).
 (cd tests/web && npx tsc -p tsconfig.json)
 
 # The published test vectors are what the browser's code produces.

@@ -67,15 +67,7 @@ macro_rules! refresh_tokens {
                     .execute(&mut *tx)
                     .await
                     .map_err(failed)?;
-                sqlx::query(INSERT_TOKEN)
-                    .bind(&first.hash)
-                    .bind(session)
-                    .bind(&first.access_jti)
-                    .bind(first.access_expires_at)
-                    .bind(first.lapses_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed)?;
+                Self::insert_token(&mut tx, session, first).await?;
                 tx.commit().await.map_err(failed)
             }
 
@@ -133,15 +125,7 @@ macro_rules! refresh_tokens {
                 if extended.is_none() {
                     return Ok(false);
                 }
-                sqlx::query(INSERT_TOKEN)
-                    .bind(&next.hash)
-                    .bind(session)
-                    .bind(&next.access_jti)
-                    .bind(next.access_expires_at)
-                    .bind(next.lapses_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed)?;
+                Self::insert_token(&mut tx, session, next).await?;
                 tx.commit().await.map_err(failed)?;
                 Ok(true)
             }
@@ -182,6 +166,24 @@ macro_rules! refresh_tokens {
         }
 
         impl $store {
+            async fn insert_token(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                session: &str,
+                token: &$crate::refresh::RefreshRecord,
+            ) -> Result<(), $crate::refresh::RefreshError> {
+                use $crate::backends::sql::refresh::*;
+                sqlx::query(INSERT_TOKEN)
+                    .bind(&token.hash)
+                    .bind(session)
+                    .bind(&token.access_jti)
+                    .bind(token.access_expires_at)
+                    .bind(token.lapses_at)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(failed)?;
+                Ok(())
+            }
+
             /// Ends `session` inside `tx`: its user, and its access tokens
             /// still valid; `None` if it had ended already.
             async fn end_session(
