@@ -7,7 +7,7 @@
  * @typedef {{owner: string, contact: string, publicKey: string, at: number}} Pin
  * @typedef {{owner: string, id: string, peer: string, dir: 'in' | 'out', text: string, at: number,
  *   serverId: number | null, status?: string, content?: string, caution?: string | null,
- *   broken?: boolean, readSent?: boolean}} Message
+ *   broken?: boolean, readSent?: boolean, unseen?: boolean}} Message
  */
 
 const NAME = 'secchat';

@@ -548,17 +548,18 @@ async function receive({ id: serverId, sender_username: sender, content, timesta
     const text = payload ? String(payload.text ?? '') : opened.text;
     const pin = await db.pin(owner, sender);
     const caution = pin && pin.publicKey !== opened.senderKey ? `sent under a key of ${sender}'s you have not confirmed` : null;
-    entry = { owner, id: opened.id, peer: sender, dir: 'in', text, at, serverId, caution };
+    entry = { owner, id: opened.id, peer: sender, dir: 'in', text, at, serverId, caution, readSent: false };
   } catch (err) {
     if (!(err instanceof e2e.CryptoError)) throw err;
     if (err.message.startsWith('encrypted for another key')) checkOwnKey(current).catch(() => {});
     entry = { owner, id: `server:${serverId}`, peer: sender, dir: 'in', text: `This message could not be decrypted: ${err.message}.`, at, serverId, broken: true };
   }
+  const seen = current.current === sender && document.visibilityState === 'visible';
+  entry.unseen = !seen;
   if (!(await db.addMessage(entry))) return; // seen before: a repeat delivery or a replay
   if (session !== current) return;
   noteLast(current, entry);
   typing.delete(sender); // a message ends its "typing…"
-  const seen = current.current === sender && document.visibilityState === 'visible';
   if (!seen) current.unread.set(sender, (current.unread.get(sender) ?? 0) + 1);
   renderContacts();
   if (current.current === sender) {
@@ -841,8 +842,26 @@ async function loadLastMessages(current) {
   const owner = current.me.username;
   for (const username of current.contacts.keys()) {
     if (current.last.has(username)) continue;
-    const last = await db.lastMessage(owner, username);
+    const messages = await db.conversation(owner, username);
+    const last = messages.reduce((a, m) => (a === null || m.at >= a.at ? m : a), /** @type {Message | null} */ (null));
     if (last) noteLast(current, last);
+    // Unread across reloads: what came while this conversation was not on screen.
+    const unseen = messages.filter((m) => m.unseen).length;
+    if (unseen) current.unread.set(username, unseen);
+  }
+}
+
+/**
+ * The open conversation is on screen: what was unread in it is not any more.
+ * @param {Session} current
+ * @param {string} peer
+ */
+async function markSeen(current, peer) {
+  current.unread.delete(peer);
+  renderContacts();
+  const owner = current.me.username;
+  for (const m of await db.conversation(owner, peer)) {
+    if (m.unseen) await db.updateMessage(owner, m.id, () => ({ unseen: false }));
   }
 }
 
@@ -912,7 +931,7 @@ function renderSearch() {
 /** @param {string} username */
 async function openThread(username) {
   session.current = username;
-  session.unread.delete(username);
+  if (document.visibilityState === 'visible') markSeen(session, username).catch(report);
   $('pick').hidden = true;
   $('thread').hidden = false;
   $('chat').classList.add('in-thread');
@@ -1142,8 +1161,7 @@ async function start() {
   document.addEventListener('visibilitychange', () => {
     if (document.visibilityState !== 'visible' || !session?.current) return;
     // Back to the page: the open conversation is being seen now.
-    session.unread.delete(session.current);
-    renderContacts();
+    markSeen(session, session.current).catch(report);
     for (const el of $('messages').children) { readObserver.unobserve(el); readObserver.observe(el); }
   });
   $('confirm-key').addEventListener('click', action(confirmKey));

@@ -448,6 +448,18 @@ test('typing shows, is never stored, and is paced; read receipts come when a mes
   await setVisible(bob, true);
   await message(alice, 'while you were away').locator('.receipt', { hasText: 'read' }).waitFor({ timeout: PATIENCE });
   await waitFor('the title without a count', async () => (await bob.page.title()) === 'secchat');
+
+  // What is unread survives a reload, until the conversation is on screen.
+  await setVisible(bob, false);
+  await send(alice, 'unread across a reload');
+  await waitFor('the unread count in the title', async () => (await bob.page.title()) === '(1) secchat');
+  await bob.page.reload();
+  await connected(bob);
+  await bob.page.locator(`#contacts li[data-username="${alice.name}"] .unread`, { hasText: '1' }).waitFor({ timeout: PATIENCE });
+  assert.equal(await bob.page.title(), '(1) secchat');
+  await openConversation(bob, alice.name);
+  await message(alice, 'unread across a reload').locator('.receipt', { hasText: 'read' }).waitFor({ timeout: PATIENCE });
+  await waitFor('the title without a count after the reload', async () => (await bob.page.title()) === 'secchat');
   assertNoConsoleErrors([alice, bob]);
   await alice.context.close();
   await bob.context.close();
