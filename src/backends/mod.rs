@@ -57,7 +57,8 @@ pub async fn connect(
     let window = settings.dedup_window();
     let (presence, revocations, bus, limiter, client_ids) = match &settings.storage.redis_url {
         Some(url) => {
-            let commands = redis::RedisCommands::open(url, settings.storage.redis_pool_size)?;
+            let topology = redis::Topology::parse(url)?;
+            let commands = redis::RedisCommands::open(&topology, settings.storage.redis_pool_size)?;
             let keys = redis::Keyspace::new(&settings.storage.redis_prefix);
             let replica = uuid::Uuid::new_v4().simple().to_string();
             let presence = redis::RedisPresence::connect(
@@ -80,7 +81,7 @@ pub async fn connect(
             } else {
                 Arc::new(Unlimited)
             };
-            let bus = redis::RedisBus::start(url, commands, keys, sink, shutdown).await?;
+            let bus = redis::RedisBus::start(&topology, commands, keys, sink, shutdown).await?;
             (
                 Arc::new(presence) as Arc<dyn Presence>,
                 Arc::new(revocations) as Arc<dyn Revocations>,

@@ -62,18 +62,49 @@ pub struct Inbox {
     /// Read and acknowledged messages, deleted in batches.
     pub(super) reads: ReadMarker,
     pub(super) settings: Arc<Settings>,
+    /// Users whose unread notice could not be published (Redis failing
+    /// over): published again until it goes out, so that a connection that
+    /// stays open still learns of what was stored for it.
+    pub(super) unannounced: std::sync::Mutex<std::collections::HashSet<UserId>>,
 }
 
 impl Inbox {
     /// Tells the connections of these users, on any replica, that stored
     /// messages wait for them.
     async fn announce_unread(&self, users: &[UserId]) {
-        // Not published: they are fetched on the next connection (or `GET /messages/`).
-        self.publish_all(
-            users.iter().map(|&user| Event::Unread { user }),
-            "unread notice",
+        let published = futures_util::future::join_all(
+            users
+                .iter()
+                .map(|&user| self.bus.publish(Event::Unread { user })),
         )
         .await;
+        let mut unannounced = self.unannounced.lock().unwrap_or_else(|p| p.into_inner());
+        for (user, result) in users.iter().zip(published) {
+            if let Err(err) = result {
+                tracing::warn!(error = %err, user_id = user, "unread notice not published; retrying");
+                unannounced.insert(*user);
+            }
+        }
+    }
+
+    /// Publishes the unread notices that failed, every half second while
+    /// some wait, until shutdown.
+    async fn announce_until(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+            let waiting: Vec<UserId> = self
+                .unannounced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
+            if !waiting.is_empty() {
+                self.announce_unread(&waiting).await;
+            }
+        }
     }
 
     /// Publishes events at once (in a cluster, one pipelined round trip for
@@ -347,7 +378,7 @@ impl Inbox {
 
     /// Starts the inbox's background work: storing the directed messages
     /// that no connection wrote (they come back through their receipts on
-    /// `undelivered`), and the expiry sweep. Both end once shutdown began,
+    /// `undelivered`), the expiry sweep, and unread notices published again. Both end once shutdown began,
     /// the first having stored everything the closing `sessions` handed back.
     pub fn spawn(
         self: &Arc<Self>,
@@ -360,9 +391,10 @@ impl Inbox {
             shutdown.clone(),
             sessions,
         ));
-        let expiring = tokio::spawn(self.clone().expire_until(shutdown));
+        let expiring = tokio::spawn(self.clone().expire_until(shutdown.clone()));
+        let announcing = tokio::spawn(self.clone().announce_until(shutdown));
         tokio::spawn(async move {
-            let _ = tokio::join!(storing, expiring);
+            let _ = tokio::join!(storing, expiring, announcing);
         })
     }
 

@@ -114,6 +114,7 @@ impl Services {
             ),
             reads: ReadMarker::start(store.clone()),
             settings: settings.clone(),
+            unannounced: Default::default(),
         });
         Ok(Self {
             accounts: Accounts {

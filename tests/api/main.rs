@@ -8,6 +8,7 @@ mod contacts;
 mod delivery;
 mod e2e_vectors;
 mod ephemeral;
+mod failover;
 mod flows;
 mod frames;
 mod fuzz;

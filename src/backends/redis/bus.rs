@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Keyspace, RedisCommands, now_ms, with_redis};
+use super::{Keyspace, RedisCommands, Topology, now_ms, with_redis};
 use crate::{
     batch::Batcher,
     bus::{Bus, BusError, Event, EventSink},
@@ -55,13 +55,13 @@ impl RedisBus {
     /// Starts the subscriber (it runs until `shutdown`) and waits for its first
     /// connection, so that a replica is not ready before it can receive.
     pub async fn start(
-        url: &str,
+        topology: &Topology,
         redis: Arc<RedisCommands>,
         keys: Keyspace,
         sink: Arc<dyn EventSink>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(url).context("REDIS_URL is not a valid redis:// URL")?;
+        let topology = topology.clone();
         let pipeline_to = redis.clone();
         let publisher = Batcher::start(256, move |events: Vec<(String, Vec<u8>)>| {
             let redis = pipeline_to.clone();
@@ -88,7 +88,7 @@ impl RedisBus {
             receiving: AtomicBool::new(false),
         });
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(subscribe_forever(bus.clone(), client, shutdown, ready_tx));
+        tokio::spawn(subscribe_forever(bus.clone(), topology, shutdown, ready_tx));
         tokio::time::timeout(Duration::from_secs(10), ready_rx)
             .await
             .context("the Redis subscription did not start within 10 s")?
@@ -138,14 +138,14 @@ impl RedisBus {
 /// drops, then again after a pause.
 async fn subscribe_forever(
     bus: Arc<RedisBus>,
-    client: redis::Client,
+    topology: Topology,
     shutdown: CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
     let mut pause = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match connect(&bus, &client).await {
+        match connect(&bus, &topology).await {
             Ok(mut stream) => {
                 bus.receiving.store(true, Ordering::Release);
                 pause = Duration::from_millis(100);
@@ -182,13 +182,13 @@ async fn subscribe_forever(
     }
 }
 
-async fn connect(
-    bus: &RedisBus,
-    client: &redis::Client,
-) -> anyhow::Result<redis::aio::PubSubStream> {
-    let pubsub = tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub())
-        .await
-        .context("connecting timed out")??;
+/// Subscribes on the master (a sentinel set's current one: publishes go there).
+async fn connect(bus: &RedisBus, topology: &Topology) -> anyhow::Result<redis::aio::PubSubStream> {
+    let pubsub = tokio::time::timeout(Duration::from_secs(5), async {
+        anyhow::Ok(topology.master_client().await?.get_async_pubsub().await?)
+    })
+    .await
+    .context("connecting timed out")??;
     let (mut sink, stream) = pubsub.split();
     // Published first, so that users attaching from now on subscribe on this
     // connection; then everyone already here is subscribed.
@@ -274,7 +274,8 @@ mod tests {
         let sink = Arc::new(Recorder::default());
         let (redis, keys) = testing::commands();
         let stop = CancellationToken::new();
-        let bus = RedisBus::start(&testing::url(), redis, keys, sink.clone(), stop.clone())
+        let topology = Topology::parse(&testing::url()).unwrap();
+        let bus = RedisBus::start(&topology, redis, keys, sink.clone(), stop.clone())
             .await
             .expect("Redis reachable (set TEST_REDIS_URL)");
         (bus, sink, stop)

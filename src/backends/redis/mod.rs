@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::{Context, anyhow};
-use deadpool_redis::Pool;
 use redis::aio::MultiplexedConnection;
 
 use crate::metrics;
@@ -21,6 +20,7 @@ pub mod keys;
 pub mod presence;
 pub mod ratelimit;
 pub mod revocations;
+pub mod topology;
 
 pub use bus::RedisBus;
 pub use client_ids::RedisClientIds;
@@ -28,6 +28,7 @@ pub use keys::Keyspace;
 pub use presence::RedisPresence;
 pub use ratelimit::RedisLimiter;
 pub use revocations::RedisRevocations;
+pub use topology::Topology;
 
 /// No Redis call waits longer than this: a dead Redis is a quick 503.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,32 +36,61 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Redis commands over one shared multiplexed connection, on which concurrent
 /// commands pipeline. It comes from the deadpool pool, which checks health
 /// when it hands a connection out; checking on every command would double the
-/// round trips, so a connection is kept until it fails, then replaced.
+/// round trips, so a connection is kept until it fails, then replaced. Taken
+/// out of the pool, a connection is never handed out again: after a Sentinel
+/// failover the next one is made to the master the sentinels name then.
 pub struct RedisCommands {
     pool: Pool,
     shared: RwLock<Option<MultiplexedConnection>>,
 }
 
+/// The pool of the topology: one node's, or the sentinel-named master's.
+enum Pool {
+    Single(deadpool_redis::Pool),
+    Sentinel(deadpool_redis::sentinel::Pool),
+}
+
 impl RedisCommands {
-    /// A pool of at most `pool_size` connections to `url`; connects lazily.
-    pub fn open(url: &str, pool_size: usize) -> anyhow::Result<Arc<Self>> {
-        let pool = deadpool_redis::Config::from_url(url)
-            .builder()
-            .context("REDIS_URL")?
-            .max_size(pool_size)
-            .wait_timeout(Some(REDIS_TIMEOUT))
-            .create_timeout(Some(REDIS_TIMEOUT))
-            .recycle_timeout(Some(REDIS_TIMEOUT))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .context("creating the Redis pool")?;
+    /// A pool of at most `pool_size` connections to the topology's master;
+    /// connects lazily.
+    pub fn open(topology: &Topology, pool_size: usize) -> anyhow::Result<Arc<Self>> {
+        let pool = match topology {
+            Topology::Single(url) => Pool::Single(
+                deadpool_redis::Config::from_url(url.as_str())
+                    .builder()
+                    .context("REDIS_URL")?
+                    .max_size(pool_size)
+                    .wait_timeout(Some(REDIS_TIMEOUT))
+                    .create_timeout(Some(REDIS_TIMEOUT))
+                    .recycle_timeout(Some(REDIS_TIMEOUT))
+                    .runtime(deadpool_redis::Runtime::Tokio1)
+                    .build()
+                    .context("creating the Redis pool")?,
+            ),
+            Topology::Sentinel { sentinels, master } => Pool::Sentinel(
+                deadpool_redis::sentinel::Config::from_urls(
+                    sentinels.clone(),
+                    master.clone(),
+                    deadpool_redis::sentinel::SentinelServerType::Master,
+                )
+                .builder()
+                .context("REDIS_URL")?
+                .max_size(pool_size)
+                .wait_timeout(Some(REDIS_TIMEOUT))
+                .create_timeout(Some(REDIS_TIMEOUT))
+                .recycle_timeout(Some(REDIS_TIMEOUT))
+                .runtime(deadpool_redis::Runtime::Tokio1)
+                .build()
+                .context("creating the Redis Sentinel pool")?,
+            ),
+        };
         Ok(Arc::new(Self {
             pool,
             shared: RwLock::default(),
         }))
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, deadpool_redis::PoolError> {
+    async fn connection(&self) -> anyhow::Result<MultiplexedConnection> {
         if let Some(conn) = self
             .shared
             .read()
@@ -69,7 +99,10 @@ impl RedisCommands {
         {
             return Ok(conn);
         }
-        let conn = deadpool_redis::Connection::take(self.pool.get().await?);
+        let conn = match &self.pool {
+            Pool::Single(pool) => deadpool_redis::Connection::take(pool.get().await?),
+            Pool::Sentinel(pool) => deadpool_redis::sentinel::Connection::take(pool.get().await?),
+        };
         *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
@@ -121,7 +154,8 @@ pub(crate) mod testing {
     pub fn commands() -> (Arc<RedisCommands>, Keyspace) {
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         (
-            RedisCommands::open(&url(), 4).expect("a valid TEST_REDIS_URL"),
+            RedisCommands::open(&Topology::parse(&url()).expect("a valid TEST_REDIS_URL"), 4)
+                .expect("a valid TEST_REDIS_URL"),
             Keyspace::new(&prefix),
         )
     }
