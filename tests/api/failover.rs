@@ -12,28 +12,21 @@ use tokio::process::{Child, Command};
 
 use crate::{
     delivery::{direct, frame},
-    helpers::{Backend, TestApp, WsClient, free_port},
+    helpers::{Backend, TestApp, WsClient, eventually_within, free_port},
 };
 
 /// How long a failover may take here: sentinels call the master down after
 /// 1 s, then elect and promote.
 const FAILOVER: Duration = Duration::from_secs(30);
 
-/// Polls `check` until it holds, for as long as a failover may take (the
-/// helpers' usual patience is for a quiet server, not a Redis changing hands).
-async fn within_failover<F, Fut>(what: &str, mut check: F)
+/// Polls `check` for as long as a failover may take (the helpers' usual
+/// patience is for a quiet server, not a Redis changing hands).
+async fn within_failover<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + FAILOVER;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_within(what, FAILOVER, check).await
 }
 
 /// A master, its replica and three sentinels (quorum 2), each a process of

@@ -44,6 +44,22 @@ pub struct RedisCommands {
     shared: RwLock<Option<MultiplexedConnection>>,
 }
 
+/// A pool from its builder: at most `size` connections, every wait bounded by
+/// [`REDIS_TIMEOUT`]. (The two pools' builders are distinct types.)
+macro_rules! sized {
+    ($builder:expr, $size:expr) => {
+        $builder
+            .context("REDIS_URL")?
+            .max_size($size)
+            .wait_timeout(Some(REDIS_TIMEOUT))
+            .create_timeout(Some(REDIS_TIMEOUT))
+            .recycle_timeout(Some(REDIS_TIMEOUT))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .context("creating the Redis pool")?
+    };
+}
+
 /// The pool of the topology: one node's, or the sentinel-named master's.
 enum Pool {
     Single(deadpool_redis::Pool),
@@ -55,34 +71,19 @@ impl RedisCommands {
     /// connects lazily.
     pub fn open(topology: &Topology, pool_size: usize) -> anyhow::Result<Arc<Self>> {
         let pool = match topology {
-            Topology::Single(url) => Pool::Single(
-                deadpool_redis::Config::from_url(url.as_str())
-                    .builder()
-                    .context("REDIS_URL")?
-                    .max_size(pool_size)
-                    .wait_timeout(Some(REDIS_TIMEOUT))
-                    .create_timeout(Some(REDIS_TIMEOUT))
-                    .recycle_timeout(Some(REDIS_TIMEOUT))
-                    .runtime(deadpool_redis::Runtime::Tokio1)
-                    .build()
-                    .context("creating the Redis pool")?,
-            ),
-            Topology::Sentinel { sentinels, master } => Pool::Sentinel(
+            Topology::Single(url) => Pool::Single(sized!(
+                deadpool_redis::Config::from_url(url.as_str()).builder(),
+                pool_size
+            )),
+            Topology::Sentinel { sentinels, master } => Pool::Sentinel(sized!(
                 deadpool_redis::sentinel::Config::from_urls(
                     sentinels.clone(),
                     master.clone(),
                     deadpool_redis::sentinel::SentinelServerType::Master,
                 )
-                .builder()
-                .context("REDIS_URL")?
-                .max_size(pool_size)
-                .wait_timeout(Some(REDIS_TIMEOUT))
-                .create_timeout(Some(REDIS_TIMEOUT))
-                .recycle_timeout(Some(REDIS_TIMEOUT))
-                .runtime(deadpool_redis::Runtime::Tokio1)
-                .build()
-                .context("creating the Redis Sentinel pool")?,
-            ),
+                .builder(),
+                pool_size
+            )),
         };
         Ok(Arc::new(Self {
             pool,
