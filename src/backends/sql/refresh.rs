@@ -36,7 +36,11 @@ pub const SESSION_OF_ACCESS: &str =
     "SELECT session_id FROM refresh_tokens WHERE access_jti = $1 LIMIT 1";
 pub const END_TOKENS: &str =
     "DELETE FROM refresh_tokens WHERE session_id = $1 RETURNING access_jti, access_expires_at";
-pub const END_SESSION: &str = "DELETE FROM login_sessions WHERE id = $1 RETURNING user_id";
+/// A write that changes nothing: it takes the session row's lock (SQLite has
+/// no `FOR UPDATE`; its writers take turns anyway).
+pub const LOCK_SESSION: &str =
+    "UPDATE login_sessions SET lapses_at = lapses_at WHERE id = $1 RETURNING user_id";
+pub const END_SESSION: &str = "DELETE FROM login_sessions WHERE id = $1";
 /// The kept session is named by an access token issued in it; the tokens of
 /// the others go with them through the foreign key.
 pub const END_SESSIONS_BUT: &str = "DELETE FROM login_sessions WHERE user_id = $1 AND id NOT IN
@@ -194,18 +198,30 @@ macro_rules! refresh_tokens {
                 $crate::refresh::RefreshError,
             > {
                 use $crate::backends::sql::refresh::*;
+                // The session row first: a rotation under way holds it, and
+                // is waited for, so that the token (and access token) it adds
+                // is among those read next; one that comes later finds the
+                // session gone.
+                let user: Option<(i64,)> = sqlx::query_as(LOCK_SESSION)
+                    .bind(session)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(failed)?;
+                let Some((user,)) = user else {
+                    return Ok(None);
+                };
                 let access: Vec<(String, chrono::DateTime<chrono::Utc>)> =
                     sqlx::query_as(END_TOKENS)
                         .bind(session)
                         .fetch_all(&mut **tx)
                         .await
                         .map_err(failed)?;
-                let user: Option<(i64,)> = sqlx::query_as(END_SESSION)
+                sqlx::query(END_SESSION)
                     .bind(session)
-                    .fetch_optional(&mut **tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(failed)?;
-                Ok(user.map(|(user,)| (user, still_valid(access))))
+                Ok(Some((user, still_valid(access))))
             }
         }
     };
