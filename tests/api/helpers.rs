@@ -504,7 +504,13 @@ impl WsClient {
     /// The next text frame; pings and pongs are skipped (but do not extend
     /// the wait).
     pub async fn text(&mut self) -> String {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+        self.text_within(PATIENCE).await
+    }
+
+    /// The next text frame within `patience` (a large transfer on a busy
+    /// machine may take longer than `PATIENCE` between frames).
+    pub async fn text_within(&mut self, patience: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
@@ -520,7 +526,11 @@ impl WsClient {
     }
 
     pub async fn json(&mut self) -> Value {
-        let text = self.text().await;
+        self.json_within(PATIENCE).await
+    }
+
+    pub async fn json_within(&mut self, patience: Duration) -> Value {
+        let text = self.text_within(patience).await;
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
     }
 
