@@ -18,22 +18,14 @@ master=$BASE_PORT
 replica=$((BASE_PORT + 1))
 sentinels=($((BASE_PORT + 2)) $((BASE_PORT + 3)) $((BASE_PORT + 4)))
 
-log() { printf 'redis-sentinel: %s\n' "$*" >&2; }
-
 node() { # port [extra args...]
   local port=$1; shift
   redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$STATE_DIR" \
     --daemonize yes --pidfile "$STATE_DIR/redis-$port.pid" --logfile "$STATE_DIR/redis-$port.log" "$@"
 }
 
-wait_for() { # description command...
-  local what=$1; shift
-  for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return; sleep 0.1; done
-  log "timed out waiting for $what"; exit 1
-}
-
 start() {
-  command -v redis-server >/dev/null || { log "redis-server is not installed (apt-get install redis-server)"; exit 1; }
+  require_redis
   node "$master"
   node "$replica" --replicaof 127.0.0.1 "$master"
   wait_for "the replica to follow the master" \
@@ -63,16 +55,5 @@ CONF
   echo "redis+sentinel://${hosts%,}/$MASTER_NAME"
 }
 
-stop() {
-  for pidfile in "$STATE_DIR"/*.pid; do
-    [ -f "$pidfile" ] || continue
-    kill "$(cat "$pidfile")" 2>/dev/null || true
-    rm -f "$pidfile"
-  done
-}
-
-case ${1:-} in
-  start) start ;;
-  stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
-esac
+NAME=redis-sentinel
+. deploy/redis-local.sh

@@ -148,10 +148,11 @@ pub struct StorageSettings {
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
 
-    /// `redis://…` for presence and fan-out shared by replicas, or
+    /// `redis://…` for presence and fan-out shared by replicas,
     /// `redis+sentinel://host:port,host:port/<master-name>` for the master a
-    /// Redis Sentinel set names (followed through failovers); unset keeps both
-    /// in process.
+    /// Redis Sentinel set names (followed through failovers), or
+    /// `redis+cluster://host:port,host:port` for a Redis Cluster (sharded
+    /// pub/sub); unset keeps both in process.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 

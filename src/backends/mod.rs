@@ -59,7 +59,7 @@ pub async fn connect(
         Some(url) => {
             let topology = redis::Topology::parse(url)?;
             let commands = redis::RedisCommands::open(&topology, settings.storage.redis_pool_size)?;
-            let keys = redis::Keyspace::new(&settings.storage.redis_prefix);
+            let keys = redis::Keyspace::new(&settings.storage.redis_prefix, &topology);
             let replica = uuid::Uuid::new_v4().simple().to_string();
             let presence = redis::RedisPresence::connect(
                 commands.clone(),

@@ -14,8 +14,13 @@ use crate::helpers::{WsClient, spawn, spawn_with};
 
 /// The next JSON frame, presence notices (plain text) skipped.
 pub async fn frame(ws: &mut WsClient) -> Value {
+    frame_within(ws, crate::helpers::PATIENCE).await
+}
+
+/// The same, each frame within `patience`.
+pub async fn frame_within(ws: &mut WsClient, patience: std::time::Duration) -> Value {
     loop {
-        let text = ws.text().await;
+        let text = ws.text_within(patience).await;
         if text.starts_with("系统消息") {
             continue;
         }

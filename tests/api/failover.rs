@@ -1,22 +1,24 @@
 //! Redis failover under traffic (issue "Scale out for real"): replicas on a
-//! Sentinel-watched master and replica follow a failover by themselves. These
-//! start their own Redis processes (Debian's redis-server, in sentinel mode
-//! for the sentinels) and need Postgres, so they are ignored by a plain
-//! `cargo test`; CI runs them with `--include-ignored`.
+//! Sentinel-watched master and replica, or on a Redis Cluster, follow a
+//! failover (and a cluster's resharding) by themselves. These start their own
+//! Redis processes (Debian's redis-server, in sentinel mode for the sentinels;
+//! redis-cli makes the cluster) and need Postgres, so they are ignored by a
+//! plain `cargo test`; CI runs them with `--include-ignored`.
 
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
+use futures_util::future::BoxFuture;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::{
-    delivery::{direct, frame},
+    delivery::{direct, frame, frame_within},
     helpers::{Backend, TestApp, WsClient, eventually_within, free_port},
 };
 
 /// How long a failover may take here: sentinels call the master down after
-/// 1 s, then elect and promote.
+/// 1 s (a cluster after 2 s), then elect and promote.
 const FAILOVER: Duration = Duration::from_secs(30);
 
 /// Polls `check` for as long as a failover may take (the helpers' usual
@@ -175,18 +177,22 @@ impl SentinelSet {
     }
 }
 
-/// Sends `content` with `client_id` until the server says `sent` (an error
-/// while Redis fails over is answered by sending again, as clients do).
-async fn send_until_sent(a: &mut WsClient, content: &str, client_id: &str) {
+/// Sends message `i` (its content `message {i}`, client id `m{i}`) until the
+/// server says `sent` (an error while Redis fails over is answered by sending
+/// again, as clients do).
+async fn send_until_sent(a: &mut WsClient, i: usize) {
+    let (content, client_id) = (format!("message {i}"), format!("m{i}"));
     let deadline = tokio::time::Instant::now() + FAILOVER;
     loop {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{client_id} never sent"
         );
-        a.send_json(direct("bob", content, Some(client_id))).await;
+        a.send_json(direct("bob", &content, Some(&client_id))).await;
         loop {
-            let f = frame(a).await;
+            // Each backend call the server makes may wait its whole deadline
+            // while Redis changes hands.
+            let f = frame_within(a, FAILOVER).await;
             if f["type"] == "sent" && f["client_id"] == client_id {
                 return;
             }
@@ -199,11 +205,161 @@ async fn send_until_sent(a: &mut WsClient, content: &str, client_id: &str) {
     }
 }
 
-#[tokio::test]
-#[ignore = "needs Postgres and redis-server: run with --include-ignored (CI does)"]
-async fn a_sentinel_failover_under_traffic_loses_nothing_and_repeats_nothing() {
-    let mut set = SentinelSet::start().await;
-    let backend = Backend::cluster_on_redis(&set.url()).await;
+/// A Redis Cluster of three masters, each with a replica, made by
+/// `redis-cli --cluster create` from processes of this test's own.
+struct ClusterSet {
+    ports: Vec<u16>,
+    nodes: HashMap<u16, Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl ClusterSet {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let mut nodes = HashMap::new();
+        for port in &ports {
+            nodes.insert(
+                *port,
+                redis_server(&[
+                    "--dir".into(),
+                    dir.path().display().to_string(),
+                    "--port".into(),
+                    port.to_string(),
+                    "--cluster-port".into(),
+                    free_port().to_string(),
+                    "--bind".into(),
+                    "127.0.0.1".into(),
+                    "--save".into(),
+                    String::new(),
+                    "--appendonly".into(),
+                    "no".into(),
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    format!("nodes-{port}.conf"),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ]),
+            );
+        }
+        for port in &ports {
+            within_failover("a cluster node answers", || async {
+                redis_cmd(*port, &["PING"]).await.is_some()
+            })
+            .await;
+        }
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli installed");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let set = Self {
+            ports,
+            nodes,
+            _dir: dir,
+        };
+        set.settled().await;
+        set
+    }
+
+    /// Every live node sees the cluster whole and every replica in sync.
+    async fn settled(&self) {
+        for port in self.ports.iter().filter(|p| self.nodes.contains_key(p)) {
+            within_failover("the cluster settles", || async {
+                let state = info(*port, &["CLUSTER", "INFO"]).await;
+                let replication = info(*port, &["INFO", "replication"]).await;
+                state.contains("cluster_state:ok")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            })
+            .await;
+        }
+    }
+
+    fn url(&self) -> String {
+        let hosts: Vec<String> = self.ports[..3]
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The port, node id and number of slots of the master serving `key`'s
+    /// slot, as a live node sees it (none while that master is failing).
+    async fn master_of(&self, key: &str) -> Option<(u16, String, usize)> {
+        let asked = *self.nodes.keys().next().unwrap();
+        let slot: i64 = redis::from_redis_value(
+            redis_cmd(asked, &["CLUSTER", "KEYSLOT", key])
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let nodes = info(asked, &["CLUSTER", "NODES"]).await;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let ranges: Vec<(i64, i64)> = fields[8..]
+                .iter()
+                .filter_map(|range| {
+                    let (low, high) = range.split_once('-').unwrap_or((range, range));
+                    Some((low.parse().ok()?, high.parse().ok()?))
+                })
+                .collect();
+            if ranges.iter().any(|(l, h)| (l..=h).contains(&&slot)) {
+                let port = fields[1].split([':', '@']).nth(1).unwrap().parse().unwrap();
+                let slots = ranges.iter().map(|(l, h)| (h - l + 1) as usize).sum();
+                return Some((port, fields[0].to_owned(), slots));
+            }
+        }
+        None
+    }
+
+    /// Another master than `not`'s, by node id.
+    async fn other_master(&self, not: &str) -> String {
+        let asked = *self.nodes.keys().next().unwrap();
+        info(asked, &["CLUSTER", "NODES"])
+            .await
+            .lines()
+            .map(|line| line.split(' ').collect::<Vec<_>>())
+            .find(|f| {
+                f[2].contains("master") && !f[2].contains("fail") && f[0] != not && f.len() > 8
+            })
+            .map(|f| f[0].to_owned())
+            .expect("another master")
+    }
+}
+
+/// A command's answer as text ("" when there is none).
+async fn info(port: u16, args: &[&str]) -> String {
+    match redis_cmd(port, args).await {
+        Some(redis::Value::BulkString(text)) => String::from_utf8_lossy(&text).into_owned(),
+        Some(redis::Value::VerbatimString { text, .. }) => text,
+        _ => String::new(),
+    }
+}
+
+/// Two replicas on `redis_url`, alice on one sending messages to bob on the
+/// other, who reads and acknowledges; `disrupt` runs during the traffic (given
+/// the replicas, `redis` (the Redis processes, kept running to the end) and
+/// the name of bob's channel). Every message accepted must reach bob's open
+/// socket exactly once, every replica be ready again without a restart,
+/// presence come back without reconnecting, and fan-out work afterwards.
+async fn exactly_once_through<R, D>(redis_url: &str, mut redis: R, disrupt: D)
+where
+    D: for<'a> FnOnce(&'a [TestApp], &'a mut R, String) -> BoxFuture<'a, ()>,
+{
+    let backend = Backend::cluster_on_redis(redis_url).await;
     let r: Vec<TestApp> = futures_util::future::join_all(
         (0..2).map(|_| backend.spawn(|s| s.presence.presence_lease_secs = 5)),
     )
@@ -211,6 +367,8 @@ async fn a_sentinel_failover_under_traffic_loses_nothing_and_repeats_nothing() {
     let (alice, bob) = r[0].friends("alice", "bob").await;
     let mut a = r[0].ws(&alice.token).await;
     let b = r[1].ws_manual(&bob.token).await;
+    let prefix = &backend.redis.as_ref().expect("on Redis").prefix;
+    let bob_channel = format!("{prefix}:user:{}", bob.id);
 
     // Bob's side reads and acknowledges everything, counting each content.
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -235,47 +393,41 @@ async fn a_sentinel_failover_under_traffic_loses_nothing_and_repeats_nothing() {
         }
     });
 
-    let total = 40;
-    let mut outage_seen = false;
-    for i in 0..total {
-        if i == 10 {
-            set.master.kill().await.unwrap();
-            let old = set.master_port.to_string();
-            // The replicas say they cannot fan out, then recover by themselves.
-            within_failover("a replica reports the outage", || async {
-                let response = r[1].http.get(r[1].url("/readyz")).send().await.unwrap();
-                response.status() == StatusCode::SERVICE_UNAVAILABLE
-            })
-            .await;
-            outage_seen = true;
-            tokio::time::timeout(FAILOVER, async {
-                while set.master_reported().await.as_deref() == Some(old.as_str()) {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            })
-            .await
-            .expect("the sentinels promote the replica");
-        }
-        send_until_sent(&mut a, &format!("message {i}"), &format!("m{i}")).await;
+    // Steady traffic, one message every 50 ms: ten before the disruption,
+    // then on while it runs, and ten more once it is over.
+    for i in 0..10 {
+        send_until_sent(&mut a, i).await;
     }
+    let disrupted = std::sync::atomic::AtomicBool::new(false);
+    let disruption = async {
+        disrupt(&r, &mut redis, bob_channel.clone()).await;
+        disrupted.store(true, std::sync::atomic::Ordering::Release);
+    };
+    let traffic = async {
+        let (mut i, mut after) = (10, 0);
+        while after < 10 {
+            if disrupted.load(std::sync::atomic::Ordering::Acquire) {
+                after += 1;
+            }
+            send_until_sent(&mut a, i).await;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        i
+    };
+    let ((), total) = tokio::join!(disruption, traffic);
     for app in &r {
-        tokio::time::timeout(FAILOVER, async {
-            while app
-                .http
+        within_failover("every replica ready again, without a restart", || async {
+            app.http
                 .get(app.url("/readyz"))
                 .send()
                 .await
                 .unwrap()
                 .status()
-                != StatusCode::OK
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+                == StatusCode::OK
         })
-        .await
-        .expect("every replica ready again, without a restart");
+        .await;
     }
-    assert!(outage_seen);
 
     // Every message accepted reached bob's open socket exactly once.
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -299,14 +451,91 @@ async fn a_sentinel_failover_under_traffic_loses_nothing_and_repeats_nothing() {
     );
     reader.abort();
 
-    // Presence comes back on the new master without anyone reconnecting.
+    // Presence comes back without anyone reconnecting.
     within_failover("bob online again", || async {
         r[0].get("/users/bob/connection-info", &alice.token).await.0 == StatusCode::OK
     })
     .await;
-    // And fan-out works both ways on the new master.
+    // And fan-out works both ways afterwards.
     let mut again = r[1].ws(&bob.token).await;
-    a.send_json(json!({"recipient_username": "bob", "content": "on the new master"}))
+    a.send_json(json!({"recipient_username": "bob", "content": "after the change"}))
         .await;
-    assert_eq!(frame(&mut again).await["content"], "on the new master");
+    assert_eq!(frame(&mut again).await["content"], "after the change");
+}
+
+/// Waits until `app` reports an outage on `/readyz`.
+async fn reports_outage(app: &TestApp) {
+    within_failover("a replica reports the outage", || async {
+        let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+        response.status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs Postgres and redis-server: run with --include-ignored (CI does)"]
+async fn a_sentinel_failover_under_traffic_loses_nothing_and_repeats_nothing() {
+    let set = SentinelSet::start().await;
+    exactly_once_through(&set.url(), set, |r, set, _| {
+        Box::pin(async move {
+            set.master.kill().await.unwrap();
+            let old = set.master_port.to_string();
+            // The replicas say they cannot fan out, then recover by themselves.
+            reports_outage(&r[1]).await;
+            within_failover("the sentinels promote the replica", || async {
+                set.master_reported().await.as_deref() != Some(old.as_str())
+            })
+            .await;
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs Postgres and redis-server: run with --include-ignored (CI does)"]
+async fn a_cluster_master_killed_under_traffic_loses_nothing_and_repeats_nothing() {
+    let set = ClusterSet::start().await;
+    exactly_once_through(&set.url(), set, |r, set, bob_channel| {
+        Box::pin(async move {
+            // The master of bob's channel: its replica must take over.
+            let (port, id, _) = set.master_of(&bob_channel).await.expect("a master");
+            set.nodes.remove(&port).unwrap().kill().await.unwrap();
+            reports_outage(&r[1]).await;
+            within_failover("a replica takes the killed master's slots", || async {
+                set.master_of(&bob_channel)
+                    .await
+                    .is_some_and(|(_, now, _)| now != id)
+            })
+            .await;
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs Postgres and redis-server: run with --include-ignored (CI does)"]
+async fn a_cluster_resharded_under_traffic_loses_nothing_and_repeats_nothing() {
+    let set = ClusterSet::start().await;
+    exactly_once_through(&set.url(), set, |_, set, bob_channel| {
+        Box::pin(async move {
+            // Every slot of the master of bob's channel (and of the presence
+            // keys, if they live there) moves to another master.
+            let (port, from, slots) = set.master_of(&bob_channel).await.expect("a master");
+            let to = set.other_master(&from).await;
+            let moved = Command::new("redis-cli")
+                .args(["--cluster", "reshard", &format!("127.0.0.1:{port}")])
+                .args(["--cluster-from", &from, "--cluster-to", &to])
+                .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+                .output()
+                .await
+                .expect("redis-cli installed");
+            assert!(
+                moved.status.success(),
+                "redis-cli --cluster reshard: {}",
+                String::from_utf8_lossy(&moved.stdout)
+            );
+            assert_eq!(set.master_of(&bob_channel).await.expect("a master").1, to);
+        })
+    })
+    .await;
 }

@@ -551,8 +551,16 @@ impl WsClient {
     }
 
     /// The next frame, which must be an `{"error"}` frame; returns its text.
+    /// Presence notices (plain text, about other users coming and going
+    /// whenever they do) are skipped.
     pub async fn error(&mut self) -> String {
-        let frame = self.json().await;
+        let frame = loop {
+            let text = self.text().await;
+            if !text.starts_with("系统消息") {
+                break serde_json::from_str::<Value>(&text)
+                    .unwrap_or_else(|_| panic!("not JSON: {text}"));
+            }
+        };
         frame["error"]
             .as_str()
             .unwrap_or_else(|| panic!("expected an error frame, got {frame}"))

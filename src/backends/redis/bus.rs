@@ -1,14 +1,19 @@
 //! Fan-out through Redis pub/sub.
 //!
-//! Each replica subscribes to the broadcast channel and to the channel of every
-//! user it holds connections for, on one dedicated connection that reconnects
-//! (and resubscribes) by itself. A directed message is published to its
-//! recipient's channel: Redis answers how many replicas received it, so zero
-//! means "connected nowhere" in one round trip.
+//! Each replica subscribes to the broadcast channels and to the channel of
+//! every user it holds connections for, on one dedicated connection that
+//! reconnects (and resubscribes) by itself. A directed message is published to
+//! its recipient's channel: Redis answers how many replicas received it, so
+//! zero means "connected nowhere" in one round trip.
+//!
+//! On a Redis Cluster the channels are sharded (`SPUBLISH`/`SSUBSCRIBE`): each
+//! lives on the shard of its slot, so fan-out spreads over the shards instead
+//! of every node relaying every message, and the count a publish answers is
+//! still that of the replicas subscribed.
 
 use std::{
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -16,17 +21,19 @@ use std::{
 
 use anyhow::Context;
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use redis::aio::PubSubSink;
+use futures_util::{StreamExt, stream::BoxStream};
+use redis::{Msg, PushKind, Script, aio::PubSubSink, cluster_async::ClusterConnection};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Keyspace, RedisCommands, Topology, now_ms, with_redis};
+use super::{
+    Keyspace, REDIS_TIMEOUT, RedisCommands, RedisConnection, Topology, now_ms, with_redis,
+};
 use crate::{
     batch::Batcher,
-    bus::{Bus, BusError, Event, EventSink},
+    bus::{Audience, Bus, BusError, Event, EventSink},
     domain::UserId,
     metrics,
 };
@@ -41,12 +48,13 @@ struct Envelope {
 
 pub struct RedisBus {
     redis: Arc<RedisCommands>,
-    /// Concurrent publishes go out as one pipeline.
+    /// Concurrent publishes go out together (one pipeline, or one write per
+    /// shard).
     publisher: Batcher<(String, Vec<u8>), bool, anyhow::Error>,
     keys: Keyspace,
     sink: Arc<dyn EventSink>,
     /// The live subscription connection's command side; `None` while reconnecting.
-    subscriber: Arc<RwLock<Option<PubSubSink>>>,
+    subscriber: Arc<RwLock<Option<Subscriber>>>,
     /// Subscribed to everything this replica needs: it can receive.
     receiving: AtomicBool,
 }
@@ -62,20 +70,11 @@ impl RedisBus {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let topology = topology.clone();
-        let pipeline_to = redis.clone();
+        let publish_to = redis.clone();
         let publisher = Batcher::start(256, move |events: Vec<(String, Vec<u8>)>| {
-            let redis = pipeline_to.clone();
+            let redis = publish_to.clone();
             async move {
-                let mut pipe = redis::pipe();
-                for (channel, payload) in &events {
-                    pipe.cmd("PUBLISH").arg(channel).arg(payload);
-                }
-                let receivers: Vec<i64> =
-                    with_redis(
-                        &redis,
-                        |mut c| async move { pipe.query_async(&mut c).await },
-                    )
-                    .await?;
+                let receivers = with_redis(&redis, |c| publish_all(c, events)).await?;
                 Ok(receivers.into_iter().map(|n| n > 0).collect())
             }
         });
@@ -103,12 +102,23 @@ impl RedisBus {
                 self.keys.user_channel(*user)
             }
             Event::Delivered { sender, .. } => self.keys.user_channel(*sender),
-            Event::Text { .. } => self.keys.broadcast_channel(),
+            Event::Text { audience, .. } => self.keys.broadcast_channel(match audience {
+                Audience::AllExcept(subject) => *subject,
+                Audience::Users(users) => users.first().copied().unwrap_or_default(),
+            }),
         }
     }
 
-    async fn sink(&self) -> Option<PubSubSink> {
+    async fn sink(&self) -> Option<Subscriber> {
         self.subscriber.read().await.clone()
+    }
+
+    /// Whether this replica must stay subscribed to `channel`.
+    fn wants(&self, channel: &str) -> bool {
+        match self.keys.user_of_channel(channel) {
+            Some(user) => self.sink.holds(user),
+            None => self.keys.broadcast_channels().iter().any(|c| c == channel),
+        }
     }
 
     fn dispatch(&self, payload: &[u8]) {
@@ -160,9 +170,23 @@ async fn subscribe_forever(
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        message = stream.next() => match message {
-                            Some(message) => bus.dispatch(message.get_payload_bytes()),
-                            None => break,
+                        incoming = stream.next() => match incoming {
+                            Some(Incoming::Message(message)) => {
+                                bus.dispatch(message.get_payload_bytes())
+                            }
+                            // Subscribed again on a connection of its own, whose
+                            // slot map is fresh: this one's may name the old
+                            // owner, which, turned replica, would take the
+                            // subscription where no publish counts it.
+                            Some(Incoming::Unsubscribed(channel)) => {
+                                if bus.wants(&channel) {
+                                    tracing::info!(
+                                        "a fan-out channel moved to another shard; subscribing again"
+                                    );
+                                    break;
+                                }
+                            }
+                            Some(Incoming::Lost) | None => break,
                         },
                     }
                 }
@@ -182,25 +206,144 @@ async fn subscribe_forever(
     }
 }
 
-/// Subscribes on the master (a sentinel set's current one: publishes go there).
-async fn connect(bus: &RedisBus, topology: &Topology) -> anyhow::Result<redis::aio::PubSubStream> {
-    let pubsub = tokio::time::timeout(Duration::from_secs(5), async {
-        anyhow::Ok(topology.master_client().await?.get_async_pubsub().await?)
+static SPUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/spublish.lua")));
+
+/// Publishes each payload to its channel, answering how many replicas received
+/// each: to one node, as one pipeline; on a cluster, sharded, all at once (the
+/// cluster connection writes those to one shard together).
+async fn publish_all(
+    connection: RedisConnection,
+    events: Vec<(String, Vec<u8>)>,
+) -> redis::RedisResult<Vec<i64>> {
+    match connection {
+        RedisConnection::Node(mut c) => {
+            let mut pipe = redis::pipe();
+            for (channel, payload) in &events {
+                pipe.cmd("PUBLISH").arg(channel).arg(payload);
+            }
+            pipe.query_async(&mut c).await
+        }
+        RedisConnection::Cluster(c) => {
+            futures_util::future::try_join_all(events.iter().map(|(channel, payload)| {
+                let mut c = c.clone();
+                async move {
+                    SPUBLISH
+                        .key(channel)
+                        .arg(payload)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            }))
+            .await
+        }
+    }
+}
+
+/// What the subscription connection brings.
+enum Incoming {
+    Message(Msg),
+    /// Redis ended one subscription by itself: its slot moved to another shard.
+    Unsubscribed(String),
+    /// A connection to a shard was lost: what it carried meanwhile never came.
+    Lost,
+}
+
+/// The command side of the subscription connection.
+#[derive(Clone)]
+enum Subscriber {
+    /// To one node: the single one, or a sentinel set's master.
+    Node(PubSubSink),
+    /// To every master of a cluster, sharded channels on their shards.
+    Cluster(ClusterConnection),
+}
+
+impl Subscriber {
+    async fn subscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
+        match self {
+            Self::Node(sink) => sink.subscribe(channels).await,
+            // Channels of different slots cannot share one command.
+            Self::Cluster(conn) => {
+                futures_util::future::try_join_all(channels.into_iter().map(|channel| {
+                    let mut conn = conn.clone();
+                    async move { conn.ssubscribe(channel).await }
+                }))
+                .await
+                .map(drop)
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Node(sink) => sink.unsubscribe(channel).await,
+            Self::Cluster(conn) => conn.sunsubscribe(channel).await,
+        }
+    }
+}
+
+/// Subscribes on the master (a sentinel set's current one: publishes go
+/// there), or on the masters of a cluster.
+async fn connect(
+    bus: &RedisBus,
+    topology: &Topology,
+) -> anyhow::Result<BoxStream<'static, Incoming>> {
+    let (mut subscriber, stream) = tokio::time::timeout(Duration::from_secs(5), async {
+        anyhow::Ok(match topology {
+            Topology::Cluster { nodes } => {
+                let (pushes, received) = tokio::sync::mpsc::unbounded_channel();
+                let conn = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(pushes)
+                    .connection_timeout(REDIS_TIMEOUT)
+                    .response_timeout(REDIS_TIMEOUT)
+                    .build()?
+                    .get_async_connection()
+                    .await?;
+                let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(received)
+                    .filter_map(|push| async move {
+                        match push.kind {
+                            PushKind::Disconnection => Some(Incoming::Lost),
+                            PushKind::SUnsubscribe => {
+                                let channel = push.data.first()?;
+                                Some(Incoming::Unsubscribed(
+                                    redis::from_redis_value_ref(channel).ok()?,
+                                ))
+                            }
+                            _ => Msg::from_push_info(push).map(Incoming::Message),
+                        }
+                    })
+                    .boxed();
+                (Subscriber::Cluster(conn), stream)
+            }
+            _ => {
+                let (sink, stream) = topology
+                    .master_client()
+                    .await?
+                    .get_async_pubsub()
+                    .await?
+                    .split();
+                (
+                    Subscriber::Node(sink),
+                    stream.map(Incoming::Message).boxed(),
+                )
+            }
+        })
     })
     .await
     .context("connecting timed out")??;
-    let (mut sink, stream) = pubsub.split();
     // Published first, so that users attaching from now on subscribe on this
     // connection; then everyone already here is subscribed.
-    *bus.subscriber.write().await = Some(sink.clone());
-    let mut channels = vec![bus.keys.broadcast_channel()];
+    *bus.subscriber.write().await = Some(subscriber.clone());
+    let mut channels = bus.keys.broadcast_channels();
     channels.extend(
         bus.sink
             .local_users()
             .into_iter()
             .map(|u| bus.keys.user_channel(u)),
     );
-    sink.subscribe(channels).await?;
+    tokio::time::timeout(REDIS_TIMEOUT * 2, subscriber.subscribe(channels))
+        .await
+        .context("subscribing timed out")??;
     Ok(stream)
 }
 
@@ -237,7 +380,7 @@ impl Bus for RedisBus {
         let Some(mut sink) = self.sink().await else {
             return Ok(());
         };
-        sink.subscribe(self.keys.user_channel(user))
+        sink.subscribe(vec![self.keys.user_channel(user)])
             .await
             .map_err(|e| BusError(e.into()))
     }
@@ -253,7 +396,7 @@ impl Bus for RedisBus {
         // A connection of the user may have opened (and subscribed) meanwhile;
         // it must not be left unsubscribed.
         if self.sink.holds(user) {
-            sink.subscribe(&channel)
+            sink.subscribe(vec![channel])
                 .await
                 .map_err(|e| BusError(e.into()))?;
         }

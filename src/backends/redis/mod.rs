@@ -10,7 +10,11 @@ use std::{
 };
 
 use anyhow::{Context, anyhow};
-use redis::aio::MultiplexedConnection;
+use redis::{
+    Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster_async::ClusterConnection,
+};
 
 use crate::metrics;
 
@@ -41,7 +45,68 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// failover the next one is made to the master the sentinels name then.
 pub struct RedisCommands {
     pool: Pool,
-    shared: RwLock<Option<MultiplexedConnection>>,
+    shared: RwLock<Option<RedisConnection>>,
+}
+
+/// A connection to the topology: to one node (a single one, or a sentinel
+/// set's master), or to a whole cluster, where each command goes to the shard
+/// of its keys (a pipeline's commands must share one slot).
+#[derive(Clone)]
+pub enum RedisConnection {
+    Node(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Node(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisConnection {
+    /// Runs commands whose keys may live on different shards, answers in
+    /// order: one pipeline to a node; on a cluster, all at once over its
+    /// multiplexed connections (those to one shard are written together).
+    pub async fn each<T: FromRedisValue>(&mut self, commands: &[Cmd]) -> RedisResult<Vec<T>> {
+        match self {
+            Self::Node(c) => {
+                let mut pipe = redis::pipe();
+                for command in commands {
+                    pipe.add_command(command.clone());
+                }
+                pipe.query_async(c).await
+            }
+            Self::Cluster(c) => {
+                futures_util::future::try_join_all(commands.iter().map(|command| {
+                    let mut c = c.clone();
+                    async move { command.query_async(&mut c).await }
+                }))
+                .await
+            }
+        }
+    }
 }
 
 /// A pool from its builder: at most `size` connections, every wait bounded by
@@ -60,10 +125,12 @@ macro_rules! sized {
     };
 }
 
-/// The pool of the topology: one node's, or the sentinel-named master's.
+/// The pool of the topology: one node's, the sentinel-named master's, or the
+/// cluster's.
 enum Pool {
     Single(deadpool_redis::Pool),
     Sentinel(deadpool_redis::sentinel::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
 }
 
 impl RedisCommands {
@@ -84,6 +151,10 @@ impl RedisCommands {
                 .builder(),
                 pool_size
             )),
+            Topology::Cluster { nodes } => Pool::Cluster(sized!(
+                deadpool_redis::cluster::Config::from_urls(nodes.clone()).builder(),
+                pool_size
+            )),
         };
         Ok(Arc::new(Self {
             pool,
@@ -91,7 +162,7 @@ impl RedisCommands {
         }))
     }
 
-    async fn connection(&self) -> anyhow::Result<MultiplexedConnection> {
+    async fn connection(&self) -> anyhow::Result<RedisConnection> {
         if let Some(conn) = self
             .shared
             .read()
@@ -101,8 +172,15 @@ impl RedisCommands {
             return Ok(conn);
         }
         let conn = match &self.pool {
-            Pool::Single(pool) => deadpool_redis::Connection::take(pool.get().await?),
-            Pool::Sentinel(pool) => deadpool_redis::sentinel::Connection::take(pool.get().await?),
+            Pool::Single(pool) => {
+                RedisConnection::Node(deadpool_redis::Connection::take(pool.get().await?))
+            }
+            Pool::Sentinel(pool) => RedisConnection::Node(
+                deadpool_redis::sentinel::Connection::take(pool.get().await?),
+            ),
+            Pool::Cluster(pool) => RedisConnection::Cluster(
+                deadpool_redis::cluster::Connection::take(pool.get().await?),
+            ),
         };
         *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
@@ -117,7 +195,7 @@ impl RedisCommands {
 /// and is counted in `secchat_backend_errors_total{backend="redis"}`.
 pub async fn with_redis<T, F, Fut>(redis: &RedisCommands, work: F) -> anyhow::Result<T>
 where
-    F: FnOnce(MultiplexedConnection) -> Fut,
+    F: FnOnce(RedisConnection) -> Fut,
     Fut: Future<Output = redis::RedisResult<T>>,
 {
     let result = tokio::time::timeout(REDIS_TIMEOUT, async {
@@ -154,10 +232,10 @@ pub(crate) mod testing {
 
     pub fn commands() -> (Arc<RedisCommands>, Keyspace) {
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let topology = Topology::parse(&url()).expect("a valid TEST_REDIS_URL");
         (
-            RedisCommands::open(&Topology::parse(&url()).expect("a valid TEST_REDIS_URL"), 4)
-                .expect("a valid TEST_REDIS_URL"),
-            Keyspace::new(&prefix),
+            RedisCommands::open(&topology, 4).expect("a valid TEST_REDIS_URL"),
+            Keyspace::new(&prefix, &topology),
         )
     }
 }

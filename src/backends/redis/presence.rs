@@ -21,7 +21,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::{Script, aio::MultiplexedConnection};
+use redis::Script;
 
 use super::{Keyspace, RedisCommands, now_ms, with_redis};
 use crate::{
@@ -78,7 +78,7 @@ impl RedisPresence {
 
     async fn run<T: Send, F, Fut>(&self, work: F) -> PresenceResult<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(super::RedisConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         with_redis(&self.redis, work).await.map_err(PresenceError)

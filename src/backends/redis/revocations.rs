@@ -27,22 +27,27 @@ impl RedisRevocations {
     pub fn new(redis: Arc<RedisCommands>, keys: Keyspace) -> Self {
         Self { redis, keys }
     }
+
+    /// The command refusing `jti` until a little past its expiry: the token
+    /// verifier allows some clock leeway.
+    fn revoking(&self, jti: &str, expires_ms: i64, now_ms: i64) -> redis::Cmd {
+        let ttl_ms = (expires_ms - now_ms).max(1000) + 10_000;
+        let mut command = redis::cmd("SET");
+        command
+            .arg(self.keys.revoked(jti))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl_ms);
+        command
+    }
 }
 
 #[async_trait]
 impl Revocations for RedisRevocations {
     async fn revoke(&self, jti: &str, expires_at: DateTime<Utc>) -> Result<(), RevocationError> {
-        let key = self.keys.revoked(jti);
-        // Kept a little past expiry: the token verifier allows some clock leeway.
-        let ttl_ms = (expires_at.timestamp_millis() - now_ms()).max(1000) + 10_000;
+        let command = self.revoking(jti, expires_at.timestamp_millis(), now_ms());
         with_redis(&self.redis, |mut c| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async::<()>(&mut c)
-                .await
+            command.query_async::<()>(&mut c).await
         })
         .await
         .map_err(RevocationError)
@@ -78,14 +83,33 @@ impl Revocations for RedisRevocations {
         .map_err(RevocationError)
     }
 
+    /// Revokes first and forgets after: a failure between the two leaves the
+    /// tokens listed, so that trying again revokes them again.
     async fn revoke_all(&self, user: UserId, keep: Option<&str>) -> Result<(), RevocationError> {
+        let now = now_ms();
+        let tokens_key = self.keys.tokens(user);
         let mut call = REVOKE_ALL.prepare_invoke();
-        call.key(self.keys.tokens(user))
-            .arg(now_ms())
-            .arg(keep.unwrap_or_default())
-            .arg(self.keys.revoked_prefix());
+        call.key(&tokens_key).arg(now).arg(keep.unwrap_or_default());
+        let tokens: Vec<(String, i64)> = with_redis(&self.redis, |mut c| async move {
+            call.invoke_async(&mut c).await
+        })
+        .await
+        .map_err(RevocationError)?;
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let revoking: Vec<redis::Cmd> = tokens
+            .iter()
+            .map(|(jti, expires_ms)| self.revoking(jti, *expires_ms, now))
+            .collect();
+        let jtis: Vec<String> = tokens.into_iter().map(|(jti, _)| jti).collect();
         with_redis(&self.redis, |mut c| async move {
-            call.invoke_async::<()>(&mut c).await
+            c.each::<()>(&revoking).await?;
+            redis::cmd("ZREM")
+                .arg(&tokens_key)
+                .arg(jtis)
+                .query_async::<()>(&mut c)
+                .await
         })
         .await
         .map_err(RevocationError)
