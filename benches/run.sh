@@ -5,10 +5,13 @@
 #   benches/run.sh embedded                  # every scenario, embedded default
 #   benches/run.sh cluster 3                 # every scenario, 3 replicas on Postgres + Redis
 #   benches/run.sh embedded ws-direct        # one scenario
+#   REDIS_URL=redis+cluster://127.0.0.1:7500 benches/run.sh cluster 3 ws-cross
+#                                            # on a Redis Cluster (deploy/redis-cluster.sh)
 #
 # Cluster runs need Postgres and Redis (DATABASE_URL base, default
 # postgres://postgres@127.0.0.1:5432; REDIS_URL, default redis://127.0.0.1:6379);
-# each run gets a fresh database. Server and Redis CPU are both counted.
+# each run gets a fresh database. Server and Redis CPU are counted apart
+# (Redis: every node's process, in all and each).
 # SECCHAT_BIN runs another build of the server (an earlier commit's, to compare
 # before and after on one machine); the default is this tree's release build.
 set -euo pipefail
@@ -18,7 +21,7 @@ mode=${1:-embedded}; shift || true
 replicas=1
 if [ "$mode" = cluster ]; then replicas=${1:-1}; shift || true; fi
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(ws-direct ws-direct-acked ws-direct-20k ws-broadcast ws-broadcast-64 http-online http-offline login-storm conn-capacity)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(ws-direct ws-cross ws-direct-acked ws-direct-20k ws-broadcast ws-broadcast-64 http-online http-offline login-storm conn-capacity)
 
 cargo build --release --quiet --bins
 server=${SECCHAT_BIN:-$PWD/target/release/secchat}
@@ -53,12 +56,31 @@ for i in $(seq 1 "$replicas"); do
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$((19100 + i))/readyz" && break; sleep 0.2; done
     pids+=(--server-pid "$(cat "$work/server$i.pid")")
 done
-if [ "$mode" = cluster ]; then pids+=(--server-pid "$(pgrep -x redis-server | head -n 1)"); fi
+# The Redis processes, as Redis itself names them: the one node, or every
+# node of a cluster (replicas of a shard relay its sharded messages too).
+redis_pids() {
+  local url=${REDIS_URL:-redis://127.0.0.1:6379} nodes
+  case $url in
+    redis+cluster://*)
+      nodes=${url#redis+cluster://}; nodes=${nodes%%,*}
+      nodes=$(redis-cli -h "${nodes%:*}" -p "${nodes#*:}" cluster nodes | awk '{ split($2, a, "@"); print a[1] }') ;;
+    redis+sentinel://*) echo "run.sh measures one node or a cluster, not a sentinel set" >&2; exit 2 ;;
+    *) nodes=$(url=${url#redis://}; echo "${url%%/*}") ;;
+  esac
+  for node in $nodes; do
+    redis-cli -h "${node%:*}" -p "${node#*:}" info server | tr -d '\r' | sed -n 's/^process_id://p'
+  done
+}
+if [ "$mode" = cluster ]; then
+  for pid in $(redis_pids); do pids+=(--redis-pid "$pid"); done
+fi
 
 run() { target/release/loadgen "$@" "${urls[@]}" "${pids[@]}" --prefix "r$RANDOM"; }
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
     ws-direct) run ws-direct --connections 1000 --window 8 ;;
+    # Every message crosses replicas (partners sit on neighbouring replicas).
+    ws-cross) run ws-direct --connections 200 --window 2 ;;
     ws-direct-acked) run ws-direct --connections 1000 --window 8 --acknowledged ;;
     ws-direct-20k) run ws-direct --connections 1000 --rate 20000 ;;
     ws-broadcast) run ws-broadcast --connections 1000 --window 8 ;;

@@ -104,7 +104,7 @@ pub async fn online(common: &Common, args: OnlineArgs) -> anyhow::Result<Value> 
     );
     let setup_s = setup.elapsed().as_secs_f64();
 
-    let window = Window::start(&common.server_pids);
+    let window = Window::start(common);
     let (count, latency) = hammer(args.concurrency, common.window(), move || {
         let (http, url, token) = (http.clone(), url.clone(), owner.token.clone());
         async move {
@@ -163,7 +163,7 @@ pub async fn offline(common: &Common, args: OfflineArgs) -> anyhow::Result<Value
     }
     let setup_s = setup.elapsed().as_secs_f64();
 
-    let window = Window::start(&common.server_pids);
+    let window = Window::start(common);
     let posts = (0..args.messages).map(|i| {
         let (http, sender, recipient) = (&http, &senders[i % n], &recipients[(i / n) % n]);
         async move {
@@ -189,7 +189,7 @@ pub async fn offline(common: &Common, args: OfflineArgs) -> anyhow::Result<Value
 
     // The drain: every recipient fetched by several clients at once, through
     // different replicas, until nothing is left.
-    let window = Window::start(&common.server_pids);
+    let window = Window::start(common);
     let fetchers = recipients
         .iter()
         .flat_map(|r| (0..4).map(move |k| (r, k)))
@@ -271,7 +271,7 @@ pub async fn storm(common: &Common, args: StormArgs) -> anyhow::Result<Value> {
     };
     let (_, calm) = probe(http.clone(), owner.clone(), common.window()).await?;
 
-    let window = Window::start(&common.server_pids);
+    let window = Window::start(common);
     let storm = tokio::spawn({
         let (http, stormers) = (http.clone(), stormers.clone());
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));

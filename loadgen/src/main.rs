@@ -31,9 +31,13 @@ pub struct Common {
     #[arg(long = "url", global = true, default_value = "http://127.0.0.1:8000")]
     pub urls: Vec<String>,
     /// Processes whose CPU time (and, for conn-capacity, memory) is measured:
-    /// the server replicas, and Redis if it should count.
+    /// the server replicas.
     #[arg(long = "server-pid", global = true)]
     pub server_pids: Vec<u32>,
+    /// Redis processes (every node of a cluster), measured apart from the
+    /// replicas: in all and each on its own.
+    #[arg(long = "redis-pid", global = true)]
+    pub redis_pids: Vec<u32>,
     /// Length of the measured window, in seconds.
     #[arg(long, global = true, default_value_t = 10.0)]
     pub duration: f64,

@@ -53,20 +53,44 @@ pub fn rss_bytes(pids: &[u32]) -> u64 {
         .sum()
 }
 
-/// A measured window: wall time and the servers' CPU time over it.
+/// A measured window: wall time and the servers' CPU time over it, and that
+/// of each Redis process.
 pub struct Window {
     started: Instant,
     cpu_at_start: f64,
     pids: Vec<u32>,
+    redis_at_start: Vec<(u32, f64)>,
 }
 
 impl Window {
-    pub fn start(pids: &[u32]) -> Self {
+    pub fn start(common: &crate::Common) -> Self {
         Self {
             started: Instant::now(),
-            cpu_at_start: cpu_seconds(pids),
-            pids: pids.to_vec(),
+            cpu_at_start: cpu_seconds(&common.server_pids),
+            pids: common.server_pids.clone(),
+            redis_at_start: common
+                .redis_pids
+                .iter()
+                .map(|pid| (*pid, cpu_seconds(&[*pid])))
+                .collect(),
         }
+    }
+
+    /// Redis CPU microseconds per unit of work over the window so far: in all,
+    /// and per process (null without Redis pids).
+    pub fn redis_us_per(&self, units: u64) -> Value {
+        if self.redis_at_start.is_empty() {
+            return Value::Null;
+        }
+        let each: Vec<f64> = self
+            .redis_at_start
+            .iter()
+            .map(|(pid, at_start)| cpu_seconds(&[*pid]) - at_start)
+            .collect();
+        json!({
+            "all": cpu_us_per(Some(each.iter().sum()), units),
+            "by_process": each.iter().map(|cpu| cpu_us_per(Some(*cpu), units)).collect::<Vec<_>>(),
+        })
     }
 
     /// `(wall seconds, server CPU seconds or None without pids)`.

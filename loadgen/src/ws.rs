@@ -131,7 +131,7 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     let mut sinks = Vec::new();
-    let window = Window::start(&common.server_pids);
+    let window = Window::start(common);
     for (i, socket) in sockets.into_iter().enumerate() {
         let (sink, stream) = socket.split();
         let sink: SharedSink = Arc::new(tokio::sync::Mutex::new(sink));
@@ -182,6 +182,7 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
     }
     let (wall, cpu) = window.finish();
     let delivered = delivered();
+    let redis = window.redis_us_per(delivered);
     done.cancel();
     let mut latency = measure::histogram();
     for receiver in receivers {
@@ -204,6 +205,7 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
         "latency": measure::summary(&latency),
         "server_cpu_s": cpu,
         "server_cpu_us_per_message": measure::cpu_us_per(cpu, delivered),
+        "redis_cpu_us_per_message": redis,
     }))
 }
 
@@ -427,7 +429,7 @@ pub async fn broadcast(common: &Common, args: BroadcastArgs) -> anyhow::Result<V
         })
         .collect();
 
-    let window = Window::start(&common.server_pids);
+    let window = Window::start(common);
     let stop_at = Instant::now() + common.window();
     let mut ticker =
         (args.rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate)));

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     delivery::{direct, frame, frame_within},
-    helpers::{Backend, TestApp, WsClient, eventually_within, free_port},
+    helpers::{Backend, TestApp, WsClient, eventually_within},
 };
 
 /// How long a failover may take here: sentinels call the master down after
@@ -57,6 +57,31 @@ async fn redis_cmd(port: u16, args: &[&str]) -> Option<redis::Value> {
     cmd.query_async(&mut conn).await.ok()
 }
 
+/// A port for a Redis process of these tests: below the ephemeral range,
+/// where servers of other tests bind port 0 (a port found free there could be
+/// taken again before Redis binds it), never the same twice in this run, and
+/// free now.
+fn redis_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::AcqRel);
+        assert!(
+            port < 32_000,
+            "no free port for Redis below the ephemeral range"
+        );
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 fn redis_server(args: &[String]) -> Child {
     Command::new("redis-server")
         .args(args)
@@ -69,7 +94,7 @@ fn redis_server(args: &[String]) -> Child {
 impl SentinelSet {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (master_port, replica_port) = (free_port(), free_port());
+        let (master_port, replica_port) = (redis_port(), redis_port());
         let node = |port: u16| {
             vec![
                 // Replication writes a snapshot even without `save`: into the temporary directory.
@@ -98,7 +123,7 @@ impl SentinelSet {
                 Some(redis::Value::BulkString(info)) if String::from_utf8_lossy(&info).contains("master_link_status:up"))
         })
         .await;
-        let sentinel_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let sentinel_ports: Vec<u16> = (0..3).map(|_| redis_port()).collect();
         for port in &sentinel_ports {
             let conf = dir.path().join(format!("sentinel-{port}.conf"));
             std::fs::write(
@@ -177,11 +202,12 @@ impl SentinelSet {
     }
 }
 
-/// Sends message `i` (its content `message {i}`, client id `m{i}`) until the
+/// Sends message `i` (its content `message {i}` after the test's `label`,
+/// client id `m{i}`) until the
 /// server says `sent` (an error while Redis fails over is answered by sending
 /// again, as clients do).
-async fn send_until_sent(a: &mut WsClient, i: usize) {
-    let (content, client_id) = (format!("message {i}"), format!("m{i}"));
+async fn send_until_sent(a: &mut WsClient, label: &str, i: usize) {
+    let (content, client_id) = (format!("{label} message {i}"), format!("m{i}"));
     let deadline = tokio::time::Instant::now() + FAILOVER;
     loop {
         assert!(
@@ -216,7 +242,7 @@ struct ClusterSet {
 impl ClusterSet {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..6).map(|_| redis_port()).collect();
         let mut nodes = HashMap::new();
         for port in &ports {
             nodes.insert(
@@ -227,7 +253,7 @@ impl ClusterSet {
                     "--port".into(),
                     port.to_string(),
                     "--cluster-port".into(),
-                    free_port().to_string(),
+                    redis_port().to_string(),
                     "--bind".into(),
                     "127.0.0.1".into(),
                     "--save".into(),
@@ -368,7 +394,12 @@ where
     let mut a = r[0].ws(&alice.token).await;
     let b = r[1].ws_manual(&bob.token).await;
     let prefix = &backend.redis.as_ref().expect("on Redis").prefix;
-    let bob_channel = format!("{prefix}:user:{}", bob.id);
+    // As the server names it (README, "Choosing a Redis topology").
+    let bob_channel = if redis_url.starts_with("redis+cluster://") {
+        format!("{{{prefix}:{}}}:user:{}", bob.id % 64, bob.id)
+    } else {
+        format!("{prefix}:user:{}", bob.id)
+    };
 
     // Bob's side reads and acknowledges everything, counting each content.
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -396,7 +427,7 @@ where
     // Steady traffic, one message every 50 ms: ten before the disruption,
     // then on while it runs, and ten more once it is over.
     for i in 0..10 {
-        send_until_sent(&mut a, i).await;
+        send_until_sent(&mut a, prefix, i).await;
     }
     let disrupted = std::sync::atomic::AtomicBool::new(false);
     let disruption = async {
@@ -409,7 +440,7 @@ where
             if disrupted.load(std::sync::atomic::Ordering::Acquire) {
                 after += 1;
             }
-            send_until_sent(&mut a, i).await;
+            send_until_sent(&mut a, prefix, i).await;
             i += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -438,7 +469,15 @@ where
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("only {} of {total} arrived", counts.len()));
+    .unwrap_or_else(|_| {
+        let missing: Vec<usize> = (0..total)
+            .filter(|i| !counts.contains_key(&format!("{prefix} message {i}")))
+            .collect();
+        panic!(
+            "only {} of {total} arrived; missing {missing:?}",
+            counts.len()
+        )
+    });
     // Anything repeated would come now.
     tokio::time::sleep(Duration::from_secs(1)).await;
     while let Ok(content) = seen_rx.try_recv() {

@@ -12,6 +12,7 @@
 //! still that of the replicas subscribed.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, LazyLock,
         atomic::{AtomicBool, Ordering},
@@ -22,14 +23,18 @@ use std::{
 use anyhow::Context;
 use async_trait::async_trait;
 use futures_util::{StreamExt, stream::BoxStream};
-use redis::{Msg, PushKind, Script, aio::PubSubSink, cluster_async::ClusterConnection};
+use redis::{Msg, PushKind, aio::PubSubSink, cluster_async::ClusterConnection};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Keyspace, REDIS_TIMEOUT, RedisCommands, RedisConnection, Topology, now_ms, with_redis,
+    Keyspace, REDIS_TIMEOUT, RedisCommands, RedisConnection, Topology,
+    keys::slot_tag,
+    now_ms,
+    script::{Script, is_no_script},
+    with_redis,
 };
 use crate::{
     batch::Batcher,
@@ -209,8 +214,9 @@ async fn subscribe_forever(
 static SPUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/spublish.lua")));
 
 /// Publishes each payload to its channel, answering how many replicas received
-/// each: to one node, as one pipeline; on a cluster, sharded, all at once (the
-/// cluster connection writes those to one shard together).
+/// each: to one node, as one pipeline; on a cluster, sharded, one pipeline per
+/// slot (a command on its own would cost Redis a read and a write each), the
+/// pipelines all at once.
 async fn publish_all(
     connection: RedisConnection,
     events: Vec<(String, Vec<u8>)>,
@@ -224,17 +230,38 @@ async fn publish_all(
             pipe.query_async(&mut c).await
         }
         RedisConnection::Cluster(c) => {
-            futures_util::future::try_join_all(events.iter().map(|(channel, payload)| {
-                let mut c = c.clone();
+            let mut by_slot: HashMap<&str, Vec<usize>> = HashMap::new();
+            for (i, (channel, _)) in events.iter().enumerate() {
+                by_slot.entry(slot_tag(channel)).or_default().push(i);
+            }
+            let answers = futures_util::future::try_join_all(by_slot.into_values().map(|group| {
+                let (events, mut c) = (&events, c.clone());
                 async move {
-                    SPUBLISH
-                        .key(channel)
-                        .arg(payload)
-                        .invoke_async(&mut c)
-                        .await
+                    let pipeline = |by_sha: bool| {
+                        let mut pipe = redis::pipe();
+                        for &i in &group {
+                            let (channel, payload) = &events[i];
+                            pipe.add_command(SPUBLISH.key(channel).arg(payload).command(by_sha));
+                        }
+                        pipe
+                    };
+                    let answers: Vec<i64> = match pipeline(true).query_async(&mut c).await {
+                        // A node that never ran the script (new, or promoted)
+                        // runs none of the pipeline: sent whole, then.
+                        Err(err) if is_no_script(&err) => {
+                            pipeline(false).query_async(&mut c).await?
+                        }
+                        other => other?,
+                    };
+                    redis::RedisResult::Ok(group.into_iter().zip(answers))
                 }
             }))
-            .await
+            .await?;
+            let mut receivers = vec![0; events.len()];
+            for (i, n) in answers.into_iter().flatten() {
+                receivers[i] = n;
+            }
+            Ok(receivers)
         }
     }
 }

@@ -6,8 +6,8 @@ use std::{
     time::Duration,
 };
 
+use super::script::Script;
 use async_trait::async_trait;
-use redis::Script;
 
 use super::{Keyspace, RedisCommands, with_redis};
 use crate::{

@@ -14,6 +14,11 @@ use super::Topology;
 /// How many broadcast channels a cluster spreads broadcasts over.
 const BROADCAST_SHARDS: u32 = 16;
 
+/// How many slots a cluster spreads users' channels over: few enough that a
+/// batch of publishes groups into pipelines of several (a command on its own
+/// costs Redis a read and a write), enough to spread over many shards.
+pub const USER_CHANNEL_SLOTS: i64 = 64;
+
 #[derive(Debug, Clone)]
 pub struct Keyspace {
     prefix: String,
@@ -21,6 +26,7 @@ pub struct Keyspace {
     presence: String,
     /// Broadcast channels: one on a node, [`BROADCAST_SHARDS`] on a cluster.
     broadcast_shards: u32,
+    clustered: bool,
 }
 
 impl Keyspace {
@@ -34,6 +40,7 @@ impl Keyspace {
                 prefix.to_owned()
             },
             broadcast_shards: if clustered { BROADCAST_SHARDS } else { 1 },
+            clustered,
         }
     }
 
@@ -89,17 +96,20 @@ impl Keyspace {
     }
 
     /// Events for one user's connections: directed messages, session closes.
+    /// On a cluster, under one of [`USER_CHANNEL_SLOTS`] hash tags.
     pub fn user_channel(&self, user: UserId) -> String {
-        format!("{}:user:{user}", self.prefix)
+        if self.clustered {
+            let slot = user.rem_euclid(USER_CHANNEL_SLOTS);
+            format!("{{{}:{slot}}}:user:{user}", self.prefix)
+        } else {
+            format!("{}:user:{user}", self.prefix)
+        }
     }
 
     /// Whose [`user_channel`](Self::user_channel) `channel` is, if it is one.
     pub fn user_of_channel(&self, channel: &str) -> Option<UserId> {
-        channel
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(":user:")?
-            .parse()
-            .ok()
+        let user = channel.rsplit_once(":user:")?.1.parse().ok()?;
+        (self.user_channel(user) == channel).then_some(user)
     }
 
     /// Events for many users (broadcasts and presence notices) about `subject`
@@ -119,6 +129,17 @@ impl Keyspace {
             .map(|shard| self.broadcast_channel(i64::from(shard)))
             .collect()
     }
+}
+
+/// The part of a key or channel name that Redis Cluster hashes to find its
+/// slot: a non-empty `{tag}`, the first one, or else the whole name.
+pub fn slot_tag(name: &str) -> &str {
+    name.find('{')
+        .and_then(|open| {
+            let close = open + 1 + name[open + 1..].find('}')?;
+            (close > open + 1).then(|| &name[open + 1..close])
+        })
+        .unwrap_or(name)
 }
 
 #[cfg(test)]
@@ -141,6 +162,13 @@ mod tests {
         assert_eq!(cluster.connections(7), "{s}:conns:7");
         assert_eq!(cluster.online(), "{s}:online");
         assert_eq!(cluster.rate_budget("l", "k"), "s:rate:l:k");
+        assert_eq!(cluster.user_channel(70), "{s:6}:user:70");
+        assert_eq!(cluster.user_of_channel("{s:6}:user:70"), Some(70));
+        assert_eq!(cluster.user_of_channel("{s:7}:user:70"), None);
+        assert_eq!(slot_tag("{s:6}:user:70"), "s:6");
+        assert_eq!(slot_tag("s:broadcast:3"), "s:broadcast:3");
+        assert_eq!(slot_tag("a{}b{c}"), "a{}b{c}");
+        assert_eq!(slot_tag("a{b"), "a{b");
         let channels = cluster.broadcast_channels();
         assert_eq!(channels.len(), BROADCAST_SHARDS as usize);
         assert!(channels.contains(&cluster.broadcast_channel(12345)));

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod presence;
 pub mod ratelimit;
 pub mod revocations;
+mod script;
 pub mod topology;
 
 pub use bus::RedisBus;

@@ -19,9 +19,9 @@ use std::{
     time::Duration,
 };
 
+use super::script::Script;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::Script;
 
 use super::{Keyspace, RedisCommands, now_ms, with_redis};
 use crate::{

@@ -7,8 +7,8 @@ use std::{
     time::Duration,
 };
 
+use super::script::Script;
 use async_trait::async_trait;
-use redis::Script;
 
 use super::{Keyspace, RedisCommands, with_redis};
 use crate::ratelimit::{Grant, Limit, Limiter, LimiterError, LockoutPolicy, Rates};

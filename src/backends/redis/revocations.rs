@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use redis::Script;
+use super::script::Script;
 
 use super::{Keyspace, RedisCommands, now_ms, with_redis};
 use crate::{
