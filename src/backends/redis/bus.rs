@@ -196,8 +196,10 @@ async fn subscribe_forever(
                     }
                 }
                 bus.receiving.store(false, Ordering::Release);
-                *bus.subscriber.write().await = None;
-                if !shutdown.is_cancelled() {
+                if shutdown.is_cancelled() {
+                    *bus.subscriber.write().await = None;
+                } else {
+                    leave(&bus, &mut stream).await;
                     tracing::warn!("fan-out subscription lost; reconnecting");
                 }
             }
@@ -208,6 +210,41 @@ async fn subscribe_forever(
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Leaves a subscription connection without losing what it was counted for.
+/// A cluster connection may be alive but for one node (lost), or whole (a
+/// slot moved): until its sockets close, Redis still counts its
+/// subscriptions, and publishes counted there are taken for delivered. So it
+/// is first unsubscribed from everything, wherever its shard still answers
+/// (a shard's pushes come in order: what was published to it before is in
+/// `stream` by then), and what already came, from every shard, is dispatched.
+async fn leave(bus: &RedisBus, stream: &mut BoxStream<'static, Incoming>) {
+    let Some(subscriber) = bus.subscriber.write().await.take() else {
+        return;
+    };
+    if let Subscriber::Cluster(conn) = &subscriber {
+        let mut channels = bus.keys.broadcast_channels();
+        channels.extend(
+            bus.sink
+                .local_users()
+                .into_iter()
+                .map(|u| bus.keys.user_channel(u)),
+        );
+        let unsubscribed = futures_util::future::join_all(channels.into_iter().map(|channel| {
+            let mut conn = conn.clone();
+            async move { conn.sunsubscribe(channel).await }
+        }));
+        let _ = tokio::time::timeout(REDIS_TIMEOUT, unsubscribed).await;
+    }
+    drop(subscriber);
+    while let Ok(Some(incoming)) =
+        tokio::time::timeout(Duration::from_millis(100), stream.next()).await
+    {
+        if let Incoming::Message(message) = incoming {
+            bus.dispatch(message.get_payload_bytes());
+        }
     }
 }
 
