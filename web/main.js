@@ -952,6 +952,10 @@ async function renderThreadHead() {
   const peer = session.current;
   if (!peer) return;
   const contact = session.contacts.get(peer);
+  // Read before anything is shown, so that what the head says and whether
+  // the box takes text change together.
+  const pin = await db.pin(session.me.username, peer);
+  if (session.current !== peer) return;
   $('peer-name').textContent = peer;
   const waiting = contact?.mutual === false;
   $('peer-status').textContent = !contact ? 'not a contact'
@@ -959,7 +963,6 @@ async function renderThreadHead() {
       : typingUntil(peer) ? 'typing…'
         : contact.is_online ? 'online'
           : contact.last_seen ? `last seen ${when(Date.parse(contact.last_seen))}` : 'offline';
-  const pin = await db.pin(session.me.username, peer);
   const flagged = session.flagged.has(peer);
   const usable = !!contact && !!pin && !flagged && !waiting;
   field('send').disabled = !usable;
