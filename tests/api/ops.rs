@@ -747,3 +747,45 @@ fn the_readme_lists_every_setting_as_help_does() {
          only in --help: {missing:#?}\nonly in README.md: {extra:#?}"
     );
 }
+
+/// The real binary, its standard output and error one pipe whose reader goes
+/// away at once (`cargo run --release 2>&1 | head -1`): it goes on serving,
+/// logging all the while, instead of dying of the first failed log write.
+#[tokio::test]
+async fn the_server_outlives_whatever_read_its_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_secchat"))
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "debug")
+        .current_dir(dir.path())
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    crate::helpers::eventually("the server answers", || {
+        let (http, base) = (&http, &base);
+        async move { http.get(format!("{base}/healthz")).send().await.is_ok() }
+    })
+    .await;
+    // Every request logs (debug): many writes to the broken pipe.
+    for _ in 0..20 {
+        let status = http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the server exited");
+}
