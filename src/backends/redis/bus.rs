@@ -118,6 +118,19 @@ impl RedisBus {
         self.subscriber.read().await.clone()
     }
 
+    /// Every channel this replica subscribes to: the broadcast channels and
+    /// those of the users it holds connections for.
+    fn channels(&self) -> Vec<String> {
+        let mut channels = self.keys.broadcast_channels();
+        channels.extend(
+            self.sink
+                .local_users()
+                .into_iter()
+                .map(|u| self.keys.user_channel(u)),
+        );
+        channels
+    }
+
     /// Whether this replica must stay subscribed to `channel`.
     fn wants(&self, channel: &str) -> bool {
         match self.keys.user_of_channel(channel) {
@@ -225,17 +238,11 @@ async fn leave(bus: &RedisBus, stream: &mut BoxStream<'static, Incoming>) {
         return;
     };
     if let Subscriber::Cluster(conn) = &subscriber {
-        let mut channels = bus.keys.broadcast_channels();
-        channels.extend(
-            bus.sink
-                .local_users()
-                .into_iter()
-                .map(|u| bus.keys.user_channel(u)),
-        );
-        let unsubscribed = futures_util::future::join_all(channels.into_iter().map(|channel| {
-            let mut conn = conn.clone();
-            async move { conn.sunsubscribe(channel).await }
-        }));
+        let unsubscribed =
+            futures_util::future::join_all(bus.channels().into_iter().map(|channel| {
+                let mut conn = conn.clone();
+                async move { conn.sunsubscribe(channel).await }
+            }));
         let _ = tokio::time::timeout(REDIS_TIMEOUT, unsubscribed).await;
     }
     drop(subscriber);
@@ -398,14 +405,7 @@ async fn connect(
     // Published first, so that users attaching from now on subscribe on this
     // connection; then everyone already here is subscribed.
     *bus.subscriber.write().await = Some(subscriber.clone());
-    let mut channels = bus.keys.broadcast_channels();
-    channels.extend(
-        bus.sink
-            .local_users()
-            .into_iter()
-            .map(|u| bus.keys.user_channel(u)),
-    );
-    tokio::time::timeout(REDIS_TIMEOUT * 2, subscriber.subscribe(channels))
+    tokio::time::timeout(REDIS_TIMEOUT * 2, subscriber.subscribe(bus.channels()))
         .await
         .context("subscribing timed out")??;
     Ok(stream)
