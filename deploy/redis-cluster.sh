@@ -42,4 +42,4 @@ start() {
 }
 
 NAME=redis-cluster
-. deploy/redis-local.sh
+. deploy/local-services.sh

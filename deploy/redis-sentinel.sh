@@ -56,4 +56,4 @@ CONF
 }
 
 NAME=redis-sentinel
-. deploy/redis-local.sh
+. deploy/local-services.sh

@@ -148,6 +148,16 @@ pub struct StorageSettings {
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
 
+    /// `transaction` when `DATABASE_URL` names a pooler in transaction mode
+    /// that keeps no prepared statements (PgBouncer's `pool_mode =
+    /// transaction` before 1.21, as Debian 12 ships it): every statement is
+    /// then unnamed and runs inside a transaction, so that a server
+    /// connection changing hands between transactions breaks nothing. Costs
+    /// a parse and two round trips per statement; not needed directly on
+    /// Postgres, nor on PgBouncer 1.21 and later with `max_prepared_statements`.
+    #[arg(long, env = "DATABASE_POOLER", value_enum, default_value_t = Pooler::None)]
+    pub database_pooler: Pooler,
+
     /// `redis://…` for presence and fan-out shared by replicas,
     /// `redis+sentinel://host:port,host:port/<master-name>` for the master a
     /// Redis Sentinel set names (followed through failovers), or
@@ -409,6 +419,16 @@ pub enum Visibility {
     Open,
     /// Only users the subject has accepted as contacts on its side.
     Contacts,
+}
+
+/// What stands between the replicas and Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Pooler {
+    /// Postgres itself, or a pooler that keeps prepared statements.
+    None,
+    /// A pooler that hands a server connection to another client after each
+    /// transaction and keeps no prepared statements.
+    Transaction,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -93,6 +93,10 @@ struct Holding {
     /// A fetch that claimed a message just before its acknowledgement was
     /// stored still gets it: these are not written again.
     acked_since_fetch: HashSet<i64>,
+    /// Acknowledged while the store was down: their deletion is retried
+    /// elsewhere, and until it is stored a fetch finds them; never written
+    /// to this connection again.
+    acked_unstored: HashSet<i64>,
 }
 
 impl Delivery {
@@ -148,6 +152,26 @@ impl Delivery {
         }
     }
 
+    /// These messages were acknowledged, but their deletion is not stored
+    /// yet (it is retried): unlike [`Delivery::acknowledged`], no fetch of
+    /// this connection writes them again, however late it comes.
+    pub fn acknowledged_unstored(&self, ids: &[i64]) {
+        let mut held = self.held();
+        for id in ids {
+            held.unacked.remove(id);
+            held.acked_unstored.insert(*id);
+        }
+    }
+
+    /// These messages are not held after all (they were not written): a
+    /// later fetch writes them.
+    pub fn unhold(&self, ids: &[i64]) {
+        let mut held = self.held();
+        for id in ids {
+            held.unacked.remove(id);
+        }
+    }
+
     /// The messages held, oldest first.
     pub fn unacked(&self) -> Vec<i64> {
         self.held().unacked.iter().copied().collect()
@@ -160,6 +184,7 @@ impl Delivery {
         held.unacked
             .iter()
             .chain(&held.acked_since_fetch)
+            .chain(&held.acked_unstored)
             .copied()
             .collect()
     }

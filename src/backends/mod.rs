@@ -140,7 +140,8 @@ async fn connect_store(
         settings.storage.database_pool_size,
     );
     Ok(if settings.uses_postgres() {
-        let pg = Arc::new(sql::postgres::PostgresStore::connect(url, pool_size).await?);
+        let pooler = settings.storage.database_pooler;
+        let pg = Arc::new(sql::postgres::PostgresStore::connect(url, pool_size, pooler).await?);
         (pg.clone(), pg.clone(), pg)
     } else {
         let sqlite = Arc::new(sql::sqlite::SqliteStore::connect(url, pool_size).await?);

@@ -66,6 +66,9 @@ pub struct Inbox {
     /// over): published again until it goes out, so that a connection that
     /// stays open still learns of what was stored for it.
     pub(super) unannounced: std::sync::Mutex<std::collections::HashSet<UserId>>,
+    /// Messages acknowledged on a connection while the store was down:
+    /// deleted again until it answers, so that they are not delivered twice.
+    pub(super) undeleted: std::sync::Mutex<std::collections::HashMap<UserId, Vec<i64>>>,
 }
 
 impl Inbox {
@@ -87,9 +90,10 @@ impl Inbox {
         }
     }
 
-    /// Publishes the unread notices that failed, every half second while
-    /// some wait, until shutdown.
-    async fn announce_until(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Publishes the unread notices that failed and deletes the
+    /// acknowledged messages that were not, every half second while some
+    /// wait, until shutdown.
+    async fn retry_until(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -104,7 +108,31 @@ impl Inbox {
             if !waiting.is_empty() {
                 self.announce_unread(&waiting).await;
             }
+            let undeleted: Vec<(UserId, Vec<i64>)> = self
+                .undeleted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
+            for (user, ids) in undeleted {
+                self.delete_acknowledged(user, ids).await;
+            }
         }
+    }
+
+    /// Deletes messages a connection acknowledged, and tells the senders
+    /// that asked; what the store does not take is kept to try again.
+    async fn delete_acknowledged(&self, user: UserId, ids: Vec<i64>) {
+        match self.reads.delete(user, &ids).await {
+            Ok(acked) => self.tell_senders(&acked).await,
+            Err(err) => self.delete_later(user, &ids, &err),
+        }
+    }
+
+    fn delete_later(&self, user: UserId, ids: &[i64], err: &dyn std::fmt::Display) {
+        tracing::warn!(error = %err, user_id = user, "acknowledged messages not deleted; retrying");
+        let mut undeleted = self.undeleted.lock().unwrap_or_else(|p| p.into_inner());
+        undeleted.entry(user).or_default().extend(ids);
     }
 
     /// Publishes events at once (in a cluster, one pipelined round trip for
@@ -117,14 +145,19 @@ impl Inbox {
         }
     }
 
-    /// Stores directed messages that no connection managed to write, retrying
-    /// a store that is briefly away.
-    async fn store_undelivered(&self, messages: Vec<Arc<DirectMessage>>) {
+    /// Stores directed messages that no connection managed to write, trying
+    /// again until the store takes them or `give_up` completes.
+    async fn store_undelivered(
+        &self,
+        messages: Vec<Arc<DirectMessage>>,
+        give_up: impl std::future::Future<Output = ()>,
+    ) {
         let count = messages.len();
         let rows: Vec<NewMessage> = messages.iter().map(|m| NewMessage::from(&**m)).collect();
-        for attempt in 1..=5u32 {
+        let mut give_up = std::pin::pin!(give_up);
+        for attempt in 1u64.. {
             // Accepted already (the sender was not told otherwise): stored
-            // whatever the mailbox holds.
+            // whatever the mailbox holds, however long the store is down.
             match self.store.store_messages(&rows, MailboxQuota::NONE).await {
                 Ok(_) => {
                     messages_stored(StoredVia::Undelivered, count);
@@ -137,12 +170,18 @@ impl Inbox {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, attempt, "storing undelivered messages failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
-                        .await;
+                    let pause = Duration::from_millis(200 * attempt).min(Duration::from_secs(5));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = &mut give_up => break,
+                    }
                 }
             }
         }
-        tracing::error!(count, "undelivered messages dropped after retries");
+        tracing::error!(
+            count,
+            "undelivered messages dropped: the store did not take them before shutdown"
+        );
     }
 
     /// `POST /messages/`: stores a message for `recipient_username` to fetch
@@ -246,6 +285,21 @@ impl Inbox {
         let acked = self.reads.delete(user.id, ids).await?;
         self.tell_senders(&acked).await;
         Ok(acked.len() as u64)
+    }
+
+    /// The `ack` frame: like [`Inbox::ack_inbox`], but a store that is down
+    /// is no reason to deliver the messages again (nor to make the client
+    /// find out which acknowledgement failed): they are deleted once it
+    /// answers. Returns whether the deletion is stored already.
+    pub async fn ack_frame(&self, user: &AuthUser, ids: &[i64]) -> Result<bool> {
+        match self.ack_inbox(user, ids).await {
+            Ok(_) => Ok(true),
+            Err(Error::Unavailable(err)) => {
+                self.delete_later(user.id, ids, &format!("{err:#}"));
+                Ok(false)
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// `{"type": "delivered", "id"}` to the senders that asked, on whatever
@@ -378,7 +432,8 @@ impl Inbox {
 
     /// Starts the inbox's background work: storing the directed messages
     /// that no connection wrote (they come back through their receipts on
-    /// `undelivered`), the expiry sweep, and unread notices published again. Both end once shutdown began,
+    /// `undelivered`), the expiry sweep, and unread notices published and acknowledged
+    /// messages deleted again. Both end once shutdown began,
     /// the first having stored everything the closing `sessions` handed back.
     pub fn spawn(
         self: &Arc<Self>,
@@ -392,9 +447,9 @@ impl Inbox {
             sessions,
         ));
         let expiring = tokio::spawn(self.clone().expire_until(shutdown.clone()));
-        let announcing = tokio::spawn(self.clone().announce_until(shutdown));
+        let retrying = tokio::spawn(self.clone().retry_until(shutdown));
         tokio::spawn(async move {
-            let _ = tokio::join!(storing, expiring, announcing);
+            let _ = tokio::join!(storing, expiring, retrying);
         })
     }
 
@@ -411,7 +466,12 @@ impl Inbox {
                     if n == 0 {
                         break;
                     }
-                    self.store_undelivered(std::mem::take(&mut batch)).await;
+                    // Until shutdown, and its grace after.
+                    let give_up = async {
+                        shutdown.cancelled().await;
+                        tokio::time::sleep(self.settings.shutdown_grace()).await;
+                    };
+                    self.store_undelivered(std::mem::take(&mut batch), give_up).await;
                 }
                 _ = shutdown.cancelled() => {
                     // Sessions closing now hand back what they could not write.
@@ -425,7 +485,8 @@ impl Inbox {
             batch.push(message);
         }
         if !batch.is_empty() {
-            self.store_undelivered(batch).await;
+            let give_up = tokio::time::sleep(self.settings.shutdown_grace());
+            self.store_undelivered(batch, give_up).await;
         }
     }
 

@@ -115,6 +115,7 @@ impl Services {
             reads: ReadMarker::start(store.clone()),
             settings: settings.clone(),
             unannounced: Default::default(),
+            undeleted: Default::default(),
         });
         Ok(Self {
             accounts: Accounts {

@@ -180,9 +180,13 @@ impl Relay {
                 ];
             }
             ClientFrame::Ack { ids } => {
-                return match self.inbox.ack_inbox(sender, &ids).await {
-                    Ok(_) => {
+                return match self.inbox.ack_frame(sender, &ids).await {
+                    Ok(true) => {
                         delivery.acknowledged(&ids);
+                        Vec::new()
+                    }
+                    Ok(false) => {
+                        delivery.acknowledged_unstored(&ids);
                         Vec::new()
                     }
                     Err(Error::Invalid(_)) => vec![

@@ -443,19 +443,25 @@ impl Writer {
             // released when the connection goes, not left claimed.
             self.hold(tracked.iter().map(|m| m.id))?;
             let held = tokio::time::timeout(WRITE_DEADLINE, self.state.inbox.hold_for(&tracked));
-            match held.await {
+            let failure = match held.await {
                 // Over the mailbox quota: written, but held by nobody.
-                Ok(Ok(unheld)) => self.delivery.acknowledged(&unheld),
-                Ok(Err(err)) => {
-                    // Its messages go back through their receipts.
-                    tracing::warn!(error = format!("{err:#}"), "holding messages failed");
-                    self.closer.close(Disconnect::Unavailable);
-                    return Err(Stop::Close);
+                Ok(Ok(unheld)) => {
+                    self.delivery.acknowledged(&unheld);
+                    None
                 }
-                Err(_) => {
-                    self.closer.close(Disconnect::Unavailable);
-                    return Err(Stop::Close);
-                }
+                Ok(Err(err)) => Some(format!("{err:#}")),
+                Err(_) => Some("no answer within the write deadline".to_owned()),
+            };
+            if let Some(error) = failure {
+                // The store is down. Written unheld, a message would be lost
+                // if this connection went before acknowledging it; so they
+                // are not written, and go back through their receipts, to be
+                // stored once the store answers (then fetched here). The
+                // connection stays: everything else still reaches it.
+                tracing::warn!(error, "holding messages failed; they wait for the store");
+                let ids: Vec<i64> = tracked.iter().map(|m| m.id).collect();
+                self.delivery.unhold(&ids);
+                batch.retain(|item| !matches!(item, Outgoing::Tracked(..)));
             }
         }
         let written = tokio::time::timeout(WRITE_DEADLINE, self.write_frames(batch)).await;

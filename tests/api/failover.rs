@@ -19,11 +19,11 @@ use crate::{
 
 /// How long a failover may take here: sentinels call the master down after
 /// 1 s (a cluster after 2 s), then elect and promote.
-const FAILOVER: Duration = Duration::from_secs(30);
+pub const FAILOVER: Duration = Duration::from_secs(30);
 
 /// Polls `check` for as long as a failover may take (the helpers' usual
 /// patience is for a quiet server, not a Redis changing hands).
-async fn within_failover<F, Fut>(what: &str, check: F)
+pub async fn within_failover<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -41,8 +41,29 @@ struct SentinelSet {
     _dir: tempfile::TempDir,
 }
 
+/// The password of these tests' Redis nodes (not of their sentinels, which
+/// replicas ask without one): replicas find it in `REDIS_URL`.
+const PASSWORD: &str = "failover-p@ss";
+
+/// `REDIS_URL`'s form of [`PASSWORD`].
+const PASSWORD_IN_URL: &str = "failover-p%40ss";
+
+/// A command to a Redis node of these tests (with [`PASSWORD`]).
 async fn redis_cmd(port: u16, args: &[&str]) -> Option<redis::Value> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    command(
+        &format!("redis://:{PASSWORD_IN_URL}@127.0.0.1:{port}"),
+        args,
+    )
+    .await
+}
+
+/// A command to one of these tests' sentinels.
+async fn sentinel_cmd(port: u16, args: &[&str]) -> Option<redis::Value> {
+    command(&format!("redis://127.0.0.1:{port}"), args).await
+}
+
+async fn command(url: &str, args: &[&str]) -> Option<redis::Value> {
+    let client = redis::Client::open(url).ok()?;
     let mut conn = tokio::time::timeout(
         Duration::from_secs(1),
         client.get_multiplexed_async_connection(),
@@ -108,6 +129,10 @@ impl SentinelSet {
                 String::new(),
                 "--appendonly".into(),
                 "no".into(),
+                "--requirepass".into(),
+                PASSWORD.into(),
+                "--masterauth".into(),
+                PASSWORD.into(),
             ]
         };
         let master = redis_server(&node(master_port));
@@ -131,6 +156,7 @@ impl SentinelSet {
                 format!(
                     "port {port}\nbind 127.0.0.1\ndir {dir}\n\
                      sentinel monitor secchat 127.0.0.1 {master_port} 2\n\
+                     sentinel auth-pass secchat {PASSWORD}\n\
                      sentinel down-after-milliseconds secchat 1000\n\
                      sentinel failover-timeout secchat 5000\n\
                      sentinel parallel-syncs secchat 1\n",
@@ -148,7 +174,7 @@ impl SentinelSet {
         for port in &sentinel_ports {
             tokio::time::timeout(FAILOVER, async {
                 loop {
-                    let known = redis_cmd(*port, &["SENTINEL", "MASTER", "secchat"]).await;
+                    let known = sentinel_cmd(*port, &["SENTINEL", "MASTER", "secchat"]).await;
                     if let Some(redis::Value::Array(fields)) = known {
                         let text: Vec<String> = fields
                             .iter()
@@ -187,12 +213,15 @@ impl SentinelSet {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        format!("redis+sentinel://{}/secchat", hosts.join(","))
+        format!(
+            "redis+sentinel://:{PASSWORD_IN_URL}@{}/secchat",
+            hosts.join(",")
+        )
     }
 
     /// The master's port as the first sentinel reports it.
     async fn master_reported(&self) -> Option<String> {
-        let answer = redis_cmd(
+        let answer = sentinel_cmd(
             self.sentinel_ports[0],
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "secchat"],
         )
@@ -266,6 +295,10 @@ impl ClusterSet {
                     format!("nodes-{port}.conf"),
                     "--cluster-node-timeout".into(),
                     "2000".into(),
+                    "--requirepass".into(),
+                    PASSWORD.into(),
+                    "--masterauth".into(),
+                    PASSWORD.into(),
                 ]),
             );
         }
@@ -276,6 +309,7 @@ impl ClusterSet {
             .await;
         }
         let created = Command::new("redis-cli")
+            .args(["--no-auth-warning", "-a", PASSWORD])
             .arg("--cluster")
             .arg("create")
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
@@ -316,7 +350,7 @@ impl ClusterSet {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        format!("redis+cluster://:{PASSWORD_IN_URL}@{}", hosts.join(","))
     }
 
     /// The port, node id and number of slots of the master serving `key`'s
@@ -375,17 +409,17 @@ async fn info(port: u16, args: &[&str]) -> String {
     }
 }
 
-/// Two replicas on `redis_url`, alice on one sending messages to bob on the
+/// Two replicas on `backend`, alice on one sending messages to bob on the
 /// other, who reads and acknowledges; `disrupt` runs during the traffic (given
-/// the replicas, `redis` (the Redis processes, kept running to the end) and
-/// the name of bob's channel). Every message accepted must reach bob's open
-/// socket exactly once, every replica be ready again without a restart,
+/// the replicas, `processes` (what it disrupts, kept running to the end) and
+/// the name of bob's Redis channel). Every message accepted must reach bob's
+/// open socket exactly once, every replica be ready again without a restart,
 /// presence come back without reconnecting, and fan-out work afterwards.
-async fn exactly_once_through<R, D>(redis_url: &str, mut redis: R, disrupt: D)
+pub async fn exactly_once_through<R, D>(backend: Backend, mut processes: R, disrupt: D)
 where
     D: for<'a> FnOnce(&'a [TestApp], &'a mut R, String) -> BoxFuture<'a, ()>,
 {
-    let backend = Backend::cluster_on_redis(redis_url).await;
+    let redis_url = backend.redis.as_ref().expect("on Redis").url.clone();
     let r: Vec<TestApp> = futures_util::future::join_all(
         (0..2).map(|_| backend.spawn(|s| s.presence.presence_lease_secs = 5)),
     )
@@ -431,7 +465,7 @@ where
     }
     let disrupted = std::sync::atomic::AtomicBool::new(false);
     let disruption = async {
-        disrupt(&r, &mut redis, bob_channel.clone()).await;
+        disrupt(&r, &mut processes, bob_channel.clone()).await;
         disrupted.store(true, std::sync::atomic::Ordering::Release);
     };
     let traffic = async {
@@ -503,7 +537,7 @@ where
 }
 
 /// Waits until `app` reports an outage on `/readyz`.
-async fn reports_outage(app: &TestApp) {
+pub async fn reports_outage(app: &TestApp) {
     within_failover("a replica reports the outage", || async {
         let response = app.http.get(app.url("/readyz")).send().await.unwrap();
         response.status() == StatusCode::SERVICE_UNAVAILABLE
@@ -515,18 +549,22 @@ async fn reports_outage(app: &TestApp) {
 #[ignore = "needs Postgres and redis-server: run with --include-ignored (CI does)"]
 async fn a_sentinel_failover_under_traffic_loses_nothing_and_repeats_nothing() {
     let set = SentinelSet::start().await;
-    exactly_once_through(&set.url(), set, |r, set, _| {
-        Box::pin(async move {
-            set.master.kill().await.unwrap();
-            let old = set.master_port.to_string();
-            // The replicas say they cannot fan out, then recover by themselves.
-            reports_outage(&r[1]).await;
-            within_failover("the sentinels promote the replica", || async {
-                set.master_reported().await.as_deref() != Some(old.as_str())
+    exactly_once_through(
+        Backend::cluster_on_redis(&set.url()).await,
+        set,
+        |r, set, _| {
+            Box::pin(async move {
+                set.master.kill().await.unwrap();
+                let old = set.master_port.to_string();
+                // The replicas say they cannot fan out, then recover by themselves.
+                reports_outage(&r[1]).await;
+                within_failover("the sentinels promote the replica", || async {
+                    set.master_reported().await.as_deref() != Some(old.as_str())
+                })
+                .await;
             })
-            .await;
-        })
-    })
+        },
+    )
     .await;
 }
 
@@ -534,20 +572,24 @@ async fn a_sentinel_failover_under_traffic_loses_nothing_and_repeats_nothing() {
 #[ignore = "needs Postgres and redis-server: run with --include-ignored (CI does)"]
 async fn a_cluster_master_killed_under_traffic_loses_nothing_and_repeats_nothing() {
     let set = ClusterSet::start().await;
-    exactly_once_through(&set.url(), set, |r, set, bob_channel| {
-        Box::pin(async move {
-            // The master of bob's channel: its replica must take over.
-            let (port, id, _) = set.master_of(&bob_channel).await.expect("a master");
-            set.nodes.remove(&port).unwrap().kill().await.unwrap();
-            reports_outage(&r[1]).await;
-            within_failover("a replica takes the killed master's slots", || async {
-                set.master_of(&bob_channel)
-                    .await
-                    .is_some_and(|(_, now, _)| now != id)
+    exactly_once_through(
+        Backend::cluster_on_redis(&set.url()).await,
+        set,
+        |r, set, bob_channel| {
+            Box::pin(async move {
+                // The master of bob's channel: its replica must take over.
+                let (port, id, _) = set.master_of(&bob_channel).await.expect("a master");
+                set.nodes.remove(&port).unwrap().kill().await.unwrap();
+                reports_outage(&r[1]).await;
+                within_failover("a replica takes the killed master's slots", || async {
+                    set.master_of(&bob_channel)
+                        .await
+                        .is_some_and(|(_, now, _)| now != id)
+                })
+                .await;
             })
-            .await;
-        })
-    })
+        },
+    )
     .await;
 }
 
@@ -555,26 +597,31 @@ async fn a_cluster_master_killed_under_traffic_loses_nothing_and_repeats_nothing
 #[ignore = "needs Postgres and redis-server: run with --include-ignored (CI does)"]
 async fn a_cluster_resharded_under_traffic_loses_nothing_and_repeats_nothing() {
     let set = ClusterSet::start().await;
-    exactly_once_through(&set.url(), set, |_, set, bob_channel| {
-        Box::pin(async move {
-            // Every slot of the master of bob's channel (and of the presence
-            // keys, if they live there) moves to another master.
-            let (port, from, slots) = set.master_of(&bob_channel).await.expect("a master");
-            let to = set.other_master(&from).await;
-            let moved = Command::new("redis-cli")
-                .args(["--cluster", "reshard", &format!("127.0.0.1:{port}")])
-                .args(["--cluster-from", &from, "--cluster-to", &to])
-                .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
-                .output()
-                .await
-                .expect("redis-cli installed");
-            assert!(
-                moved.status.success(),
-                "redis-cli --cluster reshard: {}",
-                String::from_utf8_lossy(&moved.stdout)
-            );
-            assert_eq!(set.master_of(&bob_channel).await.expect("a master").1, to);
-        })
-    })
+    exactly_once_through(
+        Backend::cluster_on_redis(&set.url()).await,
+        set,
+        |_, set, bob_channel| {
+            Box::pin(async move {
+                // Every slot of the master of bob's channel (and of the presence
+                // keys, if they live there) moves to another master.
+                let (port, from, slots) = set.master_of(&bob_channel).await.expect("a master");
+                let to = set.other_master(&from).await;
+                let moved = Command::new("redis-cli")
+                    .args(["--no-auth-warning", "-a", PASSWORD])
+                    .args(["--cluster", "reshard", &format!("127.0.0.1:{port}")])
+                    .args(["--cluster-from", &from, "--cluster-to", &to])
+                    .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+                    .output()
+                    .await
+                    .expect("redis-cli installed");
+                assert!(
+                    moved.status.success(),
+                    "redis-cli --cluster reshard: {}",
+                    String::from_utf8_lossy(&moved.stdout)
+                );
+                assert_eq!(set.master_of(&bob_channel).await.expect("a master").1, to);
+            })
+        },
+    )
     .await;
 }

@@ -120,6 +120,29 @@ impl Backend {
         }
     }
 
+    /// A database of this test's own, created on `server` (a `postgres://`
+    /// URL without a database) and reached at `reached_at/<name>` (through a
+    /// pooler, say), with a Redis key prefix on `TEST_REDIS_URL`.
+    pub async fn own_database(server: &str, reached_at: &str) -> Self {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
+            .await
+            .expect("Postgres reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("database created");
+        admin.close().await;
+        Self {
+            database_url: format!("{reached_at}/{name}"),
+            redis: Some(RedisSpace {
+                url: test_redis_url(),
+                prefix: name,
+            }),
+            _dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
     /// Runs one SQL statement on this backend's database, as an operator (or
     /// an earlier release) would.
     pub async fn execute(&self, sql: &str) {

@@ -18,6 +18,7 @@ mod load_balancer;
 mod messages;
 mod ops;
 mod p2p;
+mod postgres;
 mod privacy;
 mod ratelimits;
 mod sessions;

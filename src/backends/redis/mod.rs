@@ -143,15 +143,28 @@ impl RedisCommands {
                 deadpool_redis::Config::from_url(url.as_str()).builder(),
                 pool_size
             )),
-            Topology::Sentinel { sentinels, master } => Pool::Sentinel(sized!(
-                deadpool_redis::sentinel::Config::from_urls(
+            Topology::Sentinel {
+                sentinels,
+                master,
+                credentials,
+            } => {
+                let mut config = deadpool_redis::sentinel::Config::from_urls(
                     sentinels.clone(),
                     master.clone(),
                     deadpool_redis::sentinel::SentinelServerType::Master,
-                )
-                .builder(),
-                pool_size
-            )),
+                );
+                config.node_connection_info =
+                    Some(deadpool_redis::sentinel::SentinelNodeConnectionInfo {
+                        tls_mode: None,
+                        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+                            db: 0,
+                            username: credentials.username.clone(),
+                            password: credentials.password.clone(),
+                            protocol: Default::default(),
+                        }),
+                    });
+                Pool::Sentinel(sized!(config.builder(), pool_size))
+            }
             Topology::Cluster { nodes } => Pool::Cluster(sized!(
                 deadpool_redis::cluster::Config::from_urls(nodes.clone()).builder(),
                 pool_size

@@ -22,6 +22,7 @@ use crate::{
     },
 };
 
+pub mod pgpool;
 pub mod postgres;
 pub mod queries;
 pub mod refresh;
@@ -38,9 +39,21 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => Self::Unavailable(err.into()),
             // A row refers to a user that is gone: its account was deleted meanwhile.
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => Self::NoSuchUser,
+            // The database, not the request: shut down or starting up, out of
+            // connections, or a connection lost (also as a pooler reports it).
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(unavailable_state) => {
+                Self::Unavailable(sqlx::Error::Database(db).into())
+            }
             other => Self::Other(other.into()),
         }
     }
+}
+
+/// SQLSTATEs that say the database is unavailable: class 08 (connection
+/// exception), 53300 (too many connections), 57P01–57P03 (shut down by an
+/// operator or a crash, or not accepting connections yet).
+fn unavailable_state(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "53300" | "57P01" | "57P02" | "57P03")
 }
 
 /// Runs one store operation: boxes it for the trait, and counts a failure of
@@ -143,16 +156,17 @@ where
 }
 
 /// Moves every unexpired token of `user` but `keep` from the issued to the
-/// revoked ones, in one transaction of two statements however many there are;
-/// returns them with their expiry.
-async fn revoke_issued<DB>(
-    pool: &sqlx::Pool<DB>,
+/// revoked ones, in two statements however many there are, on `tx` (a
+/// connection inside a transaction, which the caller commits); returns them
+/// with their expiry.
+async fn revoke_issued<C, DB>(
+    tx: &mut C,
     user: UserId,
     keep: Option<&str>,
 ) -> Result<Vec<(String, DateTime<Utc>)>, RevocationError>
 where
     DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = DB>,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
     for<'q> String: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
@@ -162,7 +176,6 @@ where
     const OF_USER: &str =
         "FROM issued_tokens WHERE user_id = $1 AND jti <> $2 AND expires_at >= $3";
     let (keep, now) = (keep.unwrap_or_default().to_owned(), Utc::now());
-    let mut tx = pool.begin().await.map_err(revocation_failed)?;
     sqlx::query(&format!(
         "INSERT INTO revoked_tokens (jti, expires_at) SELECT jti, expires_at {OF_USER}
          ON CONFLICT (jti) DO NOTHING"
@@ -173,15 +186,13 @@ where
     .execute(&mut *tx)
     .await
     .map_err(revocation_failed)?;
-    let revoked = sqlx::query_as(&format!("DELETE {OF_USER} RETURNING jti, expires_at"))
+    sqlx::query_as(&format!("DELETE {OF_USER} RETURNING jti, expires_at"))
         .bind(user)
         .bind(keep)
         .bind(now)
         .fetch_all(&mut *tx)
         .await
-        .map_err(revocation_failed)?;
-    tx.commit().await.map_err(revocation_failed)?;
-    Ok(revoked)
+        .map_err(revocation_failed)
 }
 
 /// `%needle%` for `LIKE … ESCAPE '\'`, with the needle's own wildcards escaped.

@@ -6,14 +6,14 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    PgPool,
+    Connection as _, PgPool,
     postgres::PgRow,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::queries;
+use super::{pgpool::PgDb, queries};
 use crate::{
-    config::Visibility,
+    config::{Pooler, Visibility},
     domain::UserId,
     revocation::{RevocationError, Revocations},
     store::{
@@ -23,10 +23,9 @@ use crate::{
     },
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
-
 pub struct PostgresStore {
-    pool: PgPool,
+    /// Statements run here (never on the `PgPool` inside): see [`PgDb`].
+    pool: PgDb,
     /// Message ids taken from the sequence a block at a time.
     ids: std::sync::Mutex<IdBlock>,
     /// Held while a new block is fetched.
@@ -62,9 +61,8 @@ impl IdBlock {
 }
 
 impl PostgresStore {
-    /// Connects and applies migrations. Replicas starting at once are safe: the
-    /// migrator holds a Postgres advisory lock while it works.
-    pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<Self> {
+    /// Connects (through `pooler`: see [`PgDb`]) and applies migrations.
+    pub async fn connect(url: &str, pool_size: u32, pooler: Pooler) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(url)
             .context("DATABASE_URL is not a valid postgres:// URL")?;
         let pool = PgPoolOptions::new()
@@ -74,12 +72,11 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .context("connecting to Postgres")?;
-        MIGRATOR
-            .run(&pool)
+        migrate(&pool)
             .await
             .context("applying Postgres migrations")?;
         Ok(Self {
-            pool,
+            pool: PgDb::new(pool, pooler),
             ids: std::sync::Mutex::new(IdBlock {
                 ids: Default::default(),
                 fetched: std::time::Instant::now(),
@@ -88,6 +85,30 @@ impl PostgresStore {
             fetching: tokio::sync::Mutex::new(()),
         })
     }
+}
+
+/// Applies the migrations not applied yet, all in one transaction under a
+/// transaction-scoped advisory lock (one per schema), so that replicas
+/// starting at once take turns and a failed migration leaves nothing half
+/// done. Not sqlx's own lock: that one is a session's, which a transaction
+/// pooler would leave held on a server connection it lends to others. The
+/// migrator names its statements: they are deallocated before the
+/// transaction ends, and its connection closed after.
+async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut migrator = sqlx::migrate!("migrations/postgres");
+    migrator.set_locking(false);
+    let mut connection = pool.acquire().await?.detach();
+    let mut tx = connection.begin().await?;
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('secchat migrations ' || current_schema()))",
+    )
+    .execute(&mut *tx)
+    .await?;
+    migrator.run(&mut *tx).await?;
+    sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *tx).await?;
+    tx.commit().await?;
+    connection.close().await?;
+    Ok(())
 }
 
 impl PostgresStore {
@@ -709,11 +730,13 @@ impl Revocations for PostgresStore {
         user: crate::domain::UserId,
         keep: Option<&str>,
     ) -> Result<(), RevocationError> {
-        super::revoke_issued(&self.pool, user, keep).await.map(drop)
+        let mut tx = self.pool.begin().await.map_err(super::revocation_failed)?;
+        super::revoke_issued(&mut *tx, user, keep).await?;
+        tx.commit().await.map_err(super::revocation_failed)
     }
 }
 
-super::refresh::refresh_tokens!(PostgresStore, sqlx::Postgres);
+super::refresh::refresh_tokens!(PostgresStore, super::pgpool::PgTx);
 
 #[cfg(test)]
 mod tests {
@@ -734,12 +757,37 @@ mod tests {
         admin.close().await;
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-        PostgresStore::connect(&url, 4).await.unwrap()
+        PostgresStore::connect(&url, 4, Pooler::None).await.unwrap()
     }
 
-    #[tokio::test]
-    #[ignore = "needs Postgres: run with --include-ignored (CI does)"]
-    async fn store_contract_holds() {
+    /// A fresh database reached through the PgBouncer (transaction mode) at
+    /// `TEST_PGBOUNCER_URL`, in front of `TEST_DATABASE_URL`'s server.
+    async fn pooled() -> PostgresStore {
+        let base = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let pgbouncer = std::env::var("TEST_PGBOUNCER_URL").expect(
+            "TEST_PGBOUNCER_URL: a PgBouncer in transaction mode in front of \
+             TEST_DATABASE_URL's server (deploy/pgbouncer.sh start prints one)",
+        );
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPool::connect(&base).await.expect("Postgres reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let url = format!("{}/{name}", pgbouncer.trim_end_matches('/'));
+        PostgresStore::connect(&url, 4, Pooler::Transaction)
+            .await
+            .unwrap()
+    }
+
+    /// Every contract a Postgres store keeps, each case on a `fresh` store.
+    async fn every_contract_holds<F, Fut>(fresh: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = PostgresStore>,
+    {
         contract::users_are_unique_regardless_of_case(&fresh().await).await;
         contract::search_matches_literally_by_name(&fresh().await).await;
         contract::requests_become_contacts_on_both_sides(&fresh().await).await;
@@ -754,22 +802,24 @@ mod tests {
         contract::message_ids_follow_acceptance_and_store_once(&fresh().await).await;
         contract::held_messages_wait_for_their_connection(&fresh().await).await;
         contract::unread_messages_come_a_page_at_a_time(&fresh().await).await;
-    }
-
-    #[tokio::test]
-    #[ignore = "needs Postgres: run with --include-ignored (CI does)"]
-    async fn revocation_contract_holds() {
         revocation::contract::revoked_until_expiry(&fresh().await).await;
         revocation::contract::all_of_a_users_tokens_can_be_revoked(&fresh().await).await;
+        use crate::refresh::contract as refresh;
+        refresh::tokens_rotate_once_and_reuse_ends_the_session(&fresh().await).await;
+        refresh::tokens_lapse_unused(&fresh().await).await;
+        refresh::sessions_end_by_access_token_or_all_at_once(&fresh().await).await;
+        refresh::sessions_go_with_their_account(&fresh().await).await;
     }
 
     #[tokio::test]
     #[ignore = "needs Postgres: run with --include-ignored (CI does)"]
-    async fn refresh_contract_holds() {
-        use crate::refresh::contract;
-        contract::tokens_rotate_once_and_reuse_ends_the_session(&fresh().await).await;
-        contract::tokens_lapse_unused(&fresh().await).await;
-        contract::sessions_end_by_access_token_or_all_at_once(&fresh().await).await;
-        contract::sessions_go_with_their_account(&fresh().await).await;
+    async fn contracts_hold() {
+        every_contract_holds(fresh).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Postgres and PgBouncer: run with --include-ignored (CI does)"]
+    async fn contracts_hold_through_a_transaction_pooler() {
+        every_contract_holds(pooled).await;
     }
 }

@@ -46,9 +46,10 @@ pub const END_SESSION: &str = "DELETE FROM login_sessions WHERE id = $1";
 pub const END_SESSIONS_BUT: &str = "DELETE FROM login_sessions WHERE user_id = $1 AND id NOT IN
      (SELECT session_id FROM refresh_tokens WHERE access_jti = $2)";
 
-/// `impl RefreshTokens` for a SQL store whose `pool` field is a sqlx pool.
+/// `impl RefreshTokens` for a SQL store whose `pool` field runs statements
+/// and begins transactions of type `$tx`.
 macro_rules! refresh_tokens {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $tx:ty) => {
         #[async_trait::async_trait]
         impl $crate::refresh::RefreshTokens for $store {
             async fn open(
@@ -171,7 +172,7 @@ macro_rules! refresh_tokens {
 
         impl $store {
             async fn insert_token(
-                tx: &mut sqlx::Transaction<'_, $db>,
+                tx: &mut $tx,
                 session: &str,
                 token: &$crate::refresh::RefreshRecord,
             ) -> Result<(), $crate::refresh::RefreshError> {
@@ -191,7 +192,7 @@ macro_rules! refresh_tokens {
             /// Ends `session` inside `tx`: its user, and its access tokens
             /// still valid; `None` if it had ended already.
             async fn end_session(
-                tx: &mut sqlx::Transaction<'_, $db>,
+                tx: &mut $tx,
                 session: &str,
             ) -> Result<
                 Option<($crate::domain::UserId, Vec<$crate::refresh::LiveAccess>)>,

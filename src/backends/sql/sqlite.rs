@@ -724,13 +724,15 @@ impl Revocations for SqliteStore {
         user: crate::domain::UserId,
         keep: Option<&str>,
     ) -> Result<(), RevocationError> {
-        let revoked = super::revoke_issued(&self.pool, user, keep).await?;
+        let mut tx = self.pool.begin().await.map_err(super::revocation_failed)?;
+        let revoked = super::revoke_issued(&mut *tx, user, keep).await?;
+        tx.commit().await.map_err(super::revocation_failed)?;
         self.remember_revoked(revoked);
         Ok(())
     }
 }
 
-super::refresh::refresh_tokens!(SqliteStore, sqlx::Sqlite);
+super::refresh::refresh_tokens!(SqliteStore, sqlx::Transaction<'static, sqlx::Sqlite>);
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
-# What deploy/redis-sentinel.sh and deploy/redis-cluster.sh share: sourced by
-# them after they set NAME (for messages) and STATE_DIR, it runs the command
-# their first argument names (their own `start`, or `stop`).
+# What deploy/redis-sentinel.sh, deploy/redis-cluster.sh and deploy/pgbouncer.sh
+# share: sourced by them after they set NAME (for messages) and STATE_DIR, it
+# runs the command their first argument names (their own `start`, or `stop`).
 
 log() { printf '%s: %s\n' "$NAME" "$*" >&2; }
 
