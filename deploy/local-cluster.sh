@@ -10,7 +10,14 @@
 # REPLICAS (3), STATE_DIR (.local-cluster), SECCHAT_BIN (default: cargo build --release),
 # DATABASE_URL (postgres://postgres@127.0.0.1:5432/secchat), REDIS_URL
 # (redis://127.0.0.1:6379), REDIS_PREFIX (secchat), JWT_SECRET (generated once
-# into STATE_DIR).
+# into STATE_DIR), REDIS_TOPOLOGY (single; sentinel or cluster start a Redis
+# Sentinel set or a Redis Cluster of their own with deploy/redis-sentinel.sh or
+# deploy/redis-cluster.sh, in place of REDIS_URL, from REDIS_BASE_PORT: 7400
+# or 7500), DATABASE_VIA (postgres;
+# pgbouncer puts deploy/pgbouncer.sh in transaction mode between the replicas
+# and DATABASE_URL's server).
+#
+#   REDIS_TOPOLOGY=cluster DATABASE_VIA=pgbouncer deploy/local-cluster.sh start
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +28,9 @@ STATE_DIR=$(mkdir -p "${STATE_DIR:-.local-cluster}" && cd "${STATE_DIR:-.local-c
 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/secchat}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 REDIS_PREFIX=${REDIS_PREFIX:-secchat}
+REDIS_TOPOLOGY=${REDIS_TOPOLOGY:-single}
+DATABASE_VIA=${DATABASE_VIA:-postgres}
+DATABASE_POOLER=none
 
 log() { printf 'local-cluster: %s\n' "$*" >&2; }
 
@@ -98,10 +108,34 @@ start() {
     [ -f "$STATE_DIR/jwt-secret" ] || (umask 077 && head -c 48 /dev/urandom | base64 -w0 > "$STATE_DIR/jwt-secret")
     JWT_SECRET=$(cat "$STATE_DIR/jwt-secret")
   fi
+  case $REDIS_TOPOLOGY in
+    single) ;;
+    sentinel | cluster)
+      # Their own ports (REDIS_BASE_PORT), not the replicas' BASE_PORT.
+      local redis_base=${REDIS_BASE_PORT:-$([ "$REDIS_TOPOLOGY" = sentinel ] && echo 7400 || echo 7500)}
+      REDIS_URL=$(STATE_DIR="$STATE_DIR/redis-$REDIS_TOPOLOGY" BASE_PORT=$redis_base \
+        "deploy/redis-$REDIS_TOPOLOGY.sh" start)
+      log "Redis ($REDIS_TOPOLOGY): $REDIS_URL" ;;
+    *) log "REDIS_TOPOLOGY must be single, sentinel or cluster"; exit 2 ;;
+  esac
+  case $DATABASE_VIA in
+    postgres) ;;
+    pgbouncer)
+      ensure_package pgbouncer pgbouncer
+      local server=${DATABASE_URL%/*}
+      local pgbouncer
+      pgbouncer=$(STATE_DIR="$STATE_DIR/pgbouncer" POSTGRES_HOST=$(host_of "$server") \
+        POSTGRES_PORT=$(port_of "$server") deploy/pgbouncer.sh start)
+      DATABASE_URL=$pgbouncer/${DATABASE_URL##*/}
+      DATABASE_POOLER=transaction
+      log "Postgres through PgBouncer: $DATABASE_URL" ;;
+    *) log "DATABASE_VIA must be postgres or pgbouncer"; exit 2 ;;
+  esac
   for i in $(seq 0 $((REPLICAS - 1))); do
     port=$((BASE_PORT + i))
     log "replica $((i + 1)) on 127.0.0.1:$port"
-    BIND=127.0.0.1:$port DATABASE_URL=$DATABASE_URL REDIS_URL=$REDIS_URL REDIS_PREFIX=$REDIS_PREFIX \
+    BIND=127.0.0.1:$port DATABASE_URL=$DATABASE_URL DATABASE_POOLER=$DATABASE_POOLER \
+      REDIS_URL=$REDIS_URL REDIS_PREFIX=$REDIS_PREFIX \
       JWT_SECRET=$JWT_SECRET TRUSTED_PROXIES=127.0.0.1/32 LOG_FORMAT=json \
       nohup "$SECCHAT_BIN" > "$STATE_DIR/replica-$((i + 1)).log" 2>&1 &
     echo $! > "$STATE_DIR/replica-$((i + 1)).pid"
@@ -114,6 +148,10 @@ start() {
   wait_for "http://127.0.0.1:$LB_PORT/readyz"
   log "ready at http://127.0.0.1:$LB_PORT (logs in $STATE_DIR)"
 }
+
+# The host and port of postgres://user@host:port (5432 when it names none).
+host_of() { local hp=${1##*@}; hp=${hp#*://}; echo "${hp%%:*}"; }
+port_of() { local hp=${1##*@}; hp=${hp#*://}; [[ $hp == *:* ]] && echo "${hp##*:}" || echo 5432; }
 
 wait_for() {
   for _ in $(seq 100); do
@@ -133,6 +171,10 @@ stop() {
     rm -f "$pidfile"
   done
   wait 2>/dev/null || true
+  for topology in sentinel cluster; do
+    [ -d "$STATE_DIR/redis-$topology" ] && STATE_DIR="$STATE_DIR/redis-$topology" "deploy/redis-$topology.sh" stop
+  done
+  [ -d "$STATE_DIR/pgbouncer" ] && STATE_DIR="$STATE_DIR/pgbouncer" deploy/pgbouncer.sh stop
   log "stopped"
 }
 
