@@ -7,6 +7,8 @@
 #   benches/run.sh embedded ws-direct        # one scenario
 #   REDIS_URL=redis+cluster://127.0.0.1:7500 benches/run.sh cluster 3 ws-cross
 #                                            # on a Redis Cluster (deploy/redis-cluster.sh)
+#   DATABASE_URL=postgres://postgres@127.0.0.1:6432 DATABASE_POOLER=transaction \
+#     benches/run.sh cluster 1 http-offline  # through PgBouncer (deploy/pgbouncer.sh)
 #
 # Cluster runs need Postgres and Redis (DATABASE_URL base, default
 # postgres://postgres@127.0.0.1:5432; REDIS_URL, default redis://127.0.0.1:6379);
@@ -32,7 +34,7 @@ trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; sleep 1; rm -rf
 # http-offline leaves 2,000 unread messages in each mailbox. The rate limits
 # stay on, at rates no scenario reaches, so that their cost is measured.
 one_address="MAX_WS_PER_IP=1000000 MAX_WS_PER_USER=1000 MAILBOX_MAX_MESSAGES=1000000 MAILBOX_MAX_BYTES=1000000000"
-unlimited="LOGIN_RATE_PER_IP=1000000/s REGISTER_RATE_PER_IP=1000000/s SEARCH_RATE_PER_USER=1000000/s OFFLINE_RATE_PER_SENDER=1000000/s WS_FRAME_RATE_PER_CONNECTION=1000000/s WS_FRAME_RATE_PER_USER=1000000/s INBOX_RATE_PER_USER=1000000/s CONTACT_RATE_PER_USER=1000000/s HEARTBEAT_RATE_PER_USER=1000000/s TURN_RATE_PER_USER=1000000/s KEY_CHANGE_RATE_PER_USER=1000000/s LOGIN_FREE_FAILURES=1000000"
+unlimited="LOGIN_RATE_PER_IP=1000000/s REGISTER_RATE_PER_IP=1000000/s SEARCH_RATE_PER_USER=1000000/s OFFLINE_RATE_PER_SENDER=1000000/s WS_FRAME_RATE_PER_CONNECTION=1000000/s WS_FRAME_RATE_PER_USER=1000000/s INBOX_RATE_PER_USER=1000000/s CONTACT_RATE_PER_USER=1000000/s HEARTBEAT_RATE_PER_USER=1000000/s TURN_RATE_PER_USER=1000000/s KEY_CHANGE_RATE_PER_USER=1000000/s BROADCAST_FANOUT_PER_USER=4000000000/s LOGIN_FREE_FAILURES=1000000"
 urls=(); pids=()
 for i in $(seq 1 "$replicas"); do
     port=$((19100 + i))
@@ -64,7 +66,15 @@ redis_pids() {
     redis+cluster://*)
       nodes=${url#redis+cluster://}; nodes=${nodes%%,*}
       nodes=$(redis-cli -h "${nodes%:*}" -p "${nodes#*:}" cluster nodes | awk '{ split($2, a, "@"); print a[1] }') ;;
-    redis+sentinel://*) echo "run.sh measures one node or a cluster, not a sentinel set" >&2; exit 2 ;;
+    redis+sentinel://*)
+      # The master and its replicas, as the first sentinel names them (the
+      # sentinels themselves do nothing per message).
+      local rest=${url#redis+sentinel://} sentinel name
+      rest=${rest#*@}; sentinel=${rest%%[,/]*}; name=${rest##*/}
+      nodes=$({
+        redis-cli -h "${sentinel%:*}" -p "${sentinel#*:}" sentinel get-master-addr-by-name "$name" | paste -sd:
+        redis-cli -h "${sentinel%:*}" -p "${sentinel#*:}" sentinel replicas "$name" | awk 'p == "name" { print } { p = $0 }'
+      }) ;;
     *) nodes=$(url=${url#redis://}; echo "${url%%/*}") ;;
   esac
   for node in $nodes; do

@@ -438,8 +438,11 @@ pub async fn broadcast(common: &Common, args: BroadcastArgs) -> anyhow::Result<V
         if let Some(ticker) = &mut ticker {
             ticker.tick().await;
         }
-        // Keep the receivers, in total, within `window` frames of the sender.
+        // Keep the receivers, in total, within `window` frames of the sender
+        // (until the window ends: a broadcast refused or lost never arrives,
+        // and is counted `lost` below).
         while deliveries.load(Ordering::Relaxed) + args.window * receivers_n < frames * receivers_n
+            && Instant::now() < stop_at
         {
             let notified = progress.notified();
             if deliveries.load(Ordering::Relaxed) + args.window * receivers_n
@@ -461,6 +464,7 @@ pub async fn broadcast(common: &Common, args: BroadcastArgs) -> anyhow::Result<V
     }
     let (wall, cpu) = window.finish();
     let delivered = deliveries.load(Ordering::Relaxed);
+    let redis = window.redis_us_per(frames);
     done.cancel();
     let mut latency = measure::histogram();
     for receiver in receivers {
@@ -480,6 +484,7 @@ pub async fn broadcast(common: &Common, args: BroadcastArgs) -> anyhow::Result<V
         "latency": measure::summary(&latency),
         "server_cpu_s": cpu,
         "server_cpu_us_per_delivery": measure::cpu_us_per(cpu, delivered),
+        "redis_cpu_us_per_broadcast": redis,
     }))
 }
 
