@@ -398,6 +398,17 @@ impl TestApp {
 
     /// Logs in with the url-encoded form; `port` is the declared P2P port.
     pub async fn login(&self, name: &str, port: Option<u16>) -> String {
+        let body = self.login_with(name, port).await;
+        assert_eq!(body["token_type"], "bearer");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Logs in; the whole answer (access and refresh tokens).
+    pub async fn login_answer(&self, name: &str) -> Value {
+        self.login_with(name, None).await
+    }
+
+    async fn login_with(&self, name: &str, port: Option<u16>) -> Value {
         let mut form = vec![
             ("username", name.to_owned()),
             ("password", password_of(name)),
@@ -413,9 +424,20 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "login {name}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["token_type"], "bearer");
-        body["access_token"].as_str().unwrap().to_owned()
+        response.json().await.unwrap()
+    }
+
+    /// `POST /token/refresh` with the token as a form; the status and answer.
+    pub async fn refresh(&self, refresh_token: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.url("/token/refresh"))
+            .form(&[("refresh_token", refresh_token)])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// `POST /token` with this password, optionally through a proxy that

@@ -112,11 +112,11 @@ async fn the_store_works_through_pgbouncer_in_transaction_mode() {
     futures_util::future::join_all((0..USERS).map(|i| {
         let r = &r;
         async move {
-            let login = login(&r[i % 2], &name(i)).await;
+            let login = r[i % 2].login_answer(&name(i)).await;
             let first = login["refresh_token"].as_str().unwrap();
-            let (status, rotated) = refresh(&r[(i + 1) % 2], first).await;
+            let (status, rotated) = r[(i + 1) % 2].refresh(first).await;
             assert_eq!(status, StatusCode::OK, "{rotated}");
-            let (status, _) = refresh(&r[i % 2], first).await;
+            let (status, _) = r[i % 2].refresh(first).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED);
             let access = rotated["access_token"].as_str().unwrap();
             let (status, _) = r[i % 2].get("/me/contacts/", access).await;
@@ -124,34 +124,6 @@ async fn the_store_works_through_pgbouncer_in_transaction_mode() {
         }
     }))
     .await;
-}
-
-async fn login(app: &TestApp, name: &str) -> Value {
-    let form = [
-        ("username", name.to_owned()),
-        ("password", crate::helpers::password_of(name)),
-    ];
-    let response = app
-        .http
-        .post(app.url("/token"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
-
-async fn refresh(app: &TestApp, refresh_token: &str) -> (StatusCode, Value) {
-    let response = app
-        .http
-        .post(app.url("/token/refresh"))
-        .form(&[("refresh_token", refresh_token)])
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// A Postgres server of this test's own (Debian's, `initdb` into a

@@ -7,37 +7,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, password_of, spawn, spawn_with};
 
-/// Logs `name` in; the whole answer.
-async fn login(app: &TestApp, name: &str) -> Value {
-    let form = [
-        ("username", name.to_owned()),
-        ("password", password_of(name)),
-    ];
-    let response = app
-        .http
-        .post(app.url("/token"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
-
-/// `POST /token/refresh` with the token as a form; the status and answer.
-async fn refresh(app: &TestApp, refresh_token: &str) -> (StatusCode, Value) {
-    let form = [("refresh_token", refresh_token)];
-    let response = app
-        .http
-        .post(app.url("/token/refresh"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 fn token(answer: &Value, field: &str) -> String {
     answer[field].as_str().unwrap().to_owned()
 }
@@ -50,14 +19,14 @@ async fn works(app: &TestApp, access_token: &str) -> bool {
 async fn refresh_tokens_rotate_and_each_works_once() {
     let app = spawn_with(|s| s.accounts.token_ttl_secs = 600).await;
     app.register("alice").await;
-    let first = login(&app, "alice").await;
+    let first = app.login_answer("alice").await;
     assert_eq!(first["token_type"], "bearer");
     assert_eq!(first["expires_in"], 600);
     let r1 = token(&first, "refresh_token");
     assert!(r1.len() >= 22, "at least 128 bits: {r1}");
 
     // As a form...
-    let (status, second) = refresh(&app, &r1).await;
+    let (status, second) = app.refresh(&r1).await;
     assert_eq!(status, StatusCode::OK, "{second}");
     assert_eq!(second["token_type"], "bearer");
     assert_eq!(second["expires_in"], 600);
@@ -94,17 +63,17 @@ async fn refresh_tokens_rotate_and_each_works_once() {
 async fn a_reused_refresh_token_revokes_its_whole_login() {
     let app = spawn().await;
     app.register("alice").await;
-    let stolen = login(&app, "alice").await;
-    let elsewhere = login(&app, "alice").await;
+    let stolen = app.login_answer("alice").await;
+    let elsewhere = app.login_answer("alice").await;
     let r1 = token(&stolen, "refresh_token");
-    let (_, second) = refresh(&app, &r1).await;
+    let (_, second) = app.refresh(&r1).await;
     let (a2, r2) = (
         token(&second, "access_token"),
         token(&second, "refresh_token"),
     );
     let mut socket = app.ws(&a2).await;
 
-    let (status, answer) = refresh(&app, &r1).await;
+    let (status, answer) = app.refresh(&r1).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
     assert!(
         answer["detail"].as_str().unwrap().contains("already used"),
@@ -115,11 +84,11 @@ async fn a_reused_refresh_token_revokes_its_whole_login() {
         !works(&app, &token(&stolen, "access_token")).await,
         "the login's first"
     );
-    assert_eq!(refresh(&app, &r2).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.refresh(&r2).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(socket.closed().await.0, 1008);
 
     assert!(works(&app, &token(&elsewhere, "access_token")).await);
-    let (status, _) = refresh(&app, &token(&elsewhere, "refresh_token")).await;
+    let (status, _) = app.refresh(&token(&elsewhere, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK, "the other login goes on");
 }
 
@@ -129,14 +98,14 @@ async fn a_reused_refresh_token_revokes_its_whole_login() {
 async fn racing_refreshes_with_one_token_never_both_succeed() {
     let app = spawn().await;
     app.register("alice").await;
-    let r1 = token(&login(&app, "alice").await, "refresh_token");
-    let (a, b) = tokio::join!(refresh(&app, &r1), refresh(&app, &r1));
+    let r1 = token(&app.login_answer("alice").await, "refresh_token");
+    let (a, b) = tokio::join!(app.refresh(&r1), app.refresh(&r1));
     let statuses = [a.0, b.0];
     assert!(statuses.contains(&StatusCode::UNAUTHORIZED), "{statuses:?}");
     for (status, answer) in [a, b] {
         if status == StatusCode::OK {
             assert!(!works(&app, &token(&answer, "access_token")).await);
-            let (again, _) = refresh(&app, &token(&answer, "refresh_token")).await;
+            let (again, _) = app.refresh(&token(&answer, "refresh_token")).await;
             assert_eq!(again, StatusCode::UNAUTHORIZED);
         }
     }
@@ -148,24 +117,24 @@ async fn logout_ends_its_login_and_account_controls_end_the_others() {
     app.register("alice").await;
 
     // Logout: its own login's refresh token stops, another login's does not.
-    let one = login(&app, "alice").await;
-    let two = login(&app, "alice").await;
-    let (_, rotated) = refresh(&app, &token(&one, "refresh_token")).await;
+    let one = app.login_answer("alice").await;
+    let two = app.login_answer("alice").await;
+    let (_, rotated) = app.refresh(&token(&one, "refresh_token")).await;
     app.post("/logout", &token(&rotated, "access_token"), json!({}))
         .await;
     assert_eq!(
-        refresh(&app, &token(&rotated, "refresh_token")).await.0,
+        app.refresh(&token(&rotated, "refresh_token")).await.0,
         StatusCode::UNAUTHORIZED
     );
     assert!(
         !works(&app, &token(&one, "access_token")).await,
         "the login's earlier access token goes too"
     );
-    let (status, two) = refresh(&app, &token(&two, "refresh_token")).await;
+    let (status, two) = app.refresh(&token(&two, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK);
 
     // A password change: every login but the caller's.
-    let three = login(&app, "alice").await;
+    let three = app.login_answer("alice").await;
     let change = json!({"old_password": password_of("alice"), "new_password": "a-new-long-secret"});
     let (status, _) = app
         .call(
@@ -177,17 +146,17 @@ async fn logout_ends_its_login_and_account_controls_end_the_others() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        refresh(&app, &token(&two, "refresh_token")).await.0,
+        app.refresh(&token(&two, "refresh_token")).await.0,
         StatusCode::UNAUTHORIZED
     );
-    let (status, three) = refresh(&app, &token(&three, "refresh_token")).await;
+    let (status, three) = app.refresh(&token(&three, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK, "the caller's own login goes on");
 
     // Logging out everywhere: all of them.
     app.post("/logout/all", &token(&three, "access_token"), json!({}))
         .await;
     assert_eq!(
-        refresh(&app, &token(&three, "refresh_token")).await.0,
+        app.refresh(&token(&three, "refresh_token")).await.0,
         StatusCode::UNAUTHORIZED
     );
 }
@@ -196,7 +165,7 @@ async fn logout_ends_its_login_and_account_controls_end_the_others() {
 async fn deleting_the_account_ends_its_logins() {
     let app = spawn().await;
     app.register("alice").await;
-    let session = login(&app, "alice").await;
+    let session = app.login_answer("alice").await;
     let response = app
         .http
         .delete(app.url("/users/me"))
@@ -206,7 +175,7 @@ async fn deleting_the_account_ends_its_logins() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let (status, _) = refresh(&app, &token(&session, "refresh_token")).await;
+    let (status, _) = app.refresh(&token(&session, "refresh_token")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
@@ -214,9 +183,9 @@ async fn deleting_the_account_ends_its_logins() {
 async fn refresh_tokens_lapse_unused() {
     let app = spawn_with(|s| s.accounts.refresh_idle_secs = 1).await;
     app.register("alice").await;
-    let session = login(&app, "alice").await;
+    let session = app.login_answer("alice").await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let (status, answer) = refresh(&app, &token(&session, "refresh_token")).await;
+    let (status, answer) = app.refresh(&token(&session, "refresh_token")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
     assert!(
         answer["detail"].as_str().unwrap().contains("log in again"),
@@ -228,9 +197,9 @@ async fn refresh_tokens_lapse_unused() {
 async fn refreshes_are_limited_per_address() {
     let app = spawn_with(|s| s.rates.refresh_rate_per_ip = "2/hour".parse().unwrap()).await;
     app.register("alice").await;
-    let mut current = token(&login(&app, "alice").await, "refresh_token");
+    let mut current = token(&app.login_answer("alice").await, "refresh_token");
     for _ in 0..2 {
-        let (status, answer) = refresh(&app, &current).await;
+        let (status, answer) = app.refresh(&current).await;
         assert_eq!(status, StatusCode::OK);
         current = token(&answer, "refresh_token");
     }
