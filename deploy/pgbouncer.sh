@@ -11,7 +11,10 @@
 #
 # Settings (environment): STATE_DIR (.pgbouncer), PORT (6432), POSTGRES_HOST
 # (127.0.0.1), POSTGRES_PORT (5432), POSTGRES_USER (postgres), POOL_SIZE (4:
-# server connections per database, shared by every client in turn).
+# server connections per database, shared by every client in turn),
+# MAX_SERVER_CONNECTIONS (24: to Postgres in all, whatever the databases;
+# idle ones close after 5 s, so that many databases tried one after another
+# do not hold Postgres's connections).
 # Any database name is passed through to the server, as POSTGRES_USER, with
 # no password asked (auth_type = any): for this machine only; a real
 # deployment authenticates clients (auth_type = scram-sha-256 with an
@@ -26,6 +29,7 @@ POSTGRES_HOST=${POSTGRES_HOST:-127.0.0.1}
 POSTGRES_PORT=${POSTGRES_PORT:-5432}
 POSTGRES_USER=${POSTGRES_USER:-postgres}
 POOL_SIZE=${POOL_SIZE:-4}
+MAX_SERVER_CONNECTIONS=${MAX_SERVER_CONNECTIONS:-24}
 
 url() { echo "postgres://$POSTGRES_USER@127.0.0.1:$PORT"; }
 
@@ -45,6 +49,8 @@ unix_socket_dir =
 auth_type = any
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
+max_user_connections = $MAX_SERVER_CONNECTIONS
+server_idle_timeout = 5
 max_client_conn = 2000
 ; sqlx sends it at startup; PgBouncer 1.18 refuses parameters it does not know.
 ignore_startup_parameters = extra_float_digits

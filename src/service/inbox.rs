@@ -240,7 +240,13 @@ impl Inbox {
         .await?;
         let page = Page::first(self.settings.delivery.message_page_bytes);
         let messages = self.store.take_unread(user.id, page).await?;
-        Ok(InboxPage::of(page, messages))
+        let page = InboxPage::of(page, messages);
+        if page.more {
+            // A push on one of the user's connections may have passed this
+            // page by while the take held it, and stopped short: it looks again.
+            self.announce_unread(&[user.id]).await;
+        }
+        Ok(page)
     }
 
     /// `GET /messages/?ack=manual`: a page of the caller's unread messages

@@ -59,21 +59,25 @@ macro_rules! message_columns {
 /// The ids of one page of messages (`Page`): those matching `$condition`,
 /// oldest first, at most `$limit` (a placeholder) of them, up to and including
 /// the one whose content reaches `$max_bytes` (a placeholder) with those
-/// before it. The candidates are locked (`$lock`, Postgres: `FOR UPDATE SKIP
-/// LOCKED`) in a level of their own, since a window function may not stand
-/// beside a lock.
+/// before it. Then only those are locked (`$lock`, Postgres: `FOR UPDATE SKIP
+/// LOCKED`), in a level of their own since a window function may not stand
+/// beside a lock: locking every candidate held rows past the page until the
+/// statement ended, and a push claiming the next page meanwhile passed them
+/// by and went on beyond them, leaving them to no one.
 macro_rules! page_ids {
     ($condition:expr, $limit:literal, $max_bytes:literal, $lock:literal) => {
         concat!(
+            "SELECT id FROM messages WHERE id IN (",
             "SELECT id FROM (SELECT id, SUM(OCTET_LENGTH(encrypted_content)) OVER (ORDER BY id)
                 - OCTET_LENGTH(encrypted_content) AS earlier
                 FROM (SELECT id, encrypted_content FROM messages WHERE ",
             $condition,
             " ORDER BY id LIMIT ",
             $limit,
-            $lock,
             ") AS candidates) AS page WHERE earlier < ",
-            $max_bytes
+            $max_bytes,
+            ") ORDER BY id",
+            $lock
         )
     };
 }
