@@ -112,6 +112,11 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 impl PostgresStore {
+    /// A transaction (Postgres locks rows, not the database, as it writes).
+    async fn begin_write(&self) -> Result<super::pgpool::PgTx, sqlx::Error> {
+        self.pool.begin().await
+    }
+
     fn free_id(&self) -> Option<i64> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).take()
     }

@@ -47,7 +47,7 @@ pub const END_SESSIONS_BUT: &str = "DELETE FROM login_sessions WHERE user_id = $
      (SELECT session_id FROM refresh_tokens WHERE access_jti = $2)";
 
 /// `impl RefreshTokens` for a SQL store whose `pool` field runs statements
-/// and begins transactions of type `$tx`.
+/// and whose `begin_write` begins a writing transaction of type `$tx`.
 macro_rules! refresh_tokens {
     ($store:ty, $tx:ty) => {
         #[async_trait::async_trait]
@@ -59,7 +59,7 @@ macro_rules! refresh_tokens {
                 first: &$crate::refresh::RefreshRecord,
             ) -> Result<(), $crate::refresh::RefreshError> {
                 use $crate::backends::sql::refresh::*;
-                let mut tx = self.pool.begin().await.map_err(failed)?;
+                let mut tx = self.begin_write().await.map_err(failed)?;
                 sqlx::query(DELETE_LAPSED_SESSIONS)
                     .bind(chrono::Utc::now())
                     .execute(&mut *tx)
@@ -82,7 +82,7 @@ macro_rules! refresh_tokens {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::refresh::Spend, $crate::refresh::RefreshError> {
                 use $crate::{backends::sql::refresh::*, refresh::Spend};
-                let mut tx = self.pool.begin().await.map_err(failed)?;
+                let mut tx = self.begin_write().await.map_err(failed)?;
                 let spent: Option<(String,)> = sqlx::query_as(SPEND)
                     .bind(hash)
                     .bind(now)
@@ -120,7 +120,7 @@ macro_rules! refresh_tokens {
                 next: &$crate::refresh::RefreshRecord,
             ) -> Result<bool, $crate::refresh::RefreshError> {
                 use $crate::backends::sql::refresh::*;
-                let mut tx = self.pool.begin().await.map_err(failed)?;
+                let mut tx = self.begin_write().await.map_err(failed)?;
                 let extended: Option<(String,)> = sqlx::query_as(EXTEND_SESSION)
                     .bind(session)
                     .bind(next.lapses_at)
@@ -140,7 +140,7 @@ macro_rules! refresh_tokens {
                 access_jti: &str,
             ) -> Result<Vec<$crate::refresh::LiveAccess>, $crate::refresh::RefreshError> {
                 use $crate::backends::sql::refresh::*;
-                let mut tx = self.pool.begin().await.map_err(failed)?;
+                let mut tx = self.begin_write().await.map_err(failed)?;
                 let session: Option<(String,)> = sqlx::query_as(SESSION_OF_ACCESS)
                     .bind(access_jti)
                     .fetch_optional(&mut *tx)

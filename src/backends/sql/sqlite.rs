@@ -87,6 +87,17 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// A transaction holding the write lock from its start (`BEGIN
+    /// IMMEDIATE`): every transaction here writes, and one that began
+    /// deferred and read first could not take the lock when another writer
+    /// had committed meanwhile (SQLite answers "database is locked" at once
+    /// then, whatever the busy timeout); this one waits its turn instead.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
 /// Reserves the next [`ID_BLOCK`] message ids in `sqlite_sequence`; returns
 /// the last of them.
 async fn reserve_ids(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
@@ -251,7 +262,7 @@ impl Store for SqliteStore {
     ) -> Pending<'_, Option<Vec<UserId>>> {
         super::run(async move {
             // Written first, so that the transaction holds the write lock from the start.
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             sqlx::query(queries::RETIRE_USERNAMES)
                 .bind(id)
                 .bind(name_retired_until)
@@ -280,7 +291,7 @@ impl Store for SqliteStore {
             let now = Utc::now();
             // The first statement writes, so the transaction takes the write lock at once
             // and cannot deadlock upgrading a read lock.
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let accepted = sqlx::query(queries::ADD_CONTACT)
                 .bind(owner)
                 .bind(other)
@@ -331,7 +342,7 @@ impl Store for SqliteStore {
     fn accept_request(&self, owner: UserId, requester: UserId) -> Pending<'_, Option<Contact>> {
         super::run(async move {
             use sqlx::Row as _;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let accepted = sqlx::query(queries::ACCEPT_REQUEST)
                 .bind(owner)
                 .bind(requester)
@@ -442,7 +453,7 @@ impl Store for SqliteStore {
             }
             let recipients = super::distinct(messages, |m| m.recipient_id);
             let senders = super::distinct(messages, |m| m.sender_id);
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             // Every recipient's mailbox row exists, so that it can be locked:
             // concurrent batches for one mailbox take turns. A recipient
             // deleted meanwhile has none, and gets nothing.
@@ -724,7 +735,7 @@ impl Revocations for SqliteStore {
         user: crate::domain::UserId,
         keep: Option<&str>,
     ) -> Result<(), RevocationError> {
-        let mut tx = self.pool.begin().await.map_err(super::revocation_failed)?;
+        let mut tx = self.begin_write().await.map_err(super::revocation_failed)?;
         let revoked = super::revoke_issued(&mut *tx, user, keep).await?;
         tx.commit().await.map_err(super::revocation_failed)?;
         self.remember_revoked(revoked);
