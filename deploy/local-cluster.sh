@@ -48,7 +48,9 @@ ensure_services() {
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
     for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
   fi
-  if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+  # One local node only: a Sentinel set or a cluster is started apart
+  # (REDIS_TOPOLOGY) or already there.
+  if [[ $REDIS_URL == redis://* ]] && ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
     log "starting Redis"
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
     for _ in $(seq 30); do redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 && break; sleep 1; done
@@ -153,12 +155,16 @@ start() {
 host_of() { local hp=${1##*@}; hp=${hp#*://}; echo "${hp%%:*}"; }
 port_of() { local hp=${1##*@}; hp=${hp#*://}; [[ $hp == *:* ]] && echo "${hp##*:}" || echo 5432; }
 
+# Generous: on a busy machine a replica may take a while to reach its
+# backends. What the replicas logged is shown when one never does.
 wait_for() {
-  for _ in $(seq 100); do
+  for _ in $(seq 300); do
     curl -fsS -o /dev/null "$1" 2>/dev/null && return
     sleep 0.2
   done
-  log "$1 did not become ready"; exit 1
+  log "$1 did not become ready"
+  tail -n 5 "$STATE_DIR"/replica-*.log >&2 || true
+  exit 1
 }
 
 stop() {

@@ -59,7 +59,7 @@ impl LocalCluster {
             .arg(command)
             .envs(self.env.iter().cloned())
             .status();
-        tokio::time::timeout(Duration::from_secs(120), run)
+        tokio::time::timeout(Duration::from_secs(300), run)
             .await
             .expect("script in time")
             .unwrap()
