@@ -162,8 +162,10 @@ impl RedisBus {
 }
 
 /// Keeps one subscription connection alive: connect, subscribe to the broadcast
-/// channel and the channels of users held here, dispatch until the connection
-/// drops, then again after a pause.
+/// channels and the channels of users held here, dispatch until the connection
+/// drops, then again after a pause. Every connection opened is left through
+/// [`leave`], whether it subscribed to everything or not: one that subscribed
+/// only in part counts the publishes of those channels for this replica.
 async fn subscribe_forever(
     bus: Arc<RedisBus>,
     topology: Topology,
@@ -173,50 +175,33 @@ async fn subscribe_forever(
     let mut ready = Some(ready);
     let mut pause = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match connect(&bus, &topology).await {
-            Ok(mut stream) => {
-                bus.receiving.store(true, Ordering::Release);
-                pause = Duration::from_millis(100);
-                match ready.take() {
-                    Some(ready) => {
-                        let _ = ready.send(());
+        match connect(&topology).await {
+            Ok((subscriber, mut stream)) => {
+                match subscribe(&bus, subscriber).await {
+                    Ok(()) => {
+                        bus.receiving.store(true, Ordering::Release);
+                        pause = Duration::from_millis(100);
+                        match ready.take() {
+                            Some(ready) => {
+                                let _ = ready.send(());
+                            }
+                            // Events published while it was away never came.
+                            None => bus.sink.resumed(),
+                        }
+                        tracing::info!("subscribed to fan-out");
+                        dispatch_until_lost(&bus, &mut stream, &shutdown).await;
+                        bus.receiving.store(false, Ordering::Release);
+                        if !shutdown.is_cancelled() {
+                            tracing::warn!("fan-out subscription lost; reconnecting");
+                        }
                     }
-                    // Events published while it was away never came.
-                    None => bus.sink.resumed(),
-                }
-                tracing::info!("subscribed to fan-out");
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        incoming = stream.next() => match incoming {
-                            Some(Incoming::Message(message)) => {
-                                bus.dispatch(message.get_payload_bytes())
-                            }
-                            // Subscribed again on a connection of its own, whose
-                            // slot map is fresh: this one's may name the old
-                            // owner, which, turned replica, would take the
-                            // subscription where no publish counts it.
-                            Some(Incoming::Unsubscribed(channel)) => {
-                                if bus.wants(&channel) {
-                                    tracing::info!(
-                                        "a fan-out channel moved to another shard; subscribing again"
-                                    );
-                                    break;
-                                }
-                            }
-                            Some(Incoming::Lost) | None => break,
-                        },
+                    Err(err) => {
+                        tracing::warn!(error = format!("{err:#}"), "fan-out subscription failed")
                     }
                 }
-                bus.receiving.store(false, Ordering::Release);
-                if shutdown.is_cancelled() {
-                    *bus.subscriber.write().await = None;
-                } else {
-                    leave(&bus, &mut stream).await;
-                    tracing::warn!("fan-out subscription lost; reconnecting");
-                }
+                leave(&bus, &mut stream).await;
             }
-            Err(err) => tracing::warn!(error = format!("{err:#}"), "fan-out subscription failed"),
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "fan-out connection failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -226,31 +211,70 @@ async fn subscribe_forever(
     }
 }
 
+/// Dispatches what the subscription brings until it is lost (or a wanted
+/// channel moved) or the replica shuts down.
+async fn dispatch_until_lost(
+    bus: &RedisBus,
+    stream: &mut BoxStream<'static, Incoming>,
+    shutdown: &CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            incoming = stream.next() => match incoming {
+                Some(Incoming::Message(message)) => bus.dispatch(message.get_payload_bytes()),
+                // Subscribed again on a connection of its own, whose slot map
+                // is fresh: this one's may name the old owner, which, turned
+                // replica, would take the subscription where no publish
+                // counts it.
+                Some(Incoming::Unsubscribed(channel)) => {
+                    if bus.wants(&channel) {
+                        tracing::info!(
+                            "a fan-out channel moved to another shard; subscribing again"
+                        );
+                        return;
+                    }
+                }
+                Some(Incoming::Lost) | None => return,
+            },
+        }
+    }
+}
+
 /// Leaves a subscription connection without losing what it was counted for.
 /// A cluster connection may be alive but for one node (lost), or whole (a
-/// slot moved): until its sockets close, Redis still counts its
-/// subscriptions, and publishes counted there are taken for delivered. So it
-/// is first unsubscribed from everything, wherever its shard still answers
-/// (a shard's pushes come in order: what was published to it before is in
-/// `stream` by then), and what already came, from every shard, is dispatched.
+/// slot moved, or it subscribed only in part): until its sockets close, Redis
+/// still counts its subscriptions (the redis crate even subscribes them again
+/// on nodes that take over), and publishes counted there are taken for
+/// delivered. So it is first unsubscribed from everything, wherever it still
+/// answers (a node's pushes come in order: what was published there before is
+/// in `stream` by then), then dropped, and everything it brought is dispatched
+/// until it is gone: a cluster connection's stream ends once the connection
+/// and its sockets are (a bounded wait, should something still hold it); a
+/// node's stream holds the node connection, and ends with it once drained.
 async fn leave(bus: &RedisBus, stream: &mut BoxStream<'static, Incoming>) {
-    let Some(subscriber) = bus.subscriber.write().await.take() else {
-        return;
-    };
-    if let Subscriber::Cluster(conn) = &subscriber {
-        let unsubscribed =
-            futures_util::future::join_all(bus.channels().into_iter().map(|channel| {
-                let mut conn = conn.clone();
-                async move { conn.sunsubscribe(channel).await }
-            }));
-        let _ = tokio::time::timeout(REDIS_TIMEOUT, unsubscribed).await;
+    let subscriber = bus.subscriber.write().await.take();
+    let cluster = matches!(subscriber, Some(Subscriber::Cluster(_)));
+    if let Some(mut subscriber) = subscriber {
+        let _ = tokio::time::timeout(REDIS_TIMEOUT, subscriber.unsubscribe(bus.channels())).await;
     }
-    drop(subscriber);
-    while let Ok(Some(incoming)) =
-        tokio::time::timeout(Duration::from_millis(100), stream.next()).await
-    {
-        if let Incoming::Message(message) = incoming {
-            bus.dispatch(message.get_payload_bytes());
+    let gone_by = tokio::time::Instant::now() + REDIS_TIMEOUT * 2;
+    loop {
+        // A node's stream goes quiet rather than ending: a quiet spell ends it.
+        let until = match cluster {
+            true => gone_by,
+            false => tokio::time::Instant::now() + Duration::from_millis(100),
+        };
+        match tokio::time::timeout_at(until, stream.next()).await {
+            Ok(Some(Incoming::Message(message))) => bus.dispatch(message.get_payload_bytes()),
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(_) => {
+                if cluster {
+                    tracing::warn!("a fan-out connection outlived its leaving");
+                }
+                return;
+            }
         }
     }
 }
@@ -344,21 +368,28 @@ impl Subscriber {
         }
     }
 
-    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+    async fn unsubscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
         match self {
-            Self::Node(sink) => sink.unsubscribe(channel).await,
-            Self::Cluster(conn) => conn.sunsubscribe(channel).await,
+            Self::Node(sink) => sink.unsubscribe(channels).await,
+            // Each where its shard answers: one shard's loss leaves the rest.
+            Self::Cluster(conn) => {
+                let answers = futures_util::future::join_all(channels.into_iter().map(|channel| {
+                    let mut conn = conn.clone();
+                    async move { conn.sunsubscribe(channel).await }
+                }))
+                .await;
+                answers.into_iter().collect()
+            }
         }
     }
 }
 
-/// Subscribes on the master (a sentinel set's current one: publishes go
-/// there), or on the masters of a cluster.
+/// A subscription connection to the master (a sentinel set's current one:
+/// publishes go there), or to the masters of a cluster.
 async fn connect(
-    bus: &RedisBus,
     topology: &Topology,
-) -> anyhow::Result<BoxStream<'static, Incoming>> {
-    let (mut subscriber, stream) = tokio::time::timeout(Duration::from_secs(5), async {
+) -> anyhow::Result<(Subscriber, BoxStream<'static, Incoming>)> {
+    tokio::time::timeout(Duration::from_secs(5), async {
         anyhow::Ok(match topology {
             Topology::Cluster { nodes } => {
                 let (pushes, received) = tokio::sync::mpsc::unbounded_channel();
@@ -401,14 +432,18 @@ async fn connect(
         })
     })
     .await
-    .context("connecting timed out")??;
+    .context("connecting timed out")?
+}
+
+/// Subscribes `subscriber` to every channel this replica needs.
+async fn subscribe(bus: &RedisBus, mut subscriber: Subscriber) -> anyhow::Result<()> {
     // Published first, so that users attaching from now on subscribe on this
     // connection; then everyone already here is subscribed.
     *bus.subscriber.write().await = Some(subscriber.clone());
     tokio::time::timeout(REDIS_TIMEOUT * 2, subscriber.subscribe(bus.channels()))
         .await
         .context("subscribing timed out")??;
-    Ok(stream)
+    Ok(())
 }
 
 #[async_trait]
@@ -444,9 +479,7 @@ impl Bus for RedisBus {
         let Some(mut sink) = self.sink().await else {
             return Ok(());
         };
-        sink.subscribe(vec![self.keys.user_channel(user)])
-            .await
-            .map_err(|e| BusError(e.into()))
+        bounded(sink.subscribe(vec![self.keys.user_channel(user)])).await
     }
 
     async fn detach(&self, user: UserId) -> Result<(), BusError> {
@@ -454,17 +487,25 @@ impl Bus for RedisBus {
             return Ok(());
         };
         let channel = self.keys.user_channel(user);
-        sink.unsubscribe(&channel)
-            .await
-            .map_err(|e| BusError(e.into()))?;
+        bounded(sink.unsubscribe(vec![channel.clone()])).await?;
         // A connection of the user may have opened (and subscribed) meanwhile;
         // it must not be left unsubscribed.
         if self.sink.holds(user) {
-            sink.subscribe(vec![channel])
-                .await
-                .map_err(|e| BusError(e.into()))?;
+            bounded(sink.subscribe(vec![channel])).await?;
         }
         Ok(())
+    }
+}
+
+/// A change of subscriptions, within a deadline: one held up (its shard
+/// failing over) must not hold the subscription connection it went out on,
+/// which, left for a new one, only closes once nothing holds it.
+async fn bounded(change: impl Future<Output = redis::RedisResult<()>>) -> Result<(), BusError> {
+    match tokio::time::timeout(REDIS_TIMEOUT * 2, change).await {
+        Ok(done) => done.map_err(|e| BusError(e.into())),
+        Err(_) => Err(BusError(anyhow::anyhow!(
+            "changing a subscription timed out"
+        ))),
     }
 }
 
