@@ -173,6 +173,13 @@ pub struct StorageSettings {
     /// Redis connections kept open for commands (subscriptions use one more).
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 32)]
     pub redis_pool_size: usize,
+
+    /// How events travel between replicas through Redis: `binary` (compact;
+    /// read by this release and later ones) or `json` (the only form releases
+    /// before it read). Every replica reads both: set `json` while a rolling
+    /// upgrade from such a release is under way, then unset it.
+    #[arg(long, env = "BUS_ENVELOPE", value_enum, default_value_t = BusEnvelope::Binary)]
+    pub bus_envelope: BusEnvelope,
 }
 
 /// Tokens, password hashing, and the names of deleted accounts.
@@ -429,6 +436,13 @@ pub enum Pooler {
     /// A pooler that hands a server connection to another client after each
     /// transaction and keeps no prepared statements.
     Transaction,
+}
+
+/// The form of the events replicas publish to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BusEnvelope {
+    Binary,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

