@@ -34,6 +34,11 @@ const WRITE_BATCH: usize = 64;
 /// this long is let go, although its queue was not full yet.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The pauses before fetching stored messages again after a fetch failed
+/// (the store away): the first, and the longest as they double.
+const FETCH_RETRY_FIRST: Duration = Duration::from_secs(1);
+const FETCH_RETRY_LONGEST: Duration = Duration::from_secs(30);
+
 /// How long a closing connection may take to write its last frames and the
 /// close frame. A client cut off for reading too slowly learns why if it
 /// reads again within this time; after it, the socket is dropped.
@@ -136,6 +141,8 @@ impl Session {
             delivery: self.delivery.clone(),
             unflushed: Vec::new(),
             batch: Vec::with_capacity(WRITE_BATCH),
+            fetch_again: None,
+            fetch_pause: FETCH_RETRY_FIRST,
         };
         let mut writer = tokio::spawn(writer.run(inbox, state.settings.ws_ping_interval()));
         let mut user = user.clone();
@@ -323,6 +330,11 @@ struct Writer {
     unflushed: Vec<Arc<Receipt>>,
     /// The batch being written, kept to reuse its allocation.
     batch: Vec<Outgoing>,
+    /// When to fetch stored messages again, a fetch having failed: nothing
+    /// else may come to trigger one (no new message, no reconnect).
+    fetch_again: Option<tokio::time::Instant>,
+    /// The pause after the next failure.
+    fetch_pause: Duration,
 }
 
 /// Why the writer stops.
@@ -364,11 +376,15 @@ impl Writer {
         let mut silent_intervals = 0;
         let mut renewed = tokio::time::Instant::now();
         loop {
+            let fetch_again = self.fetch_again;
             // Every write races the closer: a client that stopped reading must
             // not keep the connection (and its outbox) open.
             let step = tokio::select! {
                 biased;
                 _ = &mut cancelled => return Stop::Close,
+                _ = sleep_until(fetch_again), if fetch_again.is_some() => {
+                    self.fetch(&mut cancelled).await
+                }
                 item = inbox.recv() => match item {
                     None => return Stop::Close, // every sender is gone
                     Some(Outgoing::Fetch) => self.fetch(&mut cancelled).await,
@@ -519,10 +535,19 @@ impl Writer {
         cancelled: &mut std::pin::Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Result<(), Stop> {
         self.delivery.fetch_taken();
+        let failed_before = self.fetch_again.take().is_some();
         // A page at a time, so that a full mailbox is never in memory at once.
         let mut page = Page::first(self.state.settings.delivery.message_page_bytes);
         while let Some(last) = self.fetch_page(cancelled, page).await? {
             page.after = last;
+        }
+        match self.fetch_again {
+            // Failed again: the pause doubles.
+            Some(_) if failed_before => {
+                self.fetch_pause = (self.fetch_pause * 2).min(FETCH_RETRY_LONGEST)
+            }
+            Some(_) => {}
+            None => self.fetch_pause = FETCH_RETRY_FIRST,
         }
         Ok(())
     }
@@ -538,11 +563,14 @@ impl Writer {
         let claimed = match inbox.claim_inbox(&self.user, &self.delivery, page).await {
             Ok(claimed) => claimed,
             Err(err) => {
-                // They wait for the next fetch, connection or `GET /messages/`.
+                // Fetched again after a pause (or at the next trigger, an
+                // unread notice or a new connection, whichever comes first).
                 tracing::warn!(
                     error = format!("{err:#}"),
+                    retry_in_s = self.fetch_pause.as_secs(),
                     "fetching stored messages failed"
                 );
+                self.fetch_again = Some(tokio::time::Instant::now() + self.fetch_pause);
                 return Ok(None);
             }
         };
@@ -620,6 +648,13 @@ impl Writer {
         if let Err(err) = self.state.inbox.renew_holds(&self.user, &held).await {
             tracing::warn!(error = format!("{err:#}"), "renewing held messages failed");
         }
+    }
+}
+
+/// Sleeps until `at` (only polled when it is set).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     }
 }
 

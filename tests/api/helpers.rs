@@ -271,13 +271,18 @@ impl TestApp {
         }
     }
 
-    /// How many stored messages hold `content`, read from the database itself.
-    pub async fn stored_with_content(&self, content: &str) -> i64 {
-        let url = &self
+    /// The database of an app of [`spawn`].
+    pub fn database_url(&self) -> &str {
+        &self
             ._backend
             .as_ref()
             .expect("an app of spawn()")
-            .database_url;
+            .database_url
+    }
+
+    /// How many stored messages hold `content`, read from the database itself.
+    pub async fn stored_with_content(&self, content: &str) -> i64 {
+        let url = self.database_url();
         let query = "SELECT COUNT(*) FROM messages WHERE encrypted_content = $1";
         if url.starts_with("sqlite:") {
             let db = sqlx::SqlitePool::connect(url).await.unwrap();

@@ -494,3 +494,46 @@ async fn inbox_requests_are_limited_per_user() {
     // Another user's budget is its own.
     assert_eq!(app.get("/messages/", &carol.token).await.0, StatusCode::OK);
 }
+
+/// A push that fails (the store busy, or away) is tried again by the
+/// connection itself: its stored messages arrive once the store answers,
+/// with no new message, notice or connection to trigger it. On SQLite, where
+/// another writer can hold the store's write lock; the Postgres outage test
+/// (`postgres.rs`) covers Postgres going away.
+#[tokio::test]
+async fn a_failed_push_is_tried_again_once_the_store_answers() {
+    use sqlx::Connection;
+    let app = spawn().await;
+    if !app.database_url().starts_with("sqlite:") {
+        eprintln!("skipped: holds SQLite's write lock; postgres.rs covers an outage of Postgres");
+        return;
+    }
+    let (alice, bob) = app.friends("alice", "bob").await;
+    for i in 0..3 {
+        let body = json!({"recipient_username": "bob", "encrypted_content": format!("kept {i}")});
+        assert_eq!(
+            app.post("/messages/", &alice.token, body).await.0,
+            StatusCode::OK
+        );
+    }
+    // Every write of the server now waits out SQLite's busy timeout (10 s)
+    // and fails; reads go on (WAL).
+    let mut writer = sqlx::SqliteConnection::connect(app.database_url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    // Open once its last-seen write gave up; its push claims the messages (a
+    // write), which gives up 10 s later.
+    let mut b = app.ws(&bob.token).await;
+    b.silent_for(Duration::from_secs(12)).await;
+    sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
+    let mut contents = Vec::new();
+    for _ in 0..3 {
+        let m = b.json_within(Duration::from_secs(60)).await;
+        contents.push(m["content"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(contents, ["kept 0", "kept 1", "kept 2"]);
+}
