@@ -579,9 +579,19 @@ impl WsClient {
         self.json_within(PATIENCE).await
     }
 
+    /// The next JSON frame within `patience`. Presence notices (plain text,
+    /// never JSON) are skipped: one published just before this connection
+    /// opened may still reach it, through a replica that reads its
+    /// subscription late. Tests of notices read them with `text`.
     pub async fn json_within(&mut self, patience: Duration) -> Value {
-        let text = self.text_within(patience).await;
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = self.text_within(left).await;
+            if !text.starts_with("系统消息: ") {
+                break serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+            }
+        }
     }
 
     /// `{"type": "ack", "ids"}`.
@@ -615,6 +625,41 @@ impl WsClient {
             .as_str()
             .unwrap_or_else(|| panic!("expected an error frame, got {frame}"))
             .to_owned()
+    }
+
+    /// Whether `text` is the notice of one of `users` coming online.
+    fn online_notice_of(text: &str, users: &[&str]) -> bool {
+        users
+            .iter()
+            .any(|user| text == format!("系统消息: 用户 {user} 已上线。"))
+    }
+
+    /// The next text frame that is not the notice of one of `users` coming
+    /// online: one published just before this connection opened may still
+    /// reach it through a replica that reads its subscription late.
+    pub async fn text_but_notices_of(&mut self, users: &[&str]) -> String {
+        loop {
+            let text = self.text().await;
+            if !Self::online_notice_of(&text, users) {
+                return text;
+            }
+        }
+    }
+
+    /// Asserts that no text frame arrives within `wait` but notices of
+    /// `users` coming online (see [`WsClient::text_but_notices_of`]).
+    pub async fn silent_but_notices_of(&mut self, users: &[&str], wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(Message::Text(text)))) if Self::online_notice_of(&text, users) => {
+                    continue;
+                }
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
     }
 
     /// Asserts that no text frame arrives within `wait`.
