@@ -333,7 +333,8 @@ struct Writer {
     /// When to fetch stored messages again, a fetch having failed: nothing
     /// else may come to trigger one (no new message, no reconnect).
     fetch_again: Option<tokio::time::Instant>,
-    /// The pause after the next failure.
+    /// The pause before fetching again after the next failure (doubled by
+    /// each, back to the first once a fetch succeeds).
     fetch_pause: Duration,
 }
 
@@ -535,19 +536,14 @@ impl Writer {
         cancelled: &mut std::pin::Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Result<(), Stop> {
         self.delivery.fetch_taken();
-        let failed_before = self.fetch_again.take().is_some();
+        self.fetch_again = None;
         // A page at a time, so that a full mailbox is never in memory at once.
         let mut page = Page::first(self.state.settings.delivery.message_page_bytes);
         while let Some(last) = self.fetch_page(cancelled, page).await? {
             page.after = last;
         }
-        match self.fetch_again {
-            // Failed again: the pause doubles.
-            Some(_) if failed_before => {
-                self.fetch_pause = (self.fetch_pause * 2).min(FETCH_RETRY_LONGEST)
-            }
-            Some(_) => {}
-            None => self.fetch_pause = FETCH_RETRY_FIRST,
+        if self.fetch_again.is_none() {
+            self.fetch_pause = FETCH_RETRY_FIRST;
         }
         Ok(())
     }
@@ -571,6 +567,7 @@ impl Writer {
                     "fetching stored messages failed"
                 );
                 self.fetch_again = Some(tokio::time::Instant::now() + self.fetch_pause);
+                self.fetch_pause = (self.fetch_pause * 2).min(FETCH_RETRY_LONGEST);
                 return Ok(None);
             }
         };

@@ -664,14 +664,7 @@ impl WsClient {
 
     /// Asserts that no text frame arrives within `wait`.
     pub async fn silent_for(&mut self, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.stream.next()).await {
-                Err(_) => return,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(other) => panic!("expected silence, got {other:?}"),
-            }
-        }
+        self.silent_but_notices_of(&[], wait).await
     }
 
     /// Reads until the server closes; returns the close code and reason.

@@ -294,9 +294,10 @@ async fn leave(bus: &RedisBus, stream: &mut BoxStream<'static, Incoming>) {
     let gone_by = tokio::time::Instant::now() + REDIS_TIMEOUT * 2;
     loop {
         // A node's stream goes quiet rather than ending: a quiet spell ends it.
-        let until = match cluster {
-            true => gone_by,
-            false => tokio::time::Instant::now() + Duration::from_millis(100),
+        let until = if cluster {
+            gone_by
+        } else {
+            tokio::time::Instant::now() + Duration::from_millis(100)
         };
         match tokio::time::timeout_at(until, stream.next()).await {
             Ok(Some(Incoming::Message(message))) => bus.dispatch(message.get_payload_bytes()),

@@ -85,9 +85,7 @@ impl SqliteStore {
             revoked: RwLock::new(revoked.into_iter().collect()),
         })
     }
-}
 
-impl SqliteStore {
     /// A transaction holding the write lock from its start (`BEGIN
     /// IMMEDIATE`): every transaction here writes, and one that began
     /// deferred and read first could not take the lock when another writer
