@@ -59,15 +59,26 @@ where
     }
 
     pub async fn submit(&self, item: I) -> Result<O, BatchError<E>> {
+        self.queue(item).await.await
+    }
+
+    /// Queues `item` and returns its answer to await apart: items queued one
+    /// after another go out in that order, so a caller may queue several
+    /// before the first is answered and have them share a batch. Waits only
+    /// while the queue is full.
+    pub async fn queue(
+        &self,
+        item: I,
+    ) -> impl Future<Output = Result<O, BatchError<E>>> + Send + 'static {
         let (answer, answered) = oneshot::channel();
-        self.queue
-            .send((item, answer))
-            .await
-            .map_err(|_| BatchError::Stopped)?;
-        match answered.await {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(err)) => Err(BatchError::Failed(err)),
-            Err(_) => Err(BatchError::Stopped),
+        let queued = self.queue.send((item, answer)).await;
+        async move {
+            queued.map_err(|_| BatchError::Stopped)?;
+            match answered.await {
+                Ok(Ok(output)) => Ok(output),
+                Ok(Err(err)) => Err(BatchError::Failed(err)),
+                Err(_) => Err(BatchError::Stopped),
+            }
         }
     }
 }
@@ -96,6 +107,28 @@ mod tests {
             calls.load(Ordering::Relaxed) < 200,
             "some items shared a batch"
         );
+    }
+
+    #[tokio::test]
+    async fn items_queued_before_their_answers_go_out_together_in_order() {
+        let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let echo = Batcher::start(64, move |items: Vec<u32>| {
+            seen.lock().unwrap().push(items.clone());
+            async move { Ok::<_, String>(items) }
+        });
+        let mut answers = Vec::new();
+        for i in 0..10 {
+            answers.push(echo.queue(i).await);
+        }
+        let mut answered = Vec::new();
+        for answer in answers {
+            answered.push(answer.await.unwrap());
+        }
+        assert_eq!(answered, (0..10).collect::<Vec<_>>());
+        // On this single-threaded runtime the batching task runs only once
+        // the caller waits: every item queued before is in its one batch.
+        assert_eq!(*batches.lock().unwrap(), vec![(0..10).collect::<Vec<_>>()]);
     }
 
     #[tokio::test]

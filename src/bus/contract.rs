@@ -147,3 +147,26 @@ pub async fn detached_users_are_not_reached(bus: &dyn Bus, sink: &Recorder) {
     bus.detach(2).await.unwrap();
     assert!(!bus.publish(direct(2, "after")).await.unwrap());
 }
+
+/// Events queued one after another before any is answered (a connection's
+/// messages sharing a round trip) arrive in that order, and each gets its
+/// own answer.
+pub async fn queued_events_arrive_in_order_each_answered(bus: &dyn Bus, sink: &Recorder) {
+    sink.hold(2, true);
+    bus.attach(2).await.unwrap();
+    // Every fifth to a user held nowhere.
+    let events: Vec<Event> = (0..20)
+        .map(|i| direct(if i % 5 == 4 { 3 } else { 2 }, &format!("m{i}")))
+        .collect();
+    let mut answers = Vec::new();
+    for event in &events {
+        answers.push(bus.queue(event.clone()).await);
+    }
+    let to_held = |event: &&Event| matches!(event, Event::Direct(m) if m.recipient_id == 2);
+    for (event, answer) in events.iter().zip(answers) {
+        assert_eq!(answer.await.unwrap(), to_held(&event), "{event:?}");
+    }
+    let held: Vec<Event> = events.iter().filter(to_held).cloned().collect();
+    sink.arrives(held.last().unwrap()).await;
+    assert_eq!(sink.received(), held);
+}

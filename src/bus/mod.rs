@@ -97,6 +97,9 @@ pub trait EventSink: Send + Sync + 'static {
     fn resumed(&self);
 }
 
+/// What became of a queued event ([`Bus::queue`]).
+pub type Answer = futures_util::future::BoxFuture<'static, Result<bool, BusError>>;
+
 #[derive(Debug, thiserror::Error)]
 #[error("fan-out backend unavailable")]
 pub struct BusError(#[source] pub anyhow::Error);
@@ -108,7 +111,15 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Hands `event` to every replica holding one of its addressees. For a direct
     /// message, answers false when no replica holds a connection of the recipient.
-    async fn publish(&self, event: Event) -> Result<bool, BusError>;
+    async fn publish(&self, event: Event) -> Result<bool, BusError> {
+        self.queue(event).await.await
+    }
+
+    /// Publishes like [`Bus::publish`], but returns once the event has its
+    /// place, with its answer to await apart: events queued one after another
+    /// go out in that order, so a connection's next message can join the
+    /// same round trip instead of waiting for this one's answer.
+    async fn queue(&self, event: Event) -> Answer;
 
     /// This replica now holds connections of `user` (its first one opened).
     async fn attach(&self, user: UserId) -> Result<(), BusError>;

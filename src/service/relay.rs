@@ -12,6 +12,7 @@ use std::{
 };
 
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +25,7 @@ use super::{
     names::NameCache,
 };
 use crate::{
-    bus::{Audience, Bus, Event},
+    bus::{Answer, Audience, Bus, Event},
     client_ids::{CLIENT_ID_MAX_CHARS, ClientIds},
     config::{Settings, Switch, Visibility},
     connection::{Delivery, Outbox},
@@ -73,6 +74,28 @@ enum Outcome {
     Stored(String),
     /// Not accepted after all: the error frame for the sender.
     Refused(String),
+}
+
+/// The replies to one frame of a connection's.
+pub enum Replies<'a> {
+    Now(Vec<String>),
+    /// A directed message's, once what became of it is known; meanwhile
+    /// the connection may read its next frames.
+    Later(BoxFuture<'a, Vec<String>>),
+}
+
+impl From<Vec<String>> for Replies<'_> {
+    fn from(replies: Vec<String>) -> Self {
+        Self::Now(replies)
+    }
+}
+
+/// The reply to a directed message that failed for a reason of the
+/// server's (logged).
+fn not_delivered(err: &Error, client_id: Option<&str>) -> Vec<String> {
+    tracing::warn!(error = format!("{err:#}"), "directed message failed");
+    let error = "message could not be delivered; try again";
+    vec![ServerFrame::Error { error, client_id }.to_text()]
 }
 
 /// The frame budgets of one connection: its own, kept here, and its user's,
@@ -148,14 +171,15 @@ impl Relay {
 
     /// Handles one text frame of `sender`'s, on its connection `connection`
     /// (which takes its messages as `delivery` says); returns the replies for
-    /// the sender, in order. An `auth` frame renews `sender` in place.
-    pub async fn on_text(
-        &self,
+    /// the sender, in order, or (a directed message) what waits for them.
+    /// An `auth` frame renews `sender` in place.
+    pub async fn on_text<'a>(
+        &'a self,
         sender: &mut AuthUser,
         connection: u64,
         delivery: &Delivery,
         text: &str,
-    ) -> Vec<String> {
+    ) -> Replies<'a> {
         let (recipient_username, content, client_id, ephemeral) = match ClientFrame::parse(text) {
             ClientFrame::Auth { token } => {
                 return vec![
@@ -177,7 +201,8 @@ impl Relay {
                                 .to_text()
                         }
                     },
-                ];
+                ]
+                .into();
             }
             ClientFrame::Ack { ids } => {
                 return match self.inbox.ack_frame(sender, &ids).await {
@@ -200,7 +225,8 @@ impl Relay {
                                 .to_text(),
                         ]
                     }
-                };
+                }
+                .into();
             }
             // One line per sender of what it says: a line break, an escape
             // or a bidi override would let it write a line that looks like
@@ -208,7 +234,7 @@ impl Relay {
             ClientFrame::Broadcast(text) if !text.chars().all(is_broadcastable) => {
                 return vec![ServerFrame::error(
                     "a broadcast must be one line of printable text: line breaks, control and format characters are not relayed",
-                ).to_text()];
+                ).to_text()].into();
             }
             ClientFrame::Broadcast(text) => {
                 return match self.spend_fanout(sender, text.len()).await {
@@ -227,7 +253,8 @@ impl Relay {
                         tracing::warn!(error = format!("{err:#}"), "broadcast limiter failed");
                         vec![ServerFrame::error("broadcast not relayed; try again").to_text()]
                     }
-                };
+                }
+                .into();
             }
             ClientFrame::Malformed => {
                 return vec![
@@ -235,7 +262,8 @@ impl Relay {
                         "a JSON frame needs string fields \"recipient_username\" and \"content\"",
                     )
                     .to_text(),
-                ];
+                ]
+                .into();
             }
             ClientFrame::Direct {
                 recipient_username,
@@ -252,7 +280,8 @@ impl Relay {
                         "client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters"
                     ))
                     .to_text(),
-                ];
+                ]
+                .into();
             }
             delivery.want_receipts();
         }
@@ -267,16 +296,7 @@ impl Relay {
             .await
         {
             Ok(replies) => replies,
-            Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), "directed message failed");
-                vec![
-                    ServerFrame::Error {
-                        error: "message could not be delivered; try again",
-                        client_id: client_id.as_deref(),
-                    }
-                    .to_text(),
-                ]
-            }
+            Err(err) => not_delivered(&err, client_id.as_deref()).into(),
         }
     }
 
@@ -287,14 +307,18 @@ impl Relay {
     /// answered the same way without being delivered again. Every error
     /// frame carries the `client_id`. An ephemeral message goes another way
     /// ([`Relay::send_ephemeral`]).
-    async fn send_direct(
-        &self,
+    ///
+    /// The message is queued for fan-out before this returns (so that the
+    /// connection's next message follows it, in the same round trip when
+    /// they come together); what became of it, and the replies, come later.
+    async fn send_direct<'a>(
+        &'a self,
         sender: &AuthUser,
         recipient_username: &str,
         content: String,
         client_id: Option<&str>,
         ephemeral: bool,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Replies<'a>> {
         let refuse = |error: &str| ServerFrame::Error { error, client_id }.to_text();
         let content = match MessageContent::parse(
             content,
@@ -303,7 +327,7 @@ impl Relay {
         ) {
             Ok(content) => content.into_inner(),
             Err(invalid) => {
-                return Ok(vec![refuse(&format!("content {}", invalid.message))]);
+                return Ok(vec![refuse(&format!("content {}", invalid.message))].into());
             }
         };
         let recipient = self
@@ -313,12 +337,13 @@ impl Relay {
         // The client's input is not echoed back: a reply stays small whatever
         // the frame held.
         let Some(recipient) = recipient else {
-            return Ok(vec![refuse("recipient not found")]);
+            return Ok(vec![refuse("recipient not found")].into());
         };
         if ephemeral {
             return self
                 .send_ephemeral(sender, recipient.id, content, client_id)
-                .await;
+                .await
+                .map(Replies::from);
         }
         // Under `contacts` visibility, a sender the recipient has not accepted
         // learns nothing of its presence from the answer: its messages are
@@ -346,7 +371,8 @@ impl Relay {
                             id: first,
                         }
                         .to_text(),
-                    ]);
+                    ]
+                    .into());
                 }
                 Ok(None) => {}
                 // Delivered, possibly twice, rather than refused.
@@ -363,52 +389,66 @@ impl Relay {
             receipt: client_id.is_some() && !stranger,
             ephemeral: false,
         });
-        let outcome = self
-            .relay_or_store(message, &recipient.username, !stranger, client_id)
-            .await;
-        let forget = || async {
-            if let Some(key) = &client_key
-                && let Err(err) = self.client_ids.forget(sender.id, key, id).await
-            {
-                tracing::warn!(error = %err, "client ids unavailable");
-            }
+        // Queued now, answered later: the stranger's message is stored.
+        let answer = if stranger {
+            None
+        } else {
+            Some(self.bus.queue(Event::Direct(message.clone())).await)
         };
-        let mut replies = Vec::new();
-        match outcome {
-            Ok(Outcome::Relayed) => {}
-            Ok(Outcome::Stored(status)) => replies.push(status),
-            Ok(Outcome::Refused(error)) => {
-                forget().await;
-                return Ok(vec![error]);
+        let (sender_id, recipient_username) = (sender.id, recipient.username);
+        let client_id = client_id.map(str::to_owned);
+        Ok(Replies::Later(Box::pin(async move {
+            let client_id = client_id.as_deref();
+            let outcome = self
+                .relay_or_store(message, answer, &recipient_username, client_id)
+                .await;
+            let forget = || async {
+                if let Some(key) = &client_key
+                    && let Err(err) = self.client_ids.forget(sender_id, key, id).await
+                {
+                    tracing::warn!(error = %err, "client ids unavailable");
+                }
+            };
+            let mut replies = Vec::new();
+            match outcome {
+                Ok(Outcome::Relayed) => {}
+                Ok(Outcome::Stored(status)) => replies.push(status),
+                Ok(Outcome::Refused(error)) => {
+                    forget().await;
+                    return vec![error];
+                }
+                Err(err) => {
+                    forget().await;
+                    return not_delivered(&err, client_id);
+                }
             }
-            Err(err) => {
-                forget().await;
-                return Err(err);
-            }
-        }
-        replies.extend(client_id.map(|client_id| ServerFrame::Sent { client_id, id }.to_text()));
-        Ok(replies)
+            replies
+                .extend(client_id.map(|client_id| ServerFrame::Sent { client_id, id }.to_text()));
+            replies
+        })))
     }
 
-    /// Relays the message live when `live` and the recipient is connected
-    /// somewhere; stores it otherwise.
+    /// Relays the message live when it was queued for fan-out (`published`)
+    /// and the recipient is connected somewhere; stores it otherwise.
     async fn relay_or_store(
         &self,
         message: Arc<DirectMessage>,
+        published: Option<Answer>,
         recipient_username: &str,
-        live: bool,
         client_id: Option<&str>,
     ) -> Result<Outcome> {
         let refuse = |error: &str| ServerFrame::Error { error, client_id }.to_text();
-        let delivered = live
-            && match self.bus.publish(Event::Direct(message.clone())).await {
+        let delivered = match published {
+            Some(answer) => match answer.await {
                 Ok(delivered) => delivered,
                 Err(err) => {
                     // Fan-out is down: keep the message rather than lose it.
                     tracing::warn!(error = %err, "fan-out unavailable; storing the message");
                     false
                 }
-            };
+            },
+            None => false,
+        };
         if delivered {
             return Ok(Outcome::Relayed);
         }

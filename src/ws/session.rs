@@ -2,6 +2,7 @@
 //! bounded outbox, so that a slow client never holds up anyone else.
 
 use std::{
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,7 +13,8 @@ use std::{
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{
     SinkExt, StreamExt,
-    stream::{SplitSink, SplitStream},
+    future::BoxFuture,
+    stream::{FuturesOrdered, SplitSink, SplitStream},
 };
 use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
@@ -22,7 +24,7 @@ use crate::{
     connection::{self, Closer, Delivery, Outbox, OutboxReader, Outgoing, Receipt},
     domain::{Arrival, DirectMessage, Disconnect, Endpoint, ServerFrame},
     metrics::WsConnectionGauge,
-    service::{self, authn::AuthUser, inbox::PUSH_CLAIM},
+    service::{self, authn::AuthUser, inbox::PUSH_CLAIM, relay::Replies},
     state::AppState,
     store::Page,
 };
@@ -204,6 +206,14 @@ fn session_deadline(user: &AuthUser, grace: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + left.saturating_add(grace)
 }
 
+/// A connection's frames read past directed messages whose fan-out has not
+/// answered yet: enough for a client's burst to share a round trip, few
+/// enough that one that sends faster than it is answered waits.
+const FRAMES_AHEAD: usize = 32;
+
+/// Replies not known yet, in the order of the frames they answer.
+type Waiting<'s> = FuturesOrdered<BoxFuture<'s, Vec<String>>>;
+
 #[allow(clippy::too_many_arguments)]
 async fn read_loop(
     state: &AppState,
@@ -214,6 +224,36 @@ async fn read_loop(
     outbox: &Outbox,
     closer: &Closer,
     heard: &AtomicBool,
+) {
+    let mut waiting = Waiting::new();
+    read_frames(
+        state,
+        user,
+        connection,
+        delivery,
+        stream,
+        outbox,
+        closer,
+        heard,
+        &mut waiting,
+    )
+    .await;
+    // Whatever ends the connection, each message it accepted is still
+    // delivered or stored; the replies have no one to go to.
+    while waiting.next().await.is_some() {}
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_frames<'s>(
+    state: &'s AppState,
+    user: &mut AuthUser,
+    connection: u64,
+    delivery: &Delivery,
+    stream: &mut SplitStream<WebSocket>,
+    outbox: &Outbox,
+    closer: &Closer,
+    heard: &AtomicBool,
+    waiting: &mut Waiting<'s>,
 ) {
     let mut budget = state.relay.frame_budget(user);
     let mut refused_in_a_row = 0;
@@ -230,7 +270,13 @@ async fn read_loop(
                 closer.close(Disconnect::TokenExpired);
                 return;
             }
-            frame = stream.next() => frame,
+            Some(replies) = waiting.next(), if !waiting.is_empty() => {
+                if !queue_replies(replies, outbox, closer, &mut cancelled).await {
+                    return;
+                }
+                continue;
+            }
+            frame = stream.next(), if waiting.len() < FRAMES_AHEAD => frame,
         };
         heard.store(true, Ordering::Relaxed);
         let replies = match frame {
@@ -267,33 +313,55 @@ async fn read_loop(
                         ))
                         .to_text(),
                     ]
+                    .into()
                 }
             },
             Some(Ok(Message::Binary(_))) => {
                 vec![ServerFrame::error("binary frames are not supported; send text").to_text()]
+                    .into()
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Vec::new(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Replies::Now(Vec::new()),
         };
-        // A client that sends faster than its replies are written waits; one
-        // that reads none of them for a whole deadline is let go.
-        for reply in replies {
-            let queued = tokio::select! {
-                _ = &mut cancelled => return,
-                queued = tokio::time::timeout(
-                    WRITE_DEADLINE,
-                    outbox.send(Outgoing::Text(Utf8Bytes::from(reply))),
-                ) => queued,
-            };
-            match queued {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(_) => {
-                    closer.close(Disconnect::TooSlow);
+        match replies {
+            // Nothing before them still waits: written at once.
+            Replies::Now(replies) if waiting.is_empty() || replies.is_empty() => {
+                if !queue_replies(replies, outbox, closer, &mut cancelled).await {
                     return;
                 }
             }
+            Replies::Now(replies) => waiting.push_back(Box::pin(std::future::ready(replies))),
+            Replies::Later(replies) => waiting.push_back(replies),
         }
     }
+}
+
+/// Hands replies to the writer; false when the connection must end. A
+/// client that sends faster than its replies are written waits; one that
+/// reads none of them for a whole deadline is let go.
+async fn queue_replies(
+    replies: Vec<String>,
+    outbox: &Outbox,
+    closer: &Closer,
+    cancelled: &mut Pin<&mut WaitForCancellationFuture<'_>>,
+) -> bool {
+    for reply in replies {
+        let queued = tokio::select! {
+            _ = &mut *cancelled => return false,
+            queued = tokio::time::timeout(
+                WRITE_DEADLINE,
+                outbox.send(Outgoing::Text(Utf8Bytes::from(reply))),
+            ) => queued,
+        };
+        match queued {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(_) => {
+                closer.close(Disconnect::TooSlow);
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Reads, and drops, what a client still sends until it answers the close

@@ -304,7 +304,7 @@ async fn deleting_an_account_removes_it_and_keeps_its_name() {
         app.inbox(&bob.token).await.is_empty(),
         "its messages are gone"
     );
-    assert_eq!(app.stored_with_content("to alice").await, 0);
+    assert_eq!(app.stored_like("to alice").await, 0);
     assert_eq!(app.get("/users/search/ali", &bob.token).await.1, json!([]));
     // Nobody reaches it any more, by any path.
     let (status, _) = app

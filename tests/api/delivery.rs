@@ -402,3 +402,79 @@ async fn one_client_id_to_two_recipients_is_two_messages() {
     assert_eq!(message(&mut b).await.2, "to bob");
     assert_eq!(message(&mut c).await.2, "to carol");
 }
+
+/// A connection reads its next frames while its earlier messages wait for
+/// fan-out's answer (so that a burst shares one round trip): the replies
+/// still come in the order of the frames they answer, whatever each frame
+/// was, and a client that sends a burst and leaves at once loses none of it.
+#[tokio::test]
+async fn a_burst_is_answered_in_frame_order_and_kept_when_its_sender_leaves() {
+    const N: usize = 60;
+    let app = spawn_with(|s| s.rates.rate_limits = Switch::Off).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let carol = app.user("carol").await;
+    assert_eq!(
+        app.add_contact(&carol.token, "alice").await,
+        StatusCode::ACCEPTED
+    );
+    let (status, _) = app
+        .put(&format!("/me/contacts/{}", carol.id), &alice.token, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut b = app.ws(&bob.token).await;
+    let mut a = app.ws(&alice.token).await;
+    // Bob is online, carol is not; every seventh frame is malformed.
+    let mut expected = Vec::new();
+    for i in 0..N {
+        let client_id = format!("c{i}");
+        if i % 7 == 3 {
+            a.send_text("{\"recipient_username\": 5}").await;
+            expected.push("error".to_owned());
+        } else if i % 3 == 0 {
+            a.send_json(direct("carol", &format!("{i}"), Some(&client_id)))
+                .await;
+            expected.push("status".to_owned());
+            expected.push(format!("sent {client_id}"));
+        } else {
+            a.send_json(direct("bob", &format!("{i}"), Some(&client_id)))
+                .await;
+            expected.push(format!("sent {client_id}"));
+        }
+    }
+    let mut replies = Vec::new();
+    while replies.len() < expected.len() {
+        let reply = frame(&mut a).await;
+        replies.push(if reply["type"] == "sent" {
+            format!("sent {}", reply["client_id"].as_str().unwrap())
+        } else if reply["status"].is_string() {
+            "status".to_owned()
+        } else {
+            assert!(reply["error"].is_string(), "{reply}");
+            "error".to_owned()
+        });
+    }
+    assert_eq!(replies, expected, "each reply in the place of its frame");
+    let to_bob: Vec<usize> = (0..N).filter(|i| i % 7 != 3 && i % 3 != 0).collect();
+    let mut got = Vec::new();
+    while got.len() < to_bob.len() {
+        got.push(message(&mut b).await.2.parse::<usize>().unwrap());
+    }
+    assert_eq!(got, to_bob);
+
+    // A burst to carol (offline) from a client that closes right after it:
+    // each message of it is stored, once, in order.
+    let mut a = app.ws(&alice.token).await;
+    for i in 0..N {
+        a.send_json(direct("carol", &format!("burst {i}"), None))
+            .await;
+    }
+    a.leave().await;
+    crate::helpers::eventually("the whole burst stored", || async {
+        app.stored_like("burst %").await == N as i64
+    })
+    .await;
+    let inbox = app.inbox(&carol.token).await;
+    let burst: Vec<&String> = inbox.iter().filter(|m| m.starts_with("burst ")).collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("burst {i}")).collect();
+    assert_eq!(burst, expected.iter().collect::<Vec<_>>());
+}

@@ -87,7 +87,7 @@ async fn ephemeral_frames_reach_open_connections_of_mutual_contacts_only_and_are
 
     // Nothing was stored, and nothing comes again on the next connection.
     for content in ["typing-0", "typing-1", "typing-2", "typing-3", "typing-4"] {
-        assert_eq!(app.stored_with_content(content).await, 0, "{content}");
+        assert_eq!(app.stored_like(content).await, 0, "{content}");
     }
     b.leave().await;
     let mut again = app.ws_manual(&bob.token).await;

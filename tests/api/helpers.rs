@@ -280,21 +280,22 @@ impl TestApp {
             .database_url
     }
 
-    /// How many stored messages hold `content`, read from the database itself.
-    pub async fn stored_with_content(&self, content: &str) -> i64 {
+    /// How many stored messages' content is `LIKE` `pattern` (without `%`
+    /// or `_`, equal to it), read from the database itself.
+    pub async fn stored_like(&self, pattern: &str) -> i64 {
         let url = self.database_url();
-        let query = "SELECT COUNT(*) FROM messages WHERE encrypted_content = $1";
+        let query = "SELECT COUNT(*) FROM messages WHERE encrypted_content LIKE $1";
         if url.starts_with("sqlite:") {
             let db = sqlx::SqlitePool::connect(url).await.unwrap();
             sqlx::query_scalar(query)
-                .bind(content)
+                .bind(pattern)
                 .fetch_one(&db)
                 .await
                 .unwrap()
         } else {
             let db = sqlx::PgPool::connect(url).await.unwrap();
             sqlx::query_scalar(query)
-                .bind(content)
+                .bind(pattern)
                 .fetch_one(&db)
                 .await
                 .unwrap()

@@ -148,16 +148,16 @@ async fn read_messages_leave_no_ciphertext_behind() {
         app.post("/messages/", &alice.token, body)
     };
     send("ciphertext-fetched").await;
-    assert_eq!(app.stored_with_content("ciphertext-fetched").await, 1);
+    assert_eq!(app.stored_like("ciphertext-fetched").await, 1);
     let (_, fetched) = app.get("/messages/", &bob.token).await;
     assert_eq!(fetched[0]["encrypted_content"], "ciphertext-fetched");
-    assert_eq!(app.stored_with_content("ciphertext-fetched").await, 0);
+    assert_eq!(app.stored_like("ciphertext-fetched").await, 0);
 
     send("ciphertext-pushed").await;
     let mut b = app.ws(&bob.token).await;
     assert_eq!(b.json().await["content"], "ciphertext-pushed");
     eventually("the pushed message is deleted", || async {
-        app.stored_with_content("ciphertext-pushed").await == 0
+        app.stored_like("ciphertext-pushed").await == 0
     })
     .await;
 }
@@ -174,7 +174,7 @@ async fn unread_messages_expire_after_their_time_to_live() {
     );
     // Expiry sweeps every half a time to live, here every second.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while app.stored_with_content("short-lived").await > 0 {
+    while app.stored_like("short-lived").await > 0 {
         assert!(tokio::time::Instant::now() < deadline, "never expired");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

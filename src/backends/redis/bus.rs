@@ -38,7 +38,7 @@ use super::{
 };
 use crate::{
     batch::Batcher,
-    bus::{Audience, Bus, BusError, Event, EventSink},
+    bus::{Answer, Audience, Bus, BusError, Event, EventSink},
     config::BusEnvelope,
     domain::UserId,
     metrics,
@@ -494,14 +494,15 @@ impl Bus for RedisBus {
         .map_err(BusError)
     }
 
-    async fn publish(&self, event: Event) -> Result<bool, BusError> {
+    async fn queue(&self, event: Event) -> Answer {
         let channel = self.channel_of(&event);
         metrics::bus_published(event.kind());
-        let payload = Envelope::encode(&event, self.envelope).map_err(BusError)?;
-        self.publisher
-            .submit((channel, payload))
-            .await
-            .map_err(|e| BusError(anyhow::anyhow!("{e:#}")))
+        let payload = match Envelope::encode(&event, self.envelope) {
+            Ok(payload) => payload,
+            Err(err) => return Box::pin(std::future::ready(Err(BusError(err)))),
+        };
+        let answer = self.publisher.queue((channel, payload)).await;
+        Box::pin(async move { answer.await.map_err(|e| BusError(anyhow::anyhow!("{e:#}"))) })
     }
 
     async fn attach(&self, user: UserId) -> Result<(), BusError> {
@@ -573,6 +574,9 @@ mod tests {
             stop.cancel();
             let (b, sink, stop) = bus(form).await;
             contract::detached_users_are_not_reached(b.as_ref(), &sink).await;
+            stop.cancel();
+            let (b, sink, stop) = bus(form).await;
+            contract::queued_events_arrive_in_order_each_answered(b.as_ref(), &sink).await;
             stop.cancel();
         }
     }
