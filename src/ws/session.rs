@@ -149,6 +149,7 @@ impl Session {
         let mut writer = tokio::spawn(writer.run(inbox, state.settings.ws_ping_interval()));
         let mut user = user.clone();
         let connection = self.connection;
+        let mut waiting = Waiting::new();
         read_loop(
             state,
             &mut user,
@@ -158,9 +159,13 @@ impl Session {
             &self.outbox,
             closer,
             &heard,
+            &mut waiting,
         )
         .await;
         closer.finish();
+        // Whatever ended the connection, each message it accepted is still
+        // delivered or stored; their replies have no one to go to.
+        while waiting.next().await.is_some() {}
         // The user leaves the hub and presence now, not once the writer is
         // done: a client that stopped reading may keep it for a while.
         if let Some(mut teardown) = self.teardown.take() {
@@ -215,36 +220,7 @@ const FRAMES_AHEAD: usize = 32;
 type Waiting<'s> = FuturesOrdered<BoxFuture<'s, Vec<String>>>;
 
 #[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    state: &AppState,
-    user: &mut AuthUser,
-    connection: u64,
-    delivery: &Delivery,
-    stream: &mut SplitStream<WebSocket>,
-    outbox: &Outbox,
-    closer: &Closer,
-    heard: &AtomicBool,
-) {
-    let mut waiting = Waiting::new();
-    read_frames(
-        state,
-        user,
-        connection,
-        delivery,
-        stream,
-        outbox,
-        closer,
-        heard,
-        &mut waiting,
-    )
-    .await;
-    // Whatever ends the connection, each message it accepted is still
-    // delivered or stored; the replies have no one to go to.
-    while waiting.next().await.is_some() {}
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn read_frames<'s>(
+async fn read_loop<'s>(
     state: &'s AppState,
     user: &mut AuthUser,
     connection: u64,
