@@ -72,9 +72,12 @@ impl EventSink for Recorder {
     fn resumed(&self) {}
 }
 
+/// A directed message with an id of its own, as every message has (a
+/// replica drops one whose id reached it before).
 fn direct(to: UserId, content: &str) -> Event {
+    static NEXT_ID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
     Event::Direct(Arc::new(DirectMessage {
-        id: 1,
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         receipt: false,
         ephemeral: false,
         sender_id: 1,

@@ -12,6 +12,7 @@ use secchat::config::{Settings, Visibility};
 
 use crate::{
     delivery::{direct, frame, message, quiet},
+    failover::ready_again,
     helpers::{Backend, TestApp, eventually, free_port},
 };
 
@@ -352,16 +353,7 @@ async fn fan_out_resumes_after_redis_restarts() {
 
     let _redis = PrivateRedis::start(redis.port).await;
     for app in &r {
-        eventually("replica ready again", || async {
-            app.http
-                .get(app.url("/readyz"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == StatusCode::OK
-        })
-        .await;
+        ready_again(app).await;
     }
     // What was sent while Redis was away reaches bob's open socket once the
     // replica receives again, before anything sent later.

@@ -10,6 +10,12 @@
 //! lives on the shard of its slot, so fan-out spreads over the shards instead
 //! of every node relaying every message, and the count a publish answers is
 //! still that of the replicas subscribed.
+//!
+//! Redis counts a subscriber before it writes to it: a Redis that goes in
+//! between has answered "delivered" for a directed message no replica got.
+//! Each replica publishes its last such answers again once the subscription is
+//! back, and drops a directed message that reaches it twice
+//! ([`super::redelivery`]).
 
 use std::{
     collections::HashMap,
@@ -22,7 +28,7 @@ use std::{
 
 use anyhow::Context;
 use async_trait::async_trait;
-use futures_util::{StreamExt, stream::BoxStream};
+use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::BoxStream};
 use redis::{Msg, PushKind, aio::PubSubSink, cluster_async::ClusterConnection};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
@@ -33,11 +39,12 @@ use super::{
     Keyspace, REDIS_TIMEOUT, RedisCommands, RedisConnection, Topology,
     keys::slot_tag,
     now_ms,
+    redelivery::{Arrivals, Published, RESEND_FOR, Unconfirmed},
     script::{Script, is_no_script},
     with_redis,
 };
 use crate::{
-    batch::Batcher,
+    batch::{BatchError, Batcher},
     bus::{Answer, Audience, Bus, BusError, Event, EventSink},
     config::BusEnvelope,
     domain::UserId,
@@ -80,11 +87,26 @@ impl Envelope<Event> {
     }
 }
 
+/// One event to publish.
+struct Publish {
+    channel: String,
+    payload: Vec<u8>,
+    /// A directed message (stored when it reaches no one): kept until its
+    /// delivery is confirmed ([`Unconfirmed`]).
+    directed: bool,
+}
+
 pub struct RedisBus {
     redis: Arc<RedisCommands>,
     /// Concurrent publishes go out together (one pipeline, or one write per
     /// shard).
-    publisher: Batcher<(String, Vec<u8>), bool, anyhow::Error>,
+    publisher: Batcher<Publish, bool, anyhow::Error>,
+    /// Directed messages Redis answered for lately, to publish again if it
+    /// goes before passing them on.
+    unconfirmed: Arc<Unconfirmed>,
+    /// Directed messages received lately: one published again is not
+    /// delivered twice.
+    arrivals: Arrivals,
     keys: Keyspace,
     /// The form events are published in.
     envelope: BusEnvelope,
@@ -108,15 +130,40 @@ impl RedisBus {
     ) -> anyhow::Result<Arc<Self>> {
         let topology = topology.clone();
         let publish_to = redis.clone();
-        let publisher = Batcher::start(256, move |events: Vec<(String, Vec<u8>)>| {
-            let redis = publish_to.clone();
+        let unconfirmed = Arc::new(Unconfirmed::default());
+        let answered = unconfirmed.clone();
+        let cluster = matches!(topology, Topology::Cluster { .. });
+        let publisher = Batcher::start(256, move |events: Vec<Publish>| {
+            let (redis, answered) = (publish_to.clone(), answered.clone());
             async move {
-                let receivers = with_redis(&redis, |c| publish_all(c, events)).await?;
+                let receivers = with_redis(&redis, |c| publish_all(c, &events)).await?;
+                // By node: on a cluster, each slot's answer confirms only
+                // that slot's earlier one (the slot may have moved since).
+                let mut delivered: HashMap<String, Vec<Published>> = HashMap::new();
+                for (event, n) in events.into_iter().zip(&receivers) {
+                    let node = if cluster {
+                        slot_tag(&event.channel)
+                    } else {
+                        ""
+                    };
+                    if !delivered.contains_key(node) {
+                        delivered.insert(node.to_owned(), Vec::new());
+                    }
+                    let kept = delivered.get_mut(node).expect("inserted above");
+                    if event.directed && *n > 0 {
+                        kept.push((event.channel, event.payload));
+                    }
+                }
+                for (node, messages) in delivered {
+                    answered.answered(&node, messages);
+                }
                 Ok(receivers.into_iter().map(|n| n > 0).collect())
             }
         });
         let bus = Arc::new(Self {
             publisher,
+            unconfirmed,
+            arrivals: Arrivals::default(),
             redis,
             keys,
             envelope,
@@ -180,6 +227,10 @@ impl RedisBus {
         }
         match envelope.map(|e| e.event) {
             Ok(Event::Direct(message)) => {
+                if !message.ephemeral && !self.arrivals.first(message.id) {
+                    // Published again after an outage, but it came the first time.
+                    return;
+                }
                 let kept = message.clone();
                 if !self.sink.deliver(Event::Direct(message)) {
                     // The recipient left this replica after the publish counted it.
@@ -212,9 +263,17 @@ async fn subscribe_forever(
             Ok((subscriber, mut stream)) => {
                 match subscribe(&bus, subscriber).await {
                     Ok(()) => {
-                        bus.receiving.store(true, Ordering::Release);
                         pause = Duration::from_millis(100);
-                        match ready.take() {
+                        let first = ready.take();
+                        if first.is_none() {
+                            // Back after a loss: queued before the replica is
+                            // ready again, so that they go out before what its
+                            // clients send once it is.
+                            bus.arrivals.resumed();
+                            publish_again(&bus, bus.unconfirmed.resumed()).await;
+                        }
+                        bus.receiving.store(true, Ordering::Release);
+                        match first {
                             Some(ready) => {
                                 let _ = ready.send(());
                             }
@@ -224,6 +283,8 @@ async fn subscribe_forever(
                         tracing::info!("subscribed to fan-out");
                         dispatch_until_lost(&bus, &mut stream, &shutdown).await;
                         bus.receiving.store(false, Ordering::Release);
+                        bus.unconfirmed.lost();
+                        bus.arrivals.lost();
                         if !shutdown.is_cancelled() {
                             tracing::warn!("fan-out subscription lost; reconnecting");
                         }
@@ -313,6 +374,73 @@ async fn leave(bus: &RedisBus, stream: &mut BoxStream<'static, Incoming>) {
     }
 }
 
+/// Publishes again the directed messages an outage may have swallowed
+/// ([`super::redelivery`]), each until a replica counts it: its recipient's
+/// replica may be subscribing again itself. One no replica counts within
+/// [`RESEND_FOR`] is stored for its recipient, as one to no one connected is.
+/// Returns once they are queued; a task of their own awaits the answers.
+async fn publish_again(bus: &Arc<RedisBus>, again: Vec<Published>) {
+    if again.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        count = again.len(),
+        "publishing again the directed messages the outage may have lost"
+    );
+    let answers = queue_again(bus, &again).await;
+    tokio::spawn(until_counted(bus.clone(), again, answers));
+}
+
+/// Queues each message for publishing again, in order; their answers.
+async fn queue_again(
+    bus: &RedisBus,
+    messages: &[Published],
+) -> Vec<BoxFuture<'static, Result<bool, BatchError<anyhow::Error>>>> {
+    let mut answers = Vec::with_capacity(messages.len());
+    for (channel, payload) in messages {
+        let publish = Publish {
+            channel: channel.clone(),
+            payload: payload.clone(),
+            directed: true,
+        };
+        answers.push(bus.publisher.queue(publish).await.boxed());
+    }
+    answers
+}
+
+async fn until_counted(
+    bus: Arc<RedisBus>,
+    mut pending: Vec<Published>,
+    mut answers: Vec<BoxFuture<'static, Result<bool, BatchError<anyhow::Error>>>>,
+) {
+    let until = tokio::time::Instant::now() + RESEND_FOR;
+    loop {
+        let answered = futures_util::future::join_all(answers).await;
+        pending = pending
+            .into_iter()
+            .zip(answered)
+            .filter_map(|(message, answer)| (!matches!(answer, Ok(true))).then_some(message))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        answers = queue_again(&bus, &pending).await;
+    }
+    for (_, payload) in pending {
+        if let Ok(Envelope {
+            event: Event::Direct(message),
+            ..
+        }) = Envelope::decode(&payload)
+        {
+            bus.sink.undeliverable(message);
+        }
+    }
+}
+
 static SPUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/spublish.lua")));
 
 /// Publishes each payload to its channel, answering how many replicas received
@@ -321,28 +449,33 @@ static SPUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("l
 /// pipelines all at once.
 async fn publish_all(
     connection: RedisConnection,
-    events: Vec<(String, Vec<u8>)>,
+    events: &[Publish],
 ) -> redis::RedisResult<Vec<i64>> {
     match connection {
         RedisConnection::Node(mut c) => {
             let mut pipe = redis::pipe();
-            for (channel, payload) in &events {
+            for Publish {
+                channel, payload, ..
+            } in events
+            {
                 pipe.cmd("PUBLISH").arg(channel).arg(payload);
             }
             pipe.query_async(&mut c).await
         }
         RedisConnection::Cluster(c) => {
             let mut by_slot: HashMap<&str, Vec<usize>> = HashMap::new();
-            for (i, (channel, _)) in events.iter().enumerate() {
+            for (i, Publish { channel, .. }) in events.iter().enumerate() {
                 by_slot.entry(slot_tag(channel)).or_default().push(i);
             }
             let answers = futures_util::future::try_join_all(by_slot.into_values().map(|group| {
-                let (events, mut c) = (&events, c.clone());
+                let mut c = c.clone();
                 async move {
                     let pipeline = |by_sha: bool| {
                         let mut pipe = redis::pipe();
                         for &i in &group {
-                            let (channel, payload) = &events[i];
+                            let Publish {
+                                channel, payload, ..
+                            } = &events[i];
                             pipe.add_command(SPUBLISH.key(channel).arg(payload).command(by_sha));
                         }
                         pipe
@@ -501,7 +634,15 @@ impl Bus for RedisBus {
             Ok(payload) => payload,
             Err(err) => return Box::pin(std::future::ready(Err(BusError(err)))),
         };
-        let answer = self.publisher.queue((channel, payload)).await;
+        let directed = matches!(&event, Event::Direct(m) if !m.ephemeral);
+        let answer = self
+            .publisher
+            .queue(Publish {
+                channel,
+                payload,
+                directed,
+            })
+            .await;
         Box::pin(async move { answer.await.map_err(|e| BusError(anyhow::anyhow!("{e:#}"))) })
     }
 

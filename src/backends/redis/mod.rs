@@ -23,6 +23,7 @@ pub mod client_ids;
 pub mod keys;
 pub mod presence;
 pub mod ratelimit;
+mod redelivery;
 pub mod revocations;
 mod script;
 pub mod topology;
