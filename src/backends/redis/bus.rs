@@ -270,7 +270,7 @@ async fn subscribe_forever(
                             // ready again, so that they go out before what its
                             // clients send once it is.
                             bus.arrivals.resumed();
-                            publish_again(&bus, bus.unconfirmed.resumed()).await;
+                            publish_again(&bus, bus.unconfirmed.resumed(), &shutdown).await;
                         }
                         bus.receiving.store(true, Ordering::Release);
                         match first {
@@ -377,9 +377,10 @@ async fn leave(bus: &RedisBus, stream: &mut BoxStream<'static, Incoming>) {
 /// Publishes again the directed messages an outage may have swallowed
 /// ([`super::redelivery`]), each until a replica counts it: its recipient's
 /// replica may be subscribing again itself. One no replica counts within
-/// [`RESEND_FOR`] is stored for its recipient, as one to no one connected is.
+/// [`RESEND_FOR`] is stored for its recipient, as one to no one connected is;
+/// so is every one left when the replica shuts down (while it can still store).
 /// Returns once they are queued; a task of their own awaits the answers.
-async fn publish_again(bus: &Arc<RedisBus>, again: Vec<Published>) {
+async fn publish_again(bus: &Arc<RedisBus>, again: Vec<Published>, shutdown: &CancellationToken) {
     if again.is_empty() {
         return;
     }
@@ -388,7 +389,7 @@ async fn publish_again(bus: &Arc<RedisBus>, again: Vec<Published>) {
         "publishing again the directed messages the outage may have lost"
     );
     let answers = queue_again(bus, &again).await;
-    tokio::spawn(until_counted(bus.clone(), again, answers));
+    tokio::spawn(until_counted(bus.clone(), again, answers, shutdown.clone()));
 }
 
 /// Queues each message for publishing again, in order; their answers.
@@ -412,9 +413,12 @@ async fn until_counted(
     bus: Arc<RedisBus>,
     mut pending: Vec<Published>,
     mut answers: Vec<BoxFuture<'static, Result<bool, BatchError<anyhow::Error>>>>,
+    shutdown: CancellationToken,
 ) {
     let until = tokio::time::Instant::now() + RESEND_FOR;
     loop {
+        // Awaited whole even at shutdown (each within the Redis timeout):
+        // one counted must not be stored as well.
         let answered = futures_util::future::join_all(answers).await;
         pending = pending
             .into_iter()
@@ -427,7 +431,10 @@ async fn until_counted(
         if tokio::time::Instant::now() >= until {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shutdown.cancelled() => break,
+        }
         answers = queue_again(&bus, &pending).await;
     }
     for (_, payload) in pending {
