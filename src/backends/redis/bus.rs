@@ -4,7 +4,8 @@
 //! every user it holds connections for, on one dedicated connection that
 //! reconnects (and resubscribes) by itself. A directed message is published to
 //! its recipient's channel: Redis answers how many replicas received it, so
-//! zero means "connected nowhere" in one round trip.
+//! zero means "connected nowhere" in one round trip. Concurrent publishes go
+//! out as one pipeline, and a batch's events for one channel as one message.
 //!
 //! On a Redis Cluster the channels are sharded (`SPUBLISH`/`SSUBSCRIBE`): each
 //! lives on the shard of its slot, so fan-out spreads over the shards instead
@@ -18,6 +19,7 @@
 //! ([`super::redelivery`]).
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{
         Arc, LazyLock,
@@ -55,7 +57,8 @@ use crate::{
 /// cross-replica latency histogram. Binary ([`BINARY`], then the envelope in
 /// postcard: 64 bytes of content from a 5-letter name make 98 bytes, where
 /// JSON takes 279), or JSON, which releases before it publish and read
-/// (`BUS_ENVELOPE=json`); it begins with `{`. Every replica reads both.
+/// (`BUS_ENVELOPE=json`); it begins with `{`. Every replica reads both, and
+/// several binary envelopes published as one ([`SEVERAL`]).
 #[derive(Serialize, Deserialize)]
 struct Envelope<E> {
     published_ms: i64,
@@ -64,6 +67,14 @@ struct Envelope<E> {
 
 /// The first byte of a binary envelope (its version).
 const BINARY: u8 = 1;
+
+/// The first byte of several binary envelopes for one channel, published as
+/// one message ([`coalesce`]): each follows without its own first byte.
+const SEVERAL: u8 = 2;
+
+/// Most bytes of envelopes published as one message: a longer run for one
+/// channel is split.
+const MOST_COALESCED: usize = 64 * 1024;
 
 impl Envelope<&Event> {
     fn encode(event: &Event, form: BusEnvelope) -> anyhow::Result<Vec<u8>> {
@@ -85,6 +96,74 @@ impl Envelope<Event> {
             _ => serde_json::from_slice(payload)?,
         })
     }
+
+    /// Every envelope of what one channel brought, in order: one, or several
+    /// published as one.
+    fn decode_each(payload: &[u8], mut each: impl FnMut(Self)) -> anyhow::Result<()> {
+        match payload.split_first() {
+            Some((&SEVERAL, mut rest)) => {
+                while !rest.is_empty() {
+                    let (envelope, after) = postcard::take_from_bytes(rest)?;
+                    each(envelope);
+                    rest = after;
+                }
+            }
+            _ => each(Self::decode(payload)?),
+        }
+        Ok(())
+    }
+}
+
+/// Keyed by channels and nodes, per message: hashed fast (channels are named
+/// by the replicas, not chosen by clients).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One message as Redis gets it: a channel's events of one batch together.
+struct Outgoing<'a> {
+    channel: &'a str,
+    payload: Cow<'a, [u8]>,
+}
+
+/// A batch's events as messages, one per channel where they are binary (a
+/// burst to one recipient costs Redis one publish, and its replica one read),
+/// each at the place of its channel's first event; and for each event, the
+/// message that carries it. A channel's events keep their order; events of
+/// different channels need none (they may come from different shards
+/// anyway). JSON envelopes, published for releases that read nothing else,
+/// go one by one.
+fn coalesce(events: &[Publish]) -> (Vec<Outgoing<'_>>, Vec<usize>) {
+    let mut outgoing: Vec<Outgoing> = Vec::with_capacity(events.len());
+    let mut carried_by = Vec::with_capacity(events.len());
+    let mut open: FastMap<&str, usize> = FastMap::default();
+    for Publish {
+        channel, payload, ..
+    } in events
+    {
+        let binary = payload.first() == Some(&BINARY);
+        let joins = open
+            .get(channel.as_str())
+            .copied()
+            .filter(|&i| binary && outgoing[i].payload.len() + payload.len() <= MOST_COALESCED);
+        match joins {
+            Some(i) => {
+                let joined = outgoing[i].payload.to_mut();
+                joined[0] = SEVERAL;
+                joined.extend_from_slice(&payload[1..]);
+                carried_by.push(i);
+            }
+            None => {
+                if binary {
+                    open.insert(channel, outgoing.len());
+                }
+                carried_by.push(outgoing.len());
+                outgoing.push(Outgoing {
+                    channel,
+                    payload: Cow::Borrowed(payload),
+                });
+            }
+        }
+    }
+    (outgoing, carried_by)
 }
 
 /// One event to publish.
@@ -136,10 +215,12 @@ impl RedisBus {
         let publisher = Batcher::start(256, move |events: Vec<Publish>| {
             let (redis, answered) = (publish_to.clone(), answered.clone());
             async move {
-                let receivers = with_redis(&redis, |c| publish_all(c, &events)).await?;
+                let (outgoing, carried_by) = coalesce(&events);
+                let counted = with_redis(&redis, |c| publish_all(c, &outgoing)).await?;
+                let receivers: Vec<i64> = carried_by.into_iter().map(|i| counted[i]).collect();
                 // By node: on a cluster, each slot's answer confirms only
                 // that slot's earlier one (the slot may have moved since).
-                let mut delivered: HashMap<String, Vec<Published>> = HashMap::new();
+                let mut delivered: FastMap<String, Vec<Published>> = FastMap::default();
                 for (event, n) in events.into_iter().zip(&receivers) {
                     let node = if cluster {
                         slot_tag(&event.channel)
@@ -219,14 +300,18 @@ impl RedisBus {
         }
     }
 
+    /// Delivers what one message on a channel brought.
     fn dispatch(&self, payload: &[u8]) {
-        let envelope = Envelope::decode(payload);
-        if let Ok(envelope) = &envelope {
-            let elapsed = (now_ms() - envelope.published_ms).max(0) as u64;
-            metrics::bus_received(envelope.event.kind(), Some(Duration::from_millis(elapsed)));
+        if let Err(err) = Envelope::decode_each(payload, |envelope| self.deliver(envelope)) {
+            tracing::warn!(error = %err, "unreadable event on the bus");
         }
-        match envelope.map(|e| e.event) {
-            Ok(Event::Direct(message)) => {
+    }
+
+    fn deliver(&self, envelope: Envelope<Event>) {
+        let elapsed = (now_ms() - envelope.published_ms).max(0) as u64;
+        metrics::bus_received(envelope.event.kind(), Some(Duration::from_millis(elapsed)));
+        match envelope.event {
+            Event::Direct(message) => {
                 if !message.ephemeral && !self.arrivals.first(message.id) {
                     // Published again after an outage, but it came the first time.
                     return;
@@ -237,10 +322,9 @@ impl RedisBus {
                     self.sink.undeliverable(kept);
                 }
             }
-            Ok(event) => {
+            event => {
                 self.sink.deliver(event);
             }
-            Err(err) => tracing::warn!(error = %err, "unreadable event on the bus"),
         }
     }
 }
@@ -312,9 +396,12 @@ async fn dispatch_until_lost(
     stream: &mut BoxStream<'static, Incoming>,
     shutdown: &CancellationToken,
 ) {
+    // Registered once: a fresh `cancelled()` per message would lock the token each time.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = &mut cancelled => return,
             incoming = stream.next() => match incoming {
                 Some(Incoming::Message(message)) => bus.dispatch(message.get_payload_bytes()),
                 // Subscribed again on a connection of its own, whose slot map
@@ -456,22 +543,19 @@ static SPUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("l
 /// pipelines all at once.
 async fn publish_all(
     connection: RedisConnection,
-    events: &[Publish],
+    events: &[Outgoing<'_>],
 ) -> redis::RedisResult<Vec<i64>> {
     match connection {
         RedisConnection::Node(mut c) => {
             let mut pipe = redis::pipe();
-            for Publish {
-                channel, payload, ..
-            } in events
-            {
-                pipe.cmd("PUBLISH").arg(channel).arg(payload);
+            for Outgoing { channel, payload } in events {
+                pipe.cmd("PUBLISH").arg(*channel).arg(payload.as_ref());
             }
             pipe.query_async(&mut c).await
         }
         RedisConnection::Cluster(c) => {
             let mut by_slot: HashMap<&str, Vec<usize>> = HashMap::new();
-            for (i, Publish { channel, .. }) in events.iter().enumerate() {
+            for (i, Outgoing { channel, .. }) in events.iter().enumerate() {
                 by_slot.entry(slot_tag(channel)).or_default().push(i);
             }
             let answers = futures_util::future::try_join_all(by_slot.into_values().map(|group| {
@@ -480,10 +564,10 @@ async fn publish_all(
                     let pipeline = |by_sha: bool| {
                         let mut pipe = redis::pipe();
                         for &i in &group {
-                            let Publish {
-                                channel, payload, ..
-                            } = &events[i];
-                            pipe.add_command(SPUBLISH.key(channel).arg(payload).command(by_sha));
+                            let Outgoing { channel, payload } = &events[i];
+                            pipe.add_command(
+                                SPUBLISH.key(*channel).arg(payload.as_ref()).command(by_sha),
+                            );
                         }
                         pipe
                     };
@@ -791,10 +875,86 @@ mod tests {
         assert_eq!(m.sent_at.timestamp_micros(), 1_780_000_000_123_456);
     }
 
+    fn publish(channel: &str, event: &Event, form: BusEnvelope) -> Publish {
+        Publish {
+            channel: channel.into(),
+            payload: Envelope::encode(event, form).unwrap(),
+            directed: true,
+        }
+    }
+
+    fn numbered(n: i64) -> Event {
+        let Event::Direct(m) = message() else {
+            unreachable!()
+        };
+        Event::Direct(Arc::new(DirectMessage {
+            id: n,
+            ..(*m).clone()
+        }))
+    }
+
+    fn decoded(payload: &[u8]) -> Vec<Event> {
+        let mut events = Vec::new();
+        Envelope::decode_each(payload, |e| events.push(e.event)).unwrap();
+        events
+    }
+
+    #[test]
+    fn a_batch_goes_out_as_one_message_per_channel_in_order() {
+        let b = BusEnvelope::Binary;
+        let events = [
+            publish("a", &numbered(1), b),
+            publish("b", &numbered(2), b),
+            publish("a", &numbered(3), b),
+            publish("a", &numbered(4), b),
+        ];
+        let (outgoing, carried_by) = coalesce(&events);
+        assert_eq!(carried_by, [0, 1, 0, 0]);
+        let channels: Vec<&str> = outgoing.iter().map(|o| o.channel).collect();
+        assert_eq!(channels, ["a", "b"]);
+        assert_eq!(
+            decoded(&outgoing[0].payload),
+            [numbered(1), numbered(3), numbered(4)]
+        );
+        // One on its own is published as it was encoded (every release reads it).
+        assert!(matches!(outgoing[1].payload, Cow::Borrowed(_)));
+        assert_eq!(decoded(&outgoing[1].payload), [numbered(2)]);
+        // Three envelopes as one message: one first byte, not three.
+        let apart: usize = [1, 3, 4]
+            .map(|n| Envelope::encode(&numbered(n), b).unwrap().len())
+            .iter()
+            .sum();
+        assert_eq!(outgoing[0].payload.len(), apart - 2);
+    }
+
+    #[test]
+    fn json_envelopes_and_long_runs_are_not_joined() {
+        let json = [
+            publish("a", &numbered(1), BusEnvelope::Json),
+            publish("a", &numbered(2), BusEnvelope::Json),
+        ];
+        let (outgoing, carried_by) = coalesce(&json);
+        assert_eq!(carried_by, [0, 1]);
+        assert_eq!(decoded(&outgoing[1].payload), [numbered(2)]);
+
+        let many: Vec<Publish> = (0..1_000)
+            .map(|n| publish("a", &numbered(n), BusEnvelope::Binary))
+            .collect();
+        let (outgoing, carried_by) = coalesce(&many);
+        assert!(outgoing.len() > 1);
+        assert!(outgoing.iter().all(|o| o.payload.len() <= MOST_COALESCED));
+        let all: Vec<Event> = outgoing.iter().flat_map(|o| decoded(&o.payload)).collect();
+        assert_eq!(all, (0..1_000).map(numbered).collect::<Vec<_>>());
+        assert!(carried_by.windows(2).all(|w| w[0] <= w[1]));
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for payload in [&b""[..], b"\x01", b"\x01\xff\xff\xff", b"{", b"\x02abc"] {
             assert!(Envelope::decode(payload).is_err());
+        }
+        for payload in [&b"\x02\xff"[..], b"\x02\x01\x02", b""] {
+            assert!(Envelope::decode_each(payload, drop).is_err());
         }
     }
 }

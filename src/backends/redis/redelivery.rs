@@ -16,11 +16,7 @@
 //! messages it received lately, and past a loss until a while after it is
 //! subscribed again ([`Arrivals`]), and drops a message that comes again.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
@@ -47,9 +43,15 @@ const REMEMBERED_AFTER_LOSS: Duration = Duration::from_secs(30);
 /// recipient's replica may be subscribing again itself) before it is stored.
 pub const RESEND_FOR: Duration = Duration::from_secs(10);
 
-/// Most ids a replica remembers, whatever the rate (8 bytes each, and the
-/// set's): beyond, the oldest are forgotten.
-const MOST_REMEMBERED: usize = 1 << 20;
+/// Ids are remembered as bitmaps of this many consecutive ids: ids come
+/// from one sequence (blocks of it per replica), so the messages a replica
+/// receives in a few seconds fill a handful of them; one remembered id costs
+/// a bit rather than a hash-set entry.
+const CHUNK: i64 = 8_192;
+
+/// Most bitmaps a replica keeps (1 KiB each), whatever the rate: beyond, the
+/// least recently used are forgotten.
+const MOST_CHUNKS: usize = 1_024;
 
 /// The sender's side: its last answered directed messages, per node.
 #[derive(Default)]
@@ -119,12 +121,18 @@ pub struct Arrivals {
 
 #[derive(Default)]
 struct Received {
-    /// Ids in order of arrival, in buckets of a tenth of a second.
-    order: VecDeque<(Instant, Vec<i64>)>,
-    ids: HashSet<i64>,
+    /// By id / [`CHUNK`]: which of those ids arrived, and when one last did.
+    chunks: HashMap<i64, Chunk, foldhash::fast::RandomState>,
+    /// When chunks were last looked through for ones to forget.
+    swept: Option<Instant>,
     /// Nothing is forgotten while the subscription is lost, nor until this
     /// instant after.
     kept: Kept,
+}
+
+struct Chunk {
+    arrived: Box<[u64; CHUNK as usize / 64]>,
+    last: Instant,
 }
 
 #[derive(Default)]
@@ -146,15 +154,20 @@ impl Arrivals {
         let now = Instant::now();
         let mut state = self.state();
         state.forget(now);
-        if !state.ids.insert(id) {
+        let chunk = state
+            .chunks
+            .entry(id.div_euclid(CHUNK))
+            .or_insert_with(|| Chunk {
+                arrived: Box::new([0; CHUNK as usize / 64]),
+                last: now,
+            });
+        let bit = id.rem_euclid(CHUNK) as usize;
+        let (word, mask) = (&mut chunk.arrived[bit / 64], 1u64 << (bit % 64));
+        if *word & mask != 0 {
             return false;
         }
-        match state.order.back_mut() {
-            Some((since, ids)) if now.duration_since(*since) < Duration::from_millis(100) => {
-                ids.push(id)
-            }
-            _ => state.order.push_back((now, vec![id])),
-        }
+        *word |= mask;
+        chunk.last = now;
         true
     }
 
@@ -170,7 +183,18 @@ impl Arrivals {
 }
 
 impl Received {
+    /// Forgets the chunks no id arrived in for [`REMEMBERED`] (unless all is
+    /// kept), and the least recently used beyond [`MOST_CHUNKS`]; looked
+    /// through at most every tenth of a second. An id is remembered at least
+    /// [`REMEMBERED`], longer while others of its chunk arrive.
     fn forget(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|swept| now.duration_since(swept) < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.swept = Some(now);
         let keep_all = match self.kept {
             Kept::ForAWhile => false,
             Kept::WhileLost => true,
@@ -180,15 +204,17 @@ impl Received {
                 false
             }
         };
-        while let Some((since, ids)) = self.order.front() {
-            let too_many = self.ids.len() >= MOST_REMEMBERED;
-            if !too_many && (keep_all || now.duration_since(*since) <= REMEMBERED) {
-                break;
+        if !keep_all {
+            self.chunks
+                .retain(|_, chunk| now.duration_since(chunk.last) <= REMEMBERED);
+        }
+        if self.chunks.len() > MOST_CHUNKS {
+            let mut by_use: Vec<(Instant, i64)> =
+                self.chunks.iter().map(|(&k, c)| (c.last, k)).collect();
+            by_use.sort_unstable();
+            for (_, k) in &by_use[..self.chunks.len() - MOST_CHUNKS] {
+                self.chunks.remove(k);
             }
-            for id in ids {
-                self.ids.remove(id);
-            }
-            self.order.pop_front();
         }
     }
 }
@@ -247,5 +273,25 @@ mod tests {
         assert!(arrivals.first(1), "forgotten once the grace is over");
         tokio::time::advance(REMEMBERED + Duration::from_millis(200)).await;
         assert!(arrivals.first(1), "and in steady state after its time");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ids_far_apart_are_remembered_up_to_a_bound_the_latest_first() {
+        let arrivals = Arrivals::default();
+        let far_apart = |i: i64| i * CHUNK + 5;
+        for i in 0..MOST_CHUNKS as i64 + 10 {
+            assert!(arrivals.first(far_apart(i)));
+            tokio::time::advance(Duration::from_micros(10)).await;
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // The next arrival looks through them: the oldest ten go.
+        assert!(arrivals.first(-1));
+        assert_eq!(
+            arrivals.state().chunks.len(),
+            MOST_CHUNKS + 1,
+            "and the new one's"
+        );
+        assert!(!arrivals.first(far_apart(MOST_CHUNKS as i64 + 9)));
+        assert!(arrivals.first(far_apart(0)), "the oldest forgotten");
     }
 }
