@@ -108,12 +108,35 @@ fn not_delivered(err: &Error, client_id: Option<&str>) -> Vec<String> {
 pub struct FrameBudget {
     connection: Option<LocalBudget>,
     user_key: String,
-    /// Frames taken from the user's budget at once: 1/16 of its count, 1 to 64.
+    /// Frames taken from the user's budget at the next call. At first 1/16 of
+    /// its count, 1 to 64; doubled (up to [`Self::most_lease`]) when a lease
+    /// is spent within its period, and after one lapsed, what of it was
+    /// spent (at least the first size). A busy connection under a large
+    /// budget asks about once a period instead of every 64 frames, and one
+    /// that sends little keeps the first size.
     lease: u32,
+    first_lease: u32,
+    /// 1/16 of the user's count: however many connections the user has,
+    /// each holds at most this much of its budget unspent.
+    most_lease: u32,
     /// How long leased credits last.
     period: Duration,
+    /// The credits the last lease brought, and those left of them.
+    leased: u32,
     credits: u32,
     credits_until: std::time::Instant,
+}
+
+impl FrameBudget {
+    /// The size of the lease to take at `now`, the credits being spent or
+    /// lapsed.
+    fn next_lease(&self, now: std::time::Instant) -> u32 {
+        if now < self.credits_until {
+            self.lease.saturating_mul(2).min(self.most_lease)
+        } else {
+            (self.leased - self.credits).max(self.first_lease)
+        }
+    }
 }
 
 impl Relay {
@@ -122,10 +145,14 @@ impl Relay {
         let connection = (self.settings.rates.rate_limits == Switch::On)
             .then(|| LocalBudget::new(self.settings.rates.ws_frame_rate_per_connection));
         let per_user = self.settings.rates.ws_frame_rate_per_user;
+        let first_lease = (per_user.count.get() / 16).clamp(1, 64);
         FrameBudget {
             connection,
             user_key: user.id.to_string(),
-            lease: (per_user.count.get() / 16).clamp(1, 64),
+            lease: first_lease,
+            first_lease,
+            most_lease: (per_user.count.get() / 16).max(1),
+            leased: 0,
             period: per_user.period,
             credits: 0,
             credits_until: std::time::Instant::now(),
@@ -144,6 +171,7 @@ impl Relay {
         }
         let now = std::time::Instant::now();
         if budget.credits == 0 || now >= budget.credits_until {
+            budget.lease = budget.next_lease(now);
             let (limit, key, lease) =
                 (Limit::FramesPerUser, budget.user_key.as_str(), budget.lease);
             let grant = match self.limiter.take_now(limit, key, lease) {
@@ -163,6 +191,7 @@ impl Relay {
                     lease
                 }
             };
+            budget.leased = budget.credits;
             budget.credits_until = now + budget.period;
         }
         budget.credits -= 1;
@@ -730,5 +759,70 @@ impl Relay {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn budget(count: u32) -> FrameBudget {
+        let first_lease = (count / 16).clamp(1, 64);
+        FrameBudget {
+            connection: None,
+            user_key: "1".into(),
+            lease: first_lease,
+            first_lease,
+            most_lease: (count / 16).max(1),
+            period: Duration::from_secs(1),
+            leased: 0,
+            credits: 0,
+            credits_until: Instant::now(),
+        }
+    }
+
+    /// Takes a lease at `now` as `admit_frame` does (granted whole) and
+    /// spends `spent` of it; returns the lease taken.
+    fn lease_and_spend(b: &mut FrameBudget, now: Instant, spent: u32) -> u32 {
+        b.lease = b.next_lease(now);
+        (b.leased, b.credits) = (b.lease, b.lease - spent.min(b.lease));
+        b.credits_until = now + b.period;
+        b.lease
+    }
+
+    #[test]
+    fn a_lease_grows_while_spent_within_its_period_up_to_a_sixteenth() {
+        let (mut b, mut now) = (budget(1_000_000), Instant::now());
+        let mut sizes = Vec::new();
+        for _ in 0..12 {
+            sizes.push(lease_and_spend(&mut b, now, u32::MAX));
+            now += Duration::from_millis(10);
+        }
+        assert_eq!(&sizes[..4], [64, 128, 256, 512]);
+        assert_eq!(sizes[11], 62_500, "1/16 of the count, not more");
+
+        // At the default rate the first size is already the most.
+        let mut b = budget(200);
+        for _ in 0..5 {
+            assert_eq!(lease_and_spend(&mut b, now, u32::MAX), 12);
+            now += Duration::from_millis(10);
+        }
+    }
+
+    #[test]
+    fn after_a_lapse_a_lease_is_what_was_spent_of_the_last() {
+        let (mut b, mut now) = (budget(1_000_000), Instant::now());
+        for _ in 0..8 {
+            lease_and_spend(&mut b, now, u32::MAX);
+            now += Duration::from_millis(10);
+        }
+        assert_eq!(b.lease, 8_192);
+        lease_and_spend(&mut b, now, 500);
+        now += Duration::from_secs(2);
+        assert_eq!(lease_and_spend(&mut b, now, 3), 500);
+        now += Duration::from_secs(2);
+        assert_eq!(lease_and_spend(&mut b, now, 0), 64, "never below the first");
     }
 }
