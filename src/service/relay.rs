@@ -30,7 +30,8 @@ use crate::{
     config::{Settings, Switch, Visibility},
     connection::{Delivery, Outbox},
     domain::{
-        ClientFrame, DirectMessage, Endpoint, MessageContent, ServerFrame, UserId, is_broadcastable,
+        ClientFrame, DirectMessage, Endpoint, MessageContent, Rate, ServerFrame, UserId,
+        is_broadcastable,
     },
     metrics,
     presence::Presence,
@@ -108,19 +109,15 @@ fn not_delivered(err: &Error, client_id: Option<&str>) -> Vec<String> {
 pub struct FrameBudget {
     connection: Option<LocalBudget>,
     user_key: String,
-    /// Frames taken from the user's budget at the next call. At first 1/16 of
-    /// its count, 1 to 64; doubled (up to [`Self::most_lease`]) when a lease
-    /// is spent within its period, and after one lapsed, what of it was
+    /// Frames taken from the user's budget at the next call. At first
+    /// [`Self::first_lease`]; doubled (up to [`Self::most_lease`]) when a
+    /// lease is spent within its period, and after one lapsed, what of it was
     /// spent (at least the first size). A busy connection under a large
     /// budget asks about once a period instead of every 64 frames, and one
     /// that sends little keeps the first size.
     lease: u32,
-    first_lease: u32,
-    /// 1/16 of the user's count: however many connections the user has,
-    /// each holds at most this much of its budget unspent.
-    most_lease: u32,
-    /// How long leased credits last.
-    period: Duration,
+    /// The user's budget, all connections together.
+    per_user: Rate,
     /// The credits the last lease brought, and those left of them.
     leased: u32,
     credits: u32,
@@ -128,13 +125,38 @@ pub struct FrameBudget {
 }
 
 impl FrameBudget {
+    fn new(connection: Option<LocalBudget>, user_key: String, per_user: Rate) -> Self {
+        let mut budget = Self {
+            connection,
+            user_key,
+            lease: 0,
+            per_user,
+            leased: 0,
+            credits: 0,
+            credits_until: std::time::Instant::now(),
+        };
+        budget.lease = budget.first_lease();
+        budget
+    }
+
+    /// 1/16 of the user's count, 1 to 64.
+    fn first_lease(&self) -> u32 {
+        (self.per_user.count.get() / 16).clamp(1, 64)
+    }
+
+    /// 1/16 of the user's count: however many connections the user has,
+    /// each holds at most this much of its budget unspent.
+    fn most_lease(&self) -> u32 {
+        (self.per_user.count.get() / 16).max(1)
+    }
+
     /// The size of the lease to take at `now`, the credits being spent or
     /// lapsed.
     fn next_lease(&self, now: std::time::Instant) -> u32 {
         if now < self.credits_until {
-            self.lease.saturating_mul(2).min(self.most_lease)
+            self.lease.saturating_mul(2).min(self.most_lease())
         } else {
-            (self.leased - self.credits).max(self.first_lease)
+            (self.leased - self.credits).max(self.first_lease())
         }
     }
 }
@@ -144,19 +166,11 @@ impl Relay {
     pub fn frame_budget(&self, user: &AuthUser) -> FrameBudget {
         let connection = (self.settings.rates.rate_limits == Switch::On)
             .then(|| LocalBudget::new(self.settings.rates.ws_frame_rate_per_connection));
-        let per_user = self.settings.rates.ws_frame_rate_per_user;
-        let first_lease = (per_user.count.get() / 16).clamp(1, 64);
-        FrameBudget {
+        FrameBudget::new(
             connection,
-            user_key: user.id.to_string(),
-            lease: first_lease,
-            first_lease,
-            most_lease: (per_user.count.get() / 16).max(1),
-            leased: 0,
-            period: per_user.period,
-            credits: 0,
-            credits_until: std::time::Instant::now(),
-        }
+            user.id.to_string(),
+            self.settings.rates.ws_frame_rate_per_user,
+        )
     }
 
     /// Admits one relay frame under both budgets, or says how long until
@@ -192,7 +206,7 @@ impl Relay {
                 }
             };
             budget.leased = budget.credits;
-            budget.credits_until = now + budget.period;
+            budget.credits_until = now + budget.per_user.period;
         }
         budget.credits -= 1;
         Ok(())
@@ -769,18 +783,8 @@ mod tests {
     use super::*;
 
     fn budget(count: u32) -> FrameBudget {
-        let first_lease = (count / 16).clamp(1, 64);
-        FrameBudget {
-            connection: None,
-            user_key: "1".into(),
-            lease: first_lease,
-            first_lease,
-            most_lease: (count / 16).max(1),
-            period: Duration::from_secs(1),
-            leased: 0,
-            credits: 0,
-            credits_until: Instant::now(),
-        }
+        let per_user = Rate::new(count, Duration::from_secs(1)).unwrap();
+        FrameBudget::new(None, "1".into(), per_user)
     }
 
     /// Takes a lease at `now` as `admit_frame` does (granted whole) and
@@ -788,7 +792,7 @@ mod tests {
     fn lease_and_spend(b: &mut FrameBudget, now: Instant, spent: u32) -> u32 {
         b.lease = b.next_lease(now);
         (b.leased, b.credits) = (b.lease, b.lease - spent.min(b.lease));
-        b.credits_until = now + b.period;
+        b.credits_until = now + b.per_user.period;
         b.lease
     }
 

@@ -41,7 +41,7 @@ use super::{
     Keyspace, REDIS_TIMEOUT, RedisCommands, RedisConnection, Topology,
     keys::slot_tag,
     now_ms,
-    redelivery::{Arrivals, Published, RESEND_FOR, Unconfirmed},
+    redelivery::{Arrivals, FastMap, Published, RESEND_FOR, Unconfirmed},
     script::{Script, is_no_script},
     with_redis,
 };
@@ -113,10 +113,6 @@ impl Envelope<Event> {
         Ok(())
     }
 }
-
-/// Keyed by channels and nodes, per message: hashed fast (channels are named
-/// by the replicas, not chosen by clients).
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One message as Redis gets it: a channel's events of one batch together.
 struct Outgoing<'a> {

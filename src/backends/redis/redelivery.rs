@@ -53,6 +53,10 @@ const CHUNK: i64 = 8_192;
 /// least recently used are forgotten.
 const MOST_CHUNKS: usize = 1_024;
 
+/// A map on a per-message path, hashed fast: its keys (ids, channels, nodes)
+/// are the replicas' own, never chosen by clients.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The sender's side: its last answered directed messages, per node.
 #[derive(Default)]
 pub struct Unconfirmed {
@@ -122,7 +126,7 @@ pub struct Arrivals {
 #[derive(Default)]
 struct Received {
     /// By id / [`CHUNK`]: which of those ids arrived, and when one last did.
-    chunks: HashMap<i64, Chunk, foldhash::fast::RandomState>,
+    chunks: FastMap<i64, Chunk>,
     /// When chunks were last looked through for ones to forget.
     swept: Option<Instant>,
     /// Nothing is forgotten while the subscription is lost, nor until this
