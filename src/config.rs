@@ -141,7 +141,7 @@ pub struct ListenSettings {
 #[command(next_help_heading = "Storage")]
 pub struct StorageSettings {
     /// `sqlite://FILE` (the embedded default) or `postgres://…`.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = parse_database_url)]
     pub database_url: String,
 
     /// Store connections kept open.
@@ -465,6 +465,20 @@ fn parse_network(raw: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{raw:?} is neither an IP address nor a CIDR network"))
 }
 
+/// A store URL of a kind this server speaks. Anything else, an empty value
+/// included, is refused at start: sqlx would take it for a private in-memory
+/// database per connection, and the server would fail later and obscurely.
+fn parse_database_url(raw: &str) -> Result<String, String> {
+    if ["sqlite:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| raw.len() > scheme.len() && raw.starts_with(scheme))
+    {
+        Ok(raw.to_owned())
+    } else {
+        Err("DATABASE_URL must be sqlite://FILE (the embedded default) or postgres://…".into())
+    }
+}
+
 fn parse_turn_secret(raw: &str) -> Result<SecretString, String> {
     if raw.is_empty() {
         return Err("TURN_SECRET must not be empty".into());
@@ -616,6 +630,25 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_url_names_sqlite_or_postgres() {
+        for good in [
+            "sqlite://secchat.db",
+            "sqlite::memory:",
+            "postgres://u@h/db",
+            "postgresql://h/db",
+        ] {
+            let parsed = Settings::from_args(["--database-url", good]).unwrap();
+            assert_eq!(parsed.storage.database_url, good);
+        }
+        for bad in ["", "secchat.db", "mysql://h/db", "sqlite:", "postgres://"] {
+            assert!(
+                Settings::from_args(["--database-url", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn trusted_proxies_are_addresses_or_networks() {
