@@ -45,8 +45,13 @@ pub enum ServerFrame<'a> {
     Sent { client_id: &'a str, id: i64 },
     /// The recipient acknowledged message `id` (to a sender that asked for receipts).
     Delivered { id: i64 },
-    /// The connection now stands on a token that expires then.
-    Authenticated { expires_at: DateTime<Utc> },
+    /// The connection now stands on a token that expires then; `turn` says
+    /// whether `GET /me/turn-credentials` hands out credentials (so that a
+    /// client tries direct links only where the server has ICE servers).
+    Authenticated {
+        expires_at: DateTime<Utc>,
+        turn: bool,
+    },
     /// A contact's public key changed.
     KeyChanged {
         username: &'a str,
@@ -113,6 +118,7 @@ enum Json<'a> {
     },
     Authenticated {
         expires_at: String,
+        turn: bool,
         r#type: &'static str,
     },
     KeyChanged {
@@ -185,8 +191,9 @@ impl<'a> ServerFrame<'a> {
                 id,
                 r#type: "delivered",
             },
-            Self::Authenticated { expires_at } => Json::Authenticated {
+            Self::Authenticated { expires_at, turn } => Json::Authenticated {
                 expires_at: iso(expires_at),
+                turn,
                 r#type: "authenticated",
             },
             Self::KeyChanged {

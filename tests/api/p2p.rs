@@ -215,6 +215,24 @@ async fn turn_credentials_follow_the_coturn_rest_api() {
             "turns:turn.example.com:5349"
         ])
     );
+
+    // The relay's `authenticated` frame says whether credentials are handed
+    // out, on connecting and on renewal, so that clients need not ask to find out.
+    for (server, token, turn) in [
+        (&off, &off.user("bob").await.token, false),
+        (&app, &alice.token, true),
+    ] {
+        let (stream, _) = tokio_tungstenite::connect_async(server.ws_url(""))
+            .await
+            .expect("ws connects");
+        let mut ws = crate::helpers::WsClient { stream };
+        for _ in 0..2 {
+            ws.send_json(json!({"type": "auth", "token": token})).await;
+            let accepted = ws.json().await;
+            assert_eq!(accepted["type"], "authenticated", "{accepted}");
+            assert_eq!(accepted["turn"], turn, "{accepted}");
+        }
+    }
 }
 
 #[test]
