@@ -298,6 +298,8 @@ export class Api {
   publishKey(publicKey, password) {
     return this.request('PUT', '/users/me/public-key', { json: { public_key: publicKey, password } });
   }
+  /** Short-lived STUN/TURN credentials for direct links; 404 when the server has no TURN server. */
+  turnCredentials() { return this.request('GET', '/me/turn-credentials'); }
   /** @param {string} password */
   deleteAccount(password) { return this.request('DELETE', '/users/me', { json: { password } }); }
 }

@@ -6,7 +6,7 @@
  * @typedef {{username: string, privateKey: CryptoKey, publicKey: string}} Identity
  * @typedef {{owner: string, contact: string, publicKey: string, at: number}} Pin
  * @typedef {{owner: string, id: string, peer: string, dir: 'in' | 'out', text: string, at: number,
- *   serverId: number | null, status?: string, content?: string, caution?: string | null,
+ *   serverId: number | null, after?: number, seq?: number, status?: string, content?: string, caution?: string | null,
  *   broken?: boolean, readSent?: boolean, unseen?: boolean}} Message
  */
 

@@ -5,6 +5,7 @@
 import { Api, ApiError } from './api.js';
 import * as e2e from './crypto.js';
 import { openDb } from './db.js';
+import { DirectLinks } from './direct.js';
 import { Relay } from './relay.js';
 
 /**
@@ -19,7 +20,11 @@ import { Relay } from './relay.js';
  *   found: Found[] | null, unread: Map<string, number>, current: string | null, relay: Relay | null,
  *   refresh: ReturnType<typeof setInterval> | undefined, acks: number[],
  *   last: Map<string, {at: number, dir: string, text: string}>, keyReplaced: boolean,
+ *   direct: DirectLinks | null, iceServers: Promise<RTCIceServer[] | null> | null,
+ *   unacked: Map<string, Unacked>, tops: Map<string, Top>, ephemeral: Promise<void>, signals: Promise<void>,
  * }} Session
+ * @typedef {{peer: string, content: string, timer: ReturnType<typeof setTimeout>}} Unacked
+ * @typedef {{server: number, seq: number}} Top
  */
 
 /** The page's element with this id (index.html has every id named here). */
@@ -61,6 +66,12 @@ function newSession(me, identity) {
     acks: [], // received message ids not acknowledged yet (sent in batches)
     last: new Map(), // username -> {at, dir, text} of the conversation's last message
     keyReplaced: false, // another browser published a new key: this one stopped
+    direct: null, // the WebRTC data channels, one per conversation
+    iceServers: null, // the STUN and TURN servers for them (null inside: the server has none)
+    unacked: new Map(), // envelope id -> what went over a channel and was not acknowledged yet
+    tops: new Map(), // username -> the conversation's highest server id and direct sequence number
+    ephemeral: Promise.resolve(), // ephemeral frames received, handled one after another
+    signals: Promise.resolve(), // signals sent, sealed one after another so that they leave in order
   };
 }
 
@@ -220,12 +231,14 @@ async function makeKey(event) {
  * @param {Session} current
  */
 function pause(current) {
+  current.direct?.stop();
   current.relay?.stop();
   clearInterval(current.refresh);
 }
 
 /** @param {Session} current */
 function resume(current) {
+  if (current.direct) current.direct.stopped = false;
   current.relay?.start();
   current.refresh = setInterval(() => {
     refreshContacts().catch(() => {});
@@ -319,6 +332,12 @@ async function openChat() {
     state: (up) => onConnection(current, up).catch(report),
     refused: () => { if (session === current) leave('Your session ended (logged out, the password changed, or it expired). Log in again.'); },
   });
+  session.direct = new DirectLinks(session.me.username, {
+    iceServers: () => iceServers(current),
+    signal: (peer, payload) => signal(current, peer, payload),
+    frame: (peer, frame) => onDirectFrame(current, peer, frame).catch(report),
+    changed: (peer, open) => onDirectChange(current, peer, open),
+  });
   resume(session);
 }
 
@@ -343,6 +362,8 @@ async function onConnection(current, up) {
   // server drops a repeat of what it already took (same client_id).
   await resend(current);
   refreshContacts().catch(() => {});
+  // The relay says now whether there are ICE servers: the open conversation may get its channel.
+  if (current.current) current.direct?.want(current.current).catch(() => {});
 }
 
 /** The contact list and requests, and the keys they carry checked against those trusted here. */
@@ -351,6 +372,8 @@ async function refreshContacts() {
   const [contacts, pending] = await Promise.all([api.contacts(), api.pending()]);
   if (session !== current) return;
   current.contacts = new Map(contacts.map((/** @type {Contact} */ c) => [c.username, c]));
+  // A channel only between mutual contacts: one who left, or never accepted, has none.
+  current.direct?.keepOnly((peer) => { const c = current.contacts.get(peer); return !!c && c.mutual !== false; });
   for (const c of contacts) await checkKey(c.username, c.public_key);
   await loadLastMessages(current);
   renderContacts();
@@ -404,7 +427,8 @@ async function onFrame(current, frame) {
     case 'offline_message':
     case 'p2p_message':
       if (frame.ephemeral) {
-        await receiveEphemeral(current, frame);
+        // One at a time, in the order they came: a link's candidates after its offer.
+        current.ephemeral = current.ephemeral.then(() => receiveEphemeral(current, frame)).catch(report);
         return; // never stored, never acknowledged
       }
       await receive(frame);
@@ -417,7 +441,10 @@ async function onFrame(current, frame) {
         serverId: frame.id,
         status: m.status === 'delivered' || m.status === 'read' ? m.status : 'sent',
       }));
-      if (m) showStatus(m);
+      if (m) {
+        noteOrder(current, m);
+        showStatus(m);
+      }
       return;
     }
     case 'delivered': {
@@ -489,6 +516,7 @@ function onPresence(current, username, online) {
   if (!contact) return;
   contact.is_online = online;
   if (!online) contact.last_seen = new Date().toISOString();
+  if (online && current.current === username) current.direct?.want(username).catch(() => {});
   renderContacts();
   renderSearch();
   if (current.current === username) renderThreadHead();
@@ -528,10 +556,12 @@ function parseControl(text) {
 }
 
 /**
- * Decrypts and keeps one incoming message (once, whatever path brought it).
- * @param {{id: number, sender_username: string, content: string, timestamp: string}} frame
+ * Decrypts and keeps one incoming message (once, whatever path brought it:
+ * the relay with the server's id, or a channel with the sender's place in
+ * the conversation's order).
+ * @param {{id: number | null, sender_username: string, content: string, timestamp: string, after?: number, seq?: number}} frame
  */
-async function receive({ id: serverId, sender_username: sender, content, timestamp }) {
+async function receive({ id: serverId, sender_username: sender, content, timestamp, after, seq }) {
   const current = session;
   const owner = current.me.username;
   const at = Date.parse(timestamp) || Date.now();
@@ -548,11 +578,11 @@ async function receive({ id: serverId, sender_username: sender, content, timesta
     const text = payload ? String(payload.text ?? '') : opened.text;
     const pin = await db.pin(owner, sender);
     const caution = pin && pin.publicKey !== opened.senderKey ? `sent under a key of ${sender}'s you have not confirmed` : null;
-    entry = { owner, id: opened.id, peer: sender, dir: 'in', text, at, serverId, caution, readSent: false };
+    entry = { owner, id: opened.id, peer: sender, dir: 'in', text, at, serverId, after, seq, caution, readSent: false };
   } catch (err) {
     if (!(err instanceof e2e.CryptoError)) throw err;
     if (err.message.startsWith('encrypted for another key')) checkOwnKey(current).catch(() => {});
-    entry = { owner, id: `server:${serverId}`, peer: sender, dir: 'in', text: `This message could not be decrypted: ${err.message}.`, at, serverId, broken: true };
+    entry = { owner, id: serverId === null ? `direct:${at}:${content.length}` : `server:${serverId}`, peer: sender, dir: 'in', text: `This message could not be decrypted: ${err.message}.`, at, serverId, broken: true };
   }
   const seen = current.current === sender && document.visibilityState === 'visible';
   entry.unseen = !seen;
@@ -595,19 +625,34 @@ function typingUntil(peer) {
 }
 
 /**
- * An ephemeral frame: a typing notice (sealed like a message; anything else is ignored).
+ * An ephemeral frame: a typing notice or a direct link's signal, sealed like
+ * a message. A signal that does not open, or opens under a key other than
+ * the one trusted for its sender, is refused and said so: it may carry
+ * another party's DTLS fingerprint, put there to sit between the two of us.
  * @param {Session} current
  * @param {{sender_username: string, content: string}} frame
  */
 async function receiveEphemeral(current, frame) {
+  const sender = frame.sender_username;
   let opened;
   try {
-    opened = await e2e.open({ own: keyOf(current), sender: frame.sender_username, recipient: current.me.username, content: frame.content });
+    opened = await e2e.open({ own: keyOf(current), sender, recipient: current.me.username, content: frame.content });
   } catch {
+    refuseSignal(current, sender);
     return;
   }
-  if (parseControl(opened.text)?.t !== 'typing' || session !== current) return;
-  const sender = frame.sender_username;
+  const payload = parseControl(opened.text);
+  if (session !== current) return;
+  if (payload?.t === 'rtc') {
+    const pin = await db.pin(current.me.username, sender);
+    if (!pin || pin.publicKey !== opened.senderKey || current.flagged.has(sender)) {
+      refuseSignal(current, sender);
+      return;
+    }
+    await current.direct?.signalled(sender, /** @type {any} */ (payload));
+    return;
+  }
+  if (payload?.t !== 'typing') return;
   typing.set(sender, Date.now() + TYPING_SHOWN_MS);
   if (current.current === sender) renderThreadHead();
   setTimeout(() => { if (session === current && current.current === sender) renderThreadHead(); }, TYPING_SHOWN_MS + 50);
@@ -622,7 +667,7 @@ async function sendTyping() {
   if (Date.now() - (typingSent.get(peer) ?? 0) < TYPING_EVERY_MS) return;
   typingSent.set(peer, Date.now());
   const content = await sealControl(current, peer, { t: 'typing' });
-  if (content) current.relay?.send({ recipient_username: peer, content, ephemeral: true });
+  if (content && !current.direct?.send(peer, { t: 'typing', content })) current.relay?.send({ recipient_username: peer, content, ephemeral: true });
 }
 
 /**
@@ -697,7 +742,8 @@ async function sayRead(current) {
     const content = await sealControl(current, peer, { t: 'read', ids });
     if (!content) continue;
     for (const id of ids) await db.updateMessage(current.me.username, id, () => ({ readSent: true }));
-    current.relay?.send({ recipient_username: peer, content, client_id: e2e.newMessageId() });
+    const clientId = e2e.newMessageId();
+    if (!sendDirect(current, peer, clientId, content)) current.relay?.send({ recipient_username: peer, content, client_id: clientId });
   }
 }
 
@@ -790,10 +836,183 @@ function updateCounter() {
   counter.classList.toggle('over', used > MAX_TEXT_BYTES);
 }
 
-/** @param {Message} m */
+/**
+ * Sends a message of ours: over the conversation's channel when one is open
+ * (acknowledged by the peer's browser there), else through the server's
+ * relay (or, when not connected now, when the connection is back: onConnection).
+ * @param {Message} m
+ */
 function transmit(m) {
-  // Not connected now: sent when the connection is back (onConnection).
-  session.relay?.send({ recipient_username: m.peer, content: m.content, client_id: m.id });
+  const current = session;
+  if (m.content && sendDirect(current, m.peer, m.id, m.content, m)) {
+    db.updateMessage(current.me.username, m.id, (was) => ({ status: was.status === 'sending' ? 'sent' : was.status, after: m.after, seq: m.seq, at: m.at }))
+      .then((updated) => { if (updated && session === current) showStatus(updated); }).catch(report);
+    return;
+  }
+  current.relay?.send({ recipient_username: m.peer, content: m.content, client_id: m.id });
+  current.direct?.want(m.peer).catch(() => {});
+}
+
+// ---- the direct path: a WebRTC data channel per conversation (web/direct.js)
+
+/** A message over a channel not acknowledged in this long goes through the relay instead, and the channel is given up (generous: a busy browser may take a while to open and keep a burst). */
+const DIRECT_ACK_MS = 6_000;
+
+/**
+ * The STUN and TURN servers, from the server's short-lived credentials
+ * (asked once a session, and again when they are half spent); null when it
+ * has none (its relay says so): then no channel is tried, and everything
+ * goes through the relay.
+ * @param {Session} current
+ */
+async function iceServers(current) {
+  if (!current.relay?.turn) return null;
+  current.iceServers ??= api.turnCredentials().then(
+    (c) => {
+      setTimeout(() => { if (current.iceServers === asked) current.iceServers = null; }, (Number(c.ttl) || 60) * 500);
+      return c.uris.length ? [{ urls: c.uris, username: c.username, credential: c.password }] : null;
+    },
+    () => {
+      current.iceServers = null; // asked again at the next attempt
+      return null;
+    },
+  );
+  const asked = current.iceServers;
+  return asked;
+}
+
+/**
+ * A signal for the direct link with `peer`: sealed like a message, sent as
+ * an ephemeral frame (never stored; dropped when the peer is not connected).
+ * @param {Session} current
+ * @param {string} peer
+ * @param {object} payload
+ */
+function signal(current, peer, payload) {
+  const contact = current.contacts.get(peer);
+  if (!contact || contact.mutual === false) return Promise.resolve();
+  const sent = current.signals.then(async () => {
+    const content = await sealControl(current, peer, payload);
+    if (content && session === current) current.relay?.send({ recipient_username: peer, content, ephemeral: true });
+  });
+  current.signals = sent.catch(() => {}); // one that failed does not hold the others back
+  return sent;
+}
+
+/**
+ * @param {Session} current
+ * @param {string} sender
+ */
+function refuseSignal(current, sender) {
+  if (session !== current) return;
+  current.direct?.fail(sender);
+  notify(`A direct connection offered by ${sender} failed its end-to-end check and was refused: messages go through the server, still encrypted.`);
+}
+
+/**
+ * Sends sealed content over the channel to `peer` if one is open, to be
+ * acknowledged there; a message (`m`) is given its place in the
+ * conversation's order first. False when there is no channel.
+ * @param {Session} current
+ * @param {string} peer
+ * @param {string} id
+ * @param {string} content
+ * @param {Message} [m]
+ */
+function sendDirect(current, peer, id, content, m) {
+  if (!current.direct?.path(peer)) return false;
+  /** @type {{t: string, id: string, content: string, after?: number, seq?: number, at?: number}} */
+  const frame = { t: 'msg', id, content };
+  if (m) {
+    if (m.seq === undefined) {
+      const top = topOf(current, peer);
+      m.after = top.server;
+      m.seq = top.seq + 1;
+      noteOrder(current, m);
+    }
+    Object.assign(frame, { after: m.after, seq: m.seq, at: m.at });
+  }
+  if (!current.direct.send(peer, frame)) return false;
+  clearTimeout(current.unacked.get(id)?.timer);
+  const timer = setTimeout(() => { if (session === current) current.direct?.fail(peer); }, DIRECT_ACK_MS);
+  current.unacked.set(id, { peer, content, timer });
+  return true;
+}
+
+/**
+ * The channel with `peer` opened or closed. Closed: what went over it
+ * unacknowledged goes through the relay, in order (the peer drops what it
+ * got already: the same envelope id).
+ * @param {Session} current
+ * @param {string} peer
+ * @param {boolean} open
+ */
+function onDirectChange(current, peer, open) {
+  if (session !== current) return;
+  if (current.current === peer) renderThreadHead();
+  if (open) return;
+  for (const [id, sent] of current.unacked) {
+    if (sent.peer !== peer) continue;
+    clearTimeout(sent.timer);
+    current.unacked.delete(id);
+    db.updateMessage(current.me.username, id, (m) => (m.status === 'sent' && m.serverId === null ? { status: 'sending' } : {}))
+      .then((m) => {
+        if (session !== current) return;
+        if (m) showStatus(m);
+        // A receipt, or a message: the relay de-duplicates by client id.
+        current.relay?.send({ recipient_username: peer, content: sent.content, client_id: id });
+      }).catch(report);
+  }
+}
+
+/**
+ * A frame from `peer` over the channel: a sealed message (opened and kept as
+ * from the relay, then acknowledged), an acknowledgement of ours, or a
+ * sealed typing notice.
+ * @param {Session} current
+ * @param {string} peer
+ * @param {any} frame
+ */
+async function onDirectFrame(current, peer, frame) {
+  if (session !== current) return;
+  if (frame.t === 'ack' && Array.isArray(frame.ids)) {
+    for (const id of frame.ids.slice(0, 500)) {
+      const sent = current.unacked.get(id);
+      if (typeof id !== 'string' || sent?.peer !== peer) continue;
+      clearTimeout(sent.timer);
+      current.unacked.delete(id);
+      const m = await db.updateMessage(current.me.username, id, (m) => (m.dir === 'out' && m.peer === peer && m.status !== 'read' ? { status: 'delivered' } : {}));
+      if (m && session === current) showStatus(m);
+    }
+    return;
+  }
+  if (frame.t === 'typing' && typeof frame.content === 'string') {
+    await receiveEphemeral(current, { sender_username: peer, content: frame.content });
+    return;
+  }
+  if (frame.t !== 'msg' || typeof frame.id !== 'string' || typeof frame.content !== 'string') return;
+  const order = Number.isSafeInteger(frame.after) && Number.isSafeInteger(frame.seq) ? { after: frame.after, seq: frame.seq } : {};
+  await receive({ id: null, sender_username: peer, content: frame.content, timestamp: new Date(Number(frame.at) || Date.now()).toISOString(), ...order });
+  if (session === current) current.direct?.send(peer, { t: 'ack', ids: [frame.id] });
+}
+
+/**
+ * The conversation's highest server id and direct sequence number known here.
+ * @param {Session} current
+ * @param {string} peer
+ * @returns {Top}
+ */
+function topOf(current, peer) {
+  return current.tops.get(peer) ?? { server: 0, seq: 0 };
+}
+
+/**
+ * @param {Session} current
+ * @param {Message} m
+ */
+function noteOrder(current, m) {
+  const top = topOf(current, m.peer);
+  current.tops.set(m.peer, { server: Math.max(top.server, m.serverId ?? m.after ?? 0), seq: Math.max(top.seq, m.seq ?? 0) });
 }
 
 // ---- rendering
@@ -870,6 +1089,7 @@ async function markSeen(current, peer) {
  * @param {Message} m
  */
 function noteLast(current, m) {
+  noteOrder(current, m);
   const known = current.last.get(m.peer);
   if (!known || known.at <= m.at) current.last.set(m.peer, { at: m.at, dir: m.dir, text: m.text.slice(0, 80) });
 }
@@ -937,6 +1157,7 @@ async function openThread(username) {
   $('chat').classList.add('in-thread');
   renderContacts();
   renderThreadHead();
+  session.direct?.want(username).catch(() => {});
   const messages = await db.conversation(session.me.username, username);
   if (session?.current !== username) return;
   messages.sort(inOrder);
@@ -957,6 +1178,7 @@ async function renderThreadHead() {
   const pin = await db.pin(session.me.username, peer);
   if (session.current !== peer) return;
   $('peer-name').textContent = peer;
+  renderPath(peer);
   const waiting = contact?.mutual === false;
   $('peer-status').textContent = !contact ? 'not a contact'
     : waiting ? 'request sent: you can write once they accept'
@@ -976,6 +1198,28 @@ async function renderThreadHead() {
     $('key-warning-text').textContent = `${peer}'s key has changed (new fingerprint ${fresh}). They may have a new device, or someone may be posing as them. Check the fingerprint with ${peer} another way; nothing is sent until you confirm.`;
     $('confirm-key').hidden = !e2e.isPublicKey(contact.public_key);
   }
+}
+
+/** @type {Record<string, [string, string]>} */
+const PATH_TEXT = {
+  direct: ['direct', 'Messages go straight to their browser, end-to-end encrypted; the server does not carry them.'],
+  turn: ['TURN relay', 'Messages go to their browser through the TURN relay, end-to-end encrypted.'],
+  server: ['server relay', 'Messages go through the server, end-to-end encrypted (no direct connection now).'],
+};
+
+/**
+ * Which path the conversation's messages take now.
+ * @param {string} peer
+ */
+function renderPath(peer) {
+  const el = $('peer-path');
+  const contact = session.contacts.get(peer);
+  el.hidden = !contact || contact.mutual === false;
+  const path = session.direct?.path(peer) ?? 'server';
+  const [text, title] = PATH_TEXT[path];
+  el.textContent = text;
+  el.title = title;
+  el.dataset.path = path;
 }
 
 async function confirmKey() {
@@ -1011,14 +1255,26 @@ function messageView(m) {
 }
 
 /**
- * A conversation's order: the server's message ids, which both sides see
- * alike whatever their clocks; what has no id yet (still being sent) last,
- * in the order it was written.
+ * A conversation's order, which both sides see alike whatever their clocks:
+ * the server's message ids; a message that went over a channel just after
+ * the server id its sender knew (`after`), by the conversation's sequence
+ * number its sender gave it, then its sender's time; what has neither yet
+ * (still being sent) last, in the order it was written.
  * @param {Message} m
- * @returns {[number, number]}
+ * @returns {[number, number, number]}
  */
 function orderKey(m) {
-  return [m.serverId ?? Number.MAX_SAFE_INTEGER, m.at];
+  if (m.serverId != null) return [m.serverId, 0, m.at];
+  if (m.after != null && m.seq != null) return [m.after + 0.5, m.seq, m.at];
+  return [Number.MAX_SAFE_INTEGER, 0, m.at];
+}
+
+/**
+ * @param {[number, number, number]} x
+ * @param {[number, number, number]} y
+ */
+function compareKeys(x, y) {
+  return x[0] - y[0] || x[1] - y[1] || x[2] - y[2];
 }
 
 /**
@@ -1026,8 +1282,7 @@ function orderKey(m) {
  * @param {Message} b
  */
 function inOrder(a, b) {
-  const [x, y] = [orderKey(a), orderKey(b)];
-  return x[0] - y[0] || x[1] - y[1];
+  return compareKeys(orderKey(a), orderKey(b));
 }
 
 /**
@@ -1039,13 +1294,12 @@ function placeMessage(m) {
   const view = messageView(m);
   shownMessages.set(m.id, m);
   if (m.dir === 'in' && !m.readSent) readObserver.observe(view);
-  const [id, at] = orderKey(m);
-  view.dataset.order = String(id);
-  view.dataset.at = String(at);
+  const key = orderKey(m);
+  view.dataset.order = key.join(' ');
   let before = null;
   for (let el = list.lastElementChild; el instanceof HTMLElement; el = el.previousElementSibling) {
-    const key = [Number(el.dataset.order), Number(el.dataset.at)];
-    if (key[0] < id || (key[0] === id && key[1] <= at)) break;
+    const other = /** @type {[number, number, number]} */ ((el.dataset.order ?? '').split(' ').map(Number));
+    if (compareKeys(other, key) <= 0) break;
     before = el;
   }
   list.insertBefore(view, before);

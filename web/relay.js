@@ -27,6 +27,8 @@ export class Relay {
     this.on = on;
     this.socket = null;
     this.ready = false;
+    /** Whether the server hands out TURN credentials (its `authenticated` frame says). */
+    this.turn = false;
     this.stopped = false;
     this.attempt = 0;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -94,6 +96,7 @@ export class Relay {
       return; // another user's broadcast line: not part of this client
     }
     if (frame && frame.type === 'authenticated') {
+      this.turn = frame.turn === true;
       if (this.ready) return; // an in-band renewal was taken
       this.ready = true;
       this.attempt = 0;

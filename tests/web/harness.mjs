@@ -69,6 +69,7 @@ export async function embeddedServer(settings = {}) {
   await ready(url);
   return {
     url,
+    pid: child.pid,
     /** Every byte the server keeps on disk: the database, its WAL, the logs. */
     stored() {
       const files = readdirSync(dir).map((f) => readFileSync(path.join(dir, f)));
@@ -140,11 +141,16 @@ export async function cluster() {
   };
 }
 
-export async function browser() {
+/**
+ * Chromium; `args` adds to its command line, `executablePath` and `env`
+ * start it another way (inside a network namespace, say).
+ */
+export async function browser({ args = [], executablePath, env } = {}) {
   return chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    executablePath: executablePath ?? process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
-    args: ['--no-sandbox'],
+    args: ['--no-sandbox', ...args],
+    env,
   });
 }
 
@@ -275,4 +281,29 @@ export async function accessibilityViolations(who) {
     return result.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
   });
   return violations;
+}
+
+/** The path the open conversation's messages take, as the page shows it: `direct`, `turn` or `server`. */
+export async function pathShown(who, path, timeout = PATIENCE) {
+  await who.page.locator(`#peer-path[data-path="${path}"]`).waitFor({ timeout });
+}
+
+/**
+ * What the server carried for people, from its Prometheus text: directed
+ * frames delivered to connections (messages, receipts, signals, typing) and
+ * messages it stored. A direct channel moves neither.
+ */
+export function relayCounters(metrics) {
+  const sum = (name) => metrics.split('\n')
+    .filter((line) => line.startsWith(name))
+    .reduce((total, line) => total + Number(line.trim().split(/\s+/).pop()), 0);
+  return {
+    directed: sum('secchat_ws_deliveries_total{kind="direct"}'),
+    stored: sum('secchat_messages_stored_total'),
+  };
+}
+
+/** The texts of the open conversation's messages, top to bottom. */
+export async function conversationTexts(who) {
+  return who.page.locator('#messages li .text').allTextContents();
 }
