@@ -197,7 +197,12 @@ export class DirectLinks {
     }
   }
 
-  /** Hangs up every link (the session ends). */
+  /** Links may be made again (the session resumes after a pause). */
+  start() {
+    this.stopped = false;
+  }
+
+  /** Hangs up every link (the session ends or pauses). */
   stop() {
     this.stopped = true;
     this.keepOnly(() => false);
@@ -310,11 +315,13 @@ export class DirectLinks {
 
   /**
    * Which pair ICE chose: through the TURN relay if either end is a relay
-   * candidate, direct otherwise. The link counts as open from then on.
+   * candidate, direct otherwise. The link counts as open from then on; a
+   * browser that has no pair to report yet is asked again shortly.
    * @param {string} peer
    * @param {Link} link
+   * @param {number} [tries]
    */
-  async findPath(peer, link) {
+  async findPath(peer, link, tries = 20) {
     if (link.channel?.readyState !== 'open') return;
     const stats = await link.pc.getStats();
     /** @type {any} */
@@ -323,7 +330,11 @@ export class DirectLinks {
       if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
     });
     if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
-    if (!pair || this.links.get(peer) !== link) return;
+    if (this.links.get(peer) !== link) return;
+    if (!pair) {
+      if (tries > 0) setTimeout(() => this.findPath(peer, link, tries - 1).catch(() => {}), 250);
+      return;
+    }
     const relayed = [pair.localCandidateId, pair.remoteCandidateId].some((id) => stats.get(id)?.candidateType === 'relay');
     const was = link.path;
     link.path = relayed ? 'turn' : 'direct';

@@ -238,7 +238,7 @@ function pause(current) {
 
 /** @param {Session} current */
 function resume(current) {
-  if (current.direct) current.direct.stopped = false;
+  current.direct?.start();
   current.relay?.start();
   current.refresh = setInterval(() => {
     refreshContacts().catch(() => {});
@@ -559,9 +559,9 @@ function parseControl(text) {
  * Decrypts and keeps one incoming message (once, whatever path brought it:
  * the relay with the server's id, or a channel with the sender's place in
  * the conversation's order).
- * @param {{id: number | null, sender_username: string, content: string, timestamp: string, after?: number, seq?: number}} frame
+ * @param {{id: number | null, sender_username: string, content: string, timestamp: string, after?: number, seq?: number, channelId?: string}} frame
  */
-async function receive({ id: serverId, sender_username: sender, content, timestamp, after, seq }) {
+async function receive({ id: serverId, sender_username: sender, content, timestamp, after, seq, channelId }) {
   const current = session;
   const owner = current.me.username;
   const at = Date.parse(timestamp) || Date.now();
@@ -582,7 +582,7 @@ async function receive({ id: serverId, sender_username: sender, content, timesta
   } catch (err) {
     if (!(err instanceof e2e.CryptoError)) throw err;
     if (err.message.startsWith('encrypted for another key')) checkOwnKey(current).catch(() => {});
-    entry = { owner, id: serverId === null ? `direct:${at}:${content.length}` : `server:${serverId}`, peer: sender, dir: 'in', text: `This message could not be decrypted: ${err.message}.`, at, serverId, broken: true };
+    entry = { owner, id: serverId === null ? `direct:${channelId}` : `server:${serverId}`, peer: sender, dir: 'in', text: `This message could not be decrypted: ${err.message}.`, at, serverId, broken: true };
   }
   const seen = current.current === sender && document.visibilityState === 'visible';
   entry.unseen = !seen;
@@ -845,7 +845,7 @@ function updateCounter() {
 function transmit(m) {
   const current = session;
   if (m.content && sendDirect(current, m.peer, m.id, m.content, m)) {
-    db.updateMessage(current.me.username, m.id, (was) => ({ status: was.status === 'sending' ? 'sent' : was.status, after: m.after, seq: m.seq, at: m.at }))
+    db.updateMessage(current.me.username, m.id, (was) => ({ status: was.status === 'sending' ? 'sent' : was.status, after: m.after, seq: m.seq }))
       .then((updated) => { if (updated && session === current) showStatus(updated); }).catch(report);
     return;
   }
@@ -992,7 +992,7 @@ async function onDirectFrame(current, peer, frame) {
   }
   if (frame.t !== 'msg' || typeof frame.id !== 'string' || typeof frame.content !== 'string') return;
   const order = Number.isSafeInteger(frame.after) && Number.isSafeInteger(frame.seq) ? { after: frame.after, seq: frame.seq } : {};
-  await receive({ id: null, sender_username: peer, content: frame.content, timestamp: new Date(Number(frame.at) || Date.now()).toISOString(), ...order });
+  await receive({ id: null, channelId: frame.id, sender_username: peer, content: frame.content, timestamp: new Date(Number(frame.at) || Date.now()).toISOString(), ...order });
   if (session === current) current.direct?.send(peer, { t: 'ack', ids: [frame.id] });
 }
 
@@ -1176,7 +1176,7 @@ async function renderThreadHead() {
   // Read before anything is shown, so that what the head says and whether
   // the box takes text change together.
   const pin = await db.pin(session.me.username, peer);
-  if (session.current !== peer) return;
+  if (session?.current !== peer) return; // another conversation, or the session ended meanwhile
   $('peer-name').textContent = peer;
   renderPath(peer);
   const waiting = contact?.mutual === false;
