@@ -521,6 +521,26 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The settings as the binary starts: command-line flags, then the
+    /// environment, then the defaults. A variable set to the empty string
+    /// counts as unset, so that its default applies: that is what `VAR=` in
+    /// an env file, compose's `${VAR:-}` and a harness clearing a variable
+    /// mean, and no setting takes the empty string as a value.
+    pub fn from_env_and_args() -> Self {
+        let command = Self::command().mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|value| value.is_empty());
+            if empty {
+                arg.env(None::<&'static str>)
+            } else {
+                arg
+            }
+        });
+        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit())
+    }
+
     /// Settings from these command-line flags alone: the environment is not
     /// read, so a variable set around a test cannot change what it runs.
     pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>

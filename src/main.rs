@@ -1,4 +1,3 @@
-use clap::Parser;
 use mimalloc::MiMalloc;
 use secchat::{config::Settings, startup, startup::App, telemetry};
 
@@ -9,7 +8,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::parse();
+    let settings = Settings::from_env_and_args();
     if settings.healthcheck {
         std::process::exit(if startup::probe(settings.listen.bind) {
             0

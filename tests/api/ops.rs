@@ -789,3 +789,66 @@ async fn the_server_outlives_whatever_read_its_logs() {
     }
     assert!(child.try_wait().unwrap().is_none(), "the server exited");
 }
+
+/// README's first command in an environment that sets the server's
+/// variables to the empty string (an env file's `VAR=`, compose's
+/// `${VAR:-}`): every one counts as unset, and the binary serves its
+/// defaults (the embedded store) instead of refusing to start.
+#[tokio::test]
+async fn settings_set_to_the_empty_string_count_as_unset() {
+    use clap::CommandFactory as _;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let command = secchat::config::Settings::command();
+    let names: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    for name in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "TURN_SECRET",
+        "LOG_FORMAT",
+        "BIND",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} is a setting");
+    }
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_secchat"));
+    for name in &names {
+        server.env(name, "");
+    }
+    let mut child = server
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    crate::helpers::eventually("the server is ready on its defaults", || {
+        let (http, ready) = (&http, &ready);
+        async move {
+            http.get(ready.as_str())
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+    assert!(
+        dir.path().join("secchat.db").exists(),
+        "the embedded default's file"
+    );
+    child.kill().await.unwrap();
+}
