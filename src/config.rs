@@ -391,6 +391,14 @@ pub struct TurnSettings {
     pub turn_ttl: u64,
 }
 
+impl TurnSettings {
+    /// Whether `GET /me/turn-credentials` hands out credentials (the relay's
+    /// `authenticated` frame says so to clients).
+    pub fn enabled(&self) -> bool {
+        self.turn_secret.is_some()
+    }
+}
+
 /// Metrics and logs.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Telemetry")]
@@ -465,12 +473,16 @@ fn parse_network(raw: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{raw:?} is neither an IP address nor a CIDR network"))
 }
 
+/// How a Postgres URL begins; anything else is SQLite (`sqlite:`).
+const POSTGRES_SCHEMES: [&str; 2] = ["postgres://", "postgresql://"];
+
 /// A store URL of a kind this server speaks. Anything else, an empty value
 /// included, is refused at start: sqlx would take it for a private in-memory
 /// database per connection, and the server would fail later and obscurely.
 fn parse_database_url(raw: &str) -> Result<String, String> {
-    if ["sqlite:", "postgres://", "postgresql://"]
+    if POSTGRES_SCHEMES
         .iter()
+        .chain(&["sqlite:"])
         .any(|scheme| raw.len() > scheme.len() && raw.starts_with(scheme))
     {
         Ok(raw.to_owned())
@@ -642,8 +654,9 @@ impl Settings {
     }
 
     pub fn uses_postgres(&self) -> bool {
-        self.storage.database_url.starts_with("postgres://")
-            || self.storage.database_url.starts_with("postgresql://")
+        POSTGRES_SCHEMES
+            .iter()
+            .any(|scheme| self.storage.database_url.starts_with(scheme))
     }
 }
 

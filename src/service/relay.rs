@@ -231,7 +231,7 @@ impl Relay {
                             *sender = renewed;
                             ServerFrame::Authenticated {
                                 expires_at: sender.expires_at,
-                                turn: self.settings.turn.turn_secret.is_some(),
+                                turn: self.settings.turn.enabled(),
                             }
                             .to_text()
                         }

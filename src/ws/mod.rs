@@ -138,7 +138,7 @@ async fn authenticate_in_band(
     let accepted = Message::Text(
         ServerFrame::Authenticated {
             expires_at: user.expires_at,
-            turn: state.settings.turn.turn_secret.is_some(),
+            turn: state.settings.turn.enabled(),
         }
         .to_text()
         .into(),
