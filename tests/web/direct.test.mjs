@@ -51,7 +51,11 @@ test('a data channel carries the conversation, receipts and order alike, and the
   for (const [who, mine] of [[alice, [0, 1, 3]], [bob, [2, 4]]]) {
     for (const i of mine) await message(who, texts[i]).locator('.receipt', { hasText: /delivered|read/ }).waitFor({ timeout: PATIENCE });
   }
-  await message(alice, texts[0]).locator('.receipt', { hasText: 'read' }).waitFor({ timeout: PATIENCE });
+  // Read as well: each browser has seen the other's messages and sent its
+  // read receipts, which are acknowledged like messages.
+  for (const [who, mine] of [[alice, [0, 1, 3]], [bob, [2, 4]]]) {
+    for (const i of mine) await message(who, texts[i]).locator('.receipt', { hasText: 'read' }).waitFor({ timeout: PATIENCE });
+  }
   // Both sides show one order, whoever wrote first.
   assert.deepEqual(await conversationTexts(alice), await conversationTexts(bob));
   assert.deepEqual((await conversationTexts(alice)).slice(0, 3), texts.slice(0, 3));
@@ -64,8 +68,12 @@ test('a data channel carries the conversation, receipts and order alike, and the
   const later = 'after the channel closed';
   await send(alice, later);
   await message(alice, later).locator('.receipt', { hasText: 'sent' }).waitFor({ timeout: PATIENCE });
-  // The counters do move for what the server carries: bob was away, so it stored that one.
-  assert.equal((await counters()).stored, before.stored + 1);
+  // The counters do move for what the server carries: bob was away, so it
+  // stored that one. A read receipt of alice's whose acknowledgement was still
+  // on its way back when bob's page went goes through the relay too (bob's
+  // page drops it as a repeat), so up to two more may be stored here.
+  const stored = (await counters()).stored - before.stored;
+  assert.ok(stored >= 1 && stored <= 3, `stored ${stored}: the message, and at most alice's two read receipts again`);
   await bob.page.goto(server.url); // the same tab: its session is kept
   await connected(bob);
   await openConversation(bob, alice.name);
