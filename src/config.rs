@@ -11,7 +11,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use ipnet::IpNet;
 use secrecy::SecretString;
 
-use crate::domain::Rate;
+use crate::{auth::jwt::SigningKeys, domain::Rate};
 
 /// File descriptors kept back from client connections: database and Redis
 /// connections, the listener, log and database files.
@@ -141,7 +141,7 @@ pub struct ListenSettings {
 #[command(next_help_heading = "Storage")]
 pub struct StorageSettings {
     /// `sqlite://FILE` (the embedded default) or `postgres://…`.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = parse_database_url)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = Unquoted(parse_database_url))]
     pub database_url: String,
 
     /// Store connections kept open.
@@ -188,8 +188,16 @@ pub struct StorageSettings {
 pub struct AccountSettings {
     /// HS256 signing secret (at least 32 bytes). Unset on SQLite: generated and kept
     /// beside the database file. Required with Postgres.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = Unquoted(parse_secret))]
     pub jwt_secret: Option<SecretString>,
+
+    /// Several signing secrets, each under an id: `id:secret,id:secret`. The
+    /// first signs new tokens (its id in their `kid` header); every one listed
+    /// is accepted until removed, so the secret can be rotated without
+    /// logging anyone out. Instead of JWT_SECRET, which is one secret under
+    /// the id `default`.
+    #[arg(long, env = "JWT_KEYS", hide_env_values = true, value_parser = Unquoted(SigningKeys::parse), conflicts_with = "jwt_secret")]
+    pub jwt_keys: Option<SigningKeys>,
 
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 30 * 60)]
@@ -376,7 +384,7 @@ pub struct TurnSettings {
     /// The secret shared with a TURN server (coturn's `static-auth-secret`,
     /// its REST API): with it, `GET /me/turn-credentials` hands out
     /// short-lived relay credentials; unset, that route answers 404.
-    #[arg(long, env = "TURN_SECRET", hide_env_values = true, value_parser = parse_turn_secret)]
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true, value_parser = Unquoted(parse_turn_secret))]
     pub turn_secret: Option<SecretString>,
 
     /// The TURN and STUN servers clients are told to use (comma-separated
@@ -479,6 +487,38 @@ const POSTGRES_SCHEMES: [&str; 2] = ["postgres://", "postgresql://"];
 /// A store URL of a kind this server speaks. Anything else, an empty value
 /// included, is refused at start: sqlx would take it for a private in-memory
 /// database per connection, and the server would fail later and obscurely.
+/// A value parser whose error says why without quoting the value, as clap's
+/// own errors do: for settings that hold a secret or a URL with a password,
+/// which would otherwise reach the terminal and the logs of a failed start.
+#[derive(Clone)]
+struct Unquoted<T>(fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Unquoted<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let name = arg
+            .and_then(|arg| arg.get_long())
+            .map_or_else(String::new, |long| format!(" for '--{long}'"));
+        let why = match value.to_str() {
+            Some(value) => (self.0)(value),
+            None => Err("not UTF-8".to_owned()),
+        };
+        why.map_err(|why| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value{name} (not shown): {why}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+}
+
 fn parse_database_url(raw: &str) -> Result<String, String> {
     if POSTGRES_SCHEMES
         .iter()
@@ -518,8 +558,11 @@ fn parse_no_color(raw: &str) -> Result<bool, String> {
 }
 
 fn parse_secret(raw: &str) -> Result<SecretString, String> {
-    if raw.len() < 32 {
-        return Err("JWT_SECRET must be at least 32 bytes".into());
+    if raw.len() < SigningKeys::MIN_SECRET_BYTES {
+        return Err(format!(
+            "JWT_SECRET must be at least {} bytes",
+            SigningKeys::MIN_SECRET_BYTES
+        ));
     }
     Ok(SecretString::from(raw.to_owned()))
 }

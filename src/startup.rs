@@ -44,13 +44,13 @@ impl App {
         let (hub, undelivered) = Hub::new();
         let hub = Arc::new(hub);
         let shutdown = CancellationToken::new();
-        let (backends, jwt_secret) =
+        let (backends, signing_keys) =
             backends::connect(&settings, hub.clone(), shutdown.clone()).await?;
         let services = Services::new(
             settings.clone(),
             backends,
             hub,
-            Tokens::new(&jwt_secret, settings.token_ttl()),
+            Tokens::new(&signing_keys, settings.token_ttl()),
         )?;
         services
             .accounts

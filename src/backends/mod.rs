@@ -14,6 +14,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::jwt::SigningKeys,
     bus::{Bus, EventSink},
     capabilities::Backends,
     client_ids::ClientIds,
@@ -32,22 +33,24 @@ pub mod sql;
 /// Connects what the settings name: Postgres or SQLite for the store; Redis or
 /// this process for presence and fan-out; Redis or the store for revoked
 /// tokens; Redis or this process for rate limits (none with
-/// `RATE_LIMITS=off`); and the secret tokens are signed with. `sink` receives the events fan-out brings to this
+/// `RATE_LIMITS=off`); and the keys tokens are signed with. `sink` receives the events fan-out brings to this
 /// replica; `shutdown` stops the subscriber.
 pub async fn connect(
     settings: &Settings,
     sink: Arc<dyn EventSink>,
     shutdown: CancellationToken,
-) -> anyhow::Result<(Backends, SecretString)> {
-    let jwt_secret = match &settings.accounts.jwt_secret {
-        Some(secret) => secret.clone(),
-        None if settings.uses_postgres() => {
+) -> anyhow::Result<(Backends, SigningKeys)> {
+    let signing_keys = match (&settings.accounts.jwt_keys, &settings.accounts.jwt_secret) {
+        (Some(keys), _) => keys.clone(),
+        (None, Some(secret)) => SigningKeys::single(secret.clone()),
+        (None, None) if settings.uses_postgres() => {
             bail!(
-                "JWT_SECRET is required with Postgres: every replica must sign with the same secret"
+                "JWT_SECRET (or JWT_KEYS) is required with Postgres: every replica must sign with the same secret"
             )
         }
-        None => sqlite_secret(&settings.storage.database_url)?,
+        (None, None) => SigningKeys::single(sqlite_secret(&settings.storage.database_url)?),
     };
+    tracing::info!(signing_key_ids = ?signing_keys.ids(), "tokens signed with the first key, accepted with any");
     let (store, store_revocations, refresh_tokens) = connect_store(settings).await?;
     let (rates, policy) = (
         Rates::from_settings(settings),
@@ -135,7 +138,7 @@ pub async fn connect(
         limiter,
         client_ids,
     };
-    Ok((backends, jwt_secret))
+    Ok((backends, signing_keys))
 }
 
 /// The store, the revoked-token set it keeps (used when there is no Redis),

@@ -16,6 +16,7 @@ mod helpers;
 mod limits;
 mod load_balancer;
 mod messages;
+mod operations;
 mod ops;
 mod p2p;
 mod postgres;

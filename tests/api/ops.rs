@@ -236,8 +236,39 @@ async fn postgres_without_an_explicit_secret_refuses_to_start() {
 }
 
 #[tokio::test]
-async fn short_secrets_are_refused() {
-    assert!(Settings::from_args(["--jwt-secret", "too-short"]).is_err());
+async fn bad_secrets_are_refused_without_being_quoted() {
+    let long = "long-enough-secret-long-enough-secret";
+    for (flag, value, hidden, why) in [
+        (
+            "--jwt-secret",
+            "too-short-secret",
+            "too-short",
+            "at least 32 bytes",
+        ),
+        (
+            "--jwt-keys",
+            &format!("next:{long},bad id:{long}") as &str,
+            "long-enough",
+            "an id is",
+        ),
+        ("--turn-secret", "", "", "must not be empty"),
+        (
+            "--database-url",
+            "mysql://app:hunter2@db/app",
+            "hunter2",
+            "must be sqlite://",
+        ),
+    ] {
+        let error = Settings::from_args([flag, value]).unwrap_err().to_string();
+        assert!(error.contains(flag) && error.contains(why), "{error}");
+        assert!(hidden.is_empty() || !error.contains(hidden), "{error}");
+    }
+    let both = Settings::from_args(["--jwt-secret", long, "--jwt-keys", &format!("a:{long}")]);
+    assert!(
+        both.unwrap_err()
+            .to_string()
+            .contains("cannot be used with")
+    );
 }
 
 /// A deleted name must stay retired longer than replicas remember names, or
