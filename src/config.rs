@@ -28,6 +28,9 @@ pub struct Settings {
     #[arg(long)]
     pub healthcheck: bool,
 
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub listen: ListenSettings,
 
@@ -51,6 +54,19 @@ pub struct Settings {
 
     #[command(flatten)]
     pub telemetry: TelemetrySettings,
+}
+
+/// What the binary does instead of serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Copy the embedded default's live SQLite database (DATABASE_URL) into
+    /// FILE, a consistent snapshot taken while the server runs; a server
+    /// starts on the copy as it is. With Postgres, back up with pg_dump
+    /// instead (docs/OPERATIONS.md).
+    Backup {
+        /// The new file (never overwritten).
+        file: std::path::PathBuf,
+    },
 }
 
 /// Where the server listens, and the limits on each connection.

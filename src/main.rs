@@ -1,5 +1,11 @@
 use mimalloc::MiMalloc;
-use secchat::{config::Settings, startup, startup::App, telemetry};
+use secchat::{
+    backends,
+    config::{Command, Settings},
+    startup,
+    startup::App,
+    telemetry,
+};
 
 // Relaying is allocation-heavy (a frame, a message, a receipt each); mimalloc
 // measurably beats the system allocator on it (BENCHMARKS.md).
@@ -17,6 +23,17 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     telemetry::init(settings.telemetry.log_format, settings.telemetry.no_color);
+    if let Some(Command::Backup { file }) = &settings.command {
+        let copied = backends::backup(&settings, file).await?;
+        tracing::info!(
+            file = %file.display(),
+            bytes = copied.bytes,
+            users = copied.users,
+            messages = copied.messages,
+            "backed up"
+        );
+        return Ok(());
+    }
     let served = match App::build(settings).await {
         Ok(app) => {
             app.run_until_stopped(secchat::startup::shutdown_signal())

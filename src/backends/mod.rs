@@ -160,6 +160,23 @@ async fn connect_store(
     })
 }
 
+/// `secchat backup FILE`: the embedded default's database copied while it
+/// serves. Postgres has its own tools for this, which do it better.
+pub async fn backup(
+    settings: &Settings,
+    to: &std::path::Path,
+) -> anyhow::Result<sql::sqlite::BackupSummary> {
+    if settings.uses_postgres() {
+        bail!(
+            "DATABASE_URL names Postgres: back it up with pg_dump --format=custom (docs/OPERATIONS.md, \"Backup and restore\")"
+        );
+    }
+    if is_in_memory(&settings.storage.database_url) {
+        bail!("DATABASE_URL names an in-memory database: there is nothing to back up");
+    }
+    sql::sqlite::backup(&settings.storage.database_url, to).await
+}
+
 /// The embedded default's signing secret: generated once and kept beside the
 /// database file (mode 0600), so that tokens survive a restart.
 fn sqlite_secret(database_url: &str) -> anyhow::Result<SecretString> {

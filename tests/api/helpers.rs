@@ -143,6 +143,21 @@ impl Backend {
         }
     }
 
+    /// A backend on a database that exists already (one a test restored,
+    /// say), with a fresh Redis key prefix where tests use Redis: what is in
+    /// Redis is not backed up.
+    pub fn on_database(database_url: String) -> Self {
+        let prefix = format!("r_{}", uuid::Uuid::new_v4().simple());
+        Self {
+            database_url,
+            redis: cluster_requested().then(|| RedisSpace {
+                url: test_redis_url(),
+                prefix,
+            }),
+            _dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
     /// Runs one SQL statement on this backend's database, as an operator (or
     /// an earlier release) would.
     pub async fn execute(&self, sql: &str) {

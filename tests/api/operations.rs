@@ -5,6 +5,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use secchat::{auth::jwt::SigningKeys, config::Settings};
 use serde_json::{Value, json};
+use tokio::process::Command;
 use tokio_tungstenite::{connect_async, tungstenite::Message};
 
 use crate::helpers::{Backend, JWT_SECRET, PATIENCE, TestApp, WsClient};
@@ -106,4 +107,175 @@ async fn the_signing_key_rotates_across_replicas_without_logging_anyone_out() {
         );
         assert!(accepted(&b, token).await);
     }
+}
+
+/// Backs up `backend`'s database while a server writes to it, as
+/// docs/OPERATIONS.md says: `secchat backup FILE` for SQLite, `pg_dump
+/// --format=custom` for Postgres (of the test's schema; an operator dumps the
+/// whole database). Restores it into a fresh database and returns a backend
+/// on that.
+async fn backed_up_and_restored(backend: &Backend) -> Backend {
+    let url = &backend.database_url;
+    if url.starts_with("sqlite:") {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let copy = dir.join("restored.db");
+        let out = Command::new(env!("CARGO_BIN_EXE_secchat"))
+            .args(["--database-url", url, "--log-format", "json", "backup"])
+            .arg(&copy)
+            .env_clear()
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(log.contains("backed up"), "{log}");
+        return Backend::on_database(format!("sqlite://{}", copy.display()));
+    }
+    // postgres://…/test?options=-c%20search_path%3Dt_…: the server, the database, the schema.
+    let (base, options) = url.split_once('?').unwrap();
+    let schema = options.rsplit("%3D").next().unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    let dump = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new("pg_dump")
+        .args([
+            "--format=custom",
+            "--no-owner",
+            "--schema",
+            schema,
+            "--file",
+        ])
+        .arg(dump.path())
+        .arg(base)
+        .output()
+        .await
+        .expect("pg_dump (Debian: postgresql-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh = format!("r_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {fresh}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let out = Command::new("pg_restore")
+        .args([
+            "--no-owner",
+            "--exit-on-error",
+            "--dbname",
+            &format!("{server}/{fresh}"),
+        ])
+        .arg(dump.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Backend::on_database(format!("{server}/{fresh}?{options}"))
+}
+
+/// A backup taken while a server writes restores into a fresh database: a
+/// server starts on it, people log in with their passwords, their contacts
+/// and requests are there, and unread messages are delivered once (those
+/// read before the backup not again). The copy is a consistent snapshot:
+/// of messages written one after another during it, it holds a prefix.
+#[tokio::test]
+async fn a_backup_taken_under_writes_restores_into_a_fresh_database() {
+    let backend = Backend::new().await;
+    let app = backend.spawn(|_| {}).await;
+    let (alice, bob) = app.friends("alice", "bob").await;
+    let carol = app.user("carol").await;
+    assert!(app.add_contact(&carol.token, "alice").await.is_success());
+    let offline = |text: &str| json!({"recipient_username": "bob", "encrypted_content": text});
+    app.post(
+        "/messages/",
+        &alice.token,
+        offline("read before the backup"),
+    )
+    .await;
+    assert_eq!(app.inbox(&bob.token).await, ["read before the backup"]);
+    let unread = ["unread 1", "unread 2", "unread 3"];
+    for text in unread {
+        assert_eq!(
+            app.post("/messages/", &alice.token, offline(text)).await.0,
+            StatusCode::OK
+        );
+    }
+
+    // Dave writes to erin, one message after another, all through the backup.
+    let (dave, _erin) = app.friends("dave", "erin").await;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer = {
+        let (app, written) = (TestApp::at(app.addr), written.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                if stopped.try_recv().is_ok() {
+                    break;
+                }
+                let body =
+                    json!({"recipient_username": "erin", "encrypted_content": format!("w{i}")});
+                assert_eq!(
+                    app.post("/messages/", &dave.token, body).await.0,
+                    StatusCode::OK
+                );
+                written.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    crate::helpers::eventually("the writer is under way", || {
+        let written = written.clone();
+        async move { written.load(std::sync::atomic::Ordering::SeqCst) >= 5 }
+    })
+    .await;
+    let restored = backed_up_and_restored(&backend).await;
+    stop.send(()).unwrap();
+    writer.await.unwrap();
+    drop(app);
+
+    let app = restored.spawn(|_| {}).await;
+    let alice = app.login("alice", None).await;
+    let (_, contacts) = app.get("/me/contacts/", &alice).await;
+    let names: Vec<&str> = contacts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bob"], "{contacts}");
+    let (_, pending) = app.get("/me/contacts/pending", &alice).await;
+    assert_eq!(pending[0]["username"], "carol", "{pending}");
+
+    let bob = app.login("bob", None).await;
+    let mut ws = app.ws(&bob).await;
+    for text in unread {
+        assert_eq!(crate::delivery::message(&mut ws).await.2, text);
+    }
+    crate::delivery::quiet(&mut ws).await;
+    assert!(app.inbox(&bob).await.is_empty(), "each delivered once");
+
+    let erin = app.login("erin", None).await;
+    let got = app.inbox(&erin).await;
+    assert!(
+        got.len() >= 5,
+        "what was written before the backup began: {}",
+        got.len()
+    );
+    let prefix: Vec<String> = (0..got.len()).map(|i| format!("w{i}")).collect();
+    assert_eq!(
+        got, prefix,
+        "a snapshot: every message up to one point, none after a gap"
+    );
 }

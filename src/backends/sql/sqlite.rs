@@ -96,6 +96,86 @@ impl SqliteStore {
     }
 }
 
+/// What a backup holds, to be told to whoever took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSummary {
+    pub bytes: u64,
+    pub users: i64,
+    pub messages: i64,
+}
+
+/// Copies the live database at `url` into the new file `to` while servers
+/// keep writing to it: `VACUUM INTO` reads in one transaction, so the copy
+/// is a consistent snapshot (of the last commit before it began), compacted,
+/// and a SQLite database of its own that a server can start on as it is.
+/// An existing `to` is never overwritten; a failed copy leaves nothing.
+pub async fn backup(url: &str, to: &std::path::Path) -> anyhow::Result<BackupSummary> {
+    let options = SqliteConnectOptions::from_str(url)
+        .with_context(|| "DATABASE_URL is not a valid sqlite:// URL")?
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(30));
+    let from = options.get_filename().to_owned();
+    if !from.is_file() {
+        anyhow::bail!("there is no database at {}", from.display());
+    }
+    if to.exists() {
+        anyhow::bail!(
+            "{} exists already: a backup never overwrites a file",
+            to.display()
+        );
+    }
+    let target = to
+        .to_str()
+        .context("the backup's path must be UTF-8")?
+        .to_owned();
+    let db = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("opening {}", from.display()))?;
+    let copied = async {
+        let migrated: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&db)
+        .await?;
+        anyhow::ensure!(
+            migrated == 1,
+            "{} is not a secchat database",
+            from.display()
+        );
+        sqlx::query("VACUUM INTO $1")
+            .bind(&target)
+            .execute(&db)
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    db.close().await;
+    if let Err(err) = copied {
+        let _ = std::fs::remove_file(to);
+        return Err(err.context(format!("copying {} into {}", from.display(), to.display())));
+    }
+    // Durable before it is reported: the copy is written without syncing.
+    std::fs::File::open(to)
+        .and_then(|file| file.sync_all())
+        .with_context(|| format!("syncing {}", to.display()))?;
+    let copy = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(to).read_only(true))
+        .await?;
+    let counts: (i64, i64) =
+        sqlx::query_as("SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM messages)")
+            .fetch_one(&copy)
+            .await?;
+    copy.close().await;
+    Ok(BackupSummary {
+        bytes: std::fs::metadata(to)?.len(),
+        users: counts.0,
+        messages: counts.1,
+    })
+}
+
 /// Reserves the next [`ID_BLOCK`] message ids in `sqlite_sequence`; returns
 /// the last of them.
 async fn reserve_ids(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
