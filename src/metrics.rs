@@ -46,6 +46,7 @@ pub fn install() -> PrometheusHandle {
             // and /metrics shows nothing, which the metrics test would catch.
             let _ = metrics::set_global_recorder(recorder);
             per_message(); // registered with the recorder just installed
+            register_fixed_series();
             handle
         })
         .clone()
@@ -77,6 +78,8 @@ pub enum Relay {
 struct PerMessage {
     direct_deliveries: Counter,
     broadcast_deliveries: Counter,
+    accepted: [Counter; 3],
+    delivery_latency: Histogram,
     published: [Counter; 5],
     received: [Counter; 5],
     bus_latency: Histogram,
@@ -90,11 +93,46 @@ fn per_message() -> &'static PerMessage {
         PerMessage {
             direct_deliveries: counter!("secchat_ws_deliveries_total", "kind" => "direct"),
             broadcast_deliveries: counter!("secchat_ws_deliveries_total", "kind" => "broadcast"),
+            accepted: [Accepted::WsDirect, Accepted::WsBroadcast, Accepted::Http]
+                .map(|via| counter!("secchat_messages_accepted_total", "via" => via.label())),
+            delivery_latency: histogram!("secchat_delivery_latency_seconds"),
             published: kinds.map(|kind| counter!("secchat_bus_published_total", "kind" => kind)),
             received: kinds.map(|kind| counter!("secchat_bus_received_total", "kind" => kind)),
             bus_latency: histogram!("secchat_bus_latency_seconds"),
         }
     })
+}
+
+/// How a message came to the server from its sender.
+#[derive(Clone, Copy)]
+pub enum Accepted {
+    /// A directed WebSocket message (not an ephemeral one).
+    WsDirect = 0,
+    WsBroadcast = 1,
+    /// `POST /messages/`.
+    Http = 2,
+}
+
+impl Accepted {
+    fn label(self) -> &'static str {
+        match self {
+            Accepted::WsDirect => "ws_direct",
+            Accepted::WsBroadcast => "ws_broadcast",
+            Accepted::Http => "http",
+        }
+    }
+}
+
+/// A message taken from its sender, to be relayed or stored.
+pub fn accepted(via: Accepted) {
+    per_message().accepted[via as usize].increment(1);
+}
+
+/// A directed message queued for its recipient's connections on this
+/// replica, `sent_at` being when the server accepted it (on any replica).
+pub fn delivery_latency(sent_at: chrono::DateTime<chrono::Utc>) {
+    let elapsed = (chrono::Utc::now() - sent_at).to_std().unwrap_or_default();
+    per_message().delivery_latency.record(elapsed.as_secs_f64());
 }
 
 /// Frames queued to local connections.
@@ -138,6 +176,9 @@ pub fn login(success: bool) {
 
 /// The `limit` label of logins refused while their account is locked out.
 pub const LOGIN_LOCKOUT: &str = "login_lockout";
+
+/// The `limit` label of frames refused by one connection's own budget.
+pub const WS_FRAMES_PER_CONNECTION: &str = "ws_frames_per_connection";
 
 /// Events refused by the rate limit `limit` (`secchat_rate_limited_total`).
 pub fn rate_limited(limit: &'static str, refused: u32) {
@@ -245,4 +286,66 @@ pub fn online_panel_read(list: ContactList) {
 /// Users online (by presence lease), as this replica last counted them.
 pub fn online_users(count: u64) {
     gauge!("secchat_online_users").set(count as f64);
+}
+
+/// Every series whose labels come from a fixed set, at zero: a dashboard or
+/// an alert reads a series from a replica's first scrape on, not only after
+/// the first time it moved (a `rate()` over a missing series is no data,
+/// not zero). Rate limits' names are registered by whoever knows them.
+fn register_fixed_series() {
+    for via in ["http", "offline", "undelivered"] {
+        counter!("secchat_messages_stored_total", "via" => via).increment(0);
+    }
+    for result in ["success", "failure"] {
+        counter!("secchat_logins_total", "result" => result).increment(0);
+    }
+    for reason in ["no_request", "answer_unread"] {
+        counter!("secchat_connections_dropped_total", "reason" => reason).increment(0);
+    }
+    for backend in ["store", "redis"] {
+        counter!("secchat_backend_errors_total", "backend" => backend).increment(0);
+    }
+    for list in ["cached", "changed", "uncached"] {
+        counter!("secchat_online_panel_reads_total", "list" => list).increment(0);
+    }
+    for name in [
+        "secchat_messages_unheld_total",
+        "secchat_password_hashes_refused_total",
+        "secchat_connections_refused_total",
+        "secchat_ws_slow_consumers_closed_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    gauge!("secchat_ws_connections").increment(0.0);
+    gauge!("secchat_online_users").increment(0.0);
+    gauge!("secchat_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Registers the `limit` label values of `secchat_rate_limited_total`, at zero.
+pub fn rate_limits_known(limits: impl IntoIterator<Item = &'static str>) {
+    for limit in limits
+        .into_iter()
+        .chain([LOGIN_LOCKOUT, WS_FRAMES_PER_CONNECTION])
+    {
+        counter!("secchat_rate_limited_total", "limit" => limit).increment(0);
+    }
+}
+
+/// What this replica was started with that alerts compare against: the
+/// connections it takes at most (`MAX_CONNECTIONS`), and how many signing
+/// keys it accepts (more than one for long: a rotation left half done).
+pub fn configured(max_connections: usize, signing_keys: usize) {
+    gauge!("secchat_connections_limit").set(max_connections as f64);
+    gauge!("secchat_signing_keys").set(signing_keys as f64);
+}
+
+/// Whether each backend answered a ping, and how long it took, as of the
+/// scrape that asked (`secchat_backend_up`, `secchat_backend_ping_seconds`),
+/// and whether the replica is ready (`secchat_ready`).
+pub fn readiness(backends: &[(&'static str, bool, Duration)], ready: bool) {
+    for (backend, up, took) in backends {
+        gauge!("secchat_backend_up", "backend" => *backend).set(if *up { 1.0 } else { 0.0 });
+        gauge!("secchat_backend_ping_seconds", "backend" => *backend).set(took.as_secs_f64());
+    }
+    gauge!("secchat_ready").set(if ready { 1.0 } else { 0.0 });
 }

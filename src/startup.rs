@@ -78,6 +78,8 @@ impl App {
             sessions: TaskTracker::new(),
             settings,
         };
+        crate::metrics::configured(state.settings.connection_cap(), signing_keys.ids().len());
+        crate::metrics::rate_limits_known(crate::ratelimit::Limit::ALL.map(|limit| limit.name()));
         Ok(Self {
             listener,
             metrics_listener,

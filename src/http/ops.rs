@@ -66,16 +66,13 @@ async fn healthz() -> Json<serde_json::Value> {
 /// shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 async fn readyz(State(state): State<AppState>) -> Response {
-    let service::health::Readiness {
-        store,
-        presence,
-        bus,
-    } = state.health.readiness().await;
+    let probe = state.health.probe().await;
+    let up = |backend: &str| probe.iter().any(|(name, up, _)| *name == backend && *up);
     let draining = state.shutdown.is_cancelled();
-    let ready = store && presence && bus && !draining;
+    let ready = service::health::ready(&probe, draining);
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
-        "store": store, "presence": presence, "bus": bus, "draining": draining,
+        "store": up("store"), "presence": up("presence"), "bus": up("bus"), "draining": draining,
     });
     let status = if ready {
         StatusCode::OK
@@ -93,6 +90,9 @@ pub fn metrics_router() -> Router<AppState> {
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
+    let probe = state.health.probe().await;
+    let ready = service::health::ready(&probe, state.shutdown.is_cancelled());
+    crate::metrics::readiness(&probe, ready);
     state.metrics.run_upkeep();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

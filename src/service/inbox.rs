@@ -226,6 +226,7 @@ impl Inbox {
             Admission::NoRecipient => return Err(Error::NotFound("Recipient not found")),
         };
         messages_stored(StoredVia::Http, 1);
+        crate::metrics::accepted(crate::metrics::Accepted::Http);
         Ok(stored)
     }
 

@@ -179,7 +179,7 @@ impl Relay {
         if let Some(local) = &budget.connection {
             let grant = local.take(1);
             if grant.granted == 0 {
-                metrics::rate_limited("ws_frames_per_connection", 1);
+                metrics::rate_limited(metrics::WS_FRAMES_PER_CONNECTION, 1);
                 return Err(grant.retry_after);
             }
         }
@@ -283,6 +283,7 @@ impl Relay {
             ClientFrame::Broadcast(text) => {
                 return match self.spend_fanout(sender, text.len()).await {
                     Ok(()) => {
+                        metrics::accepted(metrics::Accepted::WsBroadcast);
                         self.broadcast(sender, text).await;
                         Vec::new()
                     }
@@ -433,6 +434,7 @@ impl Relay {
             receipt: client_id.is_some() && !stranger,
             ephemeral: false,
         });
+        metrics::accepted(metrics::Accepted::WsDirect);
         // Queued now, answered later: the stranger's message is stored.
         let answer = if stranger {
             None
