@@ -279,3 +279,158 @@ async fn a_backup_taken_under_writes_restores_into_a_fresh_database() {
         "a snapshot: every message up to one point, none after a gap"
     );
 }
+
+/// Each exported metric's name and the label names its series carry.
+type Exported = std::collections::HashMap<String, std::collections::HashSet<String>>;
+
+fn exported(metrics: &str) -> Exported {
+    let mut names = Exported::new();
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = names.entry(line[..end].to_owned()).or_default();
+        if let Some(inner) = line[end..]
+            .strip_prefix('{')
+            .and_then(|l| l.split_once('}'))
+        {
+            for pair in inner.0.split(',').filter(|p| !p.is_empty()) {
+                labels.insert(pair.split_once('=').unwrap().0.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// What in `query` (PromQL, or any text holding it) names a secchat metric
+/// or label that `exported` lacks: metric names, the labels of their
+/// selectors, and the labels of `by (…)` over them. Target labels
+/// (`instance`, `job`) are Prometheus's, `le` a histogram's buckets'.
+fn unknown_references(query: &str, exported: &Exported) -> Vec<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut unknown = Vec::new();
+    let has_label = |metric: &str, label: &str| {
+        matches!(label, "instance" | "job")
+            || (label == "le" && metric.ends_with("_bucket"))
+            || exported
+                .get(metric)
+                .is_some_and(|labels| labels.contains(label))
+    };
+    let metrics_in = |text: &str| -> Vec<(usize, String)> {
+        let mut found = Vec::new();
+        let mut at = 0;
+        while let Some(start) = text[at..].find("secchat_").map(|i| at + i) {
+            let end = text[start..]
+                .find(|c| !is_ident(c))
+                .map_or(text.len(), |i| start + i);
+            if start == 0 || !text[..start].ends_with(is_ident) {
+                found.push((end, text[start..end].to_owned()));
+            }
+            at = end;
+        }
+        found
+    };
+    for (end, metric) in metrics_in(query) {
+        if !exported.contains_key(&metric) {
+            unknown.push(format!("metric {metric}"));
+            continue;
+        }
+        if let Some(selector) = query[end..].trim_start().strip_prefix('{') {
+            let selector = &selector[..selector.find('}').unwrap()];
+            for matcher in selector.split(',') {
+                let label = matcher.split(['=', '!']).next().unwrap().trim();
+                if !has_label(&metric, label) {
+                    unknown.push(format!("label {label} of {metric}"));
+                }
+            }
+        }
+    }
+    let mut at = 0;
+    while let Some(by) = query[at..].find("by (").map(|i| at + i) {
+        let close = by + query[by..].find(')').unwrap();
+        let labels: Vec<&str> = query[by + 4..close].split(',').map(str::trim).collect();
+        // The aggregation's argument: from the next '(' to its match.
+        let open = close + 1 + query[close + 1..].find('(').unwrap();
+        let mut depth = 0;
+        let end = open
+            + query[open..]
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .unwrap()
+                .0;
+        for (_, metric) in metrics_in(&query[open..end]) {
+            for label in &labels {
+                if exported.contains_key(&metric) && !has_label(&metric, label) {
+                    unknown.push(format!("label {label} of {metric} (by)"));
+                }
+            }
+        }
+        at = close;
+    }
+    unknown
+}
+
+/// The Grafana dashboard's queries and the alert rules name only metrics and
+/// labels a running server exports: a renamed metric or label fails here,
+/// not on an operator's screen at night.
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_query_only_what_the_server_exports() {
+    let app = crate::helpers::spawn().await;
+    // Traffic that brings the series with labels from requests into being.
+    let (alice, _bob) = app.friends("dash-alice", "dash-bob").await;
+    app.get("/me/contacts/online", &alice.token).await;
+    let exported = exported(&app.text("/metrics").await);
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/dashboards/secchat.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queries: Vec<String> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|variable| variable["query"]["query"].as_str().unwrap().to_owned())
+        .collect();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(queries.len() > 30, "the dashboard's queries were found");
+    // The rules file as text: its exprs, and annotations that name nothing else.
+    queries.push(std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap());
+    for query in &queries {
+        let unknown = unknown_references(query, &exported);
+        assert!(
+            unknown.is_empty(),
+            "{query}\nnames what the server does not export: {unknown:?}"
+        );
+    }
+
+    // The check itself finds what it is there to find.
+    for (bad, why) in [
+        (
+            "rate(secchat_logins_total_renamed[5m])",
+            "metric secchat_logins_total_renamed",
+        ),
+        (
+            r#"secchat_logins_total{outcome="failure"}"#,
+            "label outcome of secchat_logins_total",
+        ),
+        (
+            "sum by (instance, reason) (rate(secchat_logins_total[5m]))",
+            "label reason of secchat_logins_total (by)",
+        ),
+    ] {
+        assert_eq!(unknown_references(bad, &exported), [why]);
+    }
+}
