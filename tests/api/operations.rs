@@ -117,47 +117,44 @@ async fn the_signing_key_rotates_across_replicas_without_logging_anyone_out() {
 async fn backed_up_and_restored(backend: &Backend) -> Backend {
     let url = &backend.database_url;
     if url.starts_with("sqlite:") {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let copy = dir.join("restored.db");
-        let out = Command::new(env!("CARGO_BIN_EXE_secchat"))
-            .args(["--database-url", url, "--log-format", "json", "backup"])
-            .arg(&copy)
-            .env_clear()
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // The copy goes where a fresh embedded backend keeps its database.
+        let restored = Backend::embedded();
+        let copy = restored.database_url.trim_start_matches("sqlite://");
+        let out = succeeded(
+            Command::new(env!("CARGO_BIN_EXE_secchat"))
+                .args([
+                    "--database-url",
+                    url,
+                    "--log-format",
+                    "json",
+                    "backup",
+                    copy,
+                ])
+                .env_clear(),
+        )
+        .await;
         let log = String::from_utf8_lossy(&out.stdout);
         assert!(log.contains("backed up"), "{log}");
-        return Backend::on_database(format!("sqlite://{}", copy.display()));
+        return restored;
     }
     // postgres://…/test?options=-c%20search_path%3Dt_…: the server, the database, the schema.
     let (base, options) = url.split_once('?').unwrap();
     let schema = options.rsplit("%3D").next().unwrap();
     let (server, _) = base.rsplit_once('/').unwrap();
     let dump = tempfile::NamedTempFile::new().unwrap();
-    let out = Command::new("pg_dump")
-        .args([
-            "--format=custom",
-            "--no-owner",
-            "--schema",
-            schema,
-            "--file",
-        ])
-        .arg(dump.path())
-        .arg(base)
-        .output()
-        .await
-        .expect("pg_dump (Debian: postgresql-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(
+        Command::new("pg_dump")
+            .args([
+                "--format=custom",
+                "--no-owner",
+                "--schema",
+                schema,
+                "--file",
+            ])
+            .arg(dump.path())
+            .arg(base),
+    )
+    .await;
     let fresh = format!("r_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
         .await
@@ -167,23 +164,22 @@ async fn backed_up_and_restored(backend: &Backend) -> Backend {
         .await
         .unwrap();
     admin.close().await;
-    let out = Command::new("pg_restore")
-        .args([
-            "--no-owner",
-            "--exit-on-error",
-            "--dbname",
-            &format!("{server}/{fresh}"),
-        ])
-        .arg(dump.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let target = format!("{server}/{fresh}");
+    succeeded(
+        Command::new("pg_restore")
+            .args(["--no-owner", "--exit-on-error", "--dbname", &target])
+            .arg(dump.path()),
+    )
+    .await;
     Backend::on_database(format!("{server}/{fresh}?{options}"))
+}
+
+/// Runs `command` to its end; it must succeed.
+async fn succeeded(command: &mut Command) -> std::process::Output {
+    let out = command.output().await.expect("the command runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{command:?} failed: {stderr}");
+    out
 }
 
 /// A backup taken while a server writes restores into a fresh database: a
