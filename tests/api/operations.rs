@@ -430,3 +430,55 @@ async fn the_dashboard_and_the_alerts_query_only_what_the_server_exports() {
         assert_eq!(unknown_references(bad, &exported), [why]);
     }
 }
+
+/// `secchat backup` never overwrites a file (not even its own earlier copy)
+/// and leaves it as it was; with Postgres it names the tool that does it.
+#[tokio::test]
+async fn the_backup_command_never_overwrites_and_sends_postgres_to_pg_dump() {
+    let backend = Backend::embedded();
+    let url = backend.database_url.clone();
+    let live = std::path::PathBuf::from(url.trim_start_matches("sqlite://"));
+    let app = backend.spawn(|_| {}).await;
+    app.user("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let backup = |url: &str, to: &std::path::Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_secchat"));
+        command
+            .args(["--database-url", url, "backup"])
+            .arg(to)
+            .env_clear();
+        command
+    };
+    let copy = dir.path().join("copy.db");
+    succeeded(&mut backup(&url, &copy)).await;
+    let first = std::fs::read(&copy).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the copy holds password hashes: the owner's alone"
+    );
+    for to in [&copy, &live] {
+        let out = backup(&url, to).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("exists already"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(&copy).unwrap(), first, "left as it was");
+    let out = backup(
+        "postgres://secchat@127.0.0.1:1/secchat",
+        &dir.path().join("pg.db"),
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("pg_dump"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("pg.db").exists());
+}

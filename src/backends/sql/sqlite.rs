@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashMap,
+    os::unix::fs::OpenOptionsExt,
     str::FromStr,
     sync::{
         RwLock,
@@ -118,22 +119,32 @@ pub async fn backup(url: &str, to: &std::path::Path) -> anyhow::Result<BackupSum
     if !from.is_file() {
         anyhow::bail!("there is no database at {}", from.display());
     }
-    if to.exists() {
-        anyhow::bail!(
+    // Claimed first, empty (which VACUUM INTO accepts), readable by the owner
+    // alone (it holds password hashes): nothing else can be there, or come
+    // there meanwhile, to be overwritten or removed below.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+    {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
             "{} exists already: a backup never overwrites a file",
             to.display()
-        );
+        ),
+        Err(err) => return Err(err).with_context(|| format!("creating {}", to.display())),
     }
-    let target = to
-        .to_str()
-        .context("the backup's path must be UTF-8")?
-        .to_owned();
-    let db = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .with_context(|| format!("opening {}", from.display()))?;
+    let Some(target) = to.to_str().map(str::to_owned) else {
+        let _ = std::fs::remove_file(to);
+        anyhow::bail!("the backup's path must be UTF-8");
+    };
     let copied = async {
+        let db = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening {}", from.display()))?;
         let migrated: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
         )
@@ -148,10 +159,10 @@ pub async fn backup(url: &str, to: &std::path::Path) -> anyhow::Result<BackupSum
             .bind(&target)
             .execute(&db)
             .await?;
+        db.close().await;
         anyhow::Ok(())
     }
     .await;
-    db.close().await;
     if let Err(err) = copied {
         let _ = std::fs::remove_file(to);
         return Err(err.context(format!("copying {} into {}", from.display(), to.display())));
