@@ -128,9 +128,20 @@ pub fn accepted(via: Accepted) {
     per_message().accepted[via as usize].increment(1);
 }
 
+/// One directed message in this many is timed for
+/// `secchat_delivery_latency_seconds`: timing each would add a clock read
+/// and a histogram sample to every relayed message, and a sample of
+/// thousands a second gives the same percentiles (BENCHMARKS.md).
+pub const DELIVERY_LATENCY_SAMPLED_ONE_IN: i64 = 16;
+
 /// A directed message queued for its recipient's connections on this
-/// replica, `sent_at` being when the server accepted it (on any replica).
-pub fn delivery_latency(sent_at: chrono::DateTime<chrono::Utc>) {
+/// replica, `sent_at` being when the server accepted it (on any replica):
+/// timed when its id is a multiple of [`DELIVERY_LATENCY_SAMPLED_ONE_IN`]
+/// (ids are consecutive; ephemeral messages, id 0, always are).
+pub fn delivery_latency(id: i64, sent_at: chrono::DateTime<chrono::Utc>) {
+    if id % DELIVERY_LATENCY_SAMPLED_ONE_IN != 0 {
+        return;
+    }
     let elapsed = (chrono::Utc::now() - sent_at).to_std().unwrap_or_default();
     per_message().delivery_latency.record(elapsed.as_secs_f64());
 }

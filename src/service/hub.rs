@@ -174,7 +174,7 @@ impl Hub {
         let Some(targets) = map.get(&message.recipient_id) else {
             return false;
         };
-        crate::metrics::delivery_latency(message.sent_at);
+        crate::metrics::delivery_latency(message.id, message.sent_at);
         // Rendered once for the connections of each kind.
         let (mut plain, mut tracked) = (None, None);
         let frame = |id| {
