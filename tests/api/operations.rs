@@ -3,7 +3,10 @@
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use secchat::{auth::jwt::SigningKeys, config::Settings};
+use secchat::{
+    auth::jwt::SigningKeys,
+    config::{Settings, Switch},
+};
 use serde_json::{Value, json};
 use tokio::process::Command;
 use tokio_tungstenite::{connect_async, tungstenite::Message};
@@ -190,7 +193,14 @@ async fn succeeded(command: &mut Command) -> std::process::Output {
 #[tokio::test]
 async fn a_backup_taken_under_writes_restores_into_a_fresh_database() {
     let backend = Backend::new().await;
-    let app = backend.spawn(|_| {}).await;
+    // The writer below posts for as long as the backup takes (seconds on a
+    // busy machine): no sender budget or mailbox quota may stop it first.
+    let app = backend
+        .spawn(|s| {
+            s.rates.rate_limits = Switch::Off;
+            s.delivery.mailbox_max_messages = 1_000_000;
+        })
+        .await;
     let (alice, bob) = app.friends("alice", "bob").await;
     let carol = app.user("carol").await;
     assert!(app.add_contact(&carol.token, "alice").await.is_success());
