@@ -500,9 +500,6 @@ fn parse_network(raw: &str) -> Result<IpNet, String> {
 /// How a Postgres URL begins; anything else is SQLite (`sqlite:`).
 const POSTGRES_SCHEMES: [&str; 2] = ["postgres://", "postgresql://"];
 
-/// A store URL of a kind this server speaks. Anything else, an empty value
-/// included, is refused at start: sqlx would take it for a private in-memory
-/// database per connection, and the server would fail later and obscurely.
 /// A value parser whose error says why without quoting the value, as clap's
 /// own errors do: for settings that hold a secret or a URL with a password,
 /// which would otherwise reach the terminal and the logs of a failed start.
@@ -535,6 +532,9 @@ impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Unquo
     }
 }
 
+/// A store URL of a kind this server speaks. Anything else, an empty value
+/// included, is refused at start: sqlx would take it for a private in-memory
+/// database per connection, and the server would fail later and obscurely.
 fn parse_database_url(raw: &str) -> Result<String, String> {
     if POSTGRES_SCHEMES
         .iter()

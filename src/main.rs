@@ -24,15 +24,22 @@ async fn main() -> anyhow::Result<()> {
     }
     telemetry::init(settings.telemetry.log_format, settings.telemetry.no_color);
     if let Some(Command::Backup { file }) = &settings.command {
-        let copied = backends::backup(&settings, file).await?;
-        tracing::info!(
-            file = %file.display(),
-            bytes = copied.bytes,
-            users = copied.users,
-            messages = copied.messages,
-            "backed up"
-        );
-        return Ok(());
+        return match backends::backup(&settings, file).await {
+            Ok(copied) => {
+                tracing::info!(
+                    file = %file.display(),
+                    bytes = copied.bytes,
+                    users = copied.users,
+                    messages = copied.messages,
+                    "backed up"
+                );
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = format!("{err:#}"), "the backup failed");
+                Err(err)
+            }
+        };
     }
     let served = match App::build(settings).await {
         Ok(app) => {
