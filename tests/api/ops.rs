@@ -361,11 +361,7 @@ async fn relay_metrics_move_with_websocket_traffic() {
 async fn logs_are_json_with_request_ids_and_no_secrets() {
     use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_secchat"))
         .args([
             "--bind",
@@ -796,11 +792,7 @@ fn the_readme_lists_every_setting_as_help_does() {
 #[tokio::test]
 async fn the_server_outlives_whatever_read_its_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_secchat"))
@@ -840,11 +832,7 @@ async fn the_server_outlives_whatever_read_its_logs() {
 async fn settings_set_to_the_empty_string_count_as_unset() {
     use clap::CommandFactory as _;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let command = secchat::config::Settings::command();
     let names: Vec<String> = command
         .get_arguments()
