@@ -2,6 +2,7 @@
 
 use std::{
     borrow::Cow,
+    net::{Ipv4Addr, SocketAddrV4},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -14,8 +15,14 @@ use futures_util::{SinkExt, StreamExt, stream};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::{net::TcpStream, sync::Notify};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    sync::Notify,
+};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, client_async, connect_async,
+    tungstenite::{Message, client::IntoClientRequest},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -39,11 +46,31 @@ async fn connect_all_with(
 ) -> (Vec<Socket>, usize) {
     let jobs = (0..users.len() * per_user).map(|i| {
         let url = api::ws_url(&users[i % users.len()]) + query;
-        async move { connect_async(url).await.map(|(socket, _)| socket) }
+        connect(url, i)
     });
     let results: Vec<_> = stream::iter(jobs).buffered(parallel).collect().await;
     let failed = results.iter().filter(|r| r.is_err()).count();
     (results.into_iter().filter_map(Result::ok).collect(), failed)
+}
+
+/// The `i`-th connection to `url`. To a loopback IPv4 server it comes from one
+/// of 64 loopback addresses in turn: one source address has only the
+/// ephemeral port range (about 28,000 ports), too few for the 50,000
+/// connections of the capacity run.
+async fn connect(url: String, i: usize) -> anyhow::Result<Socket> {
+    let request = url.into_client_request()?;
+    let uri = request.uri();
+    let server = match (uri.host().map(str::parse::<Ipv4Addr>), uri.port_u16()) {
+        (Some(Ok(host)), Some(port)) if host.is_loopback() => SocketAddrV4::new(host, port),
+        _ => return Ok(connect_async(request).await?.0),
+    };
+    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % 64) as u8);
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddrV4::new(source, 0).into())?;
+    let stream = socket.connect(server.into()).await?;
+    stream.set_nodelay(true)?;
+    let (socket, _) = client_async(request, MaybeTlsStream::Plain(stream)).await?;
+    Ok(socket)
 }
 
 /// Reads every socket until it has been quiet for a while: the join notices of
