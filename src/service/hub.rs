@@ -195,7 +195,7 @@ impl Hub {
             // storing, whatever becomes of it.
             let frame = frame(None);
             for conn in targets {
-                conn.outbox.offer(Outgoing::Text(frame.clone()));
+                conn.outbox.offer(Outgoing::text(frame.clone()));
             }
             crate::metrics::relayed(crate::metrics::Relay::Direct, targets.len());
             return true;
@@ -204,10 +204,10 @@ impl Hub {
         for conn in targets {
             let item = if conn.manual_ack {
                 let frame = tracked.get_or_insert_with(|| frame(Some(message.id)));
-                Outgoing::Tracked(message.clone(), frame.clone(), receipt.clone())
+                Outgoing::direct(frame.clone(), receipt.clone())
             } else {
                 let frame = plain.get_or_insert_with(|| frame(None));
-                Outgoing::Direct(frame.clone(), receipt.clone())
+                Outgoing::direct(frame.clone(), receipt.clone())
             };
             conn.outbox.offer(item);
         }
@@ -223,7 +223,7 @@ impl Hub {
         let mut delivered = 0;
         let mut offer = |conns: &Vec<Connection>| {
             for conn in conns {
-                conn.outbox.offer(Outgoing::Text(frame.clone()));
+                conn.outbox.offer(Outgoing::text(frame.clone()));
             }
             delivered += conns.len();
         };
@@ -270,7 +270,7 @@ impl Hub {
             .collect();
         for conn in conns.iter().filter(|c| c.delivery.wants_receipts()) {
             for frame in &frames {
-                conn.outbox.offer(Outgoing::Text(frame.clone()));
+                conn.outbox.offer(Outgoing::text(frame.clone()));
             }
         }
     }
@@ -434,7 +434,7 @@ mod tests {
         hub.register(2, "b", here(), tx2, Arc::default(), usize::MAX);
         hub.deliver(Event::Direct(message(2)));
         match rx1.try_recv().unwrap() {
-            Outgoing::Direct(_, receipt) => receipt.settle(),
+            Outgoing::Frame(_, Some(receipt)) => receipt.settle(),
             _ => panic!("expected a direct frame"),
         }
         drop(rx2);

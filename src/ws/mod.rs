@@ -48,7 +48,8 @@ async fn upgrade(
 ) -> Response {
     let limit = state.settings.delivery.max_message_bytes;
     // Small buffers: tungstenite zero-fills its read buffer on every read, and
-    // each idle connection holds both (128 KiB each by default). The write
+    // each idle connection holds its read buffer from the start (128 KiB by
+    // default; the write buffer grows only as frames are written). The write
     // buffer is bounded too: a client that never reads must not make it grow
     // (with pongs to its pings, say). A frame can hold a message whose JSON
     // escaping made it up to six times longer.
@@ -158,7 +159,9 @@ async fn close(mut socket: WebSocket, why: Disconnect) {
 }
 
 /// Bytes read from a socket at once, and written before a flush is forced.
-const READ_BUFFER: usize = 4 * 1024;
+/// A kibibyte holds several chat frames (a longer one is read into a buffer
+/// of its own size); every idle connection keeps this much.
+const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
 
 /// The close frame that says why.

@@ -87,7 +87,7 @@ impl Session {
         user: AuthUser,
         peer: Endpoint,
         manual_ack: bool,
-    ) -> service::error::Result<Self> {
+    ) -> service::error::Result<Box<Self>> {
         let (outbox, inbox) = connection::outbox(
             state.settings.listen.ws_queue_len,
             state.settings.listen.ws_queue_bytes,
@@ -103,7 +103,9 @@ impl Session {
             user: user.clone(),
             connection,
         };
-        Ok(Self {
+        // Boxed: the upgrade's callback and then the session's task hold it,
+        // for as long as the connection lasts, as one pointer each.
+        Ok(Box::new(Self {
             state,
             user,
             connection,
@@ -112,23 +114,32 @@ impl Session {
             inbox: Some(inbox),
             teardown: Some(teardown),
             request_span: tracing::Span::current(),
-        })
+        }))
     }
 
-    pub async fn run(mut self, socket: WebSocket) {
+    /// The session's task. The socket is split before the task's future is
+    /// made, so that the future (kept for as long as the connection lasts)
+    /// holds the halves and not also a spent copy of the socket.
+    pub fn run(
+        mut self: Box<Self>,
+        socket: WebSocket,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let span = tracing::info_span!(
             parent: &self.request_span,
             "ws",
             user_id = self.user.id,
             conn = self.connection
         );
-        self.serve(socket).instrument(span).await
+        let halves = socket.split();
+        async move { self.serve(halves).await }.instrument(span)
     }
 
-    async fn serve(&mut self, socket: WebSocket) {
+    async fn serve(
+        &mut self,
+        (sink, mut stream): (SplitSink<WebSocket, Message>, SplitStream<WebSocket>),
+    ) {
         let _gauge = WsConnectionGauge::open();
         tracing::info!("websocket open");
-        let (sink, mut stream) = socket.split();
         let (state, user, closer) = (&self.state, &self.user, self.outbox.closer());
         let inbox = self.inbox.take().expect("a session is served once");
         let heard = Arc::new(AtomicBool::new(true));
@@ -142,7 +153,7 @@ impl Session {
             user: user.clone(),
             delivery: self.delivery.clone(),
             unflushed: Vec::new(),
-            batch: Vec::with_capacity(WRITE_BATCH),
+            batch: Vec::new(),
             fetch_again: None,
             fetch_pause: FETCH_RETRY_FIRST,
         };
@@ -247,7 +258,7 @@ async fn read_loop<'s>(
                 return;
             }
             Some(replies) = waiting.next(), if !waiting.is_empty() => {
-                if !queue_replies(replies, outbox, closer, &mut cancelled).await {
+                if !Box::pin(queue_replies(replies, outbox, closer, &mut cancelled)).await {
                     return;
                 }
                 continue;
@@ -267,10 +278,16 @@ async fn read_loop<'s>(
                 Ok(()) => {
                     refused_in_a_row = 0;
                     let jti = user.jti.clone();
-                    let replies = state
-                        .relay
-                        .on_text(user, connection, delivery, text.as_str())
-                        .await;
+                    // Boxed, like the replies below: the loop's future,
+                    // which every idle connection keeps, is not as large as
+                    // the largest frame's handling.
+                    let replies = Box::pin(state.relay.on_text(
+                        user,
+                        connection,
+                        delivery,
+                        text.as_str(),
+                    ))
+                    .await;
                     if user.jti != jti {
                         expiry.as_mut().reset(session_deadline(user, grace));
                     }
@@ -301,7 +318,7 @@ async fn read_loop<'s>(
         match replies {
             // Nothing before them still waits: written at once.
             Replies::Now(replies) if waiting.is_empty() || replies.is_empty() => {
-                if !queue_replies(replies, outbox, closer, &mut cancelled).await {
+                if !Box::pin(queue_replies(replies, outbox, closer, &mut cancelled)).await {
                     return;
                 }
             }
@@ -325,7 +342,7 @@ async fn queue_replies(
             _ = &mut *cancelled => return false,
             queued = tokio::time::timeout(
                 WRITE_DEADLINE,
-                outbox.send(Outgoing::Text(Utf8Bytes::from(reply))),
+                outbox.send(Outgoing::text(Utf8Bytes::from(reply))),
             ) => queued,
         };
         match queued {
@@ -372,7 +389,8 @@ struct Writer {
     delivery: Arc<Delivery>,
     /// Receipts of frames handed to the socket but not yet flushed.
     unflushed: Vec<Arc<Receipt>>,
-    /// The batch being written, kept to reuse its allocation.
+    /// The batch being written, kept to reuse its allocation (made at the
+    /// first write: an idle connection holds none).
     batch: Vec<Outgoing>,
     /// When to fetch stored messages again, a fetch having failed: nothing
     /// else may come to trigger one (no new message, no reconnect).
@@ -396,14 +414,28 @@ impl Writer {
     /// is dropped (its directed messages go back to be stored offline through
     /// their receipts), and the frames already handed to the socket are
     /// followed by the close frame, within [`CLOSE_GRACE`].
-    async fn run(mut self, mut inbox: OutboxReader, ping_every: Duration) {
-        let stop = self.serve(&mut inbox, ping_every).await;
-        drop(inbox);
-        if let Stop::Close = stop {
-            // Sending the close frame first flushes what was handed to the socket.
-            let closing = self.sink.send(close_frame(self.closer.reason()));
-            if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, closing).await {
-                self.unflushed.drain(..).for_each(|r| r.settle());
+    ///
+    /// Not an `async fn`: one of those keeps its arguments twice for as long
+    /// as it runs (as passed, and as bound), and this runs for as long as
+    /// the connection lasts.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn's future is larger by the arguments' second copy"
+    )]
+    fn run(
+        mut self,
+        mut inbox: OutboxReader,
+        ping_every: Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let stop = self.serve(&mut inbox, ping_every).await;
+            drop(inbox);
+            if let Stop::Close = stop {
+                // Sending the close frame first flushes what was handed to the socket.
+                let closing = self.sink.send(close_frame(self.closer.reason()));
+                if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, closing).await {
+                    self.unflushed.drain(..).for_each(|r| r.settle());
+                }
             }
         }
     }
@@ -439,7 +471,10 @@ impl Writer {
                         let written = tokio::select! {
                             biased;
                             _ = &mut cancelled => Err(Stop::Close),
-                            written = self.write(&mut batch) => written,
+                            // Boxed: a writer waits far longer between
+                            // batches than it writes one, and waits with a
+                            // smaller future for it.
+                            written = Box::pin(self.write(&mut batch)) => written,
                         };
                         batch.clear();
                         self.batch = batch;
@@ -492,38 +527,18 @@ impl Writer {
     /// acknowledges first stores the directed messages among them, held for
     /// it, so that they are delivered again if it goes without acknowledging.
     async fn write(&mut self, batch: &mut Vec<Outgoing>) -> Result<(), Stop> {
+        let manual = self.delivery.manual_ack;
         let tracked: Vec<Arc<DirectMessage>> = batch
             .iter()
             .filter_map(|item| match item {
-                Outgoing::Tracked(message, ..) => Some(message.clone()),
+                Outgoing::Frame(_, Some(receipt)) if manual => Some(receipt.message().clone()),
                 _ => None,
             })
             .collect();
         if !tracked.is_empty() {
-            // Recorded first: if storing is cut short after all, they are
-            // released when the connection goes, not left claimed.
-            self.hold(tracked.iter().map(|m| m.id))?;
-            let held = tokio::time::timeout(WRITE_DEADLINE, self.state.inbox.hold_for(&tracked));
-            let failure = match held.await {
-                // Over the mailbox quota: written, but held by nobody.
-                Ok(Ok(unheld)) => {
-                    self.delivery.acknowledged(&unheld);
-                    None
-                }
-                Ok(Err(err)) => Some(format!("{err:#}")),
-                Err(_) => Some("no answer within the write deadline".to_owned()),
-            };
-            if let Some(error) = failure {
-                // The store is down. Written unheld, a message would be lost
-                // if this connection went before acknowledging it; so they
-                // are not written, and go back through their receipts, to be
-                // stored once the store answers (then fetched here). The
-                // connection stays: everything else still reaches it.
-                tracing::warn!(error, "holding messages failed; they wait for the store");
-                let ids: Vec<i64> = tracked.iter().map(|m| m.id).collect();
-                self.delivery.unhold(&ids);
-                batch.retain(|item| !matches!(item, Outgoing::Tracked(..)));
-            }
+            // Boxed: only a connection that acknowledges gets here, and the
+            // store's future would make every writer's future larger.
+            Box::pin(self.hold_tracked(&tracked, batch)).await?;
         }
         let written = tokio::time::timeout(WRITE_DEADLINE, self.write_frames(batch)).await;
         match written {
@@ -540,18 +555,52 @@ impl Writer {
         }
     }
 
+    /// Stores the directed messages of a batch held for this connection
+    /// before they are written. Should the store fail, they are taken out of
+    /// the batch (they go back through their receipts).
+    async fn hold_tracked(
+        &mut self,
+        tracked: &[Arc<DirectMessage>],
+        batch: &mut Vec<Outgoing>,
+    ) -> Result<(), Stop> {
+        // Recorded first: if storing is cut short after all, they are
+        // released when the connection goes, not left claimed.
+        self.hold(tracked.iter().map(|m| m.id))?;
+        let held = tokio::time::timeout(WRITE_DEADLINE, self.state.inbox.hold_for(tracked));
+        let failure = match held.await {
+            // Over the mailbox quota: written, but held by nobody.
+            Ok(Ok(unheld)) => {
+                self.delivery.acknowledged(&unheld);
+                None
+            }
+            Ok(Err(err)) => Some(format!("{err:#}")),
+            Err(_) => Some("no answer within the write deadline".to_owned()),
+        };
+        if let Some(error) = failure {
+            // The store is down. Written unheld, a message would be lost
+            // if this connection went before acknowledging it; so they
+            // are not written, and go back through their receipts, to be
+            // stored once the store answers (then fetched here). The
+            // connection stays: everything else still reaches it.
+            tracing::warn!(error, "holding messages failed; they wait for the store");
+            let ids: Vec<i64> = tracked.iter().map(|m| m.id).collect();
+            self.delivery.unhold(&ids);
+            batch.retain(|item| !matches!(item, Outgoing::Frame(_, Some(_))));
+        }
+        Ok(())
+    }
+
     async fn write_frames(&mut self, batch: &mut Vec<Outgoing>) -> Result<(), axum::Error> {
         for item in batch.drain(..) {
-            let (frame, receipt) = match item {
-                Outgoing::Text(frame) => (frame, None),
-                Outgoing::Direct(frame, receipt) => (frame, Some(receipt)),
-                Outgoing::Tracked(_, frame, receipt) => {
-                    // Stored for this connection: safe whatever the socket does.
-                    receipt.settle();
-                    (frame, None)
-                }
-                Outgoing::Fetch => unreachable!("a batch holds frames only"),
+            let Outgoing::Frame(frame, mut receipt) = item else {
+                unreachable!("a batch holds frames only");
             };
+            if self.delivery.manual_ack
+                && let Some(receipt) = receipt.take()
+            {
+                // Stored for this connection: safe whatever the socket does.
+                receipt.settle();
+            }
             self.sink.feed(Message::Text(frame)).await?;
             // Only once the socket took it: a write cut short before that
             // drops the receipt unsettled, and the message is stored.
@@ -575,9 +624,18 @@ impl Writer {
     /// too. A plain connection deletes those written and releases the rest; a
     /// connection that acknowledges holds them until it does. Each write has
     /// [`WRITE_DEADLINE`].
-    async fn fetch(
+    /// Boxed: fetching is rare next to writing, and the writer's future,
+    /// which every idle connection keeps, would otherwise be as large as it.
+    fn fetch<'a>(
+        &'a mut self,
+        cancelled: &'a mut Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> BoxFuture<'a, Result<(), Stop>> {
+        Box::pin(self.fetch_pages(cancelled))
+    }
+
+    async fn fetch_pages(
         &mut self,
-        cancelled: &mut std::pin::Pin<&mut WaitForCancellationFuture<'_>>,
+        cancelled: &mut Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Result<(), Stop> {
         self.delivery.fetch_taken();
         self.fetch_again = None;
