@@ -3,14 +3,14 @@
 use axum::{
     Json, Router,
     extract::State,
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, put},
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::views::{ContactEntry, Detail, OnlineContact, PendingEntry};
+use super::views::{ContactEntry, Detail, OnlineContact, PendingEntry, online_contacts_json};
 use crate::{
     domain::UserId,
     error::ApiError,
@@ -185,9 +185,6 @@ async fn remove(
     responses((status = 200, body = [OnlineContact]), (status = 401, body = Detail)))]
 async fn online(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
     let online = state.contacts.online_contacts(&user).await?;
-    let entries: Vec<_> = online
-        .iter()
-        .map(|(card, seen)| OnlineContact::new(card, seen))
-        .collect();
-    Ok(Json(entries).into_response())
+    let body = online_contacts_json(online.iter());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -9,7 +9,10 @@
 //! once; and presence records `last_seen` at the instant the store does, so an
 //! answer needs no store read at all.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use moka::sync::Cache;
 
@@ -36,6 +39,11 @@ pub struct Card {
     pub id: UserId,
     pub username: String,
     pub public_key: String,
+    /// The view's rendering of what does not change while the card is
+    /// cached, made at its first answer: clients poll the panel, and
+    /// escaping the same names and keys into JSON at every poll was most of
+    /// an answer's cost.
+    pub rendered: OnceLock<Box<str>>,
 }
 
 struct Listed {
@@ -124,6 +132,7 @@ impl OnlineContacts {
                 id: u.id,
                 username: u.username,
                 public_key: u.public_key,
+                rendered: OnceLock::new(),
             })
             .collect();
         let list = Arc::new(Listed { version, cards });
