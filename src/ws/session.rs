@@ -258,7 +258,7 @@ async fn read_loop<'s>(
                 return;
             }
             Some(replies) = waiting.next(), if !waiting.is_empty() => {
-                if !Box::pin(queue_replies(replies, outbox, closer, &mut cancelled)).await {
+                if !queue_replies(replies, outbox, closer, &mut cancelled).await {
                     return;
                 }
                 continue;
@@ -278,9 +278,9 @@ async fn read_loop<'s>(
                 Ok(()) => {
                     refused_in_a_row = 0;
                     let jti = user.jti.clone();
-                    // Boxed, like the replies below: the loop's future,
-                    // which every idle connection keeps, is not as large as
-                    // the largest frame's handling.
+                    // Boxed (as are the replies, in `queue_replies`): the
+                    // loop's future, which every idle connection keeps, is
+                    // not as large as the largest frame's handling.
                     let replies = Box::pin(state.relay.on_text(
                         user,
                         connection,
@@ -318,7 +318,7 @@ async fn read_loop<'s>(
         match replies {
             // Nothing before them still waits: written at once.
             Replies::Now(replies) if waiting.is_empty() || replies.is_empty() => {
-                if !Box::pin(queue_replies(replies, outbox, closer, &mut cancelled)).await {
+                if !queue_replies(replies, outbox, closer, &mut cancelled).await {
                     return;
                 }
             }
@@ -331,7 +331,19 @@ async fn read_loop<'s>(
 /// Hands replies to the writer; false when the connection must end. A
 /// client that sends faster than its replies are written waits; one that
 /// reads none of them for a whole deadline is let go.
-async fn queue_replies(
+///
+/// Boxed, like a frame's handling: the read loop's future, which every idle
+/// connection keeps, is not as large as this one.
+fn queue_replies<'a>(
+    replies: Vec<String>,
+    outbox: &'a Outbox,
+    closer: &'a Closer,
+    cancelled: &'a mut Pin<&mut WaitForCancellationFuture<'_>>,
+) -> BoxFuture<'a, bool> {
+    Box::pin(queue_replies_now(replies, outbox, closer, cancelled))
+}
+
+async fn queue_replies_now(
     replies: Vec<String>,
     outbox: &Outbox,
     closer: &Closer,
