@@ -410,7 +410,10 @@ async fn a_users_connections_share_one_frame_budget() {
     watcher.silent_for(Duration::from_millis(300)).await;
     // Carol's budget is her own.
     watcher.send_text("carol here").await;
-    assert_eq!(one.text().await, "carol: carol here");
+    assert_eq!(
+        one.text_but_notices_of(&["carol"]).await,
+        "carol: carol here"
+    );
     assert!(
         refusals(&app, "ws_frames_per_user").await > before,
         "counted"
