@@ -27,7 +27,35 @@ pub fn before(at: DateTime<Utc>, span: std::time::Duration) -> DateTime<Utc> {
 }
 
 pub fn iso(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+    let mut out = Vec::with_capacity(ISO_LEN);
+    write_iso(&mut out, at);
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// The length of [`iso`] in the years 0 to 9999.
+const ISO_LEN: usize = "2025-07-01T10:00:02Z".len();
+
+/// Appends [`iso`]`(at)` to `out`: digit by digit in the years 0 to 9999
+/// (what every stored time is; a panel writes one a contact), as chrono
+/// writes it otherwise.
+pub fn write_iso(out: &mut Vec<u8>, at: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let (date, time) = (at.date_naive(), at.time());
+    let year = date.year();
+    // A leap second chrono represents as nanoseconds past the second.
+    if !(0..=9999).contains(&year) || time.nanosecond() >= 1_000_000_000 {
+        out.extend_from_slice(at.to_rfc3339_opts(SecondsFormat::Secs, true).as_bytes());
+        return;
+    }
+    let two = |n: u32| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+    let year = year as u32;
+    let [c, y] = [two(year / 100), two(year % 100)];
+    let [mo, d] = [two(date.month()), two(date.day())];
+    let [h, mi, s] = [two(time.hour()), two(time.minute()), two(time.second())];
+    out.extend_from_slice(&[
+        c[0], c[1], y[0], y[1], b'-', mo[0], mo[1], b'-', d[0], d[1], b'T', h[0], h[1], b':',
+        mi[0], mi[1], b':', s[0], s[1], b'Z',
+    ]);
 }
 
 /// `#[serde(serialize_with = "iso8601")]`
@@ -72,6 +100,43 @@ pub mod compact {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use chrono::{DateTime, NaiveDate, SecondsFormat};
+
+    /// Written by hand as chrono writes it: every field's carry, the years at
+    /// both ends of four digits and past them, a leap second.
+    #[test]
+    fn iso_is_what_chrono_writes() {
+        let chrono = |at: DateTime<chrono::Utc>| at.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let mut times: Vec<DateTime<chrono::Utc>> = [
+            0,
+            1,
+            59,
+            86_399,
+            951_782_400,   // 2000-02-29
+            1_767_225_599, // 2025-12-31T23:59:59
+            253_402_300_799,
+            253_402_300_800,
+            -62_167_219_200, // 0000-01-01
+            -62_167_219_201,
+        ]
+        .into_iter()
+        .map(|secs| DateTime::from_timestamp(secs, 999_999_999).unwrap())
+        .collect();
+        // Every hour of a few years, at odd seconds.
+        times.extend(
+            (0..50_000i64).map(|i| DateTime::from_timestamp(1_700_000_000 + i * 3_607, 0).unwrap()),
+        );
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc();
+        times.push(leap);
+        for at in times {
+            assert_eq!(super::iso(at), chrono(at), "{at:?}");
+        }
+    }
 
     #[test]
     fn spans_past_the_calendar_saturate() {

@@ -181,41 +181,83 @@ pub struct OnlineContact<'a> {
 /// id, name and key are escaped once while its list is cached
 /// ([`Card::rendered`]), and where it is (an address, a port, a time) needs
 /// no escaping.
-pub fn online_contacts_json<'a>(online: impl Iterator<Item = (&'a Card, Sighting)>) -> Vec<u8> {
-    use std::io::Write;
-    let mut out = Vec::with_capacity(4096);
+pub fn online_contacts_json<'a>(
+    online: impl Iterator<Item = (&'a Card, Sighting)> + Clone,
+) -> Vec<u8> {
+    // The longest address, port and time, with the names around them.
+    const PLACE: usize =
+        r#","ip_address":"","port":,"is_online":true,"last_seen":"2025-07-01T10:00:02Z"}"#.len()
+            + "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".len()
+            + "65535".len();
+    // Sized once: the body is some 100 bytes an entry beyond its card's.
+    let capacity = online
+        .clone()
+        .map(|(card, _)| head(card).len() + PLACE + 1)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(capacity + 2);
     out.push(b'[');
     for (i, (card, seen)) in online.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let head = card.rendered.get_or_init(|| {
-            #[derive(Serialize)]
-            struct Head<'a> {
-                id: UserId,
-                username: &'a str,
-                public_key: &'a str,
-            }
-            let head = Head {
-                id: card.id,
-                username: &card.username,
-                public_key: &card.public_key,
-            };
-            let mut json = serde_json::to_string(&head).expect("strings and numbers serialize");
-            json.pop(); // the closing brace: where the rest goes
-            json.into_boxed_str()
-        });
-        out.extend_from_slice(head.as_bytes());
-        let _ = write!(
-            out,
-            r#","ip_address":"{}","port":{},"is_online":true,"last_seen":"{}"}}"#,
-            seen.at.ip,
-            seen.at.port,
-            crate::domain::time::iso(seen.seen)
-        );
+        out.extend_from_slice(head(card).as_bytes());
+        out.extend_from_slice(br#","ip_address":""#);
+        write_ip(&mut out, seen.at.ip);
+        out.extend_from_slice(br#"","port":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(seen.at.port).as_bytes());
+        out.extend_from_slice(br#","is_online":true,"last_seen":""#);
+        crate::domain::time::write_iso(&mut out, seen.seen);
+        out.extend_from_slice(br#""}"#);
     }
     out.push(b']');
     out
+}
+
+/// `{"id":…,"username":…,"public_key":…` of a card (without its closing
+/// brace: where the rest goes), escaped once while its list is cached.
+fn head(card: &Card) -> &str {
+    card.rendered.get_or_init(|| {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            id: UserId,
+            username: &'a str,
+            public_key: &'a str,
+        }
+        let head = Head {
+            id: card.id,
+            username: &card.username,
+            public_key: &card.public_key,
+        };
+        let mut json = serde_json::to_string(&head).expect("strings and numbers serialize");
+        json.pop();
+        json.into_boxed_str()
+    })
+}
+
+/// An address as `Display` writes it; IPv4 (what nearly every client is
+/// seen at) octet by octet.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                // Digits pushed one by one: a copy call a number cost more.
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Where to reach one user directly.
@@ -305,6 +347,8 @@ mod tests {
             card(1, "alice", "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="),
             card(2, "quote\"back\\slash\u{1}tab\tžluťoučký", "key</script>"),
             card(3, "日本語", ""),
+            card(4, "dora", "k"),
+            card(5, "emil", "k"),
         ];
         let at = |ip: &str, port| Sighting {
             at: Endpoint {
@@ -317,6 +361,8 @@ mod tests {
             at("203.0.113.7", 40000),
             at("2001:db8::1", 0),
             at("::ffff:198.51.100.2", 65535),
+            at("0.0.0.0", 7),
+            at("255.255.255.255", 10000),
         ];
         let entries = || cards.iter().zip(seen);
         let by_serde: Vec<_> = entries()

@@ -75,7 +75,7 @@ pub struct Online {
 }
 
 impl Online {
-    pub fn iter(&self) -> impl Iterator<Item = (&Card, Sighting)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Card, Sighting)> + Clone {
         self.list
             .cards
             .iter()
