@@ -43,6 +43,9 @@ trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; sleep 1; rm -rf
 # stay on, at rates no scenario reaches, so that their cost is measured.
 one_address="MAX_WS_PER_IP=1000000 MAX_WS_PER_USER=1000 MAILBOX_MAX_MESSAGES=1000000 MAILBOX_MAX_BYTES=1000000000"
 unlimited="LOGIN_RATE_PER_IP=1000000/s REGISTER_RATE_PER_IP=1000000/s SEARCH_RATE_PER_USER=1000000/s OFFLINE_RATE_PER_SENDER=1000000/s WS_FRAME_RATE_PER_CONNECTION=1000000/s WS_FRAME_RATE_PER_USER=1000000/s INBOX_RATE_PER_USER=1000000/s CONTACT_RATE_PER_USER=1000000/s HEARTBEAT_RATE_PER_USER=1000000/s TURN_RATE_PER_USER=1000000/s KEY_CHANGE_RATE_PER_USER=1000000/s BROADCAST_FANOUT_PER_USER=4000000000/s LOGIN_FREE_FAILURES=1000000"
+# The WebSocket scenarios share their users (see run() below), whose tokens
+# must outlast the whole run.
+lasting="TOKEN_TTL_SECS=86400"
 urls=(); pids=()
 for i in $(seq 1 "$replicas"); do
     port=$((19100 + i))
@@ -54,10 +57,10 @@ for i in $(seq 1 "$replicas"); do
     [ "$i" -gt 1 ] || psql "${DATABASE_URL:-postgres://postgres@127.0.0.1:5432}/postgres" -qc "CREATE DATABASE $db" >/dev/null
     env DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432}/$db" \
         REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}" REDIS_PREFIX="bench$$" \
-        JWT_SECRET=benchmark-secret-benchmark-secret-0123 RUST_LOG=warn $one_address $unlimited \
+        JWT_SECRET=benchmark-secret-benchmark-secret-0123 RUST_LOG=warn $one_address $unlimited $lasting \
         "$server" --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
   else
-        env -C "$work" RUST_LOG=warn $one_address $unlimited "$server" --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
+        env -C "$work" RUST_LOG=warn $one_address $unlimited $lasting "$server" --bind 127.0.0.1:$port > "$work/server$i.log" 2>&1 &
   fi
   echo $! > "$work/server$i.pid"
   urls+=(--url "http://127.0.0.1:$port")
@@ -95,7 +98,16 @@ fi
 
 # The login storm and the idle connections are measured over half the window.
 half=$(awk "BEGIN { print $duration / 2 }")
-run() { target/release/loadgen "$@" "${urls[@]}" "${pids[@]}" --prefix "r$RANDOM"; }
+# The WebSocket scenarios of one role (the ws-direct family's pairs, the
+# broadcasts' listeners, the idle connections' users) are registered once and
+# reused by the next (two password hashes a user were most of CI's benchmark
+# step); the HTTP scenarios change their users (log them out, fill their
+# mailboxes), so each has its own.
+run() {
+  local users=(--prefix "r$RANDOM")
+  case $1 in ws-*|conn-*) users=(--prefix "r$$" --accounts "$work/accounts") ;; esac
+  target/release/loadgen "$@" "${urls[@]}" "${pids[@]}" "${users[@]}"
+}
 # conn-capacity for $1 connections, or a line saying why it cannot run here.
 capacity() {
   local needed=$(( $1 + 200 ))  # the generator holds every one

@@ -30,7 +30,7 @@ async fn user_with_contacts(
     let prefix = common.prefix();
     let mut names = vec![format!("{prefix}{tag}owner")];
     names.extend((0..contacts).map(|i| format!("{prefix}{tag}{i}")));
-    let mut users = api::users(http, names, |i| common.url(i).to_owned()).await?;
+    let mut users = api::register(http, common, names).await?;
     let owner = users.remove(0);
     api::befriend(http, &owner, &users).await?;
     for offline in &users[contacts / 2..] {
@@ -155,7 +155,7 @@ pub async fn offline(common: &Common, args: OfflineArgs) -> anyhow::Result<Value
     let prefix = common.prefix();
     let n = args.users.max(1);
     let names = (0..2 * n).map(|i| format!("{prefix}m{i}")).collect();
-    let users = api::users(&http, names, |i| common.url(i).to_owned()).await?;
+    let users = api::register(&http, common, names).await?;
     let (senders, recipients) = users.split_at(n);
     // People write to their contacts (a stranger's budget in a mailbox is small).
     for sender in senders {
@@ -253,7 +253,7 @@ pub async fn storm(common: &Common, args: StormArgs) -> anyhow::Result<Value> {
     let names = (0..args.concurrency.max(1))
         .map(|i| format!("{prefix}st{i}"))
         .collect();
-    let stormers = Arc::new(api::users(&http, names, |i| common.url(i).to_owned()).await?);
+    let stormers = Arc::new(api::register(&http, common, names).await?);
     let setup_s = setup.elapsed().as_secs_f64();
 
     let probe = |http: Client, owner: User, window: Duration| {

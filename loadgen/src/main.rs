@@ -49,6 +49,12 @@ pub struct Common {
     /// different prefixes).
     #[arg(long, global = true)]
     pub prefix: Option<String>,
+    /// A file of the users earlier runs registered against these servers
+    /// (with the same prefix), reused rather than registered again; the users
+    /// this run registers are added to it. Runs in one sitting then pay for
+    /// each user's two password hashes once (`benches/run.sh` does so).
+    #[arg(long, global = true)]
+    pub accounts: Option<std::path::PathBuf>,
 }
 
 impl Common {

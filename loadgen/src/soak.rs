@@ -710,6 +710,7 @@ async fn befriend_ring(
             name: names[i].clone(),
             token,
             url: url.to_owned(),
+            reused: false,
         })
         .collect();
     let jobs = pairs

@@ -140,7 +140,7 @@ pub async fn direct(common: &Common, args: DirectArgs) -> anyhow::Result<Value> 
     let http = api::client();
     let prefix = common.prefix();
     let names = (0..n).map(|i| format!("{prefix}d{i}")).collect();
-    let users = api::users(&http, names, |i| common.url(i).to_owned()).await?;
+    let users = api::users(&http, common, names).await?;
     // Partners accept each other: a stranger's messages are always stored.
     api::befriend_pairs(&http, &users).await?;
     let query = if args.acknowledged { "&ack=manual" } else { "" };
@@ -402,7 +402,7 @@ pub async fn broadcast(common: &Common, args: BroadcastArgs) -> anyhow::Result<V
     let http = api::client();
     let prefix = common.prefix();
     let names = (0..n).map(|i| format!("{prefix}b{i}")).collect();
-    let users = api::users(&http, names, |i| common.url(i).to_owned()).await?;
+    let users = api::users(&http, common, names).await?;
     let (sockets, failed) = connect_all(&users, 1, 64).await;
     anyhow::ensure!(failed == 0, "{failed} connections failed");
     let mut sockets = settle(sockets).await;
@@ -531,7 +531,7 @@ pub async fn capacity(common: &Common, args: CapacityArgs) -> anyhow::Result<Val
     let prefix = common.prefix();
     let user_count = args.users.clamp(1, args.connections.max(1));
     let names = (0..user_count).map(|i| format!("{prefix}c{i}")).collect();
-    let users = api::users(&http, names, |i| common.url(i).to_owned()).await?;
+    let users = api::users(&http, common, names).await?;
     let setup_s = setup.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = measure::rss_bytes(&common.server_pids);

@@ -33,9 +33,14 @@ async fn run(url: &str, args: &[&str]) -> Value {
         "run{}",
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
+    run_as(url, args, &prefix).await
+}
+
+/// A run whose users are named with `prefix`.
+async fn run_as(url: &str, args: &[&str], prefix: &str) -> Value {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(args)
-        .args(["--url", url, "--duration", "1", "--prefix", &prefix])
+        .args(["--url", url, "--duration", "1", "--prefix", prefix])
         .output()
         .await
         .expect("loadgen runs");
@@ -59,6 +64,29 @@ async fn every_scenario_runs() {
     assert!(direct["delivered"].as_u64().unwrap() > 0);
     assert_eq!(direct["lost"], 0);
     assert!(direct["latency"]["p99_ms"].is_number());
+
+    // Runs sharing an accounts file reuse the users (and the pairs) set up
+    // before: registering or befriending one again would be refused.
+    let accounts = dir.path().join("accounts");
+    let accounts = accounts.to_str().unwrap();
+    for connections in ["6", "8"] {
+        let shared = run_as(
+            &url,
+            &[
+                "ws-direct",
+                "--connections",
+                connections,
+                "--accounts",
+                accounts,
+            ],
+            "shared",
+        )
+        .await;
+        assert!(shared["delivered"].as_u64().unwrap() > 0);
+        assert_eq!(shared["lost"], 0);
+    }
+    let lines = std::fs::read_to_string(accounts).unwrap();
+    assert_eq!(lines.lines().count(), 8, "each user once: {lines}");
 
     let paced = run(&url, &["ws-direct", "--connections", "4", "--rate", "200"]).await;
     assert_eq!(paced["lost"], 0);
