@@ -78,6 +78,15 @@ struct AckFields<'a> {
 }
 
 impl<'a> ClientFrame<'a> {
+    /// The client's name for the message the frame carries, if it gave one:
+    /// an answer to the frame, whatever it is, carries it.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Self::Direct { client_id, .. } => client_id.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn parse(text: &'a str) -> Self {
         if !text.trim_start().starts_with('{') {
             return Self::Broadcast(text);

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::close_frame;
 use crate::{
     connection::{self, Closer, Delivery, Outbox, OutboxReader, Outgoing, Receipt},
-    domain::{Arrival, DirectMessage, Disconnect, Endpoint, ServerFrame},
+    domain::{Arrival, ClientFrame, DirectMessage, Disconnect, Endpoint, ServerFrame},
     metrics::WsConnectionGauge,
     service::{self, authn::AuthUser, inbox::PUSH_CLAIM, relay::Replies},
     state::AppState,
@@ -299,11 +299,19 @@ async fn read_loop<'s>(
                         closer.close(Disconnect::RateLimited);
                         return;
                     }
+                    let error = format!(
+                        "too many messages: not relayed; slow down and retry in {} s",
+                        wait.as_secs_f64().ceil().max(1.0)
+                    );
+                    // Read only to name the refused message: a client that
+                    // waits for its `sent` learns it must send it again.
+                    let frame = ClientFrame::parse(text.as_str());
+                    let client_id = frame.client_id();
                     vec![
-                        ServerFrame::error(&format!(
-                            "too many messages: not relayed; slow down and retry in {} s",
-                            wait.as_secs_f64().ceil().max(1.0)
-                        ))
+                        ServerFrame::Error {
+                            error: &error,
+                            client_id,
+                        }
                         .to_text(),
                     ]
                     .into()

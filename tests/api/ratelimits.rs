@@ -403,10 +403,16 @@ async fn a_users_connections_share_one_frame_budget() {
     }
     seen.sort();
     assert_eq!(seen, ["bob: one 0", "bob: one 1", "bob: two 0"]);
-    two.send_json(json!({"recipient_username": "carol", "content": "x"}))
+    // Directed frames count too; the refusal names the message, if it has a
+    // name, as every error answering such a frame does.
+    two.send_json(json!({"recipient_username": "carol", "content": "x", "client_id": "c1"}))
         .await;
-    let error = two.error().await; // directed frames count too
-    assert!(error.contains("too many"), "{error}");
+    let refusal = two.json().await;
+    assert!(
+        refusal["error"].as_str().unwrap().contains("too many"),
+        "{refusal}"
+    );
+    assert_eq!(refusal["client_id"], "c1", "{refusal}");
     watcher.silent_for(Duration::from_millis(300)).await;
     // Carol's budget is her own.
     watcher.send_text("carol here").await;
