@@ -15,6 +15,11 @@ pub mod contract;
 /// The longest `client_id` accepted, in characters.
 pub const CLIENT_ID_MAX_CHARS: usize = 64;
 
+/// Whether the server takes `client_id` (and names it in its answers).
+pub fn is_valid(client_id: &str) -> bool {
+    (1..=CLIENT_ID_MAX_CHARS).contains(&client_id.chars().count())
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("client-id backend unavailable")]
 pub struct ClientIdError(#[source] pub anyhow::Error);

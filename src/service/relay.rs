@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     bus::{Answer, Audience, Bus, Event},
-    client_ids::{CLIENT_ID_MAX_CHARS, ClientIds},
+    client_ids::{self, CLIENT_ID_MAX_CHARS, ClientIds},
     config::{Settings, Switch, Visibility},
     connection::{Delivery, Outbox},
     domain::{
@@ -318,8 +318,7 @@ impl Relay {
             } => (recipient_username, content, client_id, ephemeral),
         };
         if let Some(client_id) = &client_id {
-            let chars = client_id.chars().count();
-            if chars == 0 || chars > CLIENT_ID_MAX_CHARS {
+            if !client_ids::is_valid(client_id) {
                 return vec![
                     ServerFrame::error(&format!(
                         "client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters"

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::close_frame;
 use crate::{
+    client_ids,
     connection::{self, Closer, Delivery, Outbox, OutboxReader, Outgoing, Receipt},
     domain::{Arrival, ClientFrame, DirectMessage, Disconnect, Endpoint, ServerFrame},
     metrics::WsConnectionGauge,
@@ -303,10 +304,11 @@ async fn read_loop<'s>(
                         "too many messages: not relayed; slow down and retry in {} s",
                         wait.as_secs_f64().ceil().max(1.0)
                     );
-                    // Read only to name the refused message: a client that
-                    // waits for its `sent` learns it must send it again.
+                    // Read only to name the refused message (by a name the
+                    // server would take): a client that waits for its
+                    // `sent` learns it must send it again.
                     let frame = ClientFrame::parse(text.as_str());
-                    let client_id = frame.client_id();
+                    let client_id = frame.client_id().filter(|id| client_ids::is_valid(id));
                     vec![
                         ServerFrame::Error {
                             error: &error,

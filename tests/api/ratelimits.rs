@@ -413,6 +413,14 @@ async fn a_users_connections_share_one_frame_budget() {
         "{refusal}"
     );
     assert_eq!(refusal["client_id"], "c1", "{refusal}");
+    // A name the server would not take is not repeated back.
+    two.send_json(
+        json!({"recipient_username": "carol", "content": "x", "client_id": "n".repeat(65)}),
+    )
+    .await;
+    let refusal = two.json().await;
+    assert!(refusal["error"].is_string(), "{refusal}");
+    assert!(refusal.get("client_id").is_none(), "{refusal}");
     watcher.silent_for(Duration::from_millis(300)).await;
     // Carol's budget is her own.
     watcher.send_text("carol here").await;
