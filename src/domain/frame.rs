@@ -25,8 +25,9 @@ pub enum ClientFrame<'a> {
     /// `{"type": "auth", "token": "..."}`: the client renews the connection's
     /// authentication with a newer token.
     Auth { token: Cow<'a, str> },
-    /// Some other JSON object: a client mistake, answered with an error.
-    Malformed,
+    /// Some other JSON object: a client mistake, answered with an error
+    /// (which names the frame's `client_id`, if it has a string one).
+    Malformed { client_id: Option<Cow<'a, str>> },
 }
 
 /// Whether a broadcast may carry `c`: not a control character (C0, C1: ESC,
@@ -70,6 +71,28 @@ struct DirectFields<'a> {
     ephemeral: bool,
 }
 
+/// What any JSON object may name: the client's id for it, if a string.
+#[derive(Deserialize)]
+struct NamedFields<'a> {
+    #[serde(borrow, default, deserialize_with = "string_or_none")]
+    client_id: Option<Cow<'a, str>>,
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<'a> {
+        Text(#[serde(borrow)] Cow<'a, str>),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Text(text) => Some(text),
+        Either::Other(_) => None,
+    })
+}
+
 #[derive(Deserialize)]
 struct AckFields<'a> {
     #[serde(borrow)]
@@ -82,7 +105,7 @@ impl<'a> ClientFrame<'a> {
     /// an answer to the frame, whatever it is, carries it.
     pub fn client_id(&self) -> Option<&str> {
         match self {
-            Self::Direct { client_id, .. } => client_id.as_deref(),
+            Self::Direct { client_id, .. } | Self::Malformed { client_id } => client_id.as_deref(),
             _ => None,
         }
     }
@@ -107,7 +130,13 @@ impl<'a> ClientFrame<'a> {
                         ids: f.ids.into_iter().map(|id| id.0).collect(),
                     }
                 }
-                _ if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => Self::Malformed,
+                _ if let Ok(f) = serde_json::from_str::<NamedFields>(text) => Self::Malformed {
+                    client_id: f.client_id,
+                },
+                // An object all the same (its `client_id` twice, say).
+                _ if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                    Self::Malformed { client_id: None }
+                }
                 // Text that merely starts like JSON is still a broadcast.
                 _ => Self::Broadcast(text),
             },
@@ -144,7 +173,17 @@ mod tests {
     fn the_three_kinds() {
         assert_eq!(ClientFrame::parse("hi"), ClientFrame::Broadcast("hi"));
         assert_eq!(ClientFrame::parse("{oops"), ClientFrame::Broadcast("{oops"));
-        assert_eq!(ClientFrame::parse(r#"{"a": 1}"#), ClientFrame::Malformed);
+        assert_eq!(
+            ClientFrame::parse(r#"{"a": 1}"#),
+            ClientFrame::Malformed { client_id: None }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"content": "x", "client_id": "c\"1"}"#),
+            ClientFrame::Malformed {
+                client_id: Some("c\"1".into())
+            },
+            "a malformed frame keeps its name, escaped or not"
+        );
         assert_eq!(
             ClientFrame::parse(r#" {"recipient_username": "bob", "content": "x\n", "extra": []}"#),
             ClientFrame::Direct {
@@ -167,7 +206,7 @@ mod tests {
         );
         assert_eq!(
             ClientFrame::parse(r#"{"recipient_username": "bob", "content": "x", "client_id": 1}"#),
-            ClientFrame::Malformed,
+            ClientFrame::Malformed { client_id: None },
             "a client id is a string"
         );
         assert_eq!(
@@ -176,11 +215,11 @@ mod tests {
         );
         assert_eq!(
             ClientFrame::parse(r#"{"type": "ack", "ids": [3.5]}"#),
-            ClientFrame::Malformed
+            ClientFrame::Malformed { client_id: None }
         );
         assert_eq!(
             ClientFrame::parse(r#"{"recipient_username": 7, "content": "x"}"#),
-            ClientFrame::Malformed
+            ClientFrame::Malformed { client_id: None }
         );
         assert_eq!(
             ClientFrame::parse(r#"{"type": "auth", "token": "a.b.c"}"#),
@@ -190,7 +229,7 @@ mod tests {
         );
         assert_eq!(
             ClientFrame::parse(r#"{"type": "auth", "token": 1}"#),
-            ClientFrame::Malformed
+            ClientFrame::Malformed { client_id: None }
         );
     }
 
@@ -228,7 +267,7 @@ mod tests {
                 ClientFrame::Direct { .. }
                 | ClientFrame::Auth { .. }
                 | ClientFrame::Ack { .. }
-                | ClientFrame::Malformed => {
+                | ClientFrame::Malformed { .. } => {
                     prop_assert!(serde_json::from_str::<Value>(&text).unwrap().is_object());
                 }
             }
@@ -282,7 +321,12 @@ mod tests {
                     let is_ack = matches!(parsed, ClientFrame::Ack { .. });
                     prop_assert!(is_ack, "{:?}", parsed);
                 }
-                Value::Object(_) => prop_assert_eq!(parsed, ClientFrame::Malformed),
+                Value::Object(ref fields) => prop_assert_eq!(
+                    parsed,
+                    ClientFrame::Malformed {
+                        client_id: fields.get("client_id").and_then(Value::as_str).map(Into::into)
+                    }
+                ),
                 _ => prop_assert_eq!(parsed, ClientFrame::Broadcast(text.as_str())),
             }
         }

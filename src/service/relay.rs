@@ -301,14 +301,11 @@ impl Relay {
                 }
                 .into();
             }
-            ClientFrame::Malformed => {
-                return vec![
-                    ServerFrame::error(
-                        "a JSON frame needs string fields \"recipient_username\" and \"content\"",
-                    )
-                    .to_text(),
-                ]
-                .into();
+            ClientFrame::Malformed { client_id } => {
+                let error =
+                    "a JSON frame needs string fields \"recipient_username\" and \"content\"";
+                let client_id = client_id.as_deref().filter(|id| client_ids::is_valid(id));
+                return vec![ServerFrame::Error { error, client_id }.to_text()].into();
             }
             ClientFrame::Direct {
                 recipient_username,

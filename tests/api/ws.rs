@@ -307,6 +307,19 @@ async fn bad_frames_get_an_error_and_the_connection_stays_open() {
             "input echoed: {reply}"
         );
     }
+    // Each names the message it refuses, if the client named it.
+    for frame in [
+        json!({"recipient_username": "bob", "client_id": "m1"}),
+        json!({"recipient_username": "nobody", "content": "x", "client_id": "m2"}),
+    ] {
+        a.send_json(frame.clone()).await;
+        let reply = a.json().await;
+        assert!(reply["error"].is_string(), "{frame} got {reply}");
+        assert_eq!(
+            reply["client_id"], frame["client_id"],
+            "{frame} got {reply}"
+        );
+    }
     a.stream.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert!(a.json().await["error"].is_string());
     a.send_json(json!({"recipient_username": "bob", "content": "after all that"}))
